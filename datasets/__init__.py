@@ -1,0 +1,7 @@
+"""Dataset generators and loaders, installed as :mod:`graphseq.datasets`.
+
+Nothing here downloads at import time or by default: synthetic benchmarks are generated from a
+seed, and real datasets are read from a local directory that the caller names.
+"""
+
+__all__: list[str] = []

@@ -1,0 +1,19 @@
+"""The shared parallel-scan ops, installed as :mod:`graphseq.kernels`.
+
+Every op has a readable loop reference, a vectorised PyTorch path (the CPU default) and a
+Triton path (the CUDA default) behind one public function; ``backend=`` forces a path and
+:mod:`graphseq.kernels._backend` documents how the default is chosen. Packed batches use one
+convention throughout: a ``[N + 1]`` boundary tensor (PyG's ``ptr``, FlashAttention's
+``cu_seqlens``). Every state-carrying op takes an initial state and returns the final one.
+
+This package depends on torch only (Triton optional).
+"""
+
+from ._backend import BACKENDS, HAS_TRITON
+from .linear_scan import linear_scan
+
+__all__ = [
+    "BACKENDS",
+    "HAS_TRITON",
+    "linear_scan",
+]

@@ -1,0 +1,87 @@
+"""Backend selection for every op in :mod:`graphseq.kernels` -- the one place it happens.
+
+Each op has three implementations behind one signature:
+
+``"reference"``
+    A readable loop over the recurrence in float32/float64. The ground truth in tests;
+    slow by design.
+``"torch"``
+    The vectorised PyTorch path (log-depth or chunkwise). The default on CPU and for any
+    tensor when Triton is not installed.
+``"triton"``
+    The GPU kernel. The default for CUDA tensors when Triton is importable. On a CPU-only
+    machine it runs under the Triton interpreter when ``TRITON_INTERPRET=1`` is set before
+    graphseq is imported (that is how the test-suite checks it).
+
+Resolution order: the ``backend=`` argument of the call, then the ``GRAPHSEQ_BACKEND``
+environment variable, then the device rule above. An op may declare that it has no Triton
+path for some arguments (for example a user-supplied Python ``combine``); asking for
+``backend="triton"`` there raises a :class:`ValueError` rather than silently falling back.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("reference", "torch", "triton")
+
+HAS_TRITON: bool = importlib.util.find_spec("triton") is not None
+
+
+def triton_interpret() -> bool:
+    """Whether the Triton interpreter is switched on (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def triton_usable(device: torch.device) -> bool:
+    """Whether a Triton kernel can run on tensors of ``device``."""
+    if not HAS_TRITON:
+        return False
+    return device.type == "cuda" or triton_interpret()
+
+
+def resolve_backend(
+    backend: str | None,
+    device: torch.device,
+    *,
+    op: str,
+    triton_supported: bool = True,
+) -> str:
+    """Choose the implementation an op runs.
+
+    Args:
+        backend: the caller's ``backend=`` argument, or ``None`` for automatic selection.
+        device: the device of the op's inputs.
+        op: the op's name, used in error messages.
+        triton_supported: ``False`` when the op has no Triton path for these arguments.
+
+    Returns:
+        One of :data:`BACKENDS`.
+    """
+    if backend is None:
+        backend = os.environ.get("GRAPHSEQ_BACKEND") or None
+    if backend is None:
+        # Triton only pays off on a GPU; on CPU the vectorised PyTorch path is the fast one
+        # (the interpreter is a correctness tool, never a default).
+        if device.type == "cuda" and HAS_TRITON and triton_supported:
+            return "triton"
+        return "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS} or None, got {backend!r}")
+    if backend == "triton":
+        if not triton_supported:
+            raise ValueError(f"{op}: backend='triton' is not available for these arguments")
+        if not HAS_TRITON:
+            raise ValueError(
+                f"{op}: backend='triton' needs the 'triton' package "
+                "(pip install 'graphseq[triton]')"
+            )
+        if not triton_usable(device):
+            raise ValueError(
+                f"{op}: backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before "
+                f"graphseq is imported to run the kernel in the interpreter; got device {device}"
+            )
+    return backend

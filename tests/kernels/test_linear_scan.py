@@ -1,0 +1,254 @@
+"""linear_scan: every fast path and every gradient against the loop reference."""
+
+import pytest
+import torch
+
+from graphseq.kernels import linear_scan
+from graphseq.testing import DEVICE, FAST_BACKENDS, assert_close, requires_triton
+
+
+def _gates(shape, dtype=torch.float64, zero_frac=0.1, neg_frac=0.3):
+    """Gates in ±[0.5, 1) with some exact zeros (resets) and negatives."""
+    a = torch.rand(shape, dtype=dtype, device=DEVICE) * 0.5 + 0.5
+    a = torch.where(torch.rand(shape, device=DEVICE) < neg_frac, -a, a)
+    return torch.where(torch.rand(shape, device=DEVICE) < zero_frac, torch.zeros_like(a), a)
+
+
+def _inputs(B, T, rest, dtype=torch.float64, with_h0=True, n_states=None):
+    a = _gates((B, T, *rest), dtype).requires_grad_()
+    b = torch.randn(B, T, *rest, dtype=dtype, device=DEVICE, requires_grad=True)
+    n = B if n_states is None else n_states
+    h0 = (
+        torch.randn(n, *rest, dtype=dtype, device=DEVICE, requires_grad=True) if with_h0 else None
+    )
+    return a, b, h0
+
+
+def _grads(outputs, inputs, seed=1):
+    """Gradients of a random linear function of all outputs (random upstream gradients)."""
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    loss = sum(
+        (o * torch.randn(o.shape, generator=gen, device=DEVICE, dtype=torch.float64).to(o.dtype))
+        .sum()
+        for o in outputs
+    )
+    wanted = [x for x in inputs if x is not None]
+    return torch.autograd.grad(loss, wanted, allow_unused=True, materialize_grads=True)
+
+
+def _compare(backend, a, b, h0, reverse, cu_seqlens=None, dtype=None):
+    h, h_last = linear_scan(a, b, h0, reverse, cu_seqlens, backend=backend)
+    to64 = (lambda x: None if x is None else x.detach().double().requires_grad_())
+    a64, b64, h064 = to64(a), to64(b), to64(h0)
+    h_ref, last_ref = linear_scan(a64, b64, h064, reverse, cu_seqlens, backend="reference")
+    assert h.dtype == a.dtype and h.shape == a.shape
+    assert_close(h, h_ref, dtype=dtype, msg="h")
+    assert_close(h_last, last_ref, dtype=dtype, msg="h_last")
+    if h_ref.requires_grad or last_ref.requires_grad:
+        got = _grads((h, h_last), (a, b, h0))
+        want = _grads((h_ref, last_ref), (a64, b64, h064))
+        for name, g, w in zip(("da", "db", "dh0"), got, want):
+            assert_close(g, w, dtype=dtype, msg=name)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("T", [1, 2, 5, 63, 1000])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_matches_reference_float64(backend, T, reverse):
+    if backend == "triton" and T == 1000 and reverse:
+        pytest.skip("one long interpreted case per direction is enough")
+    a, b, h0 = _inputs(2, T, (3,))
+    _compare(backend, a, b, h0, reverse)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_matches_reference_float32_multi_dim(backend, reverse):
+    a, b, h0 = _inputs(3, 63, (2, 5), dtype=torch.float32)
+    _compare(backend, a, b, h0, reverse, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_without_h0_and_zero_gates_reset(backend):
+    a, b, _ = _inputs(2, 40, (4,), with_h0=False)
+    _compare(backend, a, b, None, False)
+    # an exactly-zero gate makes the state forget everything before it
+    a2 = a.detach().clone()
+    a2[:, 20] = 0
+    h, _ = linear_scan(a2, b.detach(), backend=backend)
+    tail, _ = linear_scan(a2[:, 20:], b.detach()[:, 20:], backend=backend)
+    torch.testing.assert_close(h[:, 20:], tail, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_varlen_one_sequence_at_a_time(backend, reverse, with_h0):
+    lengths = [5, 0, 1, 63, 17, 0, 2]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=DEVICE)
+    total = int(cu[-1])
+    a, b, h0 = _inputs(1, total, (3,), with_h0=with_h0, n_states=len(lengths))
+    h, h_last = linear_scan(a, b, h0, reverse, cu, backend=backend)
+    for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        h0_n = None if h0 is None else h0[n : n + 1]
+        h_n, last_n = linear_scan(a[:, s:e], b[:, s:e], h0_n, reverse, backend="reference")
+        torch.testing.assert_close(h[:, s:e], h_n, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(h_last[n : n + 1], last_n, atol=1e-12, rtol=1e-10)
+    _compare(backend, a, b, h0, reverse, cu)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_varlen_nan_stays_in_its_sequence(backend):
+    cu = torch.tensor([0, 7, 20], device=DEVICE)
+    a, b, _ = _inputs(1, 20, (2,), with_h0=False)
+    a, b = a.detach().clone(), b.detach().clone()
+    b[0, 3, 0] = float("nan")
+    a[0, 10] = 0.0  # a zero gate at the start of the clean sequence must not see 0 * nan
+    h, h_last = linear_scan(a, b, cu_seqlens=cu, backend=backend)
+    assert torch.isnan(h[0, 3:7, 0]).all() and torch.isfinite(h[0, :3]).all()
+    clean, clean_last = linear_scan(a[:, 7:], b[:, 7:], backend="reference")
+    torch.testing.assert_close(h[:, 7:], clean)
+    torch.testing.assert_close(h_last[1:], clean_last)
+    # and a NaN upstream gradient in one sequence leaves the other's gradients finite
+    a.requires_grad_()
+    b2 = torch.randn_like(b).requires_grad_()
+    h, _ = linear_scan(a, b2, cu_seqlens=cu, backend=backend)
+    up = torch.ones_like(h)
+    up[0, 15] = float("nan")
+    da, db = torch.autograd.grad(h, (a, b2), up)
+    assert torch.isfinite(da[0, :7]).all() and torch.isfinite(db[0, :7]).all()
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_streaming_in_two_halves(backend):
+    a, b, h0 = _inputs(2, 101, (4,))
+    a, b, h0 = a.detach(), b.detach(), h0.detach()
+    h, h_last = linear_scan(a, b, h0, backend=backend)
+    h1, mid = linear_scan(a[:, :40], b[:, :40], h0, backend=backend)
+    h2, end = linear_scan(a[:, 40:], b[:, 40:], mid, backend=backend)
+    torch.testing.assert_close(torch.cat([h1, h2], 1), h)
+    torch.testing.assert_close(end, h_last)
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
+def test_empty_inputs(backend):
+    a = torch.zeros(2, 0, 3, device=DEVICE)
+    h0 = torch.randn(2, 3, device=DEVICE)
+    h, h_last = linear_scan(a, a, h0, backend=backend)
+    assert h.shape == (2, 0, 3)
+    torch.testing.assert_close(h_last, h0)
+    h, h_last = linear_scan(a, a, backend=backend)
+    assert h_last.shape == (2, 3) and not h_last.any()
+    # no channels
+    a = torch.zeros(2, 5, 0, device=DEVICE)
+    h, h_last = linear_scan(a, a, backend=backend)
+    assert h.shape == (2, 5, 0) and h_last.shape == (2, 0)
+    # no sequences at all, and only empty sequences
+    e = torch.zeros(1, 0, 3, device=DEVICE)
+    _, h_last = linear_scan(e, e, cu_seqlens=torch.tensor([0], device=DEVICE), backend=backend)
+    assert h_last.shape == (0, 3)
+    _, h_last = linear_scan(e, e, cu_seqlens=torch.tensor([0, 0, 0], device=DEVICE), backend=backend)
+    assert h_last.shape == (2, 3) and not h_last.any()
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_float64(backend, reverse):
+    a, b, h0 = _inputs(2, 9, (2,))
+    cu = torch.tensor([0, 4, 4, 9], device=DEVICE)
+
+    def dense(a, b, h0):
+        return linear_scan(a, b, h0, reverse, backend=backend)
+
+    def packed(a, b, h0):
+        return linear_scan(a, b, h0, reverse, cu, backend=backend)
+
+    # the interpreter is slow: there, check random directional derivatives (fast_mode)
+    fast = backend == "triton" and DEVICE.type == "cpu"
+    assert torch.autograd.gradcheck(dense, (a, b, h0), fast_mode=fast)
+    a1, b1, h01 = _inputs(1, 9, (2,), n_states=3)
+    assert torch.autograd.gradcheck(packed, (a1, b1, h01), fast_mode=fast)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_long_sequence_gates_near_one(backend):
+    if backend == "triton" and DEVICE.type == "cpu":
+        T = 2048  # the interpreter runs serially; the torch path covers T = 65,536
+    else:
+        T = 65536
+    a = 1.0 - 1e-3 * torch.rand(1, T, 4, device=DEVICE)
+    a = torch.where(torch.rand_like(a) < 0.2, -a, a)
+    b = torch.randn(1, T, 4, device=DEVICE)
+    h, h_last = linear_scan(a, b, backend=backend)
+    assert torch.isfinite(h).all() and torch.isfinite(h_last).all()
+    h_ref, _ = linear_scan(a.double(), b.double(), backend="reference")
+    err = (h.double() - h_ref).abs().max() / h_ref.abs().max()
+    assert err < 1e-5, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_accumulates_in_float32(backend, dtype):
+    a = (torch.rand(2, 300, 8, device=DEVICE) * 0.2 + 0.8).to(dtype)
+    b = torch.randn(2, 300, 8, device=DEVICE).to(dtype)
+    h0 = torch.randn(2, 8, device=DEVICE)
+    h, h_last = linear_scan(a, b, h0, backend=backend)
+    assert h.dtype == dtype and h_last.dtype == torch.float32
+    h_ref, last_ref = linear_scan(a.float(), b.float(), h0, backend="reference")
+    torch.testing.assert_close(h.float(), h_ref, atol=5e-2, rtol=2e-2)
+    torch.testing.assert_close(h_last, last_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_input_names_the_argument():
+    a = torch.rand(2, 5, 3)
+    with pytest.raises(ValueError, match="b must have shape"):
+        linear_scan(a, torch.rand(2, 5, 4))
+    with pytest.raises(ValueError, match="b has dtype"):
+        linear_scan(a, torch.rand(2, 5, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="a must be a floating-point"):
+        linear_scan(torch.ones(2, 5, 3, dtype=torch.long), torch.ones(2, 5, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="a must have at least 2"):
+        linear_scan(torch.rand(5), torch.rand(5))
+    with pytest.raises(ValueError, match="h0 must have shape"):
+        linear_scan(a, a, h0=torch.rand(3, 3))
+    with pytest.raises(ValueError, match="batch size 1"):
+        linear_scan(a, a, cu_seqlens=torch.tensor([0, 5]))
+    p = torch.rand(1, 6, 2)
+    with pytest.raises(ValueError, match="cu_seqlens must be non-decreasing"):
+        linear_scan(p, p, cu_seqlens=torch.tensor([0, 4, 2, 6]))
+    with pytest.raises(ValueError, match="cu_seqlens must end at"):
+        linear_scan(p, p, cu_seqlens=torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0"):
+        linear_scan(p, p, cu_seqlens=torch.tensor([1, 6]))
+    with pytest.raises(TypeError, match="cu_seqlens must be an int32 or int64"):
+        linear_scan(p, p, cu_seqlens=torch.tensor([0.0, 6.0]))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        linear_scan(a, a, backend="cuda")
+    with pytest.raises(TypeError, match="reverse must be a bool"):
+        linear_scan(a, a, reverse=1)
+
+
+def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
+    from graphseq.kernels._backend import HAS_TRITON
+
+    if not HAS_TRITON:
+        pytest.skip("triton not installed")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        linear_scan(torch.rand(1, 3, 2), torch.rand(1, 3, 2), backend="triton")
+
+
+def test_environment_variable_selects_backend(monkeypatch):
+    monkeypatch.setenv("GRAPHSEQ_BACKEND", "reference")
+    a = torch.rand(1, 4, 2, requires_grad=True)
+    h, _ = linear_scan(a, a)
+    assert "Stack" in type(h.grad_fn).__name__ or h.grad_fn is not None
+
+
+@requires_triton
+def test_triton_matches_torch_path_float32():
+    a, b, h0 = _inputs(3, 333, (5,), dtype=torch.float32, with_h0=True)
+    h1, l1 = linear_scan(a, b, h0, backend="triton")
+    h2, l2 = linear_scan(a, b, h0, backend="torch")
+    torch.testing.assert_close(h1, h2, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(l1, l2, atol=2e-5, rtol=2e-5)
