@@ -15,9 +15,9 @@ from graphseq.kernels._backend import HAS_TRITON, triton_usable
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 #: Backends that can run on :data:`DEVICE` in this environment.
-FAST_BACKENDS: tuple[str, ...] = ("torch", "triton") if (
-    HAS_TRITON and triton_usable(DEVICE)
-) else ("torch",)
+FAST_BACKENDS: tuple[str, ...] = (
+    ("torch", "triton") if (HAS_TRITON and triton_usable(DEVICE)) else ("torch",)
+)
 
 #: Mark a test that needs a runnable Triton (CUDA, or the interpreter on CPU).
 requires_triton = pytest.mark.skipif(
@@ -34,7 +34,9 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, dtype=None, msg: str = "") -> None:
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, *, dtype=None, msg: str = ""
+) -> None:
     """Compare ``actual`` against a (usually float64) reference at the tolerance of ``dtype``.
 
     ``dtype`` defaults to ``actual.dtype``. NaNs never compare equal, so an unwritten output
@@ -43,6 +45,10 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, dtype=None, ms
     dtype = dtype or actual.dtype
     atol, rtol = TOLERANCES[dtype]
     torch.testing.assert_close(
-        actual.to(expected.dtype), expected, atol=atol, rtol=rtol, equal_nan=False, msg=
-        (lambda m: f"{msg}\n{m}") if msg else None,
+        actual.to(expected.dtype),
+        expected,
+        atol=atol,
+        rtol=rtol,
+        equal_nan=False,
+        msg=(lambda m: f"{msg}\n{m}") if msg else None,
     )

@@ -10,10 +10,24 @@ This package depends on torch only (Triton optional).
 """
 
 from ._backend import BACKENDS, HAS_TRITON
+from .chunked_matrix_scan import chunked_matrix_scan
 from .linear_scan import linear_scan
+from .segment import (
+    NAMED_COMBINES,
+    SegmentPlan,
+    SegmentScanPlan,
+    segment_scan,
+    segment_tree_reduce,
+)
 
 __all__ = [
     "BACKENDS",
     "HAS_TRITON",
+    "NAMED_COMBINES",
+    "SegmentPlan",
+    "SegmentScanPlan",
+    "chunked_matrix_scan",
     "linear_scan",
+    "segment_scan",
+    "segment_tree_reduce",
 ]

@@ -30,16 +30,12 @@ def check_same(op: str, ref_name: str, ref: torch.Tensor, name: str, x: torch.Te
             "move them to the same device"
         )
     if x.dtype != ref.dtype:
-        raise ValueError(
-            f"{op}: {name} has dtype {x.dtype} but {ref_name} has dtype {ref.dtype}"
-        )
+        raise ValueError(f"{op}: {name} has dtype {x.dtype} but {ref_name} has dtype {ref.dtype}")
 
 
 def check_shape(op: str, name: str, x: torch.Tensor, shape: tuple[int, ...]) -> None:
     if tuple(x.shape) != tuple(shape):
-        raise ValueError(
-            f"{op}: {name} must have shape {tuple(shape)}, got {tuple(x.shape)}"
-        )
+        raise ValueError(f"{op}: {name} must have shape {tuple(shape)}, got {tuple(x.shape)}")
 
 
 def check_boundaries(

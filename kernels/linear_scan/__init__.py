@@ -73,11 +73,7 @@ class _LinearScanFn(torch.autograd.Function):
             # the state before a sequence's first step is its own h0 (or 0), never the
             # neighbouring sequence's state
             first, nonempty = _first_steps(cu_seqlens, reverse)
-            fill = (
-                torch.zeros_like(prev[0, first])
-                if h0 is None
-                else h0[nonempty].to(prev.dtype)
-            )
+            fill = torch.zeros_like(prev[0, first]) if h0 is None else h0[nonempty].to(prev.dtype)
             prev[0, first] = fill
         if ctx.needs_input_grad[1]:
             db = g
@@ -150,9 +146,7 @@ def _scan_fast(a, b, h0, reverse, cu_seqlens, core):
         if T == 0 or M == 0:
             h_last = base.clone()
         else:
-            h_last = torch.where(
-                nonempty[:, None], h[0, last.clamp(0, max(T - 1, 0))], base
-            )
+            h_last = torch.where(nonempty[:, None], h[0, last.clamp(0, max(T - 1, 0))], base)
     h = h.reshape(shape).to(a.dtype)
     h_last = h_last.reshape((h_last.shape[0], *shape[2:]))
     return h, h_last

@@ -18,9 +18,7 @@ def _inputs(B, T, rest, dtype=torch.float64, with_h0=True, n_states=None):
     a = _gates((B, T, *rest), dtype).requires_grad_()
     b = torch.randn(B, T, *rest, dtype=dtype, device=DEVICE, requires_grad=True)
     n = B if n_states is None else n_states
-    h0 = (
-        torch.randn(n, *rest, dtype=dtype, device=DEVICE, requires_grad=True) if with_h0 else None
-    )
+    h0 = torch.randn(n, *rest, dtype=dtype, device=DEVICE, requires_grad=True) if with_h0 else None
     return a, b, h0
 
 
@@ -28,8 +26,9 @@ def _grads(outputs, inputs, seed=1):
     """Gradients of a random linear function of all outputs (random upstream gradients)."""
     gen = torch.Generator(device=DEVICE).manual_seed(seed)
     loss = sum(
-        (o * torch.randn(o.shape, generator=gen, device=DEVICE, dtype=torch.float64).to(o.dtype))
-        .sum()
+        (
+            o * torch.randn(o.shape, generator=gen, device=DEVICE, dtype=torch.float64).to(o.dtype)
+        ).sum()
         for o in outputs
     )
     wanted = [x for x in inputs if x is not None]
@@ -38,7 +37,10 @@ def _grads(outputs, inputs, seed=1):
 
 def _compare(backend, a, b, h0, reverse, cu_seqlens=None, dtype=None):
     h, h_last = linear_scan(a, b, h0, reverse, cu_seqlens, backend=backend)
-    to64 = (lambda x: None if x is None else x.detach().double().requires_grad_())
+
+    def to64(x):
+        return None if x is None else x.detach().double().requires_grad_()
+
     a64, b64, h064 = to64(a), to64(b), to64(h0)
     h_ref, last_ref = linear_scan(a64, b64, h064, reverse, cu_seqlens, backend="reference")
     assert h.dtype == a.dtype and h.shape == a.shape
@@ -147,7 +149,9 @@ def test_empty_inputs(backend):
     e = torch.zeros(1, 0, 3, device=DEVICE)
     _, h_last = linear_scan(e, e, cu_seqlens=torch.tensor([0], device=DEVICE), backend=backend)
     assert h_last.shape == (0, 3)
-    _, h_last = linear_scan(e, e, cu_seqlens=torch.tensor([0, 0, 0], device=DEVICE), backend=backend)
+    _, h_last = linear_scan(
+        e, e, cu_seqlens=torch.tensor([0, 0, 0], device=DEVICE), backend=backend
+    )
     assert h_last.shape == (2, 3) and not h_last.any()
 
 

@@ -1,0 +1,71 @@
+"""The installed package: layout, curated public API, optional dependencies."""
+
+import importlib
+import subprocess
+import sys
+
+import graphseq
+import graphseq.datasets
+import graphseq.kernels
+
+
+def test_subpackages_are_installed_under_one_namespace():
+    assert graphseq.kernels.__name__ == "graphseq.kernels"
+    assert graphseq.datasets.__name__ == "graphseq.datasets"
+    for name in ("linear_scan", "chunked_matrix_scan", "segment"):
+        importlib.import_module(f"graphseq.kernels.{name}")
+
+
+def test_kernels_public_api_is_locked():
+    assert sorted(graphseq.kernels.__all__) == sorted(
+        [
+            "BACKENDS",
+            "HAS_TRITON",
+            "NAMED_COMBINES",
+            "SegmentPlan",
+            "SegmentScanPlan",
+            "chunked_matrix_scan",
+            "linear_scan",
+            "segment_scan",
+            "segment_tree_reduce",
+        ]
+    )
+    for name in graphseq.kernels.__all__:
+        assert hasattr(graphseq.kernels, name), name
+
+
+def test_import_does_not_need_triton_or_load_kernels():
+    # importing graphseq must not import triton (it is optional) nor any Triton kernel module
+    code = (
+        "import sys, graphseq, graphseq.kernels; "
+        "bad = [m for m in sys.modules if m == 'triton' "
+        "or (m.startswith('graphseq') and m.endswith('.triton'))]; "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", out.stdout
+
+
+def test_version():
+    assert isinstance(graphseq.__version__, str) and graphseq.__version__
+
+
+def test_every_subpackage_is_listed_in_pyproject():
+    """A folder missing from pyproject's explicit package list would vanish from `pip install .`."""
+    import pathlib
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    mapping = config["package-dir"]
+    found = set()
+    for package, folder in mapping.items():
+        base = root / folder
+        for init in base.rglob("__init__.py"):
+            rel = init.parent.relative_to(base).parts
+            found.add(".".join((package, *rel)))
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
