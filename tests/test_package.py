@@ -3,6 +3,7 @@
 import importlib
 import subprocess
 import sys
+import tempfile
 
 import graphseq
 import graphseq.datasets
@@ -42,7 +43,14 @@ def test_import_does_not_need_triton_or_load_kernels():
         "or (m.startswith('graphseq') and m.endswith('.triton'))]; "
         "print(','.join(bad))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # run outside the checkout: there `python -c` would import the source folder graphseq/
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tempfile.gettempdir(),
+    )
     assert out.stdout.strip() == "", out.stdout
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -608,7 +609,12 @@ def test_memory_of_hub_segment_with_gru_combine():
         """
     )
     run = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tempfile.gettempdir(),  # not the checkout: its graphseq/ would shadow the install
     )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
