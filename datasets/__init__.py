@@ -4,4 +4,6 @@ Nothing here downloads at import time or by default: synthetic benchmarks are ge
 seed, and real datasets are read from a local directory that the caller names.
 """
 
-__all__: list[str] = []
+from .state_tracking import StateTrackingDataset, modular_counting, parity
+
+__all__ = ["StateTrackingDataset", "modular_counting", "parity"]

@@ -1,3 +1,13 @@
-"""PyG-style layers built on :mod:`graphseq.kernels` (one family per subpackage)."""
+"""PyG-style layers built on :mod:`graphseq.kernels` (one family per subpackage).
 
-__all__: list[str] = []
+The curated exports below are the public API; ``tests/nn/test_exports.py`` locks them.
+"""
+
+from .seq import Aaren, GatedLinearRNN, ParallelGRU, sequence_layer
+
+__all__ = [
+    "Aaren",
+    "GatedLinearRNN",
+    "ParallelGRU",
+    "sequence_layer",
+]

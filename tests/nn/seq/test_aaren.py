@@ -1,0 +1,159 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from graphseq.nn.seq import Aaren, AarenState
+
+
+def _sdpa(layer, x):
+    """Causal softmax attention with the layer's query repeated at every position."""
+    B, T, _ = x.shape
+    H, Dh = layer.heads, layer.head_channels
+    k = layer.key(x).view(B, T, H, Dh).transpose(1, 2)
+    v = layer.value(x).view(B, T, H, Dh).transpose(1, 2)
+    q = layer.query[None, :, None, :].expand(B, H, T, Dh)
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return layer.out_proj(o.transpose(1, 2).reshape(B, T, H * Dh))
+
+
+def test_repr_and_bad_arguments():
+    assert repr(Aaren(16, heads=4)) == "Aaren(16, heads=4)"
+    with pytest.raises(ValueError, match="Aaren: heads"):
+        Aaren(10, heads=3)
+    with pytest.raises(ValueError, match="Aaren: channels"):
+        Aaren(-1)
+    with pytest.raises(TypeError, match="Aaren: heads"):
+        Aaren(8, heads=None)
+
+
+def test_reset_parameters_redoes_init():
+    layer = Aaren(8, heads=2)
+    for p in layer.parameters():
+        torch.nn.init.constant_(p, 3.0)
+    layer.reset_parameters()
+    assert all(not torch.all(p == 3.0) for p in layer.parameters())
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+@pytest.mark.parametrize("T", [1, 63, 300])
+def test_equals_causal_softmax_attention_float32(heads, T):
+    layer = Aaren(16, heads=heads)
+    with torch.no_grad():
+        layer.query.mul_(3.0)  # sharper attention than at init
+    x = torch.randn(3, T, 16)
+    torch.testing.assert_close(layer(x), _sdpa(layer, x), atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_equal_attention_float64():
+    layer = Aaren(8, heads=2).double()
+    x = torch.randn(2, 40, 8, dtype=torch.double, requires_grad=True)
+    w = torch.randn(2, 40, 8, dtype=torch.double)
+    params = [x, *layer.parameters()]
+    g = torch.autograd.grad((layer(x) * w).sum(), params)
+    g_ref = torch.autograd.grad((_sdpa(layer, x) * w).sum(), params)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+def test_gradcheck_float64():
+    layer = Aaren(4, heads=2).double()
+    x = torch.randn(2, 6, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+def test_step_after_prefix_equals_parallel_at_every_position():
+    layer = Aaren(8, heads=2)
+    x = torch.randn(3, 50, 8)
+    y = layer(x)
+    # from the empty prefix
+    state = None
+    for t in range(50):
+        y_t, state = layer.step(x[:, t], state)
+        torch.testing.assert_close(y_t, y[:, t], atol=1e-5, rtol=1e-5)
+    # after a parallel prefix
+    _, state = layer(x[:, :23], return_state=True)
+    for t in range(23, 50):
+        y_t, state = layer.step(x[:, t], state)
+        torch.testing.assert_close(y_t, y[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_forward_with_state_equals_whole():
+    layer = Aaren(8, heads=4)
+    x = torch.randn(2, 41, 8)
+    y, st = layer(x, return_state=True)
+    y1, s = layer(x[:, :10], return_state=True)
+    y2, st2 = layer(x[:, 10:], state=s, return_state=True)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y, atol=1e-5, rtol=1e-5)
+    for a, b in zip(st2, st):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_equals_dense_one_sequence_at_a_time():
+    layer = Aaren(6, heads=3)
+    lengths = [4, 0, 29, 1, 13]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    x = torch.randn(1, sum(lengths), 6)
+    # a carried state per sequence: the result of a prefix of 5 random tokens
+    _, st = layer(torch.randn(len(lengths), 5, 6), return_state=True)
+    y, st_last = layer(x, state=st, cu_seqlens=cu, return_state=True)
+    y0 = layer(x, cu_seqlens=cu)
+    for n in range(len(lengths)):
+        s, e = int(cu[n]), int(cu[n + 1])
+        st_n = AarenState(*(t[n : n + 1] for t in st))
+        y_n, last_n = layer(x[:, s:e], state=st_n, return_state=True)
+        torch.testing.assert_close(y[:, s:e], y_n, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(y0[:, s:e], layer(x[:, s:e]), atol=1e-5, rtol=1e-5)
+        for a, b in zip(st_last, last_n):
+            torch.testing.assert_close(a[n : n + 1], b, atol=1e-5, rtol=1e-5)
+
+
+def test_extreme_scores_stay_finite():
+    layer = Aaren(4, heads=1)
+    T = 64
+    x = torch.randn(2, T, 4)
+    with torch.no_grad():
+        # scores s_t = +-1e4 alternating in blocks, far outside exp's range
+        layer.query.copy_(torch.tensor([[2.0, 0.0, 0.0, 0.0]]))
+        layer.key.weight.zero_()
+        layer.key.bias.zero_()
+    sign = torch.where(torch.arange(T) % 7 < 3, 1.0, -1.0)
+    x.requires_grad_(True)
+
+    def scores_hook(module, inputs, output):
+        out = output.clone()
+        out[..., 0] = sign * 1e4
+        return out
+
+    handle = layer.key.register_forward_hook(scores_hook)
+    y = layer(x)
+    y.sum().backward()
+    handle.remove()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
+    # with these scores attention is uniform over the +1e4 positions seen so far
+    v = layer.value(x.detach())
+    top = (sign > 0).float()
+    ref = (top.cumsum(0)[:, None] ** -1) * (v * top[:, None]).cumsum(1)
+    torch.testing.assert_close(y.detach(), layer.out_proj(ref), atol=1e-5, rtol=1e-5)
+    # streaming stays finite too
+    state = None
+    handle = layer.key.register_forward_hook(
+        lambda m, i, o: o.fill_(0).index_fill_(-1, torch.tensor([0]), -1e4)
+    )
+    for t in range(5):
+        y_t, state = layer.step(x[:, t].detach(), state)
+    handle.remove()
+    assert torch.isfinite(y_t).all()
+
+
+def test_empty_inputs_and_bad_state():
+    layer = Aaren(4, heads=2)
+    y, st = layer(torch.randn(2, 0, 4), return_state=True)
+    assert y.shape == (2, 0, 4) and torch.isinf(st.m).all() and (st.u == 0).all()
+    with pytest.raises(TypeError, match="Aaren: state must be an AarenState"):
+        layer(torch.randn(2, 3, 4), state=torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"state.w must have shape \(2, 2, 2\)"):
+        layer(
+            torch.randn(2, 3, 4),
+            state=AarenState(torch.zeros(2, 2), torch.ones(2, 2), torch.zeros(2, 4)),
+        )

@@ -1,0 +1,70 @@
+import doctest
+
+import pytest
+import torch
+
+import graphseq.nn.seq as seq
+from graphseq.nn.seq import SEQUENCE_LAYERS, Aaren, GatedLinearRNN, ParallelGRU, sequence_layer
+
+
+def test_public_api_is_locked():
+    assert sorted(seq.__all__) == sorted(
+        [
+            "SEQUENCE_LAYERS",
+            "Aaren",
+            "AarenState",
+            "GatedLinearRNN",
+            "ParallelGRU",
+            "SequenceLayer",
+            "sequence_layer",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("gated_linear_rnn", GatedLinearRNN),
+        ("GatedLinearRNN", GatedLinearRNN),
+        ("gated-linear-rnn", GatedLinearRNN),
+        ("aaren", Aaren),
+        ("parallel_gru", ParallelGRU),
+        ("ParallelGRU", ParallelGRU),
+    ],
+)
+def test_resolve_by_name(name, cls):
+    layer = sequence_layer(name, channels=8)
+    assert type(layer) is cls
+    assert layer.in_channels == layer.out_channels == 8
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENCE_LAYERS))
+def test_every_registered_layer_maps_channels_to_channels(name):
+    layer = sequence_layer(name, channels=8)
+    x = torch.randn(2, 9, 8)
+    assert layer(x).shape == (2, 9, 8)
+    y = layer(x.reshape(1, 18, 8), cu_seqlens=torch.tensor([0, 9, 18]))
+    torch.testing.assert_close(y.reshape(2, 9, 8), layer(x), atol=1e-5, rtol=1e-5)
+    y_t, _ = layer.step(x[:, 0])
+    torch.testing.assert_close(y_t, layer(x)[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_kwargs_instances_and_errors():
+    assert sequence_layer("aaren", 8, heads=4).heads == 4
+    layer = Aaren(8)
+    assert sequence_layer(layer, 8) is layer
+    with pytest.raises(ValueError, match="channels = 4"):
+        sequence_layer(layer, 4)
+    with pytest.raises(ValueError, match="unknown layer 'mamba'"):
+        sequence_layer("mamba", 8)
+    with pytest.raises(TypeError, match="query must be"):
+        sequence_layer(3, 8)
+
+
+def test_docstring_example_runs():
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder().find(
+        sequence_layer, globs={"sequence_layer": sequence_layer}
+    ):
+        runner.run(test)
+    assert runner.tries > 0 and runner.failures == 0
