@@ -5,7 +5,15 @@ import graphseq.nn
 
 
 def test_nn_exports_are_locked():
-    expected = {"Aaren", "GatedLinearRNN", "ParallelGRU", "sequence_layer"}
+    expected = {
+        "Aaren",
+        "GatedLinearRNN",
+        "LCMAggregation",
+        "ParallelGRU",
+        "RecurrentAggregation",
+        "aggregation_resolver",
+        "sequence_layer",
+    }
     assert set(graphseq.nn.__all__) == expected
     for name in expected:
         assert hasattr(graphseq.nn, name)

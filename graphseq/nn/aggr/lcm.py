@@ -1,0 +1,476 @@
+"""Learnable commutative monoid (LCM) aggregation on the segmented balanced tree."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import GRUCell, Linear, Parameter
+from torch_geometric.nn.aggr import Aggregation
+
+from graphseq.kernels import SegmentPlan, segment_tree_reduce
+
+from ._grouping import check_input, group, segment_ids, shuffle_within_groups
+
+CELLS = ("gru", "mlp")
+IDENTITIES = ("learned", "zeros")
+
+
+def _gru_update(p_in: Tensor, p_hid: Tensor, hidden: Tensor) -> Tensor:
+    """One ``torch.nn.GRUCell`` step from precomputed projections (the readable reference).
+
+    ``p_in`` / ``p_hid`` are ``[P, 6C]`` rows ``[W_ih v + b_ih, W_hh v + b_hh]`` of the input
+    and of the hidden operand; only the input half of ``p_in`` and the hidden half of ``p_hid``
+    are used.
+    """
+    c = hidden.size(1)
+    rz = torch.sigmoid(p_in[:, : 2 * c] + p_hid[:, 3 * c : 5 * c])  # [P, 2C] reset, update
+    r, z = rz[:, :c], rz[:, c:]
+    n = torch.tanh(p_in[:, 2 * c : 3 * c] + r * p_hid[:, 5 * c :])  # [P, C] candidate
+    return n + z * (hidden - n)  # (1 - z) * n + z * hidden
+
+
+def _half_forward(p_in: Tensor, p_hid: Tensor, hidden: Tensor):
+    c = hidden.size(1)
+    rz = torch.add(p_in[:, : 2 * c], p_hid[:, 3 * c : 5 * c]).sigmoid_()  # [P, 2C]
+    hn = p_hid[:, 5 * c :]  # [P, C] W_hn h + b_hn
+    n = torch.addcmul(p_in[:, 2 * c : 3 * c], rz[:, :c], hn).tanh_()  # [P, C]
+    out = torch.sub(hidden, n).mul_(rz[:, c:]).add_(n)  # n + z * (h - n)
+    return out, rz, n, hn.contiguous()
+
+
+def _half_backward(g: Tensor, rz: Tensor, n: Tensor, hn: Tensor, hidden: Tensor, d_in, d_hid):
+    """Write one half's gate-pre-activation gradients into ``d_in`` ([P, 3C], the input
+    operand's r, z, n) and ``d_hid`` ([P, 3C], the hidden operand's); return d hidden."""
+    c = n.size(1)
+    r, z = rz[:, :c], rz[:, c:]
+    d_n = torch.mul(n, n).neg_().add_(1).mul_(g).mul_(1 - z)  # d tanh pre-activation
+    torch.mul(d_n, hn, out=d_in[:, :c]).mul_(r * (1 - r))  # d reset pre-activation
+    torch.sub(hidden, n, out=d_in[:, c : 2 * c]).mul_(g).mul_(z * (1 - z))  # d update
+    d_in[:, 2 * c :] = d_n
+    d_hid[:, : 2 * c] = d_in[:, : 2 * c]
+    torch.mul(d_n, r, out=d_hid[:, 2 * c :])
+    return g * z
+
+
+class _SymmetricGRU(torch.autograd.Function):
+    """``½ (GRUCell(a, b) + GRUCell(b, a))`` from the projections ``pa``, ``pb`` ([P, 6C]).
+
+    Hand-written backward: it keeps 8 gate tensors of ``[P, C]`` instead of autograd's
+    graph of slices (which also allocates a zero ``[P, 6C]`` gradient per slice), and writes
+    the two ``[P, 6C]`` projection gradients in place.
+    """
+
+    @staticmethod
+    def forward(ctx, pa: Tensor, pb: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        o1, rz1, n1, hn1 = _half_forward(pa, pb, b)  # input a, hidden b
+        o2, rz2, n2, hn2 = _half_forward(pb, pa, a)  # input b, hidden a
+        ctx.save_for_backward(a, b, rz1, n1, hn1, rz2, n2, hn2)
+        return o1.add_(o2).mul_(0.5)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        a, b, rz1, n1, hn1, rz2, n2, hn2 = ctx.saved_tensors
+        g = 0.5 * grad
+        c = a.size(1)
+        d_pa = torch.empty(a.size(0), 6 * c, dtype=a.dtype, device=a.device)
+        d_pb = torch.empty_like(d_pa)
+        # half 1: input a, hidden b; half 2: input b, hidden a
+        db = _half_backward(g, rz1, n1, hn1, b, d_pa[:, : 3 * c], d_pb[:, 3 * c :])
+        da = _half_backward(g, rz2, n2, hn2, a, d_pb[:, : 3 * c], d_pa[:, 3 * c :])
+        return d_pa, d_pb, da, db
+
+
+class LCMAggregation(Aggregation):
+    r"""The learnable commutative monoid aggregation of `"Learnable Commutative Monoids for
+    Graph Neural Networks" <https://arxiv.org/abs/2212.08541>`_ (Ong and Veličković, LoG
+    2022), reduced by a balanced binary tree *per neighbourhood*: depth
+    :math:`\lceil \log_2 \deg \rceil`, :math:`O(E)` work and memory, no padding to the
+    batch's largest degree.
+
+    Every element is (optionally) projected, :math:`\mathbf{h}_j = \mathrm{ReLU}(\mathbf{W}
+    \mathbf{x}_j + \mathbf{b})`, and each group is reduced with the learned binary operator
+
+    .. math::
+        \mathbf{a} \oplus \mathbf{b} = \tfrac{1}{2}\left( f(\mathbf{a}, \mathbf{b}) +
+        f(\mathbf{b}, \mathbf{a}) \right),
+
+    where :math:`f` is a GRU cell :math:`f(\mathbf{a}, \mathbf{b}) =
+    \mathrm{GRUCell}(\text{input}=\mathbf{a}, \text{hidden}=\mathbf{b})` (``cell="gru"``, as
+    in the paper and in PyG) or a two-layer perceptron on the concatenation,
+    :math:`f(\mathbf{a}, \mathbf{b}) = \mathbf{W}_2\, \mathrm{ReLU}(\mathbf{W}_1
+    [\mathbf{a} \,\|\, \mathbf{b}] + \mathbf{b}_1) + \mathbf{b}_2` (``cell="mlp"``). The
+    tree pairs neighbours :math:`(0, 1), (2, 3), \dots` level by level and carries an odd
+    last element up unchanged, so for group :math:`\mathcal{N}(i)`
+
+    .. math::
+        \mathbf{x}^{\prime}_i = \bigoplus_{j \in \mathcal{N}(i)} \mathbf{h}_j
+        \quad\text{(balanced bracketing)}, \qquad
+        \mathbf{x}^{\prime}_i = \mathbf{e} \ \text{ if } \mathcal{N}(i) = \emptyset.
+
+    **Commutativity is exact by construction**: both operands are projected by the same
+    matrix product of the same shape and :math:`f(\mathbf{a},\mathbf{b}) +
+    f(\mathbf{b},\mathbf{a})` is an exactly commutative float sum, so ``a ⊕ b`` and
+    ``b ⊕ a`` are bitwise equal. **Associativity is learned**: add
+    :meth:`associativity_loss` to the training loss; without it the result depends on the
+    bracketing, i.e. on the order of the elements inside a group (``shuffle=True`` is the
+    paper's augmentation against that).
+
+    **Batch independence.** A group's tree depends only on its own size, never on the
+    other groups, and groups of one element are returned unchanged. The output for a node is
+    the same whether it is aggregated alone or in any batch (to float rounding of the matrix
+    products, about 1e-7).
+
+    **Identity element.** A learned :math:`\oplus` has no exact identity in general, and
+    none is needed to reduce a non-empty group: unpaired elements pass through, the identity
+    is never combined with an element, so :math:`\mathbf{e}` cannot change the output of a
+    non-empty group. It is the value of the empty reduction, and for the monoid law
+    :math:`\bigoplus(A \cup \emptyset) = \bigoplus A \oplus \mathbf{e} = \bigoplus A` it
+    should be an identity of :math:`\oplus`. With ``identity="learned"`` (default)
+    :math:`\mathbf{e}` is a parameter (initialised to zeros) that the task trains through
+    isolated nodes and that :meth:`identity_loss`, :math:`\|\mathbf{a} \oplus \mathbf{e} -
+    \mathbf{a}\|^2`, pulls towards a true identity. ``identity="zeros"`` returns zeros for an
+    empty group (the convention of :class:`~torch_geometric.nn.aggr.SumAggregation`).
+
+    **Grouping.** ``index`` need not be sorted: unsorted elements are grouped by a stable
+    sort of ``index``, so inside a group they keep the order in which they were given (the
+    result equals that on an ``edge_index`` sorted by destination with a stable sort). With
+    ``ptr`` the elements must already be grouped. Nothing is truncated: a group larger than
+    ``max_num_elements`` raises ``ValueError``.
+
+    NaN in an element propagates to its group's output only.
+
+    The parameters of ``cell="gru", project=True`` use the names of PyG's
+    :class:`~torch_geometric.nn.aggr.LCMAggregation` (``lin``, ``gru_cell``), so its state
+    dict loads unchanged.
+
+    Args:
+        in_channels (int): Size of each input element.
+        out_channels (int): Size of each output (the monoid's dimension).
+        project (bool, optional): Apply :math:`\mathrm{ReLU}(\mathbf{W}\mathbf{x} +
+            \mathbf{b})` before the reduction. Must be ``True`` when ``in_channels !=
+            out_channels``. Third, as in PyG's signature. (default: ``True``)
+        cell (str, optional): The learnable function :math:`f` that is symmetrised:
+            ``"gru"`` or ``"mlp"``. (default: ``"gru"``)
+        hidden_channels (int, optional): Hidden size of the ``"mlp"`` cell; ``None`` means
+            ``2 * out_channels``. Not allowed for ``"gru"``. (default: ``None``)
+        identity (str, optional): ``"learned"`` or ``"zeros"``, the result of an empty
+            group (see above). (default: ``"learned"``)
+        shuffle (bool, optional): In training mode, randomly permute the elements inside
+            every group on each call (the paper's augmentation). Evaluation keeps the given
+            order. (default: ``False``)
+
+    Shapes:
+        - **input:** ``x`` :math:`(E, F_{in})`, ``index`` :math:`(E)` (any order) or ``ptr``
+          :math:`(N + 1)`, ``dim_size`` :math:`N`.
+        - **output:** :math:`(N, F_{out})`.
+
+    Example:
+        >>> import torch
+        >>> from graphseq.nn.aggr import LCMAggregation
+        >>> aggr = LCMAggregation(16, 32)
+        >>> x, index = torch.randn(6, 16), torch.tensor([2, 0, 0, 2, 2, 0])
+        >>> aggr(x, index, dim_size=4).shape    # node 1 and node 3 get the identity
+        torch.Size([4, 32])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        project: bool = True,
+        cell: str = "gru",
+        hidden_channels: int | None = None,
+        identity: str = "learned",
+        shuffle: bool = False,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}: {arg} must be a positive int, got {value!r}")
+        if cell not in CELLS:
+            raise ValueError(f"{name}: cell must be one of {CELLS}, got {cell!r}")
+        if not project and in_channels != out_channels:
+            raise ValueError(
+                f"{name}: inputs must be projected (project=True) when in_channels "
+                f"({in_channels}) != out_channels ({out_channels})"
+            )
+        if hidden_channels is not None:
+            if cell != "mlp":
+                raise ValueError(f"{name}: hidden_channels applies to cell='mlp' only")
+            if (
+                isinstance(hidden_channels, bool)
+                or not isinstance(hidden_channels, int)
+                or hidden_channels <= 0
+            ):
+                raise ValueError(
+                    f"{name}: hidden_channels must be a positive int, got {hidden_channels!r}"
+                )
+        if identity not in IDENTITIES:
+            raise ValueError(f"{name}: identity must be one of {IDENTITIES}, got {identity!r}")
+
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.cell = cell
+        self.project = bool(project)
+        self.hidden_channels = (hidden_channels or 2 * out_channels) if cell == "mlp" else None
+        self.identity = identity
+        self.shuffle = bool(shuffle)
+
+        self.lin = Linear(in_channels, out_channels) if self.project else None
+        if cell == "gru":
+            self.gru_cell = GRUCell(out_channels, out_channels)
+        else:
+            self.mlp_in = Linear(2 * out_channels, self.hidden_channels)
+            self.mlp_out = Linear(self.hidden_channels, out_channels)
+        if identity == "learned":
+            self.identity_element = Parameter(torch.empty(out_channels))
+        else:
+            self.register_parameter("identity_element", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.lin is not None:
+            self.lin.reset_parameters()
+        if self.cell == "gru":
+            self.gru_cell.reset_parameters()
+        else:
+            self.mlp_in.reset_parameters()
+            self.mlp_out.reset_parameters()
+        if self.identity_element is not None:
+            torch.nn.init.zeros_(self.identity_element)
+
+    # -- the monoid ------------------------------------------------------------------------
+
+    def combine_fn(self):
+        """The binary operator :math:`\\oplus` as a callable ``combine(a, b)`` on ``[P, C]``.
+
+        Weight concatenations are done once here, so build it once per forward pass.
+        """
+        c = self.out_channels
+        if self.cell == "gru":
+            cell = self.gru_cell
+            weight = torch.cat([cell.weight_ih, cell.weight_hh], 0)  # [6C, C]
+            bias = torch.cat([cell.bias_ih, cell.bias_hh], 0)  # [6C]
+
+            def combine(a: Tensor, b: Tensor) -> Tensor:
+                pa = F.linear(a, weight, bias)  # [P, 6C], same op and shape for both operands
+                pb = F.linear(b, weight, bias)
+                return _SymmetricGRU.apply(pa, pb, a, b)
+
+            return combine
+
+        w1 = self.mlp_in.weight  # [H, 2C]: columns :C act on the left slot, C: on the right
+        weight = torch.cat([w1[:, :c], w1[:, c:]], 0)  # [2H, C]
+        b1, h = self.mlp_in.bias, self.hidden_channels
+
+        def combine(a: Tensor, b: Tensor) -> Tensor:
+            pa = F.linear(a, weight)  # [P, 2H]
+            pb = F.linear(b, weight)
+            ab = torch.relu(pa[:, :h] + pb[:, h:] + b1)  # f(a, b)'s hidden layer
+            ba = torch.relu(pb[:, :h] + pa[:, h:] + b1)  # f(b, a)'s hidden layer
+            return self.mlp_out(0.5 * (ab + ba))  # W2 is linear: average before it
+
+        return combine
+
+    def combine(self, a: Tensor, b: Tensor) -> Tensor:
+        """:math:`\\mathbf{a} \\oplus \\mathbf{b}` for ``[P, out_channels]`` operands."""
+        return self.combine_fn()(a, b)
+
+    def identity_value(self, dtype: torch.dtype | None = None, device=None) -> Tensor:
+        """The identity :math:`\\mathbf{e}`, ``[out_channels]``."""
+        if self.identity_element is not None:
+            return self.identity_element.to(dtype=dtype, device=device)
+        ref = self.lin.weight if self.lin is not None else next(self.parameters())
+        return torch.zeros(self.out_channels, dtype=dtype or ref.dtype, device=device or ref.device)
+
+    def _project(self, x: Tensor) -> Tensor:
+        if self.lin is not None:
+            return torch.relu(self.lin(x))
+        if x.size(1) != self.out_channels:
+            raise ValueError(
+                f"{type(self).__name__}: x must have out_channels = {self.out_channels} "
+                f"channels when project=False, got {x.size(1)}"
+            )
+        return x
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        index: Tensor | None = None,
+        ptr: Tensor | None = None,
+        dim_size: int | None = None,
+        dim: int = -2,
+        max_num_elements: int | None = None,
+        plan: SegmentPlan | None = None,
+    ) -> Tensor:
+        r"""Reduce every group of ``x``.
+
+        Args:
+            x (torch.Tensor): ``[E, in_channels]`` elements.
+            index (torch.Tensor, optional): ``[E]`` group of every element, in any order.
+            ptr (torch.Tensor, optional): ``[N + 1]`` boundaries of already grouped
+                elements (takes precedence over ``index``).
+            dim_size (int, optional): ``N``, the number of groups (filled in by PyG's
+                ``Aggregation.__call__``).
+            dim (int, optional): Must be ``0`` or ``-2``. (default: ``-2``)
+            max_num_elements (int, optional): Accepted for PyG compatibility; a larger
+                group raises ``ValueError`` (never truncated). (default: ``None``)
+            plan (SegmentPlan, optional): A reusable tree schedule,
+                ``SegmentPlan.from_ptr(ptr)`` for the ``ptr`` of the *grouped* elements.
+                (default: ``None``, built on the fly)
+        """
+        name = type(self).__name__
+        check_input(name, x, index, ptr, dim_size, dim)
+        h = self._project(x)  # [E, C]
+        grouped = group(name, h, index, ptr, dim_size, max_num_elements)
+        if self.shuffle and self.training:
+            grouped = shuffle_within_groups(grouped)
+        identity = self.identity_value(dtype=h.dtype, device=h.device)
+        return segment_tree_reduce(grouped.x, grouped.ptr, self.combine_fn(), identity, plan=plan)
+
+    # -- regularisers ----------------------------------------------------------------------
+
+    def _sample(
+        self,
+        x: Tensor,
+        index: Tensor | None,
+        ptr: Tensor | None,
+        num: int,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Project and group ``x``; return it, its ``ptr`` and ``num`` random rows (``None``
+        if ``x`` is empty)."""
+        name = type(self).__name__
+        if isinstance(num, bool) or not isinstance(num, int) or num <= 0:
+            raise ValueError(f"{name}: num_samples must be a positive int, got {num!r}")
+        if index is not None or ptr is not None:
+            if ptr is not None:
+                dim_size = ptr.numel() - 1
+            else:
+                dim_size = int(index.max()) + 1 if index.numel() > 0 else 0
+        else:
+            dim_size = 1
+        check_input(name, x, index, ptr, dim_size, 0)
+        h = self._project(x)
+        grouped = group(name, h, index, ptr, dim_size)
+        if h.size(0) == 0:
+            return grouped.x, grouped.ptr, None
+        rows = torch.randint(h.size(0), (num,), device=h.device, generator=generator)
+        return grouped.x, grouped.ptr, rows
+
+    def _partners(self, ptr: Tensor, rows: Tensor, generator: torch.Generator | None) -> Tensor:
+        """A uniformly random element of the same group as each of ``rows``."""
+        seg = segment_ids(ptr)[rows]
+        start, length = ptr[seg], ptr[seg + 1] - ptr[seg]
+        u = torch.rand(rows.shape, device=rows.device, generator=generator)
+        return start + (u * length).long().clamp_max(length - 1)
+
+    def associativity_loss(
+        self,
+        x: Tensor,
+        index: Tensor | None = None,
+        ptr: Tensor | None = None,
+        num_samples: int = 256,
+        generator: torch.Generator | None = None,
+        max_operand_size: int = 1,
+    ) -> Tensor:
+        r"""The associativity gap on sampled triples, to add (weighted) to the training loss:
+
+        .. math::
+            \mathcal{L}_{\text{assoc}} = \frac{1}{S\,C}\sum_{s=1}^{S}
+            \left\| (\mathbf{a}_s \oplus \mathbf{b}_s) \oplus \mathbf{c}_s -
+            \mathbf{a}_s \oplus (\mathbf{b}_s \oplus \mathbf{c}_s) \right\|_2^2 .
+
+        :math:`\mathbf{a}_s` is a uniformly random element of ``x`` after the input
+        projection; with ``index``/``ptr``, :math:`\mathbf{b}_s, \mathbf{c}_s` are uniformly
+        random elements of *the same group* (the combinations the tree actually forms),
+        otherwise of all of ``x``. Pass the messages or node features the aggregation sees
+        (in a ``GINConv``, the node features ``x``). Gradients reach the operator and the
+        projection; two batched :math:`\oplus` calls on :math:`2S` rows each.
+
+        With ``max_operand_size = m > 1`` each operand is instead the tree reduction of
+        :math:`k \sim U\{1, \dots, m\}` random elements (of the same group, with
+        replacement), so the loss also sees the partial reductions that the inner levels of
+        a deeper tree combine: the values a longer neighbourhood than any seen in training
+        would produce.
+
+        Args:
+            x (torch.Tensor): ``[E, in_channels]`` elements to sample from.
+            index (torch.Tensor, optional): ``[E]`` groups, in any order. (default: ``None``)
+            ptr (torch.Tensor, optional): ``[N + 1]`` boundaries of grouped ``x``.
+                (default: ``None``)
+            num_samples (int, optional): Number of triples :math:`S`. (default: ``256``)
+            generator (torch.Generator, optional): For reproducible sampling.
+            max_operand_size (int, optional): Largest number of elements reduced into one
+                operand. (default: ``1``, single elements)
+
+        Returns:
+            A scalar tensor (zero if ``x`` is empty).
+        """
+        name = type(self).__name__
+        m = max_operand_size
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(f"{name}: max_operand_size must be an int >= 1, got {m!r}")
+        h, ptr_g, a = self._sample(x, index, ptr, num_samples, generator)
+        if a is None:
+            return h.new_zeros(())
+        op = self.combine_fn()
+        s = a.numel()
+        # without index/ptr, ptr_g is one group holding every element
+        if m == 1:
+            b, c = self._partners(ptr_g, a, generator), self._partners(ptr_g, a, generator)
+            ha, hb, hc = h[a], h[b], h[c]
+        else:  # operands: reductions of k ~ U{1..m} elements of a's group
+            sizes = torch.randint(1, m + 1, (3 * s,), device=h.device, generator=generator)
+            owner = torch.repeat_interleave(a.repeat(3), sizes)  # [K] a's row, per element
+            rows = self._partners(ptr_g, owner, generator)
+            ptr_o = torch.zeros(3 * s + 1, dtype=torch.long, device=h.device)
+            torch.cumsum(sizes, 0, out=ptr_o[1:])
+            operands = segment_tree_reduce(h[rows], ptr_o, op)  # [3S, C]
+            ha, hb, hc = operands.split(s)
+        first = op(torch.cat([ha, hb]), torch.cat([hb, hc]))  # [a ⊕ b; b ⊕ c]
+        second = op(torch.cat([first[:s], ha]), torch.cat([hc, first[s:]]))
+        return (second[:s] - second[s:]).pow(2).mean()
+
+    def identity_loss(
+        self,
+        x: Tensor,
+        num_samples: int = 256,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        r"""How far :math:`\mathbf{e}` is from an identity of :math:`\oplus`:
+
+        .. math::
+            \mathcal{L}_{\text{id}} = \frac{1}{S\,C}\sum_{s=1}^{S}
+            \left\| \mathbf{a}_s \oplus \mathbf{e} - \mathbf{a}_s \right\|_2^2,
+
+        with :math:`\mathbf{a}_s` uniformly random rows of ``x`` after the projection. Only
+        meaningful (and only non-constant in :math:`\mathbf{e}`) with ``identity="learned"``.
+
+        Args:
+            x (torch.Tensor): ``[E, in_channels]`` elements to sample from.
+            num_samples (int, optional): Number of samples :math:`S`. (default: ``256``)
+            generator (torch.Generator, optional): For reproducible sampling.
+
+        Returns:
+            A scalar tensor (zero if ``x`` is empty).
+        """
+        h, _, a = self._sample(x, None, None, num_samples, generator)
+        if a is None:
+            return h.new_zeros(())
+        ha = h[a]
+        e = self.identity_value(dtype=h.dtype, device=h.device).expand_as(ha)
+        return (self.combine(ha, e) - ha).pow(2).mean()
+
+    def __repr__(self) -> str:
+        extra = f", hidden_channels={self.hidden_channels}" if self.cell == "mlp" else ""
+        return (
+            f"{type(self).__name__}({self.in_channels}, {self.out_channels}, "
+            f"cell={self.cell!r}{extra}, project={self.project}, identity={self.identity!r}, "
+            f"shuffle={self.shuffle})"
+        )

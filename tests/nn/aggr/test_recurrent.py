@@ -1,0 +1,183 @@
+"""Tests of graphseq.nn.aggr.RecurrentAggregation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.nn.aggr import GRUAggregation, LSTMAggregation
+
+from graphseq.nn.aggr import RecurrentAggregation
+from graphseq.nn.aggr._grouping import Grouped, shuffle_within_groups
+
+CELLS = ("gru", "lstm")
+
+
+def make_ptr(lengths) -> torch.Tensor:
+    lengths = torch.as_tensor(list(lengths), dtype=torch.long)
+    return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+
+
+def index_of(ptr: torch.Tensor) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(ptr.numel() - 1), ptr.diff())
+
+
+def run_alone(aggr: RecurrentAggregation, rows: torch.Tensor) -> torch.Tensor:
+    """The RNN over one sequence, with torch.nn's own layer: last layer's final h."""
+    final = aggr.rnn(rows.unsqueeze(1))[1]
+    h = final if aggr.cell == "gru" else final[0]
+    return h[-1, 0]
+
+
+def test_repr():
+    assert str(RecurrentAggregation(16, 32)) == (
+        "RecurrentAggregation(16, 32, cell='gru', order='given', num_layers=1)"
+    )
+    assert str(RecurrentAggregation(4, 4, cell="lstm", order="score", num_layers=2)) == (
+        "RecurrentAggregation(4, 4, cell='lstm', order='score', num_layers=2)"
+    )
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_each_group_is_its_own_sequence(cell, num_layers):
+    aggr = RecurrentAggregation(5, 6, cell=cell, num_layers=num_layers)
+    lengths = [3, 0, 7, 1, 0, 12, 2]
+    ptr = make_ptr(lengths)
+    x = torch.randn(int(ptr[-1]), 5)
+    out = aggr(x, ptr=ptr)
+    assert out.shape == (7, 6)
+    assert torch.equal(out, aggr(x, index_of(ptr), dim_size=7))
+    for g, n in enumerate(lengths):
+        if n == 0:
+            assert torch.equal(out[g], torch.zeros(6))  # the RNN over no element: h_0 = 0
+        else:
+            expected = run_alone(aggr, x[ptr[g] : ptr[g + 1]])
+            assert (out[g] - expected).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_batch_independence(cell):
+    aggr = RecurrentAggregation(8, 8, cell=cell)
+    mine = torch.randn(3, 8)
+    alone = aggr(mine)[0]
+    for others in ([8], [0, 40, 1], [300]):
+        lengths = [*others, 3]
+        ptr = make_ptr(lengths)
+        x = torch.randn(int(ptr[-1]), 8)
+        x[ptr[-2] :] = mine
+        out = aggr(x, index_of(ptr), dim_size=len(lengths), max_num_elements=300)
+        assert (out[-1] - alone).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize(("cell", "pyg_cls"), [("gru", GRUAggregation), ("lstm", LSTMAggregation)])
+def test_matches_pyg_without_padding(cell, pyg_cls):
+    """With equal degrees PyG pads nothing, and both compute the same recurrence."""
+    pyg = pyg_cls(4, 5)
+    ours = RecurrentAggregation(4, 5, cell=cell)
+    rnn = pyg.gru if cell == "gru" else pyg.lstm
+    ours.rnn.load_state_dict(rnn.state_dict())
+    index = torch.arange(6).repeat_interleave(4)
+    x = torch.randn(24, 4)
+    torch.testing.assert_close(ours(x, index), pyg(x, index), atol=1e-6, rtol=1e-5)
+
+
+def test_empty_batch_and_unsorted_index():
+    aggr = RecurrentAggregation(3, 4, cell="lstm")
+    out = aggr(torch.randn(0, 3), torch.zeros(0, dtype=torch.long), dim_size=2)
+    assert out.shape == (2, 4) and torch.equal(out, torch.zeros(2, 4))
+    index = torch.tensor([1, 0, 1, 3, 0, 1])
+    x = torch.randn(6, 3)
+    order = torch.sort(index, stable=True)[1]
+    assert torch.equal(aggr(x, index, dim_size=4), aggr(x[order], index[order], dim_size=4))
+
+
+def test_shuffle_within_groups_is_a_permutation_inside_groups():
+    ptr = make_ptr([4, 0, 6, 1])
+    x = torch.arange(11.0).unsqueeze(1)
+    shuffled = shuffle_within_groups(Grouped(x, ptr, None))
+    assert torch.equal(shuffled.x, x[shuffled.order])
+    for g in range(4):
+        a, b = int(ptr[g]), int(ptr[g + 1])
+        assert sorted(shuffled.x[a:b, 0].tolist()) == list(range(a, b))
+
+
+def test_random_order():
+    aggr = RecurrentAggregation(4, 4, order="random")
+    x = torch.randn(9, 4)
+    outs = torch.stack([aggr(x)[0] for _ in range(6)])
+    assert (outs - outs[0]).abs().max() > 0
+    same = torch.randn(1, 4).expand(9, 4)  # identical elements: every order gives one value
+    outs = torch.stack([aggr(same)[0] for _ in range(3)])
+    assert (outs - outs[0]).abs().max() <= 1e-6
+
+
+def test_score_order():
+    aggr = RecurrentAggregation(4, 6, order="score")
+    ptr = make_ptr([5, 3])
+    x = torch.randn(8, 4, requires_grad=True)
+    out = aggr(x, ptr=ptr)
+    s = aggr.score(x).squeeze(-1)
+    for g in range(2):
+        rows, sg = x[ptr[g] : ptr[g + 1]], s[ptr[g] : ptr[g + 1]]
+        gated = (rows * torch.sigmoid(sg).unsqueeze(-1))[torch.argsort(sg.detach(), stable=True)]
+        assert (out[g] - run_alone(aggr, gated)).abs().max() <= 1e-6
+    out.sum().backward()
+    assert aggr.score.weight.grad is not None and aggr.score.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_permutation_loss(cell):
+    aggr = RecurrentAggregation(6, 6, cell=cell, num_layers=2)
+    x = torch.randn(50, 6)
+    index = torch.randint(0, 5, (50,))
+    gen = torch.Generator().manual_seed(0)
+    loss = aggr.permutation_loss(x, index, num_samples=32, generator=gen)
+    assert loss.dim() == 0 and loss > 0
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(loss, aggr.permutation_loss(x, index, num_samples=32, generator=gen))
+    loss.backward()
+    assert all(p.grad is not None for p in aggr.parameters())
+    # the loss can be trained down (one layer, a short group set to keep it quick)
+    small = RecurrentAggregation(6, 6, cell=cell)
+    x, index = x[:20], index[:20] % 3
+    opt = torch.optim.Adam(small.parameters(), lr=3e-2)
+    first = small.permutation_loss(x, index, num_samples=64).item()
+    for _ in range(15):
+        opt.zero_grad()
+        small.permutation_loss(x, index, num_samples=64).backward()
+        opt.step()
+    assert small.permutation_loss(x, index, num_samples=64).item() < 0.5 * first
+    # no group with two elements: nothing to swap
+    assert aggr.permutation_loss(x[:3], torch.tensor([0, 1, 2])).item() == 0.0
+
+
+def test_reset_parameters():
+    aggr = RecurrentAggregation(4, 4, order="score")
+    with torch.no_grad():
+        for p in aggr.parameters():
+            p.fill_(0.25)
+    aggr.reset_parameters()
+    for name, p in aggr.named_parameters():
+        assert not torch.all(p == 0.25), name
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="RecurrentAggregation: in_channels"):
+        RecurrentAggregation(0, 4)
+    with pytest.raises(ValueError, match="RecurrentAggregation: num_layers"):
+        RecurrentAggregation(4, 4, num_layers=0)
+    with pytest.raises(ValueError, match="RecurrentAggregation: cell"):
+        RecurrentAggregation(4, 4, cell="rnn")
+    with pytest.raises(ValueError, match="RecurrentAggregation: order"):
+        RecurrentAggregation(4, 4, order="sorted")
+    aggr = RecurrentAggregation(4, 4)
+    x = torch.randn(5, 4)
+    index = torch.tensor([0, 0, 1, 1, 2])
+    with pytest.raises(ValueError, match="in_channels = 4"):
+        aggr(torch.randn(5, 3), index)
+    with pytest.raises(ValueError, match="max_num_elements"):
+        aggr(x, index, max_num_elements=1)
+    with pytest.raises(ValueError, match="dim_size"):
+        aggr(x, index, dim_size=1)
+    with pytest.raises(ValueError, match="num_samples"):
+        aggr.permutation_loss(x, index, num_samples=-1)
