@@ -408,16 +408,19 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{op}: correctness gate FAILED, not timed: {err}")
             continue
         if op == "linear_scan":
-            rows += _linear_scan_rows(args.quick, args.backend, device, args.repeats)
+            new = _linear_scan_rows(args.quick, args.backend, device, args.repeats)
             if device.type == "cuda" and not args.quick:
-                rows += _bandwidth_rows(args.backend, device, args.repeats)
+                new += _bandwidth_rows(args.backend, device, args.repeats)
         elif op == "chunked_matrix_scan":
-            rows += _chunked_rows(args.quick, args.backend, device, args.repeats)
+            new = _chunked_rows(args.quick, args.backend, device, args.repeats)
         else:
-            rows += _segment_rows(op, args.quick, args.backend, device, args.repeats)
+            new = _segment_rows(op, args.quick, args.backend, device, args.repeats)
             if op == "segment_tree_reduce" and not args.no_memory and device.type == "cpu":
                 memory = _hub_memory(args.quick)
-    print()
+        print_table(new)  # as soon as an op is done, so a long run shows progress
+        print(flush=True)
+        rows += new
+    print("all ops:")
     print_table(rows)
     if memory is not None:
         print(

@@ -24,9 +24,15 @@ import torch
 Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _rows(x: torch.Tensor, ptr: torch.Tensor, s: int) -> list[torch.Tensor]:
-    """The elements of segment ``s`` as a list of ``[1, *]`` rows."""
-    return [x[i : i + 1] for i in range(int(ptr[s]), int(ptr[s + 1]))]
+def _split_rows(x: torch.Tensor) -> list[torch.Tensor]:
+    """All elements as ``[1, *]`` rows. One ``split`` rather than a slice per row: autograd
+    through per-row slicing materialises a full-size zero gradient for every row (O(E^2))."""
+    return list(x.split(1)) if x.shape[0] > 0 else []
+
+
+def _rows(rows: list[torch.Tensor], ptr: torch.Tensor, s: int) -> list[torch.Tensor]:
+    """The elements of segment ``s``."""
+    return rows[int(ptr[s]) : int(ptr[s + 1])]
 
 
 def _tree(items: list[torch.Tensor], combine: Combine) -> torch.Tensor:
@@ -48,8 +54,9 @@ def _fold(items: list[torch.Tensor], combine: Combine) -> torch.Tensor:
 
 def _reduce(x, ptr, combine, identity, reduce_segment) -> torch.Tensor:
     out = []
+    rows = _split_rows(x)
     for s in range(ptr.numel() - 1):
-        items = _rows(x, ptr, s)
+        items = _rows(rows, ptr, s)
         if items:
             out.append(reduce_segment(items, combine))
         else:
@@ -97,8 +104,9 @@ def _sequential_scan(items: list[torch.Tensor], combine: Combine) -> list[torch.
 
 def _scan(x, ptr, combine, scan_segment) -> torch.Tensor:
     out = []
+    rows = _split_rows(x)
     for s in range(ptr.numel() - 1):
-        out.extend(scan_segment(_rows(x, ptr, s), combine))
+        out.extend(scan_segment(_rows(rows, ptr, s), combine))
     if not out:
         return x.new_zeros((0, *x.shape[1:]))
     return torch.cat(out)

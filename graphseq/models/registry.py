@@ -1,0 +1,121 @@
+"""Name -> model factory registry (what ``--model`` resolves against)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+__all__ = ["InputSpec", "ModelEntry", "build_model", "get_model", "list_models", "register_model"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a benchmark feeds a model and expects back.
+
+    Args:
+        level: ``"graph"`` (one prediction per graph, ``batch.batch`` pools nodes) or ``"node"``.
+        out_dim: outputs per graph/node (tasks, or classes for multi-class).
+        node_features: ``"ogb-atom"`` (the 9 integer OGB atom features, embedded with
+            :class:`~graphseq.models.AtomEncoder`) or ``"dense"`` (float ``x`` of width
+            ``node_dim``).
+        node_dim: width of dense ``x`` (ignored for ``"ogb-atom"``).
+        edge_features: ``"ogb-bond"``, ``"dense"`` (float ``edge_attr`` of width ``edge_dim``)
+            or ``None``.
+        edge_dim: width of dense ``edge_attr``.
+    """
+
+    level: str
+    out_dim: int
+    node_features: str = "dense"
+    node_dim: int = 0
+    edge_features: str | None = None
+    edge_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if self.level not in ("graph", "node"):
+            raise ValueError(f"InputSpec: level must be 'graph' or 'node', got {self.level!r}")
+        if self.node_features not in ("ogb-atom", "dense"):
+            raise ValueError(
+                "InputSpec: node_features must be 'ogb-atom' or 'dense', "
+                f"got {self.node_features!r}"
+            )
+        if self.edge_features not in (None, "ogb-bond", "dense"):
+            raise ValueError(
+                "InputSpec: edge_features must be None, 'ogb-bond' or 'dense', "
+                f"got {self.edge_features!r}"
+            )
+        if self.out_dim < 1:
+            raise ValueError(f"InputSpec: out_dim must be >= 1, got {self.out_dim}")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., nn.Module]
+    description: str
+    levels: tuple[str, ...]
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Keyword arguments of the factory (after ``spec``) and their defaults."""
+        params = list(inspect.signature(self.factory).parameters.values())[1:]
+        return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str, *, description: str = "", levels: tuple[str, ...] = ("graph", "node")
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register ``factory(spec: InputSpec, **hyperparameters) -> nn.Module``.
+
+    The module's ``forward(batch)`` takes a PyG ``Batch``/``Data`` and returns
+    ``[num_graphs, spec.out_dim]`` (graph level) or ``[num_nodes, spec.out_dim]`` (node level)
+    raw scores (no sigmoid/softmax).
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_model: name must be a non-empty str, got {name!r}")
+
+    def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+            raise ValueError(f"register_model: a model named {name!r} is already registered")
+        doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
+        _REGISTRY[name] = ModelEntry(name, factory, doc, tuple(levels))
+        return factory
+
+    return decorate
+
+
+def list_models() -> list[ModelEntry]:
+    """All registered models, sorted by name."""
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def get_model(name: str) -> ModelEntry:
+    """The registry entry for ``name``; unknown names raise ``ValueError`` listing valid ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}; valid models: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def build_model(name: str, spec: InputSpec, **hyperparameters: Any) -> nn.Module:
+    """Build model ``name`` for ``spec``; unknown hyperparameters raise ``TypeError``."""
+    entry = get_model(name)
+    if spec.level not in entry.levels:
+        raise ValueError(
+            f"model {name!r} supports {', '.join(entry.levels)}-level tasks, not {spec.level!r}"
+        )
+    known = entry.hyperparameters()
+    unknown = sorted(set(hyperparameters) - set(known))
+    if unknown:
+        raise TypeError(
+            f"model {name!r} got unknown hyperparameters {unknown}; it takes {sorted(known)}"
+        )
+    return entry.factory(spec, **hyperparameters)

@@ -1,0 +1,108 @@
+"""torch.distributed under ``torchrun``: process group, device, rank-0-first, gathering."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistEnv", "init_distributed", "select_device"]
+
+
+def select_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``"auto"``: ``cuda:<local_rank>`` when CUDA is available, else CPU; else ``device``."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but CUDA is not available")
+    return dev
+
+
+@dataclass
+class DistEnv:
+    """Rank, world size and device of this process (world size 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (e.g. builds a dataset cache), then the others."""
+        if not self.is_main:
+            self.barrier()
+        try:
+            yield
+        finally:
+            if self.is_main:
+                self.barrier()
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_reduce_mean(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            t = t.to(self.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
+
+    Backend: nccl when the device is CUDA, else gloo. Without torchrun this is a no-op returning
+    a world of size 1. An already-initialised group is reused (and not destroyed by ``close``).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = select_device(device, local_rank)
+    if world <= 1:
+        return DistEnv(0, 1, 0, dev)
+    owns = False
+    if not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        owns = True
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, dev, owns)

@@ -1,0 +1,94 @@
+"""Evaluation metrics. OGB datasets are scored by ``ogb``'s own ``Evaluator``; the rest by the
+same formulas here (RMSE and ROC-AUC averaged over tasks with labels, NaN = missing label)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["HIGHER_IS_BETTER", "accuracy", "make_evaluator", "rmse", "rocauc"]
+
+HIGHER_IS_BETTER = {"rocauc": True, "acc": True, "ap": True, "rmse": False, "mae": False}
+
+
+def rmse(y_true: Tensor, y_pred: Tensor) -> float:
+    """Root mean squared error per task over labelled entries, averaged over tasks (as OGB)."""
+    y_true, y_pred = (
+        y_true.double().reshape(len(y_true), -1),
+        y_pred.double().reshape(len(y_true), -1),
+    )
+    values = []
+    for t in range(y_true.size(1)):
+        ok = ~torch.isnan(y_true[:, t])
+        if ok.any():
+            values.append(((y_true[ok, t] - y_pred[ok, t]) ** 2).mean().sqrt().item())
+    if not values:
+        raise ValueError("rmse: no labelled entries")
+    return sum(values) / len(values)
+
+
+def _binary_auc(y: Tensor, s: Tensor) -> float:
+    # Mann-Whitney U with average ranks for ties
+    order = torch.argsort(s)
+    s_sorted = s[order]
+    ranks = torch.empty_like(s, dtype=torch.float64)
+    _, inverse, counts = torch.unique_consecutive(s_sorted, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    avg = ends - (counts.double() - 1) / 2  # 1-based average rank of each tie group
+    ranks[order] = avg[inverse]
+    pos = y > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def rocauc(y_true: Tensor, y_pred: Tensor) -> float:
+    """ROC-AUC per task with both classes present, averaged over tasks (as OGB)."""
+    y_true, y_pred = (
+        y_true.double().reshape(len(y_true), -1),
+        y_pred.double().reshape(len(y_true), -1),
+    )
+    values = []
+    for t in range(y_true.size(1)):
+        ok = ~torch.isnan(y_true[:, t])
+        y = y_true[ok, t]
+        if (y > 0.5).any() and (y <= 0.5).any():
+            values.append(_binary_auc(y, y_pred[ok, t]))
+    if not values:
+        raise ValueError("rocauc: no task has both positive and negative labels")
+    return sum(values) / len(values)
+
+
+def accuracy(y_true: Tensor, y_pred: Tensor) -> float:
+    """Multi-class accuracy: ``y_pred`` are ``[N, C]`` scores, ``y_true`` ``[N]`` class ids."""
+    return float((y_pred.argmax(-1) == y_true.reshape(-1).long()).double().mean())
+
+
+_LOCAL: dict[str, Callable[[Tensor, Tensor], float]] = {
+    "rmse": rmse,
+    "rocauc": rocauc,
+    "acc": accuracy,
+}
+
+
+def make_evaluator(metric: str, ogb_name: str | None = None) -> Callable[[Tensor, Tensor], float]:
+    """``evaluate(y_true, y_pred) -> float``; with ``ogb_name``, ``ogb``'s ``Evaluator`` is used."""
+    if ogb_name is not None:
+        from ogb.graphproppred import Evaluator
+
+        evaluator = Evaluator(ogb_name)
+        if evaluator.eval_metric != metric:
+            raise ValueError(f"{ogb_name}: OGB's metric is {evaluator.eval_metric}, not {metric}")
+
+        def evaluate(y_true: Tensor, y_pred: Tensor) -> float:
+            shape = (len(y_true), -1)
+            out = evaluator.eval(
+                {"y_true": y_true.reshape(shape).cpu(), "y_pred": y_pred.reshape(shape).cpu()}
+            )
+            return float(out[metric])
+
+        return evaluate
+    if metric not in _LOCAL:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(_LOCAL)}")
+    return _LOCAL[metric]

@@ -1,0 +1,286 @@
+"""Several seeds of one benchmark and model: ``graphseq run`` and ``graphseq submit``.
+
+Each seed is one :func:`~graphseq.train.fit` in its own folder ``seed<k>/`` (checkpoint,
+results JSON, plot). A rerun of the same command skips finished seeds and resumes the
+unfinished one from its checkpoint, so a killed run loses at most the current epoch.
+
+``submit`` is the OGB leaderboard protocol: 10 seeds (0..9) with OGB's example settings, the mean
+and standard deviation of the validation and test metric (test at the best validation epoch),
+parameter count, hardware and the exact command, written as ``submission.json`` and
+``submission.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from graphseq.train.benchmarks import get_benchmark
+from graphseq.train.distributed import DistEnv, init_distributed
+from graphseq.train.io import machine_info, write_json, write_text
+from graphseq.train.trainer import TrainConfig, fit
+
+__all__ = ["format_table", "run_benchmark", "submit", "summarize"]
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return None, None
+    std = statistics.stdev(values) if len(values) > 1 else None  # undefined for one seed
+    return statistics.fmean(values), std
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation over seeds of the valid/test metric at the best epoch."""
+    valid = [r["best"]["valid"] for r in results if r.get("best")]
+    test = [r["best"]["test"] for r in results if r.get("best")]
+    vm, vs = _mean_std(valid)
+    tm, ts = _mean_std(test)
+    first = results[0] if results else {}
+    return {
+        "benchmark": first.get("benchmark"),
+        "model": first.get("model"),
+        "metric": first.get("metric"),
+        "seeds": [r["seed"] for r in results],
+        "valid_mean": vm,
+        "valid_std": vs,
+        "test_mean": tm,
+        "test_std": ts,
+        "num_parameters": first.get("num_parameters"),
+        "mean_epoch_time_s": _mean_std([r.get("mean_epoch_time_s") for r in results])[0],
+        "wall_time_s": sum(r.get("wall_time_s") or 0.0 for r in results),
+    }
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def format_table(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """Plain-text table: one row per seed, then mean ± std."""
+    metric = summary.get("metric") or "metric"
+    head = ["seed", "best epoch", "epochs", f"valid {metric}", f"test {metric}", "time (s)"]
+    rows = [
+        [
+            str(r["seed"]), str(r.get("best_epoch")), str(r.get("epochs_run")),
+            _fmt((r.get("best") or {}).get("valid")), _fmt((r.get("best") or {}).get("test")),
+            f"{r.get('wall_time_s', 0):.1f}",
+        ]
+        for r in results
+    ]  # fmt: skip
+    rows.append(
+        [
+            "mean ± std", "", "",
+            f"{_fmt(summary['valid_mean'])} ± {_fmt(summary['valid_std'])}",
+            f"{_fmt(summary['test_mean'])} ± {_fmt(summary['test_std'])}",
+            f"{summary['wall_time_s']:.1f}",
+        ]
+    )  # fmt: skip
+    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    title = (
+        f"{summary['benchmark']} / {summary['model']}: {summary['num_parameters']:,} parameters, "
+        f"{'higher' if results and results[0].get('higher_is_better') else 'lower'} is better"
+    )
+    return "\n".join([title, line(head), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def run_benchmark(
+    benchmark: str,
+    model: str = "gin",
+    *,
+    seeds: int | list[int] | None = None,
+    out_dir: str | Path = "results",
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    model_args: dict[str, Any] | None = None,
+    patience: int | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+    tensorboard: bool = False,
+    log=print,
+    env: DistEnv | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run ``model`` on ``benchmark`` for several seeds; benchmark defaults fill unset options.
+
+    Results go to ``<out_dir>/<benchmark>/<model>/seed<k>/`` and ``summary.json``; finished seeds
+    are skipped on a rerun. Returns ``(per-seed results, summary)``.
+    """
+    bench = get_benchmark(benchmark)
+    missing = bench.missing_requirements()
+    if missing:
+        raise ImportError(
+            f"benchmark {benchmark!r} needs {', '.join(missing)}: pip install 'graphseq[chem]'"
+        )
+    from graphseq.models import get_model
+
+    entry = get_model(model)
+    d = bench.defaults
+    if seeds is None:
+        seeds = int(d.get("seeds", 1))
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise ValueError("seeds: need at least one seed")
+    margs = {k: v for k, v in d.get("model", {}).items() if k in entry.hyperparameters()}
+    margs.update(model_args or {})
+    base = TrainConfig(
+        benchmark=benchmark,
+        model=model,
+        model_args=margs,
+        epochs=epochs if epochs is not None else int(d.get("epochs", 100)),
+        batch_size=batch_size if batch_size is not None else int(d.get("batch_size", 32)),
+        lr=lr if lr is not None else float(d.get("lr", 1e-3)),
+        patience=patience,
+        device=device,
+        threads=threads,
+        progress=progress,
+        tensorboard=tensorboard,
+    )
+    own_env = env is None
+    env = env if env is not None else init_distributed(device)
+    folder = Path(out_dir) / benchmark / model
+    say = log if env.is_main else (lambda *a, **k: None)
+    try:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        with env.main_first():  # rank 0 builds the dataset cache, the others then read it
+            task = bench.load(data_dir, cache_dir)
+        say(
+            f"{benchmark}: {task.task_type}, metric {task.metric}, sizes "
+            + "/".join(str(v) for v in task.info.get("sizes", {}).values())
+            + f" (train/valid/test), data: {task.info.get('source')} "
+            f"[loaded in {time.perf_counter() - t0:.1f} s]"
+        )
+        build = task.info.get("build") or {}
+        if build.get("lenient_smiles") or build.get("dropped_smiles"):
+            say(
+                f"  note: {build['lenient_smiles']} SMILES parsed only without RDKit's valence "
+                f"check, {build['dropped_smiles']} unparsable and dropped (see the results JSON)"
+            )
+        say(
+            f"model {model} {margs}, {base.epochs} epochs, batch {base.batch_size}, lr {base.lr}, "
+            f"seeds {seed_list}, world size {env.world_size}, device {env.device}; "
+            f"writing to {folder}"
+        )
+        results = []
+        for seed in seed_list:
+            cfg = replace(base, seed=seed)
+            seed_dir = folder / f"seed{seed}"
+            was_done = (seed_dir / "results.json").exists()
+            r = fit(task, cfg, seed_dir, env=env, extra=extra)
+            results.append(r)
+            best = r.get("best") or {}
+            say(
+                f"seed {seed}: {'finished earlier, skipped' if was_done else 'done'} — "
+                f"valid {task.metric} {_fmt(best.get('valid'))}, test {_fmt(best.get('test'))} "
+                f"(best epoch {r.get('best_epoch')}, {r.get('wall_time_s', 0):.1f} s)"
+            )
+        if env.is_main and out_dir is not None and any(r.get("plot") is None for r in results):
+            say(
+                "  note: matplotlib is not installed, so no curves.png was written "
+                "(pip install 'graphseq[plot]')"
+            )
+        summary = summarize(results)
+        summary["machine"] = machine_info(env.device)
+        summary["command"] = _command()
+        if env.is_main:
+            write_json(folder / "summary.json", {"summary": summary, "seeds": [
+                {k: r.get(k) for k in ("seed", "best_epoch", "best", "epochs_run", "wall_time_s")}
+                for r in results
+            ]})  # fmt: skip
+        return results, summary
+    finally:
+        if own_env:
+            env.close()
+
+
+def _command() -> str:
+    argv = list(sys.argv)
+    if argv and os.path.basename(argv[0]) in ("cli.py", "__main__.py", "graphseq"):
+        argv[0] = "graphseq"
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def submit(
+    benchmark: str,
+    model: str,
+    *,
+    seeds: int = 10,
+    out_dir: str | Path = "submissions",
+    log=print,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """The OGB leaderboard protocol for ``model`` on ``benchmark``; resumable.
+
+    Runs seeds ``0..seeds-1`` with the benchmark's OGB settings (override with the keyword
+    arguments of :func:`run_benchmark`), then writes ``<out_dir>/<benchmark>/<model>/
+    submission.json`` and ``submission.md``: valid and test mean ± std (sample standard
+    deviation over seeds; test at the best validation epoch), parameter count, hardware, the
+    exact command and per-seed results.
+    """
+    if seeds < 1:
+        raise ValueError(f"submit: seeds must be >= 1, got {seeds}")
+    command = _command()
+    results, summary = run_benchmark(
+        benchmark, model, seeds=seeds, out_dir=out_dir, log=log, **kwargs
+    )
+    first = results[0]
+    sub = {
+        "dataset": benchmark,
+        "method": model,
+        "protocol": f"{len(results)} seeds (0..{seeds - 1}); test at best validation epoch; "
+        "mean ± sample std",
+        "metric": summary["metric"],
+        "test_mean": summary["test_mean"],
+        "test_std": summary["test_std"],
+        "valid_mean": summary["valid_mean"],
+        "valid_std": summary["valid_std"],
+        "num_parameters": summary["num_parameters"],
+        "hardware": summary["machine"],
+        "command": command,
+        "settings": first["config"],
+        "git_commit": first.get("git_commit"),
+        "total_wall_time_s": summary["wall_time_s"],
+        "mean_epoch_time_s": summary["mean_epoch_time_s"],
+        "seeds": [
+            {"seed": r["seed"], "best_epoch": r["best_epoch"], **(r.get("best") or {})}
+            for r in results
+        ],
+    }
+    folder = Path(out_dir) / benchmark / model
+    m = summary["metric"]
+    hw = sub["hardware"]
+    md = (
+        f"# {benchmark}: {model}\n\n"
+        f"| Method | Test {m} | Validation {m} | #Params | Hardware |\n"
+        "|---|---|---|---|---|\n"
+        f"| {model} | {_fmt(sub['test_mean'])} ± {_fmt(sub['test_std'])} "
+        f"| {_fmt(sub['valid_mean'])} ± {_fmt(sub['valid_std'])} "
+        f"| {sub['num_parameters']:,} | {hw.get('gpu') or hw.get('cpu')} "
+        f"({hw.get('cpu_count')} cores) |\n\n"
+        f"Protocol: {sub['protocol']}. Total wall time {sub['total_wall_time_s']:.0f} s "
+        f"({_fmt(sub['mean_epoch_time_s'], 2)} s per epoch).\n\n"
+        f"Command: `{command}`\n\nCommit: `{sub['git_commit']}`\n\n"
+        + format_table(results, summary).replace("\n", "\n    ").join(["    ", "\n"])
+    )
+    env = kwargs.get("env")
+    if (env.rank if env is not None else int(os.environ.get("RANK", "0"))) == 0:
+        write_json(folder / "submission.json", sub)
+        write_text(folder / "submission.md", md)
+    return sub

@@ -1,0 +1,140 @@
+"""The ``graphseq`` command: list, run, submit (resumable), bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from graphseq import cli
+from graphseq.train import runner as runner_module
+
+FAST = ["--epochs", "2", "--hidden", "16", "--layers", "2", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_list_shows_benchmarks_and_models(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("chembl2321810", "ogbg-molhiv", "ogbg-molesol", "ogbg-molfreesolv", "fake-graph"):
+        assert name in out
+    assert "gin-vn" in out and "hidden=300" in out
+
+
+@pytest.mark.parametrize(
+    "argv, valid",
+    [
+        (["run", "ogbg-molfoo"], "valid benchmarks: chembl2321810, ogbg-molhiv"),
+        (["run", "fake-graph", "--model", "gat"], "valid models: gin, gin-vn"),
+        (["submit", "ogbg-molfoo", "--model", "gin"], "valid benchmarks:"),
+    ],
+)
+def test_unknown_names_list_valid_ones(argv, valid, capsys, tmp_path):
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 2
+    assert valid in capsys.readouterr().err
+
+
+def test_run_prints_table_and_writes_results(capsys, tmp_path):
+    assert cli.main(["run", "fake-graph", "--seeds", "2", "--out", str(tmp_path), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "mean ± std" in out and "valid rocauc" in out
+    summary = json.loads((tmp_path / "fake-graph/gin/summary.json").read_text())
+    assert summary["summary"]["seeds"] == [0, 1]
+    assert (tmp_path / "fake-graph/gin/seed1/curves.png").exists()
+
+
+def test_submit_killed_after_one_seed_resumes_the_rest(capsys, tmp_path, monkeypatch):
+    real_fit = runner_module.fit
+    calls = []
+
+    def killed_during_seed_1(task, cfg, out_dir, **kw):
+        calls.append(cfg.seed)
+        if cfg.seed == 1:
+            raise KeyboardInterrupt  # what Ctrl-C or a scheduler's SIGINT looks like
+        return real_fit(task, cfg, out_dir, **kw)
+
+    argv = ["submit", "fake-graph", "--model", "gin", "--seeds", "3", "--out", str(tmp_path), *FAST]
+    monkeypatch.setattr(runner_module, "fit", killed_during_seed_1)
+    assert cli.main(argv) == 130
+    assert "rerun the same command" in capsys.readouterr().err
+    seed0 = tmp_path / "fake-graph/gin/seed0/results.json"
+    before = seed0.read_bytes()
+    assert not (tmp_path / "fake-graph/gin/submission.json").exists()
+
+    trained = []
+
+    def records_training(task, cfg, out_dir, **kw):
+        if not (out_dir / "results.json").exists():
+            trained.append(cfg.seed)
+        return real_fit(task, cfg, out_dir, **kw)
+
+    monkeypatch.setattr(runner_module, "fit", records_training)
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert trained == [1, 2]  # only the unfinished seeds were trained
+    assert "seed 0: finished earlier, skipped" in out
+    assert seed0.read_bytes() == before
+    sub = json.loads((tmp_path / "fake-graph/gin/submission.json").read_text())
+    assert [s["seed"] for s in sub["seeds"]] == [0, 1, 2]
+    assert sub["num_parameters"] > 0 and sub["command"] and sub["test_std"] is not None
+    md = (tmp_path / "fake-graph/gin/submission.md").read_text()
+    assert "| Method | Test rocauc | Validation rocauc | #Params | Hardware |" in md
+
+
+def test_corrupted_results_file_is_reported_and_kept(capsys, tmp_path):
+    assert cli.main(["run", "fake-graph", "--seeds", "2", "--out", str(tmp_path), *FAST]) == 0
+    capsys.readouterr()
+    bad = tmp_path / "fake-graph/gin/seed1/results.json"
+    bad.write_text("{ truncated")
+    good = (tmp_path / "fake-graph/gin/seed0/results.json").read_bytes()
+    assert cli.main(["run", "fake-graph", "--seeds", "2", "--out", str(tmp_path), *FAST]) == 3
+    err = capsys.readouterr().err
+    assert "seed1/results.json is unreadable" in err and "Delete it to rerun this seed" in err
+    assert bad.read_text() == "{ truncated"
+    assert (tmp_path / "fake-graph/gin/seed0/results.json").read_bytes() == good
+
+
+def test_corrupted_checkpoint_is_reported(capsys, tmp_path):
+    ckpt = tmp_path / "fake-graph/gin/seed0/checkpoint.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"\x00" * 100)
+    assert cli.main(["run", "fake-graph", "--seeds", "1", "--out", str(tmp_path), *FAST]) == 3
+    assert "checkpoint.pt is unreadable" in capsys.readouterr().err
+    assert ckpt.read_bytes() == b"\x00" * 100
+
+
+@pytest.mark.slow
+def test_submit_survives_sigkill(tmp_path):
+    """A real kill -9 after the first seed; the rerun trains only the remaining seeds."""
+    argv = [sys.executable, "-m", "graphseq.cli", "submit", "fake-graph", "--model", "gin",
+            "--seeds", "3", "--out", str(tmp_path), "--epochs", "40", "--hidden", "16",
+            "--no-progress"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path
+    )
+    seed0 = tmp_path / "fake-graph/gin/seed0/results.json"
+    deadline = time.time() + 240
+    while not seed0.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert seed0.exists() and not (tmp_path / "fake-graph/gin/seed2/results.json").exists()
+    before = seed0.read_bytes()
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "seed 0: finished earlier, skipped" in out.stdout
+    assert "seed 1: done" in out.stdout and "seed 2: done" in out.stdout
+    assert seed0.read_bytes() == before

@@ -1,0 +1,250 @@
+"""graphseq.train: fit, resume, checkpoints, results files, metrics, registries, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from graphseq.models import InputSpec, build_model, get_model, list_models, register_model
+from graphseq.train import (
+    CheckpointError,
+    ResultsFileError,
+    TrainConfig,
+    fit,
+    get_benchmark,
+    load_checkpoint,
+)
+from graphseq.train import trainer as trainer_module
+from graphseq.train.metrics import rmse, rocauc
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = {"hidden": 16, "layers": 2, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def fake_graph():
+    return get_benchmark("fake-graph").load(None, None)
+
+
+@pytest.fixture(scope="module")
+def fake_node():
+    return get_benchmark("fake-node").load(None, None)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(benchmark="fake-graph", model="gin", model_args=SMALL, epochs=4, lr=1e-2,
+                progress=False)  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_fit_writes_results_plot_and_checkpoint(fake_graph, tmp_path):
+    r = fit(fake_graph, _config(), tmp_path, extra={"command": "test"})
+    assert r["status"] == "finished" and r["epochs_run"] == 4 and r["command"] == "test"
+    assert set(r["best"]) == {"valid", "test"} and 1 <= r["best_epoch"] <= 4
+    assert r["num_parameters"] == sum(
+        p.numel() for p in build_model("gin", fake_graph.spec, **SMALL).parameters()
+    )
+    for key in ("config", "git_commit", "machine", "history", "wall_time_s", "task"):
+        assert key in r
+    assert [h["epoch"] for h in r["history"]] == [1, 2, 3, 4]
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["best"] == r["best"]
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # checkpoints load with weights_only=True
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 4 and "model" in state
+    # a finished run is returned, not retrained
+    mtime = (tmp_path / "results.json").stat().st_mtime_ns
+    assert fit(fake_graph, _config(), tmp_path)["best"] == r["best"]
+    assert (tmp_path / "results.json").stat().st_mtime_ns == mtime
+
+
+def test_kill_and_resume_gives_the_same_run(fake_graph, tmp_path, monkeypatch):
+    full = fit(fake_graph, _config(epochs=5), tmp_path / "full")
+    real_epoch = trainer_module._train_epoch_graph
+
+    def dies_at_epoch_4(task, model, optimizer, sampler, config, env, epoch):
+        if epoch == 4:
+            raise KeyboardInterrupt
+        return real_epoch(task, model, optimizer, sampler, config, env, epoch)
+
+    monkeypatch.setattr(trainer_module, "_train_epoch_graph", dies_at_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        fit(fake_graph, _config(epochs=5), tmp_path / "killed")
+    assert not (tmp_path / "killed" / "results.json").exists()
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 3
+    monkeypatch.setattr(trainer_module, "_train_epoch_graph", real_epoch)
+    resumed = fit(fake_graph, _config(epochs=5), tmp_path / "killed")
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
+    for a, b in zip(full["history"], resumed["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["valid_rocauc"] == pytest.approx(b["valid_rocauc"], rel=1e-5)
+
+
+def test_corrupted_checkpoint_is_a_clear_error(fake_graph, tmp_path):
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"checkpoint .*checkpoint\.pt is unreadable"):
+        fit(fake_graph, _config(), tmp_path)
+    assert ckpt.read_bytes() == b"PK\x03\x04 this is not a checkpoint"  # left untouched
+    # a checkpoint holding arbitrary Python objects is refused by weights_only=True
+    torch.save({"format": 1, "model": {}, "evil": object()}, ckpt)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(ckpt)
+
+
+def test_checkpoint_of_other_settings_is_refused(fake_graph, tmp_path):
+    fit(fake_graph, _config(epochs=2), tmp_path)
+    (tmp_path / "results.json").unlink()
+    with pytest.raises(CheckpointError, match="different settings"):
+        fit(fake_graph, _config(epochs=2, lr=0.5), tmp_path)
+
+
+def test_corrupted_results_file_is_a_clear_error(fake_graph, tmp_path):
+    (tmp_path / "results.json").write_text('{"status": "finis')
+    with pytest.raises(ResultsFileError, match=r"results\.json is unreadable"):
+        fit(fake_graph, _config(), tmp_path)
+    assert (tmp_path / "results.json").read_text() == '{"status": "finis'
+
+
+def test_node_level_and_early_stopping(fake_node, tmp_path):
+    cfg = _config(benchmark="fake-node", epochs=60, patience=2)
+    r = fit(fake_node, cfg, None)
+    assert r["stopped_early"] and r["epochs_run"] < 60
+    assert r["best_epoch"] == r["epochs_run"] - 2
+    assert 0.0 <= r["best"]["test"] <= 1.0
+
+
+def test_tensorboard(fake_graph, tmp_path):
+    pytest.importorskip("tensorboard")
+    fit(fake_graph, _config(epochs=1, tensorboard=True), tmp_path)
+    assert any(
+        p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir()
+    )
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="epochs"):
+        _config(epochs=0)
+    with pytest.raises(ValueError, match="patience"):
+        _config(patience=0)
+    assert _config().digest() != replace(_config(), seed=1).digest()
+    assert _config().digest() == replace(_config(), progress=True, threads=3).digest()
+
+
+# --------------------------------------------------------------------------------------------
+# metrics and registries
+
+
+def test_metrics_match_reference_implementations():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    from ogb.graphproppred import Evaluator
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (200, 3), generator=g).double()
+    s = torch.randn(200, 3, generator=g).round(decimals=1)  # ties
+    y[::7, 1] = float("nan")
+    ref = (
+        sum(
+            sklearn_metrics.roc_auc_score(y[~y[:, t].isnan(), t], s[~y[:, t].isnan(), t])
+            for t in range(3)
+        )
+        / 3
+    )
+    assert rocauc(y, s) == pytest.approx(ref, abs=1e-12)
+    yr, pr = torch.randn(50, 1, generator=g), torch.randn(50, 1, generator=g)
+    assert rmse(yr, pr) == pytest.approx(
+        Evaluator("ogbg-molesol").eval({"y_true": yr, "y_pred": pr})["rmse"]
+    )
+
+
+def test_model_registry_lists_and_validates():
+    names = [m.name for m in list_models()]
+    assert {"gin", "gin-vn"} <= set(names)
+    with pytest.raises(ValueError, match=r"valid models: .*gin-vn"):
+        get_model("gat-nope")
+    spec = InputSpec("graph", 1, "ogb-atom", edge_features="ogb-bond")
+    with pytest.raises(TypeError, match="unknown hyperparameters \\['widht'\\]"):
+        build_model("gin", spec, widht=3)
+
+    @register_model("test-mlp", description="plug-in check", levels=("graph",))
+    def _mlp(spec, hidden: int = 8):
+        from torch_geometric.nn import global_mean_pool
+
+        class M(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(spec.node_dim, spec.out_dim)
+
+            def forward(self, batch):
+                return global_mean_pool(self.lin(batch.x.float()), batch.batch)
+
+        return M()
+
+    task = get_benchmark("fake-graph").load(None, None)
+    r = fit(task, _config(model="test-mlp", model_args={"hidden": 4}, epochs=1), None)
+    assert r["num_parameters"] == 9
+
+
+def test_gin_matches_ogb_baselines():
+    from ogb.utils.features import get_atom_feature_dims, get_bond_feature_dims
+
+    from graphseq.models.gin import OGB_ATOM_FEATURE_DIMS, OGB_BOND_FEATURE_DIMS
+
+    assert list(OGB_ATOM_FEATURE_DIMS) == get_atom_feature_dims()
+    assert list(OGB_BOND_FEATURE_DIMS) == get_bond_feature_dims()
+    spec = InputSpec("graph", 1, "ogb-atom", edge_features="ogb-bond")
+    # The OGB leaderboard lists 1,885,206 (GIN) and 3,336,306 (GIN-virtual) parameters for
+    # ogbg-molhiv; ogb >= 1.3 added a 'misc' chirality value (4 -> 5 rows in the first
+    # AtomEncoder table... of width 300), hence exactly 300 more here.
+    assert sum(p.numel() for p in build_model("gin", spec).parameters()) == 1_885_206 + 300
+    assert sum(p.numel() for p in build_model("gin-vn", spec).parameters()) == 3_336_306 + 300
+    assert repr(build_model("gin-vn", spec, hidden=8)) == (
+        "GIN(hidden=8, layers=5, dropout=0.5, virtual_node=True, pool='mean')"
+    )
+
+
+def test_unknown_benchmark_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"valid benchmarks: .*ogbg-molhiv"):
+        get_benchmark("ogbg-molfoo")
+
+
+# --------------------------------------------------------------------------------------------
+# torchrun
+
+
+def test_torchrun_two_processes_write_one_result(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "graphseq.cli", "run", "fake-graph", "--epochs", "2", "--seeds", "1",
+        "--hidden", "16", "--out", str(tmp_path), "--no-progress",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert files == [
+        "fake-graph/gin/seed0/checkpoint.pt",
+        "fake-graph/gin/seed0/curves.png",
+        "fake-graph/gin/seed0/results.json",
+        "fake-graph/gin/summary.json",
+    ]
+    r = json.loads((tmp_path / "fake-graph/gin/seed0/results.json").read_text())
+    assert r["world_size"] == 2 and r["epochs_run"] == 2
+    assert out.stdout.count("mean ± std") == 1  # only rank 0 prints the table
