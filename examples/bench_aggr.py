@@ -7,7 +7,7 @@ pads to the largest degree fails inside its subprocess instead of taking the mac
 a failure is reported as ``OOM (> limit)``. Reported: median CPU time (``time.process_time``)
 of the forward pass and of forward + backward (``out.sum().backward()``, including the
 forward), and the peak-RSS increase of the subprocess over its state before the first pass
-(``ru_maxrss``), after the forward runs and after the forward + backward runs.
+(``VmHWM``), after the forward runs and after the forward + backward runs.
 
 Degree distributions (C = 128, ``index`` sorted, as in research/lcm.md §6.2):
 
@@ -95,7 +95,15 @@ def make_aggr(name: str, c: int):
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak resident memory of this process image (``VmHWM``), in MB.
+
+    Not ``ru_maxrss``: Linux carries the parent's peak across ``exec`` into it.
+    """
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024  # KiB
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def run_case(config: str, aggr: str, channels: int, repeats: int, budget_s: float) -> dict:

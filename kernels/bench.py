@@ -23,7 +23,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -319,11 +318,18 @@ def _segment_rows(op: str, quick: bool, backend, device, repeats) -> list[Row]:
     return rows
 
 
-def _current_rss_kib() -> float:
-    """Resident memory of this process now, in KiB (Linux ``/proc``)."""
-    with open("/proc/self/statm") as fh:
-        pages = int(fh.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 1024
+def _status_kib(field: str) -> float:
+    """A memory field of ``/proc/self/status`` in KiB: ``VmRSS`` now, ``VmHWM`` its peak.
+
+    ``VmHWM`` belongs to this process image. ``getrusage``'s ``ru_maxrss`` does not: Linux
+    carries the forking parent's peak across ``exec``, so a child spawned by a benchmark that
+    already holds 1.5 GB would report at least that much.
+    """
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _hub_memory_child(queue, quick: bool) -> None:
@@ -337,13 +343,12 @@ def _hub_memory_child(queue, quick: bool) -> None:
     ptr = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     x = torch.randn(E, C, requires_grad=True)
     combine = _GRUCombine(C)
-    before = _current_rss_kib()
+    before = _status_kib("VmRSS")
     t0 = time.perf_counter()
     out = segment_tree_reduce(x, ptr, combine)
     out.sum().backward()
     seconds = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # ru_maxrss is the peak of the whole process (KiB on Linux): peak minus resident before
+    after = _status_kib("VmHWM")  # peak resident memory of this process
     queue.put({"E": E, "hub": hub, "C": C, "seconds": seconds, "peak_MiB": (after - before) / 1024})
 
 
