@@ -8,6 +8,11 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+# the same examples on every run: a CI failure must reproduce
+settings.register_profile("graphseq", derandomize=True, deadline=None)
+settings.load_profile("graphseq")
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -49,6 +49,7 @@ class _LinearScanFn(torch.autograd.Function):
         return h
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dh):
         a, h, h0, cu_seqlens = ctx.saved_tensors
         reverse, core = ctx.reverse, ctx.core
@@ -190,7 +191,8 @@ def linear_scan(
         accumulate in float32 and ``h_last`` is returned in float32.
 
     NaN or inf in a sequence's inputs propagate to that sequence's later states (as in the
-    loop), never to other sequences of the batch.
+    loop), never to other sequences of the batch. The fast paths give first-order gradients
+    (a double backward raises); ``backend="reference"`` is fully differentiable.
 
     Example::
 

@@ -51,8 +51,9 @@ def _linear_scan_kernel(
     BT: tl.constexpr,
     BD: tl.constexpr,
 ):
-    i_d = tl.program_id(0)
-    i_n = tl.program_id(1).to(tl.int64)
+    # sequences on grid axis 0 (up to 2**31 - 1 of them; CUDA caps axis 1 at 65,535)
+    i_n = tl.program_id(0).to(tl.int64)
+    i_d = tl.program_id(1)
     if IS_VARLEN:
         bos = tl.load(cu_ptr + i_n).to(tl.int64)
         eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
@@ -112,7 +113,7 @@ def scan(
     h0_arg = h0.contiguous() if h0 is not None else a
 
     def grid(meta):
-        return (triton.cdiv(M, meta["BD"]), n_seq)
+        return (n_seq, triton.cdiv(M, meta["BD"]))
 
     _linear_scan_kernel[grid](
         a,
