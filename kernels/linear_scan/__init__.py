@@ -58,36 +58,40 @@ class _LinearScanFn(torch.autograd.Function):
         # gates of the adjoint scan: a_{t+1} (forward) or a_{t-1} (reverse); the value at the
         # step that starts the adjoint scan is never read
         a_adj = torch.empty_like(a)
-        prev = torch.empty_like(h)  # h_{t-1} (forward) or h_{t+1} (reverse)
         if reverse:
             a_adj[:, 1:] = a[:, :-1]
             a_adj[:, :1] = 0
-            prev[:, :-1] = h[:, 1:]
-            prev[:, -1:] = 0 if h0 is None or cu_seqlens is not None else h0.unsqueeze(1)
         else:
             a_adj[:, :-1] = a[:, 1:]
             a_adj[:, -1:] = 0
-            prev[:, 1:] = h[:, :-1]
-            prev[:, :1] = 0 if h0 is None or cu_seqlens is not None else h0.unsqueeze(1)
         g = core(a_adj, dh.contiguous(), None, not reverse, cu_seqlens)
-        if cu_seqlens is not None:
-            # the state before a sequence's first step is its own h0 (or 0), never the
-            # neighbouring sequence's state
+        packed = cu_seqlens is not None
+        if packed:
             first, nonempty = _first_steps(cu_seqlens, reverse)
-            fill = torch.zeros_like(prev[0, first]) if h0 is None else h0[nonempty].to(prev.dtype)
-            prev[0, first] = fill
         if ctx.needs_input_grad[1]:
             db = g
         if ctx.needs_input_grad[0]:
+            # da_t = g_t * (the state before step t): h_{t-1} (forward) or h_{t+1} (reverse)
+            prev = torch.empty_like(h)
+            start = 0 if h0 is None or packed else h0.unsqueeze(1)
+            if reverse:
+                prev[:, :-1] = h[:, 1:]
+                prev[:, -1:] = start
+            else:
+                prev[:, 1:] = h[:, :-1]
+                prev[:, :1] = start
+            if packed:
+                # before a sequence's first step comes its own h0 (or 0), never its
+                # neighbour's state
+                prev[0, first] = 0 if h0 is None else h0[nonempty].to(prev.dtype)
             da = g * prev
         if h0 is not None and ctx.needs_input_grad[2]:
-            if cu_seqlens is None:
-                t0 = T - 1 if reverse else 0
-                dh0 = a[:, t0] * g[:, t0]
-            else:
-                first, nonempty = _first_steps(cu_seqlens, reverse)
+            if packed:
                 dh0 = torch.zeros_like(h0)
                 dh0[nonempty] = (a[0, first] * g[0, first]).to(h0.dtype)
+            else:
+                t0 = T - 1 if reverse else 0
+                dh0 = a[:, t0] * g[:, t0]
         return da, db, dh0, None, None, None
 
 
