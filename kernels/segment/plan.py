@@ -63,7 +63,25 @@ class TreeLevel:
     num_finished: int
 
 
-class SegmentPlan:
+class _Plan:
+    """What every schedule knows from the ``ptr`` it was built for."""
+
+    ptr: torch.Tensor
+
+    @property
+    def num_segments(self) -> int:
+        return self.ptr.numel() - 1
+
+    @property
+    def num_elements(self) -> int:
+        return int(self.ptr[-1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.ptr.device
+
+
+class SegmentPlan(_Plan):
     """Schedule of :func:`~graphseq.kernels.segment_tree_reduce` for one ``ptr``.
 
     At every level the active segments pair their elements ``(0, 1), (2, 3), ...``; an odd
@@ -110,14 +128,6 @@ class SegmentPlan:
         self.has_empty = has_empty
 
     @property
-    def num_segments(self) -> int:
-        return self.ptr.numel() - 1
-
-    @property
-    def num_elements(self) -> int:
-        return int(self.ptr[-1])
-
-    @property
     def depth(self) -> int:
         """Number of levels, i.e. of ``combine`` calls: ``ceil(log2 max_length)``."""
         return len(self.levels)
@@ -126,10 +136,6 @@ class SegmentPlan:
     def num_pairs(self) -> int:
         """Total rows passed to ``combine``: ``E - (number of non-empty segments) <= E``."""
         return sum(level.left.numel() for level in self.levels)
-
-    @property
-    def device(self) -> torch.device:
-        return self.ptr.device
 
     @classmethod
     def from_ptr(cls, ptr: torch.Tensor) -> SegmentPlan:
@@ -227,7 +233,7 @@ class ScanLevel:
     order: torch.Tensor  # [P + F + S] permutation
 
 
-class SegmentScanPlan:
+class SegmentScanPlan(_Plan):
     """Schedule of :func:`~graphseq.kernels.segment_scan` for one ``ptr``.
 
     The recursive even/odd (Blelloch-style) scan: pair ``p_j = x_{2j} ⊕ x_{2j+1}`` inside every
@@ -249,14 +255,6 @@ class SegmentScanPlan:
         self.max_length = max_length
 
     @property
-    def num_segments(self) -> int:
-        return self.ptr.numel() - 1
-
-    @property
-    def num_elements(self) -> int:
-        return int(self.ptr[-1])
-
-    @property
     def depth(self) -> int:
         """Number of up-sweep levels: ``floor(log2 max_length)`` (0 if ``max_length <= 1``)."""
         return len(self.levels)
@@ -265,10 +263,6 @@ class SegmentScanPlan:
     def num_combined(self) -> int:
         """Total rows passed to ``combine`` (up-sweep pairs and down-sweep fix-ups), <= 2E."""
         return sum(lv.pair_left.numel() + lv.fix_pair.numel() for lv in self.levels)
-
-    @property
-    def device(self) -> torch.device:
-        return self.ptr.device
 
     @classmethod
     def from_ptr(cls, ptr: torch.Tensor) -> SegmentScanPlan:
