@@ -1,0 +1,366 @@
+"""Continual learning with hypernetworks: RNN (LSTM) vs chunked vs baselines, in one loop.
+
+Runs each method on a task stream for several seeds and writes, under ``--out``:
+
+* ``results.json``: every run (accuracy matrix ``R``, task-inferred accuracies, metrics,
+  seconds, parameter counts, config) plus mean ± std per method and the machine;
+* ``results.md``: the results table (mean ± std over seeds; hypernetwork sizes against the
+  target's weight count);
+* ``accuracy_matrix_<method>.png``: the accuracy matrix of the first seed.
+
+Streams (``--stream``): ``permuted-mnist`` (10 tasks) and ``split-mnist`` (5 tasks) from
+``mnist.npz`` in ``--data-dir`` (else ``$GRAPHSEQ_DATA``); ``permuted-digits``,
+``split-digits`` (scikit-learn's digits, seconds per run); ``graphs`` (synthetic graph tasks,
+GNN target). Methods (``--methods``, comma-separated): ``rnn``, ``chunked`` (the published
+PR-CL setting for the stream), ``chunked-eq`` (chunked at the RNN's parameter count, shared
+chunk embeddings: the ablation), ``rnn-nostep`` (the RNN fed the task embedding only),
+``full``, ``finetune``, ``ewc``, ``si``, ``separate``.
+
+Example (the bars of graphseq issue #7)::
+
+    python examples/continual.py --stream split-mnist --data-dir ../shared/data \\
+        --methods rnn,chunked,finetune,ewc,si,separate --seeds 0,1,2,3,4 --out runs/cl-split
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from graphseq.continual import (
+    EWC,
+    SI,
+    ChunkedHyperNetwork,
+    ContinualConfig,
+    FineTune,
+    FullHyperNetwork,
+    GNNTarget,
+    HypernetworkMethod,
+    MLPTarget,
+    RNNHyperNetwork,
+    SeparateNetworks,
+    train_continual,
+)
+from graphseq.datasets.continual import (
+    graph_tasks,
+    permuted_digits,
+    permuted_mnist,
+    split_digits,
+    split_mnist,
+)
+from graphseq.train.io import machine_info, write_json, write_text
+from graphseq.train.trainer import seed_everything
+
+# Per-stream settings. "chunked" is the published PR-CL setting where one exists
+# (chrhenning/posterior_replay_cl, prob_mnist README: PermutedMNIST-10 small MLP: chunk 750,
+# hmlp 100,100, task emb 32, chunk emb 16, conditional chunk embeddings, beta 250, lr 5e-4,
+# batch 128, 5000 iterations, grad-norm clip 1; SplitMNIST small MLP: chunk 8000,
+# hmlp 10,10,10,10, task/chunk emb 32, beta 10, lr 5e-4, batch 32, 5000 iterations).
+PRESETS = {
+    "permuted-mnist": {
+        "target": {"in": 784, "hidden": (100, 100), "classes": 10},
+        "train": {"iterations": 5000, "batch_size": 128, "lr": 5e-4, "clip_grad_norm": 1.0},
+        "rnn": {"chunk_size": 750, "embedding_dim": 32, "hidden_size": 64, "step_dim": 32,
+                "beta": 0.1},
+        "chunked": {"chunk_size": 750, "embedding_dim": 32, "chunk_embedding_dim": 16,
+                    "hidden": (100, 100), "conditional": True, "beta": 250.0},
+        "chunked-eq": {"chunk_size": 750, "embedding_dim": 32, "chunk_embedding_dim": 16,
+                       "hidden": (93, 93), "conditional": False, "beta": 0.1},
+        "full": {"embedding_dim": 32, "hidden": (25, 25), "beta": 0.1},
+        "ewc": {"lam": 1000.0}, "si": {"c": 0.1},
+    },
+    "split-mnist": {
+        "target": {"in": 784, "hidden": (100, 100), "classes": 2},
+        "train": {"iterations": 2000, "batch_size": 32, "lr": 5e-4, "clip_grad_norm": None},
+        "rnn": {"chunk_size": 750, "embedding_dim": 32, "hidden_size": 64, "step_dim": 32,
+                "beta": 0.1},
+        "chunked": {"chunk_size": 8000, "embedding_dim": 32, "chunk_embedding_dim": 32,
+                    "hidden": (10, 10, 10, 10), "conditional": False, "beta": 10.0},
+        "chunked-eq": {"chunk_size": 750, "embedding_dim": 32, "chunk_embedding_dim": 16,
+                       "hidden": (93, 93), "conditional": False, "beta": 0.1},
+        "full": {"embedding_dim": 32, "hidden": (25, 25), "beta": 0.1},
+        "ewc": {"lam": 10000.0}, "si": {"c": 1.0},
+    },
+    "permuted-digits": {
+        "target": {"in": 64, "hidden": (100, 100), "classes": 10},
+        "train": {"iterations": 500, "batch_size": 32, "lr": 1e-3, "clip_grad_norm": None},
+        "rnn": {"chunk_size": 300, "embedding_dim": 8, "hidden_size": 24, "step_dim": 8,
+                "beta": 0.1},
+        "chunked": {"chunk_size": 300, "embedding_dim": 8, "chunk_embedding_dim": 8,
+                    "hidden": (40, 40), "conditional": False, "beta": 0.1},
+        "chunked-eq": {"chunk_size": 300, "embedding_dim": 8, "chunk_embedding_dim": 8,
+                       "hidden": (32, 32), "conditional": False, "beta": 0.1},
+        "full": {"embedding_dim": 8, "hidden": (25, 25), "beta": 0.01},
+        "ewc": {"lam": 100.0}, "si": {"c": 0.1},
+    },
+    "split-digits": {
+        "target": {"in": 64, "hidden": (100, 100), "classes": 2},
+        "train": {"iterations": 300, "batch_size": 32, "lr": 1e-3, "clip_grad_norm": None},
+        "rnn": {"chunk_size": 300, "embedding_dim": 8, "hidden_size": 24, "step_dim": 8,
+                "beta": 0.1},
+        "chunked": {"chunk_size": 300, "embedding_dim": 8, "chunk_embedding_dim": 8,
+                    "hidden": (40, 40), "conditional": False, "beta": 0.1},
+        "chunked-eq": {"chunk_size": 300, "embedding_dim": 8, "chunk_embedding_dim": 8,
+                       "hidden": (32, 32), "conditional": False, "beta": 0.1},
+        "full": {"embedding_dim": 8, "hidden": (25, 25), "beta": 0.01},
+        "ewc": {"lam": 1000.0}, "si": {"c": 1.0},
+    },
+    "graphs": {
+        "target": {"gnn": True, "hidden": 32, "classes": 2},
+        "train": {"iterations": 400, "batch_size": 32, "lr": 1e-3, "clip_grad_norm": None},
+        "rnn": {"chunk_size": 200, "embedding_dim": 8, "hidden_size": 32, "step_dim": 8,
+                "beta": 0.1},
+        "chunked": {"chunk_size": 200, "embedding_dim": 8, "chunk_embedding_dim": 8,
+                    "hidden": (40, 40), "conditional": False, "beta": 0.1},
+        "chunked-eq": {"chunk_size": 200, "embedding_dim": 8, "chunk_embedding_dim": 8,
+                       "hidden": (48, 48), "conditional": False, "beta": 0.1},
+        "full": {"embedding_dim": 8, "hidden": (25, 25), "beta": 0.01},
+        "ewc": {"lam": 100.0}, "si": {"c": 0.1},
+    },
+}  # fmt: skip
+
+HNET_METHODS = ("rnn", "rnn-nostep", "chunked", "chunked-eq", "full")
+ALL_METHODS = (*HNET_METHODS, "finetune", "ewc", "si", "separate")
+
+
+def load_stream(name: str, data_dir: str | None, num_tasks: int | None):
+    if name == "permuted-mnist":
+        return permuted_mnist(num_tasks or 10, data_dir=data_dir)
+    if name == "split-mnist":
+        return split_mnist(num_tasks or 5, data_dir=data_dir)
+    if name == "permuted-digits":
+        return permuted_digits(num_tasks or 10)
+    if name == "split-digits":
+        return split_digits(num_tasks or 5)
+    return graph_tasks(num_tasks or 4)
+
+
+def build(method: str, preset: dict, num_tasks: int, seed: int, args):
+    t = preset["target"]
+    if t.get("gnn"):
+        target = GNNTarget(4, t["hidden"], 2, t["classes"], num_heads=num_tasks)
+    else:
+        target = MLPTarget(t["in"], t["hidden"], t["classes"], num_heads=num_tasks)
+    spec = target.param_spec
+    if method in ("rnn", "rnn-nostep"):
+        p = preset["rnn"]
+        hnet = RNNHyperNetwork(
+            spec, p["chunk_size"], p["embedding_dim"], p["hidden_size"],
+            step_signal="learned" if method == "rnn" else "none", step_dim=p["step_dim"],
+        )  # fmt: skip
+        beta = args.beta if args.beta is not None else p["beta"]
+        return HypernetworkMethod(
+            target, hnet, beta=beta, hidden_beta=args.hidden_beta, seed=seed,
+            growth_units=args.growth_units, growth_threshold=args.growth_threshold,
+        )  # fmt: skip
+    if method in ("chunked", "chunked-eq"):
+        p = preset[method]
+        hnet = ChunkedHyperNetwork(
+            spec, p["chunk_size"], p["embedding_dim"], p["chunk_embedding_dim"], p["hidden"],
+            conditional_chunk_embeddings=p["conditional"],
+        )  # fmt: skip
+        beta = args.chunked_beta if args.chunked_beta is not None else p["beta"]
+        return HypernetworkMethod(target, hnet, beta=beta, seed=seed)
+    if method == "full":
+        p = preset["full"]
+        hnet = FullHyperNetwork(spec, p["embedding_dim"], p["hidden"])
+        return HypernetworkMethod(target, hnet, beta=p["beta"], seed=seed)
+    if method == "finetune":
+        return FineTune(target, seed=seed)
+    if method == "ewc":
+        return EWC(target, lam=preset["ewc"]["lam"], seed=seed)
+    if method == "si":
+        return SI(target, c=preset["si"]["c"], seed=seed)
+    return SeparateNetworks(target, seed=seed)
+
+
+def sizes(m) -> dict:
+    P = m.target.param_spec.numel
+    out = {"target_weights": P, "trainable": m.num_trainable_parameters()}
+    if isinstance(m, HypernetworkMethod):
+        out["hnet_shared"] = m.hnet.num_shared_parameters()
+        out["hnet_total"] = m.hnet.num_parameters()
+        out["compression_ratio"] = m.hnet.compression_ratio()
+    return out
+
+
+def mean_std(values):
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def fmt(ms, scale=100.0):
+    m, s = ms
+    if m is None:
+        return "-"
+    return f"{scale * m:.2f}" if s is None else f"{scale * m:.2f} ± {scale * s:.2f}"
+
+
+def plot_matrix(path: Path, R, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    R = torch.tensor(R) * 100
+    T = R.shape[0]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * T, 0.8 + 0.5 * T))
+    vmin = max(0.0, float(R.nan_to_num(100).min()) - 5)
+    im = ax.imshow(R.numpy(), vmin=vmin, vmax=100, cmap="viridis")
+    for i in range(T):
+        for j in range(i + 1):
+            light = R[i, j] > (vmin + 100) / 2  # dark text on the bright end of viridis
+            ax.text(j, i, f"{R[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                    color="k" if light else "w")  # fmt: skip
+    ax.set_xlabel("evaluated task j")
+    ax.set_ylabel("after training task i")
+    ax.set_xticks(range(T))
+    ax.set_yticks(range(T))
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summarize_runs(runs: list[dict]) -> dict:
+    """Mean ± std per method (in order of first appearance) over the runs' metrics."""
+    summary = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        rs = [r for r in runs if r["method"] == method]
+        summary[method] = {
+            k: mean_std([r["metrics"].get(k) for r in rs])
+            for k in ("acc", "during", "bwt", "max_forgetting", "inferred_acc", "task_inference")
+        }
+        summary[method]["sizes"] = rs[0]["sizes"]
+        summary[method]["seeds"] = [r["seed"] for r in rs]
+        summary[method]["iterations"] = rs[0]["train"]["iterations"]
+        summary[method]["wall_s"] = statistics.fmean(r["wall_s"] for r in rs)
+    return summary
+
+
+def format_table(summary: dict, header: str) -> str:
+    lines = [
+        header + " Accuracies in % (mean ± std over seeds; a single number where one seed ran).",
+        "",
+        "| method | seeds | it/task | ACC (task-incr.) | during | BWT | max-forgetting "
+        "| ACC task-inferred | task inference | target weights "
+        "| hnet params (shared / with embeddings) | CR | s/run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, s in summary.items():
+        z = s["sizes"]
+        hn = f"{z['hnet_shared']:,} / {z['hnet_total']:,}" if "hnet_shared" in z else (
+            f"({z['trainable']:,} trainable)")  # fmt: skip
+        cr = f"{z['compression_ratio']:.3f}" if "compression_ratio" in z else "-"
+        lines.append(
+            f"| {method} | {len(s['seeds'])} | {s['iterations']} | {fmt(s['acc'])} "
+            f"| {fmt(s['during'])} | {fmt(s['bwt'])} | {fmt(s['max_forgetting'])} "
+            f"| {fmt(s['inferred_acc'])} | {fmt(s['task_inference'])} "
+            f"| {z['target_weights']:,} | {hn} | {cr} | {s['wall_s']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def merge(paths: list[str], out: Path) -> int:
+    """Combine the runs of several ``results.json`` files into one table."""
+    runs = []
+    for p in paths:
+        runs += json.loads(Path(p).read_text())["runs"]
+    table = format_table(summarize_runs(runs), f"Merged from {', '.join(paths)}.")
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "results.md", table)
+    print(table)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stream", choices=sorted(PRESETS), default="split-digits")
+    ap.add_argument("--methods", default="rnn,chunked,finetune,ewc,si,separate")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--num-tasks", type=int, default=None)
+    ap.add_argument("--iterations", type=int, default=None, help="override the preset")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--beta", type=float, default=None, help="RNN hypernetwork beta")
+    ap.add_argument("--chunked-beta", type=float, default=None)
+    ap.add_argument("--hidden-beta", type=float, default=0.0)
+    ap.add_argument("--growth-units", type=int, default=0)
+    ap.add_argument("--growth-threshold", type=float, default=0.0)
+    ap.add_argument("--growth-iterations", type=int, default=0)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="runs/continual")
+    ap.add_argument(
+        "--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+        help="only combine these results.json files into <out>/results.md",
+    )  # fmt: skip
+    args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
+    methods = args.methods.split(",")
+    bad = [m for m in methods if m not in ALL_METHODS]
+    if bad:
+        ap.error(f"unknown methods {bad}; choose from {ALL_METHODS}")
+    torch.set_num_threads(args.threads)
+    preset = PRESETS[args.stream]
+    stream = load_stream(args.stream, args.data_dir, args.num_tasks)
+    train = dict(preset["train"])
+    if args.iterations is not None:
+        train["iterations"] = args.iterations
+    if args.batch_size is not None:
+        train["batch_size"] = args.batch_size
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = []
+    for method in methods:
+        for seed in seeds:
+            seed_everything(seed)
+            m = build(method, preset, len(stream), seed, args)
+            cfg = ContinualConfig(seed=seed, growth_iterations=args.growth_iterations, **train)
+            t0 = time.perf_counter()
+            res = train_continual(m, stream, cfg, log=lambda s: print(s, flush=True))
+            run = {
+                "method": method, "seed": seed, "sizes": sizes(m), "config": m.config(),
+                "train": train, "wall_s": time.perf_counter() - t0, **res.to_dict(),
+            }  # fmt: skip
+            runs.append(run)
+            met = res.metrics
+            print(
+                f"{method} seed {seed}: ACC {100 * met['acc']:.2f} BWT {100 * met['bwt']:.2f} "
+                f"task-inferred {100 * met['inferred_acc']:.2f} ({run['wall_s']:.0f}s)",
+                flush=True,
+            )
+            if seed == seeds[0]:
+                plot_matrix(out / f"accuracy_matrix_{method}.png", res.R,
+                            f"{args.stream}: {method} (seed {seed})")  # fmt: skip
+            write_json(out / "results.json", {"runs": runs})  # partial results survive a kill
+    header = (
+        f"Stream `{args.stream}` ({len(stream)} tasks), {train['iterations']} iterations/task, "
+        f"batch {train['batch_size']}, seeds {seeds}."
+    )
+    summary = summarize_runs(runs)
+    table = format_table(summary, header)
+    write_text(out / "results.md", table)
+    write_json(
+        out / "results.json",
+        {"command": " ".join([sys.executable, *sys.argv]), "machine": machine_info(),
+         "summary": summary, "runs": runs},
+    )  # fmt: skip
+    print(table)
+    print(json.dumps({"out": str(out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

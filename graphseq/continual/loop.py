@@ -1,0 +1,311 @@
+"""The continual-learning loop, evaluation and checkpoints.
+
+A task stream is a sequence of tasks; task ``t`` uses output head ``t``. Each task has
+``name``, ``train`` and ``test`` splits, and each split has ``len()`` and
+``batch(index) -> (inputs, labels)`` with labels local to the head (``0..classes-1``).
+:mod:`graphseq.datasets.continual` builds such streams.
+
+* :func:`train_continual`: trains a :class:`~graphseq.continual.methods.ContinualMethod`
+  task after task (a fresh Adam per task), fills the accuracy matrix ``R`` and, at the end,
+  the task-inferred accuracies; saves a checkpoint after every task if asked.
+* :func:`evaluate_task_incremental`: accuracy with the task id given (CL1).
+* :func:`evaluate_task_inferred`: the task id is inferred from predictive entropy (HNET+ENT,
+  von Oswald et al.): every seen task's weights and head are tried, the one whose softmax has
+  the lowest entropy wins; a prediction counts only if both task and class are right.
+* :func:`save_method` / :func:`load_method`: checkpoints with tensors and plain containers
+  only, read back with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from graphseq.continual.methods import ContinualMethod, method_from_config
+from graphseq.continual.metrics import summarize_matrix
+from graphseq.train.io import load_checkpoint, save_checkpoint
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "ContinualConfig",
+    "ContinualResult",
+    "evaluate_task_incremental",
+    "evaluate_task_inferred",
+    "load_method",
+    "save_method",
+    "train_continual",
+]
+
+CHECKPOINT_FORMAT = "graphseq.continual/1"
+
+
+@dataclass
+class ContinualConfig:
+    """Optimisation settings shared by every method.
+
+    Args:
+        iterations: optimiser steps per task.
+        batch_size: training examples per step (drawn with replacement).
+        lr: Adam learning rate.
+        clip_grad_norm: clip the gradient norm of the trainable parameters (``None`` = off).
+        eval_batch_size: examples per evaluation batch.
+        growth_iterations: extra steps after a network-growth event.
+        seed: seeds the batch draws.
+    """
+
+    iterations: int = 500
+    batch_size: int = 32
+    lr: float = 1e-3
+    clip_grad_norm: float | None = None
+    eval_batch_size: int = 1000
+    growth_iterations: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "eval_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"ContinualConfig: {name} must be a positive int, got {v!r}")
+        if not self.lr > 0:
+            raise ValueError(f"ContinualConfig: lr must be > 0, got {self.lr!r}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(
+                f"ContinualConfig: clip_grad_norm must be > 0, got {self.clip_grad_norm!r}"
+            )
+
+
+@dataclass
+class ContinualResult:
+    """What :func:`train_continual` measured.
+
+    Attributes:
+        R: ``[T][T]`` task-incremental test accuracies (``nan`` above the diagonal and for
+            rows not trained in this call).
+        inferred: task-inferred test accuracy per task after the last trained task.
+        task_inference: fraction of test examples whose task was inferred correctly.
+        metrics: :func:`~graphseq.continual.metrics.summarize_matrix` of ``R`` plus
+            ``inferred_acc``.
+        seconds: wall-clock training seconds per task.
+        growths: growth events per task.
+    """
+
+    R: list[list[float]]
+    inferred: list[float] = field(default_factory=list)
+    task_inference: list[float] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+    growths: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _batches(n: int, size: int):
+    for a in range(0, n, size):
+        yield torch.arange(a, min(a + size, n))
+
+
+@torch.no_grad()
+def evaluate_task_incremental(
+    method: ContinualMethod, task: int, split, batch_size: int = 1000
+) -> float:
+    """Accuracy on ``split`` with task ``task``'s weights and head."""
+    if len(split) == 0:
+        raise ValueError("evaluation split is empty")
+    target, w = method.target, method.weights(task)
+    correct = 0
+    for idx in _batches(len(split), batch_size):
+        x, y = split.batch(idx)
+        correct += (target.head(target(x, w), task).argmax(1) == y).sum().item()
+    return correct / len(split)
+
+
+@torch.no_grad()
+def evaluate_task_inferred(
+    method: ContinualMethod, task: int, split, seen: int, batch_size: int = 1000
+) -> tuple[float, float]:
+    """``(accuracy, task-inference accuracy)`` on ``split`` (of task ``task``) when the task
+    is chosen among ``seen`` tasks by minimum predictive entropy."""
+    if len(split) == 0:
+        raise ValueError("evaluation split is empty")
+    if not 0 <= task < seen:
+        raise ValueError(f"task {task} must be one of the {seen} seen tasks")
+    target = method.target
+    weights = [method.weights(k) for k in range(seen)]
+    correct = right_task = 0
+    for idx in _batches(len(split), batch_size):
+        x, y = split.batch(idx)
+        ent, pred = [], []
+        for k, w in enumerate(weights):
+            logp = F.log_softmax(target.head(target(x, w), k), dim=1)
+            ent.append(-(logp.exp() * logp).sum(1))
+            pred.append(logp.argmax(1))
+        chosen = torch.stack(ent).argmin(0)  # [B]
+        guess = torch.stack(pred).gather(0, chosen.unsqueeze(0))[0]
+        ok_task = chosen == task
+        right_task += ok_task.sum().item()
+        correct += (ok_task & (guess == y)).sum().item()
+    return correct / len(split), right_task / len(split)
+
+
+def _train_steps(method, task_id, task, config, steps, gen, log) -> None:
+    target = method.target
+    params = method.trainable(task_id)
+    opt = torch.optim.Adam(params, lr=config.lr)
+    n = len(task.train)
+    for step in range(steps):
+        idx = torch.randint(n, (config.batch_size,), generator=gen)
+        x, y = task.train.batch(idx)
+        logits = target.head(target(x, method.weights(task_id)), task_id)
+        loss = F.cross_entropy(logits, y)
+        reg = method.penalty(task_id)
+        total = loss if reg is None else loss + reg
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        method.before_step()
+        if config.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+        opt.step()
+        method.after_step()
+        if log is not None and (step + 1) % max(1, steps // 5) == 0:
+            r = 0.0 if reg is None else reg.item()
+            log(f"  task {task_id} step {step + 1}/{steps} loss {loss.item():.4f} reg {r:.4g}")
+
+
+def _train_accuracy(method, task_id, task, config, gen) -> float:
+    n = min(len(task.train), 2000)
+    idx = torch.randperm(len(task.train), generator=gen)[:n]
+
+    class _Sub:
+        def __len__(self):
+            return n
+
+        def batch(self, i):
+            return task.train.batch(idx[i])
+
+    return evaluate_task_incremental(method, task_id, _Sub(), config.eval_batch_size)
+
+
+def train_continual(
+    method: ContinualMethod,
+    stream: Sequence,
+    config: ContinualConfig | None = None,
+    *,
+    start_task: int = 0,
+    previous: ContinualResult | None = None,
+    task_inferred: bool = True,
+    checkpoint: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ContinualResult:
+    """Train ``method`` on ``stream[start_task:]`` one task after another.
+
+    Args:
+        method: the continual-learning method (holds the target network).
+        stream: the tasks; task ``t`` uses head ``t`` of the target.
+        config: optimisation settings.
+        start_task: first task to train (to continue a reloaded model on new tasks).
+        previous: the result of an earlier call whose rows of ``R`` are kept.
+        task_inferred: also measure task-inferred accuracy after the last task.
+        checkpoint: save :func:`save_method` here after every task.
+        log: called with progress lines.
+
+    Returns:
+        a :class:`ContinualResult`; ``metrics`` are computed when every row of ``R`` is filled.
+    """
+    config = config or ContinualConfig()
+    T = len(stream)
+    if T == 0:
+        raise ValueError("stream must hold at least one task")
+    if method.target.num_heads < T:
+        raise ValueError(
+            f"the target has {method.target.num_heads} head(s) but the stream has {T} tasks"
+        )
+    if not 0 <= start_task < T:
+        raise ValueError(f"start_task must be in [0, {T}), got {start_task}")
+    if start_task > method.num_tasks:
+        raise ValueError(
+            f"start_task {start_task} skips tasks: the method has seen {method.num_tasks}"
+        )
+    R = [[math.nan] * T for _ in range(T)]
+    seconds, growths = [math.nan] * T, [0] * T
+    if previous is not None:
+        for i, row in enumerate(previous.R[:start_task]):
+            R[i][: len(row)] = row
+        seconds[: len(previous.seconds[:start_task])] = previous.seconds[:start_task]
+        growths[: len(previous.growths[:start_task])] = previous.growths[:start_task]
+    gen = torch.Generator().manual_seed(config.seed)
+    for t in range(start_task, T):
+        task = stream[t]
+        t0 = time.perf_counter()
+        method.begin_task(t)
+        method.train()
+        _train_steps(method, t, task, config, config.iterations, gen, log)
+        while config.growth_iterations > 0 and method.maybe_grow(
+            _train_accuracy(method, t, task, config, gen)
+        ):
+            growths[t] += 1
+            if log is not None:
+                log(f"  task {t}: grew the hypernetwork ({growths[t]})")
+            _train_steps(method, t, task, config, config.growth_iterations, gen, log)
+        method.end_task(t, task)
+        method.eval()
+        seconds[t] = time.perf_counter() - t0
+        for j in range(t + 1):
+            R[t][j] = evaluate_task_incremental(method, j, stream[j].test, config.eval_batch_size)
+        if log is not None:
+            row = " ".join(f"{100 * a:.1f}" for a in R[t][: t + 1])
+            log(f"after task {t} ({seconds[t]:.0f}s): {row}")
+        if checkpoint is not None:
+            save_method(checkpoint, method, extra={"R": R, "trained_tasks": t + 1})
+    result = ContinualResult(R=R, seconds=seconds, growths=growths)
+    if task_inferred:
+        for j in range(T):
+            acc, ti = evaluate_task_inferred(method, j, stream[j].test, T, config.eval_batch_size)
+            result.inferred.append(acc)
+            result.task_inference.append(ti)
+    if not any(math.isnan(R[i][j]) for i in range(T) for j in range(i + 1)):
+        result.metrics = summarize_matrix(torch.tensor(R))
+    if result.inferred:
+        result.metrics["inferred_acc"] = sum(result.inferred) / T
+        result.metrics["task_inference"] = sum(result.task_inference) / T
+    return result
+
+
+def save_method(path: str | Path, method: ContinualMethod, extra: dict | None = None) -> None:
+    """Save a method: its target and method configs, state (hypernetwork, task embeddings,
+    EWC/SI buffers, ...) and the number of tasks; atomically, loadable with
+    ``torch.load(weights_only=True)``."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "target": method.target.config(),
+        "method": method.config(),
+        "num_tasks": method.num_tasks,
+        "model": {
+            k: v.detach().cpu() if isinstance(v, Tensor) else v
+            for k, v in method.state_dict().items()
+        },
+    }
+    if extra:
+        state["extra"] = extra
+    save_checkpoint(path, state)
+
+
+def load_method(path: str | Path) -> tuple[ContinualMethod, dict]:
+    """Rebuild a saved method; returns ``(method, extra)``. New tasks can then be trained with
+    :func:`train_continual` (``start_task=method.num_tasks``)."""
+    state = load_checkpoint(path, hint="It is not a graphseq.continual checkpoint.")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: format {state.get('format')!r} is not {CHECKPOINT_FORMAT!r}")
+    method = method_from_config(state["target"], state["method"])
+    method.prepare_tasks(int(state["num_tasks"]))
+    method.load_state_dict(state["model"])
+    method.eval()
+    return method, state.get("extra", {})

@@ -1,0 +1,472 @@
+"""Continual-learning methods behind one interface, so all run in the same loop.
+
+A :class:`ContinualMethod` owns the trainable state for a target network and answers
+``weights(task)`` (the flat weights to use for a task). The loop in
+:mod:`graphseq.continual.loop` calls, per task ``t``::
+
+    method.begin_task(t)                  # add an embedding / network, snapshot old state
+    opt = Adam(method.trainable(t))       # a fresh optimiser per task
+    for each step:
+        loss = CE(target.head(target(x, method.weights(t)), t), y) + method.penalty(t)
+        loss.backward(); method.before_step(); opt.step(); method.after_step()
+    method.end_task(t, task)              # Fisher, SI importance, ...
+
+Methods:
+
+* :class:`HypernetworkMethod`: a task-conditioned hypernetwork with von Oswald et al.'s output
+  regulariser, :math:`\\frac{\\beta}{|S|}\\sum_{t' \\in S}\\lVert h(e^{(t')},\\theta) -
+  h(e^{(t')},\\theta^*)\\rVert^2` over old tasks ``S`` (all, or a random ``reg_batch_size`` of
+  them), targets taken when the task starts; options: a hidden-state regulariser for the RNN
+  hypernetwork (``hidden_beta``) and network growth (``growth_units``).
+* :class:`FineTune`: one set of weights trained on every task in turn (lower bound).
+* :class:`EWC`: elastic weight consolidation (Kirkpatrick et al., 2017), online variant
+  (Schwarz et al., 2018) with ``gamma``.
+* :class:`SI`: synaptic intelligence (Zenke et al., 2017).
+* :class:`SeparateNetworks`: one independently trained network per task (upper reference,
+  ``T`` times the parameters).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from graphseq.continual.hnets import HyperNetwork, RNNHyperNetwork, hypernetwork_from_config
+from graphseq.continual.targets import TargetNetwork, target_from_config
+
+__all__ = [
+    "EWC",
+    "SI",
+    "ContinualMethod",
+    "FineTune",
+    "HypernetworkMethod",
+    "SeparateNetworks",
+    "method_from_config",
+]
+
+
+def _nonneg(cls: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{cls}: {name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+class ContinualMethod(nn.Module):
+    """Base class; see the module docstring for the call order."""
+
+    name: str = "method"
+
+    def __init__(self, target: TargetNetwork) -> None:
+        super().__init__()
+        if not isinstance(target, TargetNetwork):
+            raise TypeError(f"target must be a TargetNetwork, got {type(target).__name__}")
+        self.target = target
+
+    @property
+    def num_tasks(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def begin_task(self, task: int) -> None:
+        pass
+
+    def weights(self, task: int) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def trainable(self, task: int) -> list[nn.Parameter]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def penalty(self, task: int) -> Tensor | None:
+        return None
+
+    def before_step(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def end_task(self, task: int, data) -> None:
+        pass
+
+    def maybe_grow(self, accuracy: float) -> bool:
+        """Network growth hook: return True if the method grew and wants more training."""
+        return False
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def config(self) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def prepare_tasks(self, num_tasks: int) -> None:
+        """Create the per-task state for ``num_tasks`` tasks (before loading a checkpoint)."""
+        for t in range(num_tasks):
+            if t >= self.num_tasks:
+                self.begin_task(t)
+
+    def _check_task(self, task: int) -> None:
+        if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < self.num_tasks:
+            raise ValueError(
+                f"{self.name}: unknown task {task!r} ({self.num_tasks} task(s) so far)"
+            )
+
+
+class HypernetworkMethod(ContinualMethod):
+    """Task-conditioned hypernetwork with the output regulariser (von Oswald et al., 2020).
+
+    Args:
+        target: the target network (its ``param_spec`` must equal ``hnet.spec``).
+        hnet: a :class:`~graphseq.continual.hnets.HyperNetwork`.
+        beta: output-regulariser strength :math:`\\beta`.
+        reg_batch_size: regularise a random subset of this many old tasks per step (all if
+            ``None``).
+        hidden_beta: strength of the additional hidden-state regulariser
+            :math:`\\frac{1}{|S|}\\sum_{t'}\\lVert H^{(t')} - H^{(t')*}\\rVert^2` on the RNN
+            hypernetwork's LSTM states (only for :class:`RNNHyperNetwork`; ``0`` = off).
+        growth_units: LSTM units added when a task ends below ``growth_threshold`` training
+            accuracy (only for :class:`RNNHyperNetwork`; ``0`` = no growth).
+        growth_threshold: accuracy in ``[0, 1]`` under which the hypernetwork grows.
+        max_growths: growth steps allowed per task.
+        seed: seeds the task-embedding draws and the regulariser's task subsets.
+    """
+
+    name = "hnet"
+
+    def __init__(
+        self,
+        target: TargetNetwork,
+        hnet: HyperNetwork,
+        beta: float = 0.01,
+        reg_batch_size: int | None = None,
+        hidden_beta: float = 0.0,
+        growth_units: int = 0,
+        growth_threshold: float = 0.0,
+        max_growths: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(target)
+        if not isinstance(hnet, HyperNetwork):
+            raise TypeError(f"hnet must be a HyperNetwork, got {type(hnet).__name__}")
+        if hnet.spec != target.param_spec:
+            raise ValueError("hnet.spec must equal target.param_spec (built for another target)")
+        self.hnet = hnet
+        self.beta = _nonneg("HypernetworkMethod", "beta", beta)
+        if reg_batch_size is not None and (
+            isinstance(reg_batch_size, bool)
+            or not isinstance(reg_batch_size, int)
+            or reg_batch_size < 1
+        ):
+            raise ValueError(
+                f"reg_batch_size must be None or a positive int, got {reg_batch_size!r}"
+            )
+        self.reg_batch_size = reg_batch_size
+        self.hidden_beta = _nonneg("HypernetworkMethod", "hidden_beta", hidden_beta)
+        is_rnn = isinstance(hnet, RNNHyperNetwork)
+        if (self.hidden_beta > 0 or growth_units) and not is_rnn:
+            raise ValueError("hidden_beta and growth_units need an RNNHyperNetwork")
+        if isinstance(growth_units, bool) or not isinstance(growth_units, int) or growth_units < 0:
+            raise ValueError(f"growth_units must be an int >= 0, got {growth_units!r}")
+        self.growth_units = growth_units
+        if not 0.0 <= growth_threshold <= 1.0:
+            raise ValueError(f"growth_threshold must be in [0, 1], got {growth_threshold!r}")
+        self.growth_threshold = float(growth_threshold)
+        self.max_growths = int(max_growths)
+        self.seed = int(seed)
+        self._gen = torch.Generator().manual_seed(self.seed)
+        self._targets: Tensor | None = None
+        self._hidden_targets: Tensor | None = None
+        self._growths = 0
+
+    @property
+    def num_tasks(self) -> int:
+        return self.hnet.num_tasks
+
+    def begin_task(self, task: int) -> None:
+        while self.hnet.num_tasks <= task:
+            self.hnet.add_task(self._gen)
+        self._growths = 0
+        self._targets = self._hidden_targets = None
+        if task == 0 or (self.beta == 0 and self.hidden_beta == 0):
+            return
+        old = list(range(task))
+        with torch.no_grad():
+            if self.hidden_beta > 0:
+                w, h = self.hnet.generate_with_states(old)
+                self._targets, self._hidden_targets = w.detach(), h.detach()
+            else:
+                self._targets = self.hnet(old).detach()
+
+    def weights(self, task: int) -> Tensor:
+        return self.hnet(task)
+
+    def trainable(self, task: int) -> list[nn.Parameter]:
+        # the shared hypernetwork and this task's own parameters; older embeddings stay fixed
+        return self.hnet.shared_parameters() + self.hnet.task_parameters(task)
+
+    def penalty(self, task: int) -> Tensor | None:
+        if self._targets is None:
+            return None
+        old = torch.arange(self._targets.shape[0])
+        if self.reg_batch_size is not None and self.reg_batch_size < old.numel():
+            old = torch.randperm(old.numel(), generator=self._gen)[: self.reg_batch_size]
+        tasks = old.tolist()
+        if self._hidden_targets is not None:
+            w, h = self.hnet.generate_with_states(tasks)
+            width = self._hidden_targets.shape[-1]
+            dh = h[..., :width] - self._hidden_targets[old]
+            hidden = dh.pow(2).sum(dim=(1, 2)).mean()
+        else:
+            w, hidden = self.hnet(tasks), None
+        loss = self.beta * (w - self._targets[old]).pow(2).sum(dim=1).mean()
+        if hidden is not None:
+            loss = loss + self.hidden_beta * hidden
+        return loss
+
+    def maybe_grow(self, accuracy: float) -> bool:
+        if (
+            self.growth_units > 0
+            and accuracy < self.growth_threshold
+            and self._growths < self.max_growths
+        ):
+            self.hnet.grow(self.growth_units)
+            self._growths += 1
+            return True
+        return False
+
+    def num_trainable_parameters(self) -> int:
+        return self.hnet.num_parameters()
+
+    def config(self) -> dict:
+        return {
+            "kind": "hnet",
+            "hnet": self.hnet.config(),
+            "beta": self.beta,
+            "reg_batch_size": self.reg_batch_size,
+            "hidden_beta": self.hidden_beta,
+            "growth_units": self.growth_units,
+            "growth_threshold": self.growth_threshold,
+            "max_growths": self.max_growths,
+            "seed": self.seed,
+        }
+
+
+class _SingleNetwork(ContinualMethod):
+    """One flat weight vector shared by all tasks (heads selected per task)."""
+
+    def __init__(self, target: TargetNetwork, seed: int = 0) -> None:
+        super().__init__(target)
+        self.seed = int(seed)
+        g = torch.Generator().manual_seed(self.seed)
+        self.flat = nn.Parameter(target.param_spec.init_weights(g))
+        self._seen = 0
+
+    @property
+    def num_tasks(self) -> int:
+        return self._seen
+
+    def begin_task(self, task: int) -> None:
+        self._seen = max(self._seen, task + 1)
+
+    def weights(self, task: int) -> Tensor:
+        self._check_task(task)
+        return self.flat
+
+    def trainable(self, task: int) -> list[nn.Parameter]:
+        return [self.flat]
+
+    def get_extra_state(self) -> dict:
+        return {"seen": self._seen}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._seen = int(state["seen"])
+
+
+class FineTune(_SingleNetwork):
+    """Plain sequential training of one network (no protection against forgetting)."""
+
+    name = "finetune"
+
+    def config(self) -> dict:
+        return {"kind": "finetune", "seed": self.seed}
+
+
+class EWC(_SingleNetwork):
+    """Elastic weight consolidation, online variant.
+
+    .. math::
+        \\mathcal{L} = \\mathcal{L}_t + \\frac{\\lambda}{2}\\sum_k F_k (w_k - w^*_k)^2,\\qquad
+        F \\leftarrow \\gamma F + F^{(t)}
+
+    :math:`F^{(t)}` is the diagonal empirical Fisher on ``fisher_samples`` training examples of
+    task ``t`` (squared per-example gradients of the log-likelihood of the true label), and
+    :math:`w^*` the weights at the end of the last task. ``gamma = 1`` sums the Fishers.
+
+    Args:
+        target: target network.
+        lam: :math:`\\lambda`.
+        gamma: decay of older Fishers.
+        fisher_samples: examples per task for the Fisher.
+        seed: initial weights and Fisher sample.
+    """
+
+    name = "ewc"
+
+    def __init__(
+        self,
+        target: TargetNetwork,
+        lam: float = 100.0,
+        gamma: float = 1.0,
+        fisher_samples: int = 200,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(target, seed)
+        self.lam = _nonneg("EWC", "lam", lam)
+        self.gamma = _nonneg("EWC", "gamma", gamma)
+        if (
+            isinstance(fisher_samples, bool)
+            or not isinstance(fisher_samples, int)
+            or fisher_samples < 1
+        ):
+            raise ValueError(f"EWC: fisher_samples must be a positive int, got {fisher_samples!r}")
+        self.fisher_samples = fisher_samples
+        p = target.param_spec.numel
+        self.register_buffer("fisher", torch.zeros(p))
+        self.register_buffer("anchor", torch.zeros(p))
+
+    def penalty(self, task: int) -> Tensor | None:
+        if task == 0 or self.lam == 0:
+            return None
+        return 0.5 * self.lam * (self.fisher * (self.flat - self.anchor).pow(2)).sum()
+
+    def end_task(self, task: int, data) -> None:
+        g = torch.Generator().manual_seed(self.seed + 7919 * (task + 1))
+        n = min(self.fisher_samples, len(data.train))
+        idx = torch.randperm(len(data.train), generator=g)[:n]
+        fisher = torch.zeros_like(self.flat)
+        for i in idx:
+            x, y = data.train.batch(i.view(1))
+            logits = self.target.head(self.target(x, self.flat), task)
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), self.flat)
+            fisher += grad.pow(2)
+        with torch.no_grad():
+            self.fisher.mul_(self.gamma).add_(fisher / n)
+            self.anchor.copy_(self.flat)
+
+    def config(self) -> dict:
+        return {
+            "kind": "ewc",
+            "lam": self.lam,
+            "gamma": self.gamma,
+            "fisher_samples": self.fisher_samples,
+            "seed": self.seed,
+        }
+
+
+class SI(_SingleNetwork):
+    """Synaptic intelligence (Zenke et al., 2017).
+
+    During task ``t`` the path integral :math:`\\omega_k \\mathrel{+}= -g_k \\Delta w_k`
+    accumulates over optimiser steps (``g`` is the gradient of the training loss the step
+    used, as in van de Ven et al.'s reference code). At the end of the task
+    :math:`\\Omega_k \\mathrel{+}= \\omega_k / ((\\Delta_k)^2 + \\xi)` with
+    :math:`\\Delta_k` the weight's total change over the task; the penalty is
+    :math:`c \\sum_k \\Omega_k (w_k - w^*_k)^2`.
+
+    Args:
+        target: target network.
+        c: penalty strength.
+        xi: damping :math:`\\xi`.
+        seed: initial weights.
+    """
+
+    name = "si"
+
+    def __init__(
+        self, target: TargetNetwork, c: float = 0.1, xi: float = 0.1, seed: int = 0
+    ) -> None:
+        super().__init__(target, seed)
+        self.c = _nonneg("SI", "c", c)
+        self.xi = _nonneg("SI", "xi", xi)
+        if self.xi == 0:
+            raise ValueError("SI: xi must be > 0")
+        p = target.param_spec.numel
+        self.register_buffer("omega", torch.zeros(p))
+        self.register_buffer("anchor", torch.zeros(p))
+        self._path = torch.zeros(p)
+        self._start = torch.zeros(p)
+        self._prev = torch.zeros(p)
+        self._grad: Tensor | None = None
+
+    def begin_task(self, task: int) -> None:
+        super().begin_task(task)
+        self._path = torch.zeros_like(self.flat)
+        self._start = self.flat.detach().clone()
+
+    def penalty(self, task: int) -> Tensor | None:
+        if task == 0 or self.c == 0:
+            return None
+        return self.c * (self.omega * (self.flat - self.anchor).pow(2)).sum()
+
+    def before_step(self) -> None:
+        self._grad = None if self.flat.grad is None else self.flat.grad.detach().clone()
+        self._prev = self.flat.detach().clone()
+
+    def after_step(self) -> None:
+        if self._grad is not None:
+            self._path -= self._grad * (self.flat.detach() - self._prev)
+
+    def end_task(self, task: int, data) -> None:
+        with torch.no_grad():
+            delta = self.flat - self._start
+            self.omega.add_(self._path / (delta.pow(2) + self.xi))
+            self.anchor.copy_(self.flat)
+
+    def config(self) -> dict:
+        return {"kind": "si", "c": self.c, "xi": self.xi, "seed": self.seed}
+
+
+class SeparateNetworks(ContinualMethod):
+    """One network per task, each trained only on its task (no forgetting, ``T x`` params)."""
+
+    name = "separate"
+
+    def __init__(self, target: TargetNetwork, seed: int = 0) -> None:
+        super().__init__(target)
+        self.seed = int(seed)
+        self.nets = nn.ParameterList()
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.nets)
+
+    def begin_task(self, task: int) -> None:
+        while len(self.nets) <= task:
+            g = torch.Generator().manual_seed(self.seed + 104729 * len(self.nets))
+            self.nets.append(nn.Parameter(self.target.param_spec.init_weights(g)))
+
+    def weights(self, task: int) -> Tensor:
+        self._check_task(task)
+        return self.nets[task]
+
+    def trainable(self, task: int) -> list[nn.Parameter]:
+        self._check_task(task)
+        return [self.nets[task]]
+
+    def config(self) -> dict:
+        return {"kind": "separate", "seed": self.seed}
+
+
+def method_from_config(target_config: dict, config: dict) -> ContinualMethod:
+    """Rebuild a method (with no tasks yet) from target and method configs."""
+    target = target_from_config(target_config)
+    config = dict(config)
+    kind = config.pop("kind", None)
+    if kind == "hnet":
+        hnet = hypernetwork_from_config(target.param_spec, config.pop("hnet"))
+        return HypernetworkMethod(target, hnet, **config)
+    classes = {"finetune": FineTune, "ewc": EWC, "si": SI, "separate": SeparateNetworks}
+    if kind not in classes:
+        raise ValueError(
+            f"method config kind must be 'hnet' or one of {sorted(classes)}, got {kind!r}"
+        )
+    return classes[kind](target, **config)

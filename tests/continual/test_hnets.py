@@ -1,0 +1,222 @@
+"""graphseq.continual.hnets: shapes, determinism, parameter counts, dependency, growth."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graphseq.continual import (
+    ChunkedHyperNetwork,
+    CNNTarget,
+    FullHyperNetwork,
+    MLPTarget,
+    RNNHyperNetwork,
+    hypernetwork_from_config,
+)
+from graphseq.continual.hnets import _step_layout
+
+SPEC = MLPTarget(7, (5, 4), classes_per_head=3, num_heads=2).param_spec  # P = 40+24+30 = 94
+
+
+def make(kind: str, spec=SPEC, **kw):
+    torch.manual_seed(0)
+    if kind == "full":
+        return FullHyperNetwork(spec, 4, (6,), **kw)
+    if kind == "chunked":
+        return ChunkedHyperNetwork(spec, 13, 4, 3, (6,), **kw)
+    if kind == "chunked-cond":
+        return ChunkedHyperNetwork(spec, 13, 4, 3, (6,), conditional_chunk_embeddings=True, **kw)
+    return RNNHyperNetwork(spec, 11, 4, 6, **kw)
+
+
+KINDS = ["full", "chunked", "chunked-cond", "rnn"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shapes_and_determinism(kind):
+    h = make(kind)
+    for _ in range(3):
+        h.add_task()
+    w = h(1)
+    assert w.shape == (SPEC.numel,) and torch.isfinite(w).all()
+    assert torch.equal(h(1), w)  # same call, same weights
+    batch = h([2, 1, 0])
+    assert batch.shape == (3, SPEC.numel)
+    torch.testing.assert_close(batch[1], w)
+    assert not torch.allclose(h(0), h(2))  # tasks differ
+    # a rebuilt hypernetwork with the same seed and state generates the same weights
+    again = make(kind)
+    for _ in range(3):
+        again.add_task()
+    again.load_state_dict(h.state_dict())
+    assert torch.equal(again(1), w)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_task_ids(kind):
+    h = make(kind)
+    h.add_task()
+    with pytest.raises(ValueError, match="unknown"):
+        h(1)
+    with pytest.raises(TypeError, match="int"):
+        h(1.0)
+    with pytest.raises(TypeError, match="int"):
+        h([0.0])
+    with pytest.raises(ValueError, match="exactly one"):
+        h()
+    with pytest.raises(ValueError, match="empty"):
+        h([])
+
+
+@pytest.mark.parametrize("kind", ["full", "chunked", "rnn"])
+def test_external_embedding_equals_task(kind):
+    h = make(kind)
+    h.add_task()
+    torch.testing.assert_close(h(embedding=h.task_embeddings[0].detach()), h(0).detach())
+    with pytest.raises(ValueError, match="features"):
+        h(embedding=torch.zeros(5))
+
+
+def test_initial_weights_have_lecun_scale():
+    spec = MLPTarget(100, (30,), 10).param_spec
+    for kind in ["full", "chunked", "rnn"]:
+        h = make(kind, spec)
+        g = torch.Generator().manual_seed(1)
+        w = h(embedding=torch.randn(16, 4, generator=g))
+        first = w[:, : 30 * 100] * 100**0.5
+        assert 0.5 < first.std().item() < 2.0, kind
+
+
+def test_parameter_counts():
+    d, H, c = 4, 6, 11
+    h = RNNHyperNetwork(SPEC, c, d, H, step_signal="sinusoidal", step_dim=4)
+    d_in = d + 4 + SPEC.num_layers
+    assert h.num_shared_parameters() == 4 * H * (d_in + H + 2) + (H + 1) * c
+    learned = RNNHyperNetwork(SPEC, c, d, H, step_signal="learned", step_dim=4)
+    assert (
+        learned.num_shared_parameters()
+        == 4 * H * (d + 4 + H + 2) + (H + 1) * c + 4 * learned.num_steps
+    )
+    ch = ChunkedHyperNetwork(SPEC, 13, 4, 3, (6,))
+    n_chunks = -(-SPEC.numel // 13)
+    assert ch.num_chunks == n_chunks
+    assert ch.num_shared_parameters() == (7 * 6 + 6) + (6 * 13 + 13) + n_chunks * 3
+    cond = ChunkedHyperNetwork(SPEC, 13, 4, 3, (6,), conditional_chunk_embeddings=True)
+    cond.add_task()
+    cond.add_task()
+    assert cond.num_shared_parameters() == (7 * 6 + 6) + (6 * 13 + 13)
+    assert cond.num_parameters() == cond.num_shared_parameters() + 2 * (4 + n_chunks * 3)
+    full = FullHyperNetwork(SPEC, 4, (6,))
+    assert full.num_shared_parameters() == (4 * 6 + 6) + (6 * SPEC.numel + SPEC.numel)
+    assert full.compression_ratio() == full.num_shared_parameters() / SPEC.numel
+
+
+@pytest.mark.parametrize("chunking", ["flat", "rows"])
+@pytest.mark.parametrize("chunk", [1, 5, 8, 9, 40])
+def test_step_layout_is_a_layer_respecting_injection(chunking, chunk):
+    spec = CNNTarget(2, 6, (3,), 3, (4,), 2, 2).param_spec
+    layers, index = _step_layout(spec, chunk, chunking)
+    assert index.numel() == spec.numel
+    assert index.unique().numel() == spec.numel  # no two numbers share an output
+    assert int(index.max()) < len(layers) * chunk
+    # every number is read from a step of its own layer
+    owner = torch.cat([torch.full((s.numel,), s.layer) for s in spec])
+    step_layer = torch.tensor(layers)[index // chunk]
+    assert torch.equal(step_layer, owner)
+    assert layers == sorted(layers)
+
+
+def test_rows_chunking_puts_a_row_at_fixed_offsets():
+    spec = MLPTarget(3, (4,), 2).param_spec  # layer 0: W [4, 3], b [4]: rows of 4
+    _, index = _step_layout(spec, 9, "rows")  # two rows per step
+    w_idx, b_idx = index[:12].view(4, 3), index[12:16]
+    assert w_idx[0].tolist() == [0, 1, 2] and b_idx[0] == 3
+    assert w_idx[1].tolist() == [4, 5, 6] and b_idx[1] == 7
+    assert w_idx[2].tolist() == [9, 10, 11] and b_idx[2] == 12  # second step
+
+
+@pytest.mark.parametrize("chunking", ["flat", "rows"])
+def test_rnn_later_layers_depend_on_earlier_steps(chunking):
+    # perturbing the generator's input at step k changes chunk k and every later chunk
+    # (including later layers) but no earlier one; the chunked hypernetwork's chunks do not
+    # depend on each other
+    h = RNNHyperNetwork(SPEC, 11, 4, 6, step_signal="learned", chunking=chunking)
+    h.add_task()
+    layers, index = _step_layout(SPEC, 11, chunking)
+    step_of = index // 11
+    k = layers.index(1)  # first step of layer 1
+    before = h(0).detach()
+    with torch.no_grad():
+        h.step_embeddings[k] += 1.0
+    after = h(0).detach()
+    changed = (after - before).abs() > 1e-7
+    assert not changed[step_of < k].any()
+    last_layer = torch.tensor(layers)[step_of] == SPEC.num_layers - 1
+    assert changed[last_layer].all()
+
+    ch = ChunkedHyperNetwork(SPEC, 11, 4, 3, (6,))
+    ch.add_task()
+    before = ch(0).detach()
+    with torch.no_grad():
+        ch.chunk_embeddings[0][k] += 1.0
+    changed = (ch(0).detach() - before).abs() > 1e-7
+    owner = torch.arange(SPEC.numel) // 11
+    assert changed[owner == k].any() and not changed[owner != k].any()
+
+
+def test_rnn_gradient_of_last_layer_reaches_first_step():
+    h = RNNHyperNetwork(SPEC, 11, 4, 6, step_signal="learned")
+    h.add_task()
+    w = h(0)
+    w[-30:].sum().backward()  # the output layer's weights only
+    assert h.step_embeddings.grad[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("signal", ["sinusoidal", "onehot", "learned", "none"])
+def test_step_signals(signal):
+    h = RNNHyperNetwork(SPEC, 11, 4, 6, step_signal=signal, step_dim=4)
+    h.add_task()
+    assert h(0).shape == (SPEC.numel,)
+    if signal == "none":
+        assert h.input_size == 4
+    with pytest.raises(ValueError, match="step_signal"):
+        RNNHyperNetwork(SPEC, 11, 4, 6, step_signal="position")
+
+
+def test_growth_keeps_every_task_exact():
+    h = RNNHyperNetwork(SPEC, 11, 4, 6)
+    for _ in range(3):
+        h.add_task()
+    before = h([0, 1, 2]).detach()
+    n = h.num_shared_parameters()
+    h.grow(5)
+    assert h.hidden_size == 11 and h.num_shared_parameters() > n
+    torch.testing.assert_close(h([0, 1, 2]).detach(), before, rtol=0, atol=1e-6)
+    # the new units are trainable: their incoming weights get gradients
+    h(0).pow(2).sum().backward()
+    assert h.out.weight.grad[:, 6:].abs().sum() > 0
+    again = hypernetwork_from_config(SPEC, h.config())
+    assert again.hidden_size == 11
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_config_round_trip_and_repr(kind):
+    h = make(kind)
+    again = hypernetwork_from_config(SPEC, h.config())
+    assert type(again) is type(h) and again.config() == h.config()
+    assert f"P={SPEC.numel}" in repr(h)
+
+
+def test_constructor_checks():
+    with pytest.raises(ValueError, match="chunk_size"):
+        RNNHyperNetwork(SPEC, 0)
+    with pytest.raises(ValueError, match="chunking"):
+        RNNHyperNetwork(SPEC, 4, chunking="cols")
+    with pytest.raises(ValueError, match="even"):
+        RNNHyperNetwork(SPEC, 4, step_dim=3)
+    with pytest.raises(TypeError, match="ParamSpec"):
+        FullHyperNetwork([1, 2])
+    with pytest.raises(ValueError, match="activation"):
+        FullHyperNetwork(SPEC, activation="gelu")
+    with pytest.raises(ValueError, match="kind"):
+        hypernetwork_from_config(SPEC, {"kind": "lstm"})

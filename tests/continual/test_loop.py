@@ -1,0 +1,253 @@
+"""graphseq.continual loop, methods, task-inferred evaluation and checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from graphseq.continual import (
+    EWC,
+    SI,
+    ChunkedHyperNetwork,
+    ContinualConfig,
+    FineTune,
+    GNNTarget,
+    HypernetworkMethod,
+    MLPTarget,
+    RNNHyperNetwork,
+    SeparateNetworks,
+    evaluate_task_incremental,
+    evaluate_task_inferred,
+    load_method,
+    save_method,
+    train_continual,
+)
+from graphseq.datasets.continual import TensorSplit, graph_tasks, split_digits
+from graphseq.train.io import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return split_digits(3)
+
+
+def small_target(tasks=3):
+    return MLPTarget(64, (16,), 2, num_heads=tasks)
+
+
+def rnn_method(target, **kw):
+    torch.manual_seed(0)
+    hnet = RNNHyperNetwork(target.param_spec, 60, 8, 16, step_signal="learned", step_dim=8)
+    return HypernetworkMethod(target, hnet, **kw)
+
+
+CFG = ContinualConfig(iterations=60, batch_size=32, lr=3e-3)
+
+
+def test_output_regulariser_by_hand():
+    target = small_target()
+    m = rnn_method(target, beta=0.5)
+    m.begin_task(0)
+    assert m.penalty(0) is None
+    m.begin_task(1)
+    old = m.hnet(0).detach()
+    assert m.penalty(1).item() == pytest.approx(0.0, abs=1e-10)  # targets taken at task start
+    with torch.no_grad():
+        m.hnet.out.bias += 0.1
+    new = m.hnet(0).detach()
+    expected = 0.5 * (new - old).pow(2).sum()
+    assert m.penalty(1).item() == pytest.approx(expected.item(), rel=1e-5)
+    # only shared parameters and the current task's own are trained
+    names = {id(p) for p in m.trainable(1)}
+    assert id(m.hnet.task_embeddings[1]) in names and id(m.hnet.task_embeddings[0]) not in names
+
+
+def test_hidden_regulariser_and_subsets():
+    target = small_target()
+    m = rnn_method(target, beta=1.0, hidden_beta=2.0, reg_batch_size=1)
+    for t in range(3):
+        m.begin_task(t)
+    assert m.penalty(2).item() == pytest.approx(0.0, abs=1e-10)
+    with torch.no_grad():
+        m.hnet.lstm.bias_hh_l0 += 0.05
+    assert m.penalty(2).item() > 0
+    with pytest.raises(ValueError, match="RNNHyperNetwork"):
+        HypernetworkMethod(target, ChunkedHyperNetwork(target.param_spec, 50), hidden_beta=1.0)
+    with pytest.raises(ValueError, match="spec"):
+        HypernetworkMethod(small_target(2), rnn_method(target).hnet)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda t: rnn_method(t, beta=0.05),
+        lambda t: HypernetworkMethod(t, ChunkedHyperNetwork(t.param_spec, 100, 8, 8, (16,))),
+        lambda t: FineTune(t),
+        lambda t: EWC(t, lam=100.0, fisher_samples=20),
+        lambda t: SI(t, c=0.1),
+        lambda t: SeparateNetworks(t),
+    ],
+    ids=["rnn", "chunked", "finetune", "ewc", "si", "separate"],
+)
+def test_every_method_learns_in_the_loop(stream, make):
+    m = make(small_target())
+    res = train_continual(m, stream, CFG)
+    R = torch.tensor(res.R)
+    assert torch.isnan(R.triu(1)[R.triu(1) != 0]).all()
+    assert (R.diagonal() > 0.9).all(), res.R  # every task is learned
+    assert set(res.metrics) >= {"acc", "bwt", "max_forgetting", "inferred_acc"}
+    assert len(res.inferred) == 3 and all(0 <= a <= 1 for a in res.inferred)
+    assert res.metrics["acc"] == pytest.approx(R[-1].mean().item())
+
+
+def test_hypernetwork_protects_old_tasks_better_than_finetuning(stream):
+    # same target, data and budget: the regularised hypernetwork forgets less
+    ft = train_continual(FineTune(small_target()), stream, CFG)
+    hn = train_continual(rnn_method(small_target(), beta=0.05), stream, CFG)
+    assert hn.metrics["bwt"] >= -0.02
+    assert hn.metrics["bwt"] > ft.metrics["bwt"]
+
+
+def test_ewc_fisher_and_si_importance(stream):
+    target = small_target()
+    ewc = EWC(target, lam=10.0, fisher_samples=10)
+    train_continual(ewc, stream[:1], ContinualConfig(iterations=20), task_inferred=False)
+    assert (ewc.fisher >= 0).all() and ewc.fisher.sum() > 0
+    assert torch.equal(ewc.anchor, ewc.flat.detach())
+    assert ewc.penalty(1).item() == pytest.approx(0.0)
+    si = SI(target, c=1.0)
+    train_continual(si, stream[:1], ContinualConfig(iterations=20), task_inferred=False)
+    assert si.omega.sum() > 0  # loss went down along the path
+    with pytest.raises(ValueError, match="xi"):
+        SI(target, xi=0.0)
+
+
+class _Const:
+    """A split whose inputs are given rows and labels."""
+
+    def __init__(self, x, y):
+        self.split = TensorSplit(x, y)
+
+    def __len__(self):
+        return len(self.split)
+
+    def batch(self, i):
+        return self.split.batch(i)
+
+
+def test_task_inferred_by_hand():
+    # linear target, 2 heads of 2 classes; task 0 is confident on feature 0, task 1 on
+    # feature 1: entropy picks the task whose feature is large
+    target = MLPTarget(2, (), 2, num_heads=2)
+    m = SeparateNetworks(target)
+    m.begin_task(0)
+    m.begin_task(1)
+    with torch.no_grad():
+        # weight [4, 2] rows: head0 class0, head0 class1, head1 class0, head1 class1; bias [4]
+        m.nets[0].copy_(torch.tensor([5.0, 0, -5, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+        m.nets[1].copy_(torch.tensor([0.0, 0, 0, 0, 0, 5, 0, -5, 0, 0, 0, 0]))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    split = _Const(x, y)
+    # rows 0, 2, 3 pick task 0 (feature 0 large), row 1 picks task 1;
+    # predictions under task 0: class 0, -, class 0, class 1
+    acc, ti = evaluate_task_inferred(m, 0, split, seen=2)
+    assert ti == pytest.approx(3 / 4)
+    assert acc == pytest.approx(2 / 4)  # rows 0 (right) and 3 (right); row 2 wrong class
+    # task given: row 1's tied logits (0, 0) give class 0, which is right
+    assert evaluate_task_incremental(m, 0, split) == pytest.approx(3 / 4)
+    with pytest.raises(ValueError, match="seen"):
+        evaluate_task_inferred(m, 2, split, seen=2)
+
+
+def test_checkpoint_reload_and_add_a_task(stream, tmp_path):
+    target = small_target()
+    m = rnn_method(target, beta=0.05)
+    ckpt = tmp_path / "cl.pt"
+    first = train_continual(m, stream[:2], CFG, checkpoint=ckpt, task_inferred=False)
+    raw = torch.load(ckpt, weights_only=True)  # plain tensors and containers only
+    assert raw["num_tasks"] == 2 and raw["format"] == "graphseq.continual/1"
+    again, extra = load_method(ckpt)
+    assert extra["trained_tasks"] == 2
+    for t in range(2):
+        assert torch.equal(again.weights(t), m.weights(t))  # generation is deterministic
+    before = again.hnet([0, 1]).detach()
+    res = train_continual(again, stream, CFG, start_task=2, previous=first)
+    assert again.num_tasks == 3
+    assert res.R[0][0] == first.R[0][0] and not math.isnan(res.R[2][2])
+    assert res.R[2][2] > 0.9
+    drift = (again.hnet([0, 1]).detach() - before).norm() / before.norm()
+    assert drift < 0.1  # the regulariser kept the old tasks' weights
+    assert res.metrics["acc"] > 0.85
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda t: EWC(t, fisher_samples=5),
+        lambda t: SI(t),
+        lambda t: SeparateNetworks(t),
+        lambda t: FineTune(t),
+        lambda t: HypernetworkMethod(
+            t,
+            ChunkedHyperNetwork(t.param_spec, 100, 8, 8, (16,), conditional_chunk_embeddings=True),
+        ),
+        lambda t: HypernetworkMethod(
+            t,
+            RNNHyperNetwork(
+                t.param_spec, 60, 8, 16, step_signal="learned", conditional_step_embeddings=True
+            ),
+        ),
+    ],
+)
+def test_checkpoint_round_trip_every_method(stream, tmp_path, make):
+    m = make(small_target())
+    train_continual(m, stream[:2], ContinualConfig(iterations=5), task_inferred=False)
+    save_method(tmp_path / "m.pt", m)
+    again, _ = load_method(tmp_path / "m.pt")
+    assert type(again) is type(m) and again.num_tasks == 2
+    for t in range(2):
+        assert torch.equal(again.weights(t), m.weights(t))
+    sd, sd2 = m.state_dict(), again.state_dict()
+    for k in sd:
+        if isinstance(sd[k], torch.Tensor):
+            assert torch.equal(sd[k], sd2[k]), k
+
+
+def test_growth_in_the_loop(stream):
+    target = small_target()
+    torch.manual_seed(0)
+    hnet = RNNHyperNetwork(target.param_spec, 60, 8, 4, step_signal="learned", step_dim=8)
+    m = HypernetworkMethod(target, hnet, beta=0.05, growth_units=4, growth_threshold=1.0)
+    cfg = ContinualConfig(iterations=20, growth_iterations=10)
+    res = train_continual(m, stream[:2], cfg, task_inferred=False)
+    assert res.growths == [1, 1] and m.hnet.hidden_size == 12
+    assert m.config()["hnet"]["hidden_size"] == 12
+
+
+def test_gnn_target_in_the_loop():
+    stream = graph_tasks(2, num_train=120, num_test=60)
+    target = GNNTarget(4, hidden=16, num_layers=2, classes_per_head=2, num_heads=2)
+    torch.manual_seed(0)
+    hnet = RNNHyperNetwork(target.param_spec, 64, 8, 16, step_signal="learned", step_dim=8)
+    m = HypernetworkMethod(target, hnet, beta=0.05)
+    res = train_continual(m, stream, ContinualConfig(iterations=40, lr=3e-3))
+    assert all(0 <= a <= 1 for a in res.R[1][:2])
+    assert res.R[1][1] > 0.6  # better than the balanced-class chance level
+
+
+def test_loop_checks(stream, tmp_path):
+    with pytest.raises(ValueError, match="head"):
+        train_continual(FineTune(small_target(2)), stream, CFG)
+    with pytest.raises(ValueError, match="skips"):
+        train_continual(FineTune(small_target()), stream, CFG, start_task=2)
+    with pytest.raises(ValueError, match="iterations"):
+        ContinualConfig(iterations=0)
+    with pytest.raises(ValueError, match="lr"):
+        ContinualConfig(lr=0.0)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"bad\.pt"):
+        load_method(bad)
