@@ -7,6 +7,7 @@
   :mod:`graphseq.models`.
 """
 
+from graphseq.train import benchmarks_gsm as _benchmarks_gsm  # noqa: F401  (GSM benchmarks)
 from graphseq.train.benchmarks import (
     DEFAULT_BENCHMARK,
     Benchmark,

@@ -52,6 +52,8 @@ class Task:
         evaluate: ``(y_true, y_pred) -> float``.
         graph: the graph of a node-level task.
         info: sizes, data source, build report (goes into the results JSON).
+        loss: ``(out, y) -> loss`` replacing the task type's default loss (e.g. the
+            class-weighted cross-entropy of the SBM benchmarks); ``None``: the default.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Task:
     evaluate: Callable[[Tensor, Tensor], float]
     graph: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    loss: Callable[[Tensor, Tensor], Tensor] | None = None
 
     @property
     def higher_is_better(self) -> bool:

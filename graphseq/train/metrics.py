@@ -8,9 +8,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["HIGHER_IS_BETTER", "accuracy", "make_evaluator", "rmse", "rocauc"]
+__all__ = ["HIGHER_IS_BETTER", "accuracy", "accuracy_sbm", "make_evaluator", "rmse", "rocauc"]
 
-HIGHER_IS_BETTER = {"rocauc": True, "acc": True, "ap": True, "rmse": False, "mae": False}
+HIGHER_IS_BETTER = {
+    "rocauc": True, "acc": True, "acc_sbm": True, "ap": True, "rmse": False, "mae": False,
+}  # fmt: skip
 
 
 def rmse(y_true: Tensor, y_pred: Tensor) -> float:
@@ -65,10 +67,23 @@ def accuracy(y_true: Tensor, y_pred: Tensor) -> float:
     return float((y_pred.argmax(-1) == y_true.reshape(-1).long()).double().mean())
 
 
+def accuracy_sbm(y_true: Tensor, y_pred: Tensor) -> float:
+    """Class-balanced accuracy: the mean over classes present in ``y_true`` of the fraction of
+    that class predicted correctly (Benchmarking-GNNs' ``accuracy_SBM`` for PATTERN / CLUSTER,
+    there reported in percent). ``y_pred`` are ``[N, C]`` scores, ``y_true`` ``[N]`` ids."""
+    y = y_true.reshape(-1).long()
+    hit = (y_pred.argmax(-1) == y).double()
+    classes = torch.unique(y)
+    if classes.numel() == 0:
+        raise ValueError("accuracy_sbm: no labels")
+    return float(torch.stack([hit[y == c].mean() for c in classes]).mean())
+
+
 _LOCAL: dict[str, Callable[[Tensor, Tensor], float]] = {
     "rmse": rmse,
     "rocauc": rocauc,
     "acc": accuracy,
+    "acc_sbm": accuracy_sbm,
 }
 
 

@@ -119,6 +119,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def _loss(task: Task, out: Tensor, y: Tensor) -> Tensor:
+    if task.loss is not None:
+        return task.loss(out, y)
     if task.task_type == "multiclass classification":
         return nn.functional.cross_entropy(out, y.reshape(-1).long())
     y = y.reshape(out.shape).to(out.dtype)
@@ -194,12 +196,16 @@ def _train_epoch_node(task, model, optimizer, config, env, epoch) -> float:
 
 
 @torch.no_grad()
-def _evaluate_node(task, model, split, env) -> float:
+def _evaluate_node(task, model, splits, env) -> dict[str, float]:
+    """Score ``splits`` of a node-level task from one forward pass over the graph."""
     model.eval()
     graph = task.graph.to(env.device)
-    idx = task.splits[split].to(env.device)
     out = model(graph)
-    return task.evaluate(graph.y[idx].cpu(), out[idx].float().cpu())
+    scores = {}
+    for split in splits:
+        idx = task.splits[split].to(env.device)
+        scores[split] = task.evaluate(graph.y[idx].cpu(), out[idx].float().cpu())
+    return scores
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,10 +361,9 @@ def _fit(task, config, env, out, results_path, ckpt_path, digest, model_factory,
                 }
             else:
                 loss = _train_epoch_node(task, model, optimizer, config, env, epoch)
-                scores = {
-                    s: _evaluate_node(task, model, s, env)
-                    for s in (("train",) if config.eval_train else ()) + ("valid", "test")
-                }
+                scores = _evaluate_node(
+                    task, model, (("train",) if config.eval_train else ()) + ("valid", "test"), env
+                )
             row = {"epoch": epoch, "train_loss": loss, "epoch_time_s": time.perf_counter() - t0}
             row.update({f"{s}_{metric}": v for s, v in scores.items()})
             history.append(row)

@@ -1,0 +1,90 @@
+"""Minesweeper and Tolokers (Platonov et al., "A critical look at the evaluation of GNNs under
+heterophily", ICLR 2023) from the official ``.npz`` files, with their 10 train/valid/test splits.
+
+The files (``minesweeper.npz``, ``tolokers.npz``, from ``yandex-research/heterophilous-graphs``)
+hold ``node_features`` ``[N, F]``, ``node_labels`` ``[N]``, ``edges`` ``[E, 2]`` and
+``train_masks`` / ``val_masks`` / ``test_masks`` ``[10, N]``. PyG's
+``HeterophilousGraphDataset`` reads the same format but downloads into its own folder layout; this
+loader reads a file in place and never touches the network. As in the published protocol the
+graph is made undirected (each edge stored in both directions, duplicates merged).
+
+The data directory is an argument; without one, ``$GRAPHSEQ_DATA`` is read (the folder holding
+``heterophilous/``). A missing file raises ``FileNotFoundError`` naming where it looked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch_geometric.data import Data
+from torch_geometric.utils import to_undirected
+
+__all__ = ["DATA_ENV", "HETEROPHILOUS", "load_heterophilous", "split_masks"]
+
+DATA_ENV = "GRAPHSEQ_DATA"
+HETEROPHILOUS = ("minesweeper", "tolokers")
+_KEYS = ("node_features", "node_labels", "edges", "train_masks", "val_masks", "test_masks")
+
+
+def _find(name: str, data_dir: str | Path | None) -> Path:
+    if name not in HETEROPHILOUS:
+        raise ValueError(f"load_heterophilous: name must be one of {HETEROPHILOUS}, got {name!r}")
+    roots = []
+    if data_dir is not None:
+        roots.append(Path(data_dir))
+    elif os.environ.get(DATA_ENV):
+        roots.append(Path(os.environ[DATA_ENV]))
+    tried = []
+    for root in roots:
+        for cand in (root / "heterophilous" / f"{name}.npz", root / f"{name}.npz"):
+            tried.append(str(cand))
+            if cand.is_file():
+                return cand
+    raise FileNotFoundError(
+        f"load_heterophilous: {name}.npz not found (looked in: {', '.join(tried) or 'nowhere'}); "
+        f"pass data_dir= or set ${DATA_ENV} to the folder holding heterophilous/{name}.npz "
+        "(the file comes from github.com/yandex-research/heterophilous-graphs, data/)"
+    )
+
+
+def load_heterophilous(name: str, data_dir: str | Path | None = None) -> Data:
+    """The graph ``name`` as one PyG ``Data``.
+
+    Returns:
+        ``Data`` with ``x`` float ``[N, F]``, ``y`` float ``[N, 1]`` (binary labels),
+        ``edge_index`` (undirected), and ``train_mask`` / ``val_mask`` / ``test_mask`` bool
+        ``[N, 10]`` (one column per split).
+    """
+    path = _find(name, data_dir)
+    with np.load(path, allow_pickle=False) as f:
+        missing = [k for k in _KEYS if k not in f.files]
+        if missing:
+            raise ValueError(f"load_heterophilous: {path} lacks the keys {missing}")
+        arrays = {k: f[k] for k in _KEYS}
+    n = arrays["node_features"].shape[0]
+    edges = torch.from_numpy(arrays["edges"].astype(np.int64)).t().contiguous()
+    data = Data(
+        x=torch.from_numpy(arrays["node_features"].astype(np.float32)),
+        y=torch.from_numpy(arrays["node_labels"].astype(np.float32)).view(-1, 1),
+        edge_index=to_undirected(edges, num_nodes=n),
+        train_mask=torch.from_numpy(arrays["train_masks"]).bool().t().contiguous(),
+        val_mask=torch.from_numpy(arrays["val_masks"]).bool().t().contiguous(),
+        test_mask=torch.from_numpy(arrays["test_masks"]).bool().t().contiguous(),
+    )
+    data.name = name
+    return data
+
+
+def split_masks(data: Data, split: int) -> dict[str, torch.Tensor]:
+    """Node indices ``{"train", "valid", "test"}`` of split ``split`` (0..9)."""
+    k = data.train_mask.size(1)
+    if isinstance(split, bool) or not isinstance(split, int) or not 0 <= split < k:
+        raise ValueError(f"split_masks: split must be an int in [0, {k}), got {split!r}")
+    return {
+        "train": data.train_mask[:, split].nonzero().view(-1),
+        "valid": data.val_mask[:, split].nonzero().view(-1),
+        "test": data.test_mask[:, split].nonzero().view(-1),
+    }

@@ -1,0 +1,312 @@
+"""Graph sequence models and their anchors in the model registry.
+
+* ``gsm``: :class:`~graphseq.nn.gsm.GSM` (one tokenization, local + global encoder);
+* ``gsm++``: :class:`~graphseq.nn.gsm.GSMPlusPlus` (HAC + HPE + hybrid + mixture of
+  tokenizations);
+* ``gps``: GraphGPS with PyG's :class:`~torch_geometric.nn.conv.GPSConv` (GatedGCN or GINE
+  local message passing in parallel with multi-head attention), optionally reading a positional
+  encoding attribute (e.g. ``AddLaplacianEigenvectorPE``'s);
+* ``gat``, ``sage``: GAT / GraphSAGE with residual connections and LayerNorm, the tuned
+  baselines of Platonov et al. (ICLR 2023) for the heterophilous benchmarks.
+
+The sequence models need the tokenizer transforms of :mod:`graphseq.nn.gsm` applied to the data
+(the GSM benchmarks in :mod:`graphseq.train.benchmarks_gsm` do this); they take dense float node
+features (``InputSpec.node_features="dense"``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import (
+    GATConv,
+    GINEConv,
+    GPSConv,
+    ResGatedGraphConv,
+    SAGEConv,
+    global_add_pool,
+    global_mean_pool,
+)
+
+from graphseq.models.registry import InputSpec, register_model
+from graphseq.nn.gsm import GSM, GSMPlusPlus
+
+__all__ = ["GPS", "GNNBaseline"]
+
+
+def _dense_only(spec: InputSpec, name: str) -> tuple[int, int | None]:
+    if spec.node_features != "dense":
+        raise ValueError(f"model {name!r} takes dense node features, got {spec.node_features!r}")
+    if spec.edge_features not in (None, "dense"):
+        raise ValueError(
+            f"model {name!r} takes dense or no edge features, got {spec.edge_features!r}"
+        )
+    return spec.node_dim, (spec.edge_dim if spec.edge_features == "dense" else None)
+
+
+def _pool(h: Tensor, batch, pool: str) -> Tensor:
+    node_batch = getattr(batch, "batch", None)
+    if node_batch is None:
+        node_batch = torch.zeros(h.size(0), dtype=torch.long, device=h.device)
+    num_graphs = int(getattr(batch, "num_graphs", 1) or 1)
+    fn = global_mean_pool if pool == "mean" else global_add_pool
+    return fn(h, node_batch, size=num_graphs)
+
+
+def _features(batch, pe: str | None, cls: str) -> Tensor:
+    x = batch.x.float()
+    x = x.unsqueeze(1) if x.dim() == 1 else x
+    if pe is not None:
+        value = getattr(batch, pe, None)
+        if value is None:
+            raise ValueError(f"{cls}: pe={pe!r} but the input has no attribute {pe!r}")
+        x = torch.cat([x, value.float()], -1)
+    return x
+
+
+class GPS(nn.Module):
+    r"""GraphGPS (`Rampášek et al., NeurIPS 2022 <https://arxiv.org/abs/2205.12454>`_) from PyG's
+    :class:`~torch_geometric.nn.conv.GPSConv`: per layer, a local MPNN and multi-head attention
+    in parallel, summed, then an MLP (batch norm).
+
+    Args:
+        spec: the benchmark's :class:`InputSpec` (dense node features).
+        hidden: width. layers: GPS layers. heads: attention heads.
+        local: ``"gatedgcn"`` (``ResGatedGraphConv``) or ``"gine"``.
+        attn_type: ``"multihead"`` (exact, quadratic) or ``"performer"`` (PyG's linear-time
+            FAVOR+ attention, the GPS+Performer variant for large graphs).
+        pe: name of a node attribute concatenated to ``x`` (e.g. ``"lap_pe"``), or ``None``.
+        pe_dim: its width. dropout / attn_dropout: as in ``GPSConv``. pool: graph pooling.
+
+    Shapes:
+        input: a PyG batch; output ``[N, out]`` (node level) or ``[G, out]``.
+    """
+
+    def __init__(
+        self,
+        spec: InputSpec,
+        hidden: int = 64,
+        layers: int = 4,
+        heads: int = 4,
+        local: str = "gatedgcn",
+        pe: str | None = None,
+        pe_dim: int = 0,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.5,
+        pool: str = "mean",
+        attn_type: str = "multihead",
+    ) -> None:
+        super().__init__()
+        node_dim, edge_dim = _dense_only(spec, "gps")
+        if attn_type not in ("multihead", "performer"):
+            raise ValueError(
+                f"GPS: attn_type must be 'multihead' or 'performer', got {attn_type!r}"
+            )
+        self.attn_type = attn_type
+        if local not in ("gatedgcn", "gine"):
+            raise ValueError(f"GPS: local must be 'gatedgcn' or 'gine', got {local!r}")
+        self.spec, self.hidden, self.layers, self.heads, self.local = (
+            spec,
+            hidden,
+            layers,
+            heads,
+            local,
+        )
+        self.pe, self.pool = pe, pool
+        self.encoder = nn.Linear(node_dim + (pe_dim if pe else 0), hidden)
+        self.edge_encoder = nn.Linear(edge_dim, hidden) if edge_dim else None
+        convs = []
+        for _ in range(layers):
+            if local == "gatedgcn":
+                conv = ResGatedGraphConv(hidden, hidden, edge_dim=hidden if edge_dim else None)
+            else:
+                mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+                conv = GINEConv(mlp, edge_dim=hidden) if edge_dim else GINEConv(mlp, edge_dim=1)
+            kwargs = {"dropout": attn_dropout} if attn_type == "multihead" else {}
+            convs.append(
+                GPSConv(hidden, conv, heads=heads, dropout=dropout, attn_type=attn_type,
+                        attn_kwargs=kwargs)
+            )  # fmt: skip
+        self.convs = nn.ModuleList(convs)
+        self.head = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, spec.out_dim)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def forward(self, batch) -> Tensor:
+        h = self.encoder(_features(batch, self.pe, "GPS"))
+        node_batch = getattr(batch, "batch", None)
+        kwargs = {}
+        if self.edge_encoder is not None:
+            kwargs["edge_attr"] = self.edge_encoder(batch.edge_attr.float())
+        elif self.local == "gine":
+            kwargs["edge_attr"] = h.new_zeros(batch.edge_index.size(1), 1)
+        for conv in self.convs:
+            h = conv(h, batch.edge_index, node_batch, **kwargs)
+        if self.spec.level == "graph":
+            h = _pool(h, batch, self.pool)
+        return self.head(h)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(hidden={self.hidden}, layers={self.layers}, "
+            f"heads={self.heads}, local={self.local!r}, pe={self.pe!r}, "
+            f"attn_type={self.attn_type!r})"
+        )
+
+
+class GNNBaseline(nn.Module):
+    r"""GAT or GraphSAGE with pre-LayerNorm residual blocks, as tuned by `Platonov et al.
+    (ICLR 2023) <https://arxiv.org/abs/2302.11640>`_ for heterophilous graphs:
+
+    .. math::
+        h \leftarrow h + \mathrm{Dropout}(\mathrm{GELU}(\mathrm{Conv}(\mathrm{LN}(h))))
+
+    Args:
+        spec: the benchmark's :class:`InputSpec`. conv: ``"gat"`` or ``"sage"``. hidden, layers,
+        heads (GAT: ``hidden / heads`` per head, concatenated), dropout, pool.
+    """
+
+    def __init__(
+        self,
+        spec: InputSpec,
+        conv: str = "sage",
+        hidden: int = 64,
+        layers: int = 3,
+        heads: int = 4,
+        dropout: float = 0.2,
+        pool: str = "mean",
+    ) -> None:
+        super().__init__()
+        node_dim, _ = _dense_only(spec, conv)
+        if conv not in ("gat", "sage"):
+            raise ValueError(f"GNNBaseline: conv must be 'gat' or 'sage', got {conv!r}")
+        if conv == "gat" and hidden % heads:
+            raise ValueError(f"GNNBaseline: heads ({heads}) must divide hidden ({hidden})")
+        self.spec, self.conv, self.hidden, self.layers, self.heads = (
+            spec,
+            conv,
+            hidden,
+            layers,
+            heads,
+        )
+        self.dropout, self.pool = dropout, pool
+        self.encoder = nn.Linear(node_dim, hidden)
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
+        self.convs = nn.ModuleList(
+            GATConv(hidden, hidden // heads, heads=heads)
+            if conv == "gat"
+            else SAGEConv(hidden, hidden)
+            for _ in range(layers)
+        )
+        self.out_norm = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, spec.out_dim)
+        self.reset_parameters()
+
+    reset_parameters = GPS.reset_parameters
+
+    def forward(self, batch) -> Tensor:
+        h = self.encoder(_features(batch, None, "GNNBaseline"))
+        for norm, conv in zip(self.norms, self.convs, strict=True):
+            h = h + F.dropout(F.gelu(conv(norm(h), batch.edge_index)), self.dropout, self.training)
+        h = self.out_norm(h)
+        if self.spec.level == "graph":
+            h = _pool(h, batch, self.pool)
+        return self.head(h)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(conv={self.conv!r}, hidden={self.hidden}, "
+            f"layers={self.layers}, heads={self.heads}, dropout={self.dropout})"
+        )
+
+
+@register_model("gsm", description="graph sequence model: one tokenization, local + global encoder")
+def gsm(
+    spec: InputSpec,
+    hidden: int = 64,
+    layers: int = 2,
+    seq_layers: int = 2,
+    tokenization: str = "hac_dfs",
+    local: str = "gatedgcn",
+    global_: str = "hybrid",
+    heads: int = 4,
+    hpe: bool = False,
+    hpe_levels: int = 16,
+    dropout: float = 0.0,
+    pool: str = "mean",
+    token_sizes: bool = True,
+) -> GSM:
+    node_dim, edge_dim = _dense_only(spec, "gsm")
+    return GSM(
+        node_dim, hidden, spec.out_dim, tokenization=tokenization, local=local, global_=global_,
+        layers=layers, seq_layers=seq_layers, heads=heads, level=spec.level, edge_dim=edge_dim,
+        hpe=hpe, hpe_levels=hpe_levels, pool=pool, dropout=dropout, token_sizes=token_sizes,
+    )  # fmt: skip
+
+
+@register_model(
+    "gsm++", description="GSM++: HAC tokens, hierarchical PE, hybrid scan+attention, MoT"
+)
+def gsm_plus_plus(
+    spec: InputSpec,
+    hidden: int = 64,
+    layers: int = 2,
+    scan_layers: int = 2,
+    tokenizations: tuple[str, ...] = ("hac_dfs", "hac_bfs", "khop"),
+    heads: int = 4,
+    k: int = 2,
+    hpe_levels: int = 16,
+    attention: bool = True,
+    dropout: float = 0.0,
+    attn_dropout: float = 0.0,
+    pool: str = "mean",
+    token_sizes: bool = True,
+) -> GSMPlusPlus:
+    node_dim, edge_dim = _dense_only(spec, "gsm++")
+    return GSMPlusPlus(
+        node_dim, hidden, spec.out_dim, tokenizations=tuple(tokenizations), layers=layers,
+        scan_layers=scan_layers, heads=heads, k=k, level=spec.level, edge_dim=edge_dim,
+        hpe_levels=hpe_levels, attention=attention, pool=pool, dropout=dropout,
+        attn_dropout=attn_dropout, token_sizes=token_sizes,
+    )  # fmt: skip
+
+
+@register_model("gps", description="GraphGPS from PyG's GPSConv (GatedGCN/GINE + attention)")
+def gps(
+    spec: InputSpec,
+    hidden: int = 64,
+    layers: int = 4,
+    heads: int = 4,
+    local: str = "gatedgcn",
+    pe: str | None = None,
+    pe_dim: int = 0,
+    dropout: float = 0.0,
+    attn_dropout: float = 0.5,
+    pool: str = "mean",
+    attn_type: str = "multihead",
+) -> GPS:
+    return GPS(
+        spec, hidden, layers, heads, local, pe, pe_dim, dropout, attn_dropout, pool, attn_type
+    )
+
+
+@register_model("gat", description="GAT with residual connections and LayerNorm")
+def gat(
+    spec: InputSpec, hidden: int = 64, layers: int = 3, heads: int = 4, dropout: float = 0.2,
+    pool: str = "mean",
+) -> GNNBaseline:  # fmt: skip
+    return GNNBaseline(spec, "gat", hidden, layers, heads, dropout, pool)
+
+
+@register_model("sage", description="GraphSAGE with residual connections and LayerNorm")
+def sage(
+    spec: InputSpec, hidden: int = 64, layers: int = 3, dropout: float = 0.2, pool: str = "mean"
+) -> GNNBaseline:  # fmt: skip
+    return GNNBaseline(spec, "sage", hidden, layers, 1, dropout, pool)

@@ -1,0 +1,427 @@
+r"""Local and global encoders of graph sequence models, and the hierarchical positional encoding.
+
+* :class:`LocalEncoder`: one residual message-passing layer (GatedGCN = PyG's
+  :class:`~torch_geometric.nn.conv.ResGatedGraphConv`, or GINE) — the :math:`\phi_{Local}` of GSM.
+* :class:`ScanLayer`: a selective state-space layer — :class:`~graphseq.nn.seq.GatedLinearRNN`
+  with input-dependent diagonal decays in :math:`(0, 1)` (one scalar state per channel, so fast
+  on CPU), optionally bidirectional, on packed sequences (``cu_seqlens``).
+* :class:`AttentionLayer`: multi-head self-attention with
+  :func:`torch.nn.functional.scaled_dot_product_attention` and a key-padding mask.
+* :class:`SequenceEncoder`: a stack of such mixers, each followed by a feed-forward block, given
+  by a pattern string: ``"TT"`` (Transformer), ``"MM"`` (scan / Mamba-like), ``"MMT"`` (hybrid:
+  scan layers then one attention layer, as GSM++).
+* :class:`HierarchicalPE`: absolute positional encoding from the HAC tree.
+
+Every sequence input is packed: ``x`` ``[ΣT, D]`` with ``cu_seqlens`` ``[S + 1]`` (PyG's
+``ptr``), the same convention as :func:`graphseq.kernels.linear_scan`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import GINConv, GINEConv, ResGatedGraphConv
+
+from graphseq.nn.seq import GatedLinearRNN
+from graphseq.nn.seq.base import check_positive_int, sequence_index
+
+__all__ = [
+    "LOCAL_ENCODERS",
+    "AttentionLayer",
+    "HierarchicalPE",
+    "LocalEncoder",
+    "ScanLayer",
+    "SequenceEncoder",
+    "global_pattern",
+]
+
+LOCAL_ENCODERS = ("gatedgcn", "gine", "none")
+
+
+def _check_rate(cls: str, name: str, value: float) -> float:
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{cls}: {name} must be in [0, 1), got {value}")
+    return float(value)
+
+
+class LocalEncoder(nn.Module):
+    r"""One residual message-passing layer:
+    :math:`h \leftarrow h + \mathrm{Dropout}(\mathrm{ReLU}(\mathrm{Norm}(\mathrm{Conv}(h))))`.
+
+    ``conv="gatedgcn"``: residual gated graph convolution
+    (`Bresson & Laurent, 2017 <https://arxiv.org/abs/1711.07553>`_, PyG's ``ResGatedGraphConv``),
+    :math:`\mathbf{W}_1 h_i + \sum_j \sigma(\mathbf{W}_3 h_i + \mathbf{W}_4 h_j [+ e_{ij}])
+    \odot \mathbf{W}_2 h_j`; ``"gine"``: GINE (`Hu et al., 2020
+    <https://arxiv.org/abs/1905.12265>`_) with a two-layer MLP (GIN when ``edge_dim`` is
+    ``None``); ``"none"``: identity (node tokens without local encoding).
+
+    Args:
+        channels (int): width :math:`D`.
+        conv (str): ``"gatedgcn"``, ``"gine"`` or ``"none"``. (default: ``"gatedgcn"``)
+        edge_dim (int, optional): width of ``edge_attr`` (``None``: no edge features).
+        norm (str): ``"batch"`` or ``"layer"``. (default: ``"batch"``)
+        dropout (float): dropout on the update. (default: ``0.0``)
+
+    Shapes:
+        - **input:** ``x`` :math:`(N, D)`, ``edge_index`` :math:`(2, E)`, ``edge_attr``
+          :math:`(E, \text{edge\_dim})` or ``None``.
+        - **output:** :math:`(N, D)`.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        conv: str = "gatedgcn",
+        edge_dim: int | None = None,
+        norm: str = "batch",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        check_positive_int(cls, "channels", channels)
+        if conv not in LOCAL_ENCODERS:
+            raise ValueError(f"{cls}: conv must be one of {LOCAL_ENCODERS}, got {conv!r}")
+        if norm not in ("batch", "layer"):
+            raise ValueError(f"{cls}: norm must be 'batch' or 'layer', got {norm!r}")
+        self.channels, self.conv_type, self.edge_dim, self.norm_type = (
+            channels,
+            conv,
+            edge_dim,
+            norm,
+        )
+        self.dropout = _check_rate(cls, "dropout", dropout)
+        if conv == "gatedgcn":
+            self.conv: nn.Module | None = ResGatedGraphConv(channels, channels, edge_dim=edge_dim)
+        elif conv == "gine":
+            mlp = nn.Sequential(
+                nn.Linear(channels, 2 * channels), nn.ReLU(), nn.Linear(2 * channels, channels)
+            )
+            self.conv = (
+                GINConv(mlp, train_eps=True)
+                if edge_dim is None
+                else GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
+            )
+        else:
+            self.conv = None
+        self.norm = nn.BatchNorm1d(channels) if norm == "batch" else nn.LayerNorm(channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.conv is not None:
+            self.conv.reset_parameters()  # PyG convolutions reset their MLPs too
+        self.norm.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
+        if self.conv is None:
+            return x
+        if self.edge_dim is None:
+            out = self.conv(x, edge_index)
+        else:
+            if edge_attr is None:
+                raise ValueError(f"{type(self).__name__}: edge_dim is set but edge_attr is None")
+            out = self.conv(x, edge_index, edge_attr.to(x.dtype))
+        out = F.relu(self.norm(out))
+        return x + F.dropout(out, self.dropout, self.training)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.channels}, conv={self.conv_type!r}, "
+            f"edge_dim={self.edge_dim}, norm={self.norm_type!r})"
+        )
+
+
+def reverse_index(cu_seqlens: Tensor) -> Tensor:
+    """``[ΣT]`` permutation reversing every packed sequence in place (an involution)."""
+    seq = sequence_index(cu_seqlens)
+    pos = torch.arange(seq.numel(), device=cu_seqlens.device)
+    return cu_seqlens[:-1][seq] + cu_seqlens[1:][seq] - 1 - pos
+
+
+class ScanLayer(nn.Module):
+    r"""Selective state-space layer: pre-norm, a gated linear recurrence with input-dependent
+    diagonal decay, residual.
+
+    .. math::
+        a_t = \sigma(\mathbf{W}_a x_t) \in (0, 1)^D, \quad
+        s_t = a_t \odot s_{t-1} + \mathbf{W}_v x_t, \quad
+        y_t = \mathbf{W}_o (s_t \odot \mathrm{SiLU}(\mathbf{W}_g x_t))
+
+    (:class:`~graphseq.nn.seq.GatedLinearRNN` with one gate per channel and eigenvalue range
+    ``(0, 1)``; the scan is :func:`graphseq.kernels.linear_scan`.) With ``bidirectional=True``
+    a second recurrence runs over each reversed sequence and the two outputs are added, as in
+    Graph Mamba (GMN)'s bidirectional Mamba. Output: :math:`x + \mathrm{Dropout}(y)`.
+
+    Args:
+        channels (int): width :math:`D`.
+        bidirectional (bool): also scan backwards. (default: ``True``)
+        dropout (float): dropout on :math:`y`. (default: ``0.0``)
+
+    Shapes:
+        - **input:** ``x`` :math:`(\sum_s T_s, D)`, ``cu_seqlens`` :math:`(S + 1)`.
+        - **output:** :math:`(\sum_s T_s, D)`; nothing crosses sequence boundaries.
+    """
+
+    def __init__(self, channels: int, bidirectional: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        self.channels = check_positive_int(cls, "channels", channels)
+        self.bidirectional = bool(bidirectional)
+        self.dropout = _check_rate(cls, "dropout", dropout)
+        self.norm = nn.LayerNorm(channels)
+        self.forward_rnn = GatedLinearRNN(channels, heads=channels, eigenvalue_range=(0.0, 1.0))
+        self.backward_rnn = (
+            GatedLinearRNN(channels, heads=channels, eigenvalue_range=(0.0, 1.0))
+            if bidirectional
+            else None
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.norm.reset_parameters()
+        self.forward_rnn.reset_parameters()
+        if self.backward_rnn is not None:
+            self.backward_rnn.reset_parameters()
+
+    def forward(self, x: Tensor, cu_seqlens: Tensor, rev: Tensor | None = None) -> Tensor:
+        h = self.norm(x).unsqueeze(0)  # [1, ΣT, D]
+        y = self.forward_rnn(h, cu_seqlens=cu_seqlens)[0]
+        if self.backward_rnn is not None:
+            rev = reverse_index(cu_seqlens) if rev is None else rev
+            y = y + self.backward_rnn(h[:, rev], cu_seqlens=cu_seqlens)[0][rev]
+        return x + F.dropout(y, self.dropout, self.training)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.channels}, bidirectional={self.bidirectional})"
+
+
+def _to_dense(x: Tensor, cu_seqlens: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Packed ``[ΣT, D]`` -> padded ``[S, T_max, D]``, key mask ``[S, T_max]``, (seq, pos)."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    S = lengths.numel()
+    T = int(lengths.max()) if S else 0
+    seq = sequence_index(cu_seqlens)
+    pos = torch.arange(seq.numel(), device=x.device) - cu_seqlens[:-1][seq]
+    dense = x.new_zeros(S, T, x.size(-1))
+    dense[seq, pos] = x
+    mask = torch.arange(T, device=x.device) < lengths.unsqueeze(1)
+    return dense, mask, seq, pos
+
+
+class AttentionLayer(nn.Module):
+    r"""Pre-norm multi-head self-attention over each packed sequence, residual.
+
+    :math:`x + \mathrm{Dropout}(\mathbf{W}_o\,\mathrm{softmax}(QK^\top/\sqrt{d})V)` computed by
+    :func:`~torch.nn.functional.scaled_dot_product_attention`; padding keys are masked out, so a
+    sequence's output does not depend on the others in the batch. No positional information
+    enters here: attention is permutation-equivariant within a sequence.
+
+    Args:
+        channels (int): width :math:`D`.
+        heads (int): attention heads; must divide ``channels``. (default: ``4``)
+        dropout (float): dropout on the output. (default: ``0.0``)
+        attn_dropout (float): dropout on the attention weights. (default: ``0.0``)
+
+    Shapes:
+        - **input:** ``x`` :math:`(\sum_s T_s, D)`, ``cu_seqlens`` :math:`(S + 1)`.
+        - **output:** :math:`(\sum_s T_s, D)`.
+    """
+
+    def __init__(
+        self, channels: int, heads: int = 4, dropout: float = 0.0, attn_dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        self.channels = check_positive_int(cls, "channels", channels)
+        self.heads = check_positive_int(cls, "heads", heads)
+        if channels % heads:
+            raise ValueError(f"{cls}: heads ({heads}) must divide channels ({channels})")
+        self.dropout = _check_rate(cls, "dropout", dropout)
+        self.attn_dropout = _check_rate(cls, "attn_dropout", attn_dropout)
+        self.norm = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = nn.Linear(channels, channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.norm.reset_parameters()
+        self.qkv.reset_parameters()
+        self.out.reset_parameters()
+
+    def forward(self, x: Tensor, cu_seqlens: Tensor) -> Tensor:
+        if x.size(0) == 0:
+            return x
+        dense, mask, seq, pos = _to_dense(self.norm(x), cu_seqlens)  # [S, T, D], [S, T]
+        S, T, D = dense.shape
+        q, k, v = self.qkv(dense).view(S, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        # an all-padding sequence (an empty graph) attends to its zeros instead of to nothing
+        keys = mask | ~mask.any(1, keepdim=True)
+        att = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=keys[:, None, None, :],
+            dropout_p=self.attn_dropout if self.training else 0.0,
+        )  # fmt: skip  [S, H, T, D/H]
+        y = self.out(att.transpose(1, 2).reshape(S, T, D))[seq, pos]
+        return x + F.dropout(y, self.dropout, self.training)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.channels}, heads={self.heads})"
+
+
+class _FeedForward(nn.Module):
+    def __init__(self, channels: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.lin1 = nn.Linear(channels, 2 * channels)
+        self.lin2 = nn.Linear(2 * channels, channels)
+        self.dropout = dropout
+
+    def reset_parameters(self) -> None:
+        for m in (self.norm, self.lin1, self.lin2):
+            m.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.lin2(F.dropout(F.gelu(self.lin1(self.norm(x))), self.dropout, self.training))
+        return x + F.dropout(y, self.dropout, self.training)
+
+
+def global_pattern(kind: str, layers: int) -> str:
+    """Mixer pattern of a global encoder: ``"transformer"`` -> ``"T" * layers``, ``"ssm"`` ->
+    ``"M" * layers``, ``"hybrid"`` -> ``"M" * (layers - 1) + "T"`` (scan layers then one
+    attention layer; one layer gives ``"T"``)."""
+    check_positive_int("global_pattern", "layers", layers)
+    if kind == "transformer":
+        return "T" * layers
+    if kind == "ssm":
+        return "M" * layers
+    if kind == "hybrid":
+        return "M" * (layers - 1) + "T"
+    raise ValueError(f"global encoder must be 'transformer', 'ssm' or 'hybrid', got {kind!r}")
+
+
+class SequenceEncoder(nn.Module):
+    r"""A stack of sequence mixers, each followed by a pre-norm feed-forward block.
+
+    ``pattern`` lists the mixers in order: ``"M"`` a :class:`ScanLayer`, ``"T"`` an
+    :class:`AttentionLayer`. ``"MMT"`` is GSM++'s hybrid: the scan layers inject the order of the
+    tokens, the final attention layer mixes globally and avoids the recurrent layers'
+    representational collapse over depth (Behrouz et al., 2025, §5).
+
+    Args:
+        channels (int): width :math:`D`.
+        pattern (str): e.g. ``"TT"``, ``"MM"``, ``"MMT"``.
+        heads (int): attention heads. (default: ``4``)
+        bidirectional (bool): bidirectional scans. (default: ``True``)
+        dropout (float): dropout after each mixer and feed-forward block. (default: ``0.0``)
+        attn_dropout (float): attention-weight dropout. (default: ``0.0``)
+
+    Shapes:
+        - **input:** ``x`` :math:`(\sum_s T_s, D)`, ``cu_seqlens`` :math:`(S + 1)`.
+        - **output:** :math:`(\sum_s T_s, D)`.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        pattern: str,
+        heads: int = 4,
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        if not isinstance(pattern, str) or not pattern or set(pattern) - {"M", "T"}:
+            raise ValueError(
+                f"{cls}: pattern must be a non-empty string of 'M' and 'T', got {pattern!r}"
+            )
+        self.channels, self.pattern = channels, pattern
+        self.mixers = nn.ModuleList(
+            ScanLayer(channels, bidirectional, dropout)
+            if p == "M"
+            else AttentionLayer(channels, heads, dropout, attn_dropout)
+            for p in pattern
+        )
+        self.ffns = nn.ModuleList(_FeedForward(channels, dropout) for _ in pattern)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in (*self.mixers, *self.ffns):
+            m.reset_parameters()
+
+    def forward(self, x: Tensor, cu_seqlens: Tensor) -> Tensor:
+        rev = reverse_index(cu_seqlens) if "M" in self.pattern else None
+        for mixer, ffn in zip(self.mixers, self.ffns, strict=True):
+            x = mixer(x, cu_seqlens, rev) if isinstance(mixer, ScanLayer) else mixer(x, cu_seqlens)
+            x = ffn(x)
+        return x
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.channels}, pattern={self.pattern!r})"
+
+
+class HierarchicalPE(nn.Module):
+    r"""Hierarchical positional encoding from an HAC tree (GSM++; the exact formula of the paper
+    is not public, this is graphseq's construction).
+
+    For node :math:`v` with coarse-to-fine path clusters :math:`c_1(v), \dots, c_L(v)`:
+
+    .. math::
+        \mathrm{HPE}(v) = \sum_{l=1}^{L} \mathbf{E}_l\big[\min(r_l(v), R - 1)\big]
+            + \mathbf{W} \Big[\frac{\log(1 + |c_l(v)|)}{\log(1 + n)}\Big]_{l=1}^{L}
+
+    where :math:`r_l(v)` is the rank of :math:`c_l(v)` among its siblings (``hac_child``),
+    :math:`|c_l(v)|` its size (``hac_size``) and :math:`n = |c_1(v)|` the size of the root (the
+    graph), so the size features lie in :math:`[0, 1]` whatever the graph size. Two nodes get
+    the same encoding only if they sit at the same sibling ranks at every level, in clusters of
+    the same sizes. Both terms start small (``std = 0.02``) so they do not drown the features.
+
+    Args:
+        channels (int): output width.
+        levels (int): path width (the tokenizer's ``levels``).
+        max_children (int): sibling ranks at or above this share one embedding. (default: 16)
+
+    Shapes:
+        - **input:** ``child`` :math:`(N, L)` long, ``size`` :math:`(N, L)` long.
+        - **output:** :math:`(N, \text{channels})`.
+    """
+
+    def __init__(self, channels: int, levels: int, max_children: int = 16) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        self.channels = check_positive_int(cls, "channels", channels)
+        self.levels = check_positive_int(cls, "levels", levels)
+        self.max_children = check_positive_int(cls, "max_children", max_children)
+        self.child = nn.Embedding(levels * max_children, channels)
+        self.size = nn.Linear(levels, channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # small at initialisation, so that the encoding does not drown the node features
+        nn.init.normal_(self.child.weight, std=0.02)
+        nn.init.normal_(self.size.weight, std=0.02)
+        nn.init.zeros_(self.size.bias)
+
+    def forward(self, child: Tensor, size: Tensor) -> Tensor:
+        cls = type(self).__name__
+        if child.dim() != 2 or child.size(1) != self.levels or child.shape != size.shape:
+            raise ValueError(
+                f"{cls}: child and size must both have shape [N, levels={self.levels}], got "
+                f"{tuple(child.shape)} and {tuple(size.shape)}; build HierarchicalPE with the "
+                "HACTokenizer's levels"
+            )
+        offset = torch.arange(self.levels, device=child.device) * self.max_children
+        idx = child.clamp(max=self.max_children - 1) + offset  # [N, L]
+        logs = torch.log1p(size.to(self.size.weight.dtype))  # [N, L]; column 0 is the root
+        rel = logs / logs[:, :1].clamp_min(math.log(2.0))
+        return self.child(idx).sum(1) + self.size(rel)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.channels}, levels={self.levels}, "
+            f"max_children={self.max_children})"
+        )

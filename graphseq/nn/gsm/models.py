@@ -1,0 +1,539 @@
+r"""Graph sequence models: GSM (tokenizer + local encoder + global encoder) and GSM++.
+
+Both take a PyG ``Data``/``Batch`` that a tokenizer transform of :mod:`graphseq.nn.gsm.tokenizers`
+has prepared, and return node-level ``[N, out]`` or graph-level ``[num_graphs, out]`` scores.
+
+Tokenizations a model can read (``tokenization=``):
+
+==================  ==========  ================================================================
+name                kind        sequence (read from)
+==================  ==========  ================================================================
+``"degree"``,       node        the graph's nodes by ``degree_rank`` / ``random_rank`` /
+``"random"``,                   ``bfs_rank`` (:class:`NodeTokenizer`)
+``"bfs"``
+``"hac_dfs"``       node        HAC leaves in depth-first order, ``hac_rank`` (alias
+                                ``"dfs_leaves"``)
+``"khop"``          subgraph    per node: ``N_k, ..., N_1, {v}`` (``khop_index``)
+``"hac_bfs"``       subgraph    per node: its HAC clusters coarse to fine, then itself
+                                (``hac_path``; alias ``"ancestor_path"``)
+``"rw"``            subgraph    per node: unions of its random walks of lengths ``L, ..., 0``
+                                (``rw_index``)
+``"none"``          node        nodes in storage order (``"w/o PE"``-style baselines)
+==================  ==========  ================================================================
+
+A node tokenization runs the global encoder over each graph's node sequence (packed with
+``cu_seqlens`` = ``batch.ptr``); a subgraph tokenization runs it over every node's own token
+sequence, each token the mean of the current node states over the subgraph, and keeps the last
+position (the node itself). Node outputs are returned in the original node order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import global_add_pool, global_mean_pool
+from torch_geometric.utils import scatter
+
+from graphseq.nn.seq.base import check_positive_int
+
+from .encoders import (
+    AttentionLayer,
+    HierarchicalPE,
+    LocalEncoder,
+    SequenceEncoder,
+    _FeedForward,
+    global_pattern,
+)
+
+__all__ = ["GSM", "TOKENIZATIONS", "GSMPlusPlus", "MoTRouter", "node_tokens", "subgraph_tokens"]
+
+NODE_TOKENIZATIONS = ("degree", "random", "bfs", "hac_dfs", "none")
+SUBGRAPH_TOKENIZATIONS = ("khop", "hac_bfs", "rw")
+ALIASES = {
+    "dfs_leaves": "hac_dfs",
+    "dfs": "hac_dfs",
+    "ancestor_path": "hac_bfs",
+    "bfs_hac": "hac_bfs",
+}
+TOKENIZATIONS = NODE_TOKENIZATIONS + SUBGRAPH_TOKENIZATIONS
+
+_TRANSFORM = {
+    "degree": "NodeTokenizer('degree')",
+    "random": "NodeTokenizer('random')",
+    "bfs": "NodeTokenizer('bfs')",
+    "hac_dfs": "HACTokenizer()",
+    "hac_bfs": "HACTokenizer()",
+    "khop": "KHopTokenizer(k)",
+    "rw": "RandomWalkTokenizer()",
+}
+_ATTR = {
+    "degree": "degree_rank",
+    "random": "random_rank",
+    "bfs": "bfs_rank",
+    "hac_dfs": "hac_rank",
+    "hac_bfs": "hac_path",
+    "khop": "khop_index",
+    "rw": "rw_index",
+}
+
+
+def resolve_tokenization(name: str, cls: str) -> str:
+    name = ALIASES.get(name, name)
+    if name not in TOKENIZATIONS:
+        raise ValueError(
+            f"{cls}: tokenization must be one of {TOKENIZATIONS} (or an alias in "
+            f"{sorted(ALIASES)}), got {name!r}"
+        )
+    return name
+
+
+def _require(batch, tokenization: str, cls: str):
+    attr = _ATTR.get(tokenization)
+    if attr is None:
+        return None
+    value = getattr(batch, attr, None)
+    if value is None:
+        raise ValueError(
+            f"{cls}: tokenization={tokenization!r} reads data.{attr}, which the input lacks; "
+            f"apply graphseq.nn.gsm.{_TRANSFORM[tokenization]} to the dataset first"
+        )
+    return value
+
+
+def _graph_info(batch, num_nodes: int, device) -> tuple[Tensor, Tensor]:
+    node_batch = getattr(batch, "batch", None)
+    if node_batch is None:
+        node_batch = torch.zeros(num_nodes, dtype=torch.long, device=device)
+    ptr = getattr(batch, "ptr", None)
+    if ptr is None:
+        counts = torch.bincount(node_batch, minlength=int(getattr(batch, "num_graphs", 1) or 1))
+        ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    return node_batch, ptr
+
+
+def node_tokens(batch, tokenization: str, node_batch: Tensor, cls: str = "GSM") -> Tensor:
+    """Permutation ``[N]`` listing every graph's nodes in sequence order, graph after graph."""
+    n = node_batch.numel()
+    if tokenization == "none":
+        return torch.arange(n, device=node_batch.device)
+    rank = _require(batch, tokenization, cls)
+    if rank.shape != (n,):
+        raise ValueError(
+            f"{cls}: data.{_ATTR[tokenization]} must have shape [{n}], got {tuple(rank.shape)}"
+        )
+    return torch.argsort(node_batch * (n + 1) + rank, stable=True)
+
+
+def subgraph_tokens(
+    batch, tokenization: str, h: Tensor, cls: str = "GSM"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Every node's token sequence, coarse to fine, packed: tokens ``[ΣK, D]`` (the mean of
+    ``h`` over each token's subgraph), ``cu_seqlens`` ``[N + 1]`` and each token's subgraph size
+    ``[ΣK]`` (nodes in the k-hop ball or HAC cluster; the walk length for random walks).
+
+    The last token of each node's sequence is ``h`` itself (size 1). Sequence lengths depend
+    only on the node's own graph (``k + 1`` for k-hop, ``depth + 1`` for HAC ancestor paths,
+    ``L + 1`` for random walks), never on the rest of the batch.
+    """
+    n, D = h.shape
+    value = _require(batch, tokenization, cls)
+    device = h.device
+    if tokenization == "khop":
+        k = _scalar(batch, "khop_k", cls, "KHopTokenizer")
+        dist = batch.khop_dist
+        center, other = value
+        sums, counts, tokens, sizes = h, h.new_ones(n, 1), [], []
+        for d in range(1, k + 1):
+            sel = dist == d
+            sums = sums + scatter(h[other[sel]], center[sel], 0, dim_size=n, reduce="sum")
+            counts = counts + torch.bincount(center[sel], minlength=n).unsqueeze(1).to(h.dtype)
+            tokens.append(sums / counts)
+            sizes.append(counts)
+        full = torch.stack([*reversed(tokens), h], 1)  # [N, k + 1, D]
+        size = torch.cat([*reversed(sizes), h.new_ones(n, 1)], 1)  # [N, k + 1]
+        cu = torch.arange(n + 1, device=device) * (k + 1)
+        return full.reshape(-1, D), cu, size.reshape(-1)
+    if tokenization == "hac_bfs":
+        node_batch, _ = _graph_info(batch, n, device)
+        L = value.size(1)
+        offset = torch.cumsum(batch.hac_num_clusters, 0) - batch.hac_num_clusters
+        ids = value + offset[node_batch].unsqueeze(1)  # [N, L] unique over the batch
+        total = int(batch.hac_num_clusters.sum())
+        src = h.unsqueeze(1).expand(n, L, D).reshape(-1, D)
+        means = scatter(src, ids.reshape(-1), 0, dim_size=total, reduce="mean")
+        full = torch.cat([means[ids], h.unsqueeze(1)], 1)  # [N, L + 1, D]
+        # keep each node's real levels (drop the root padding of shallower trees) and itself
+        depth = batch.hac_depth[node_batch]  # [N]
+        keep = torch.arange(L + 1, device=device) >= (L - depth).unsqueeze(1)
+        lengths = depth + 1
+        size = torch.cat([batch.hac_size, batch.hac_size.new_ones(n, 1)], 1).to(h.dtype)
+        return full[keep], torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]), size[keep]
+    # random walks: token t = mean over walks of the mean of h over steps 0..t
+    L1 = _scalar(batch, "rw_walk_length", cls, "RandomWalkTokenizer") + 1
+    W = value.size(0) // L1
+    steps = h[value.reshape(W, L1, n)]  # [W, L + 1, N, D]
+    norm = torch.arange(1, L1 + 1, device=device, dtype=h.dtype).view(1, -1, 1, 1)
+    tokens = (steps.cumsum(1) / norm).mean(0).transpose(0, 1)  # [N, L + 1, D]
+    # coarse (longest walks) first, the node itself last
+    size = torch.arange(L1, 0, -1, device=device, dtype=h.dtype).repeat(n)
+    return tokens.flip(1).reshape(-1, D), torch.arange(n + 1, device=device) * L1, size
+
+
+def _scalar(batch, attr: str, cls: str, transform: str) -> int:
+    value = getattr(batch, attr, None)
+    if value is None or value.numel() == 0:
+        raise ValueError(f"{cls}: data.{attr} is missing; apply graphseq.nn.gsm.{transform}")
+    return int(value.reshape(-1).max())
+
+
+def _reset_children(module: nn.Module) -> None:
+    """Call ``reset_parameters`` of every child that has one; descend into those that do not
+    (containers), so each layer's own initialisation is not overwritten by its sublayers'."""
+    for child in module.children():
+        if hasattr(child, "reset_parameters"):
+            child.reset_parameters()
+        else:
+            _reset_children(child)
+
+
+def _pool(h: Tensor, node_batch: Tensor, num_graphs: int, pool: str) -> Tensor:
+    fn = global_mean_pool if pool == "mean" else global_add_pool
+    return fn(h, node_batch, size=num_graphs)
+
+
+class _Base(nn.Module):
+    def _input(self, batch) -> tuple[Tensor, Tensor, Tensor, Tensor, int, Tensor | None]:
+        x = batch.x
+        if x is None:
+            raise ValueError(f"{type(self).__name__}: the input has no node features x")
+        x = x.float() if not torch.is_floating_point(x) else x
+        if x.dim() == 1:
+            x = x.unsqueeze(1)
+        n = x.size(0)
+        node_batch, ptr = _graph_info(batch, n, x.device)
+        num_graphs = ptr.numel() - 1
+        edge_attr = getattr(batch, "edge_attr", None) if self.edge_dim is not None else None
+        if edge_attr is not None and edge_attr.dim() == 1:
+            edge_attr = edge_attr.unsqueeze(1)
+        return x, batch.edge_index, node_batch, ptr, num_graphs, edge_attr
+
+
+class GSM(_Base):
+    r"""Graph sequence model (`Behrouz et al., ICML 2025 <https://arxiv.org/abs/2411.15671>`_):
+    tokenization, local encoding, global encoding, then a node or graph head.
+
+    .. math::
+        h^{(0)} = \mathbf{W}_{in} x, \qquad
+        h^{(l)} = \tilde h + \Psi^{(l)}\big(T(\tilde h)\big),\;
+        \tilde h = \phi^{(l)}_{Local}(h^{(l-1)}) \quad (l = 1..L)
+
+    where :math:`T` reads the tokenization stored by a tokenizer transform and
+    :math:`\Psi` is a :class:`SequenceEncoder` (``"transformer"``, ``"ssm"`` or ``"hybrid"``).
+
+    Args:
+        in_channels (int): node feature width.
+        hidden (int): width :math:`D`.
+        out_channels (int): outputs per node / graph.
+        tokenization (str): see the module docstring. (default: ``"hac_dfs"``)
+        local (str): ``"gatedgcn"``, ``"gine"`` or ``"none"``. (default: ``"gatedgcn"``)
+        global_ (str): ``"transformer"``, ``"ssm"`` or ``"hybrid"``. (default: ``"hybrid"``)
+        layers (int): blocks :math:`L`. (default: ``2``)
+        seq_layers (int): mixers per global encoder. (default: ``2``)
+        heads (int): attention heads. (default: ``4``)
+        level (str): ``"node"`` or ``"graph"``. (default: ``"graph"``)
+        edge_dim (int, optional): ``edge_attr`` width for the local encoder.
+        hpe (bool): add the :class:`HierarchicalPE` (needs :class:`HACTokenizer`).
+            (default: ``False``)
+        hpe_levels (int): the tokenizer's ``levels``. (default: ``16``)
+        pool (str): graph pooling, ``"mean"`` or ``"sum"``. (default: ``"mean"``)
+        dropout (float): dropout. (default: ``0.0``)
+        token_sizes (bool): add a learned projection of ``log(1 + |subgraph|)`` to every
+            subgraph token (a mean alone cannot tell a degree-2 from a degree-9 node when the
+            features are equal). (default: ``True``)
+
+    Shapes:
+        - **input:** a PyG ``Data``/``Batch`` with ``x`` :math:`(N, F)`, ``edge_index``,
+          optionally ``batch``/``ptr`` and ``edge_attr``, plus the tokenization's attributes.
+        - **output:** :math:`(N, \text{out})` (node level) or :math:`(G, \text{out})`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden: int,
+        out_channels: int,
+        tokenization: str = "hac_dfs",
+        local: str = "gatedgcn",
+        global_: str = "hybrid",
+        layers: int = 2,
+        seq_layers: int = 2,
+        heads: int = 4,
+        level: str = "graph",
+        edge_dim: int | None = None,
+        hpe: bool = False,
+        hpe_levels: int = 16,
+        pool: str = "mean",
+        dropout: float = 0.0,
+        token_sizes: bool = True,
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        for name, v in (("in_channels", in_channels), ("hidden", hidden),
+                        ("out_channels", out_channels), ("layers", layers),
+                        ("seq_layers", seq_layers)):  # fmt: skip
+            check_positive_int(cls, name, v)
+        if level not in ("node", "graph"):
+            raise ValueError(f"{cls}: level must be 'node' or 'graph', got {level!r}")
+        if pool not in ("mean", "sum"):
+            raise ValueError(f"{cls}: pool must be 'mean' or 'sum', got {pool!r}")
+        self.tokenization = resolve_tokenization(tokenization, cls)
+        self.pattern = global_pattern(global_, seq_layers)
+        self.in_channels, self.hidden, self.out_channels = in_channels, hidden, out_channels
+        self.local, self.global_, self.layers, self.level = local, global_, layers, level
+        self.edge_dim, self.hpe, self.pool = edge_dim, bool(hpe), pool
+        self.encoder = nn.Linear(in_channels, hidden)
+        self.pe = HierarchicalPE(hidden, hpe_levels) if hpe else None
+        self.size_proj = nn.Linear(1, hidden) if token_sizes else None
+        self.locals = nn.ModuleList(
+            LocalEncoder(hidden, local, edge_dim, dropout=dropout) for _ in range(layers)
+        )
+        self.globals = nn.ModuleList(
+            SequenceEncoder(hidden, self.pattern, heads, dropout=dropout) for _ in range(layers)
+        )
+        self.head = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_channels)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _reset_children(self)
+
+    def _embed(self, batch, x: Tensor) -> Tensor:
+        h = self.encoder(x)
+        if self.pe is not None:
+            _require(batch, "hac_dfs", type(self).__name__)
+            h = h + self.pe(batch.hac_child, batch.hac_size)
+        return h
+
+    def _global(self, encoder, batch, h, node_batch, ptr, tokenization) -> Tensor:
+        cls = type(self).__name__
+        if tokenization in SUBGRAPH_TOKENIZATIONS:
+            tokens, cu, size = subgraph_tokens(batch, tokenization, h, cls)  # [ΣK, D], [N + 1]
+            if self.size_proj is not None:
+                # a mean forgets how many nodes it averaged: tell the encoder the subgraph size
+                tokens = tokens + self.size_proj(torch.log1p(size).unsqueeze(1))
+            return encoder(tokens, cu)[cu[1:] - 1]  # each node's last token: itself
+        perm = node_tokens(batch, tokenization, node_batch, cls)
+        y = encoder(h[perm], ptr)
+        return torch.empty_like(y).index_copy_(0, perm, y)  # back to node order
+
+    def forward(self, batch) -> Tensor:
+        x, edge_index, node_batch, ptr, num_graphs, edge_attr = self._input(batch)
+        h = self._embed(batch, x)
+        for local, enc in zip(self.locals, self.globals, strict=True):
+            h = local(h, edge_index, edge_attr)
+            h = self._global(enc, batch, h, node_batch, ptr, self.tokenization)
+        if self.level == "graph":
+            h = _pool(h, node_batch, num_graphs, self.pool)
+        return self.head(h)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.in_channels}, {self.hidden}, {self.out_channels}, "
+            f"tokenization={self.tokenization!r}, local={self.local!r}, "
+            f"global_={self.global_!r}, layers={self.layers})"
+        )
+
+
+class MoTRouter(nn.Module):
+    r"""Mixture-of-tokenization router: per node, keep the top-``k`` of ``T`` experts.
+
+    .. math::
+        p = \mathrm{softmax}(\mathbf{W}_r h_v), \quad
+        g_t = \frac{p_t\,[t \in \mathrm{top}_k(p)]}{\sum_{s \in \mathrm{top}_k(p)} p_s}, \quad
+        z_v = \mathbf{W}_o\,[g_1 y_1 \,\|\, \dots \,\|\, g_T y_T]
+
+    The concatenation of the selected experts' encodings (zeros elsewhere) is projected back to
+    :math:`D`; the renormalised soft weights pass gradients to :math:`\mathbf{W}_r` (as in
+    sparse mixture-of-experts). Ties in :math:`p` go to the lower expert index.
+
+    Args:
+        channels (int): width :math:`D`.
+        experts (int): number of tokenizations :math:`T`.
+        k (int): experts kept per node. (default: ``2``)
+
+    Shapes:
+        - **input:** ``h`` :math:`(N, D)`, ``ys`` a list of :math:`T` tensors :math:`(N, D)`.
+        - **output:** ``(z, g)``: :math:`(N, D)` and the gates :math:`(N, T)`.
+    """
+
+    def __init__(self, channels: int, experts: int, k: int = 2) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        check_positive_int(cls, "channels", channels)
+        check_positive_int(cls, "experts", experts)
+        check_positive_int(cls, "k", k)
+        if k > experts:
+            raise ValueError(f"{cls}: k ({k}) must be <= experts ({experts})")
+        self.channels, self.experts, self.k = channels, experts, k
+        self.router = nn.Linear(channels, experts)
+        self.out = nn.Linear(experts * channels, channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.router.reset_parameters()
+        self.out.reset_parameters()
+
+    def forward(self, h: Tensor, ys: list[Tensor]) -> tuple[Tensor, Tensor]:
+        if len(ys) != self.experts:
+            raise ValueError(
+                f"{type(self).__name__}: expected {self.experts} encodings, got {len(ys)}"
+            )
+        p = torch.softmax(self.router(h), -1)  # [N, T]
+        top = torch.topk(p, self.k, dim=-1).indices
+        keep = torch.zeros_like(p, dtype=torch.bool).scatter_(1, top, True)
+        g = torch.where(keep, p, torch.zeros_like(p))
+        g = g / g.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+        z = self.out(torch.cat([g[:, t : t + 1] * y for t, y in enumerate(ys)], -1))
+        return z, g
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.channels}, experts={self.experts}, k={self.k})"
+
+
+class GSMPlusPlus(_Base):
+    r"""GSM++ (`Behrouz et al., ICML 2025 <https://arxiv.org/abs/2411.15671>`_): HAC tokenization,
+    hierarchical positional encoding, hybrid scan-then-attention encoder and a mixture of
+    tokenizations with a top-2 router.
+
+    Each of the ``layers`` blocks:
+
+    1. local encoding :math:`\tilde h = \phi_{Local}(h)` (GatedGCN);
+    2. every tokenization :math:`t \in \tau` (default HAC leaves, HAC ancestor paths, k-hop)
+       encodes :math:`\tilde h` with its own scan stack (``scan_layers`` bidirectional
+       :class:`ScanLayer`\ s) into :math:`y_t`;
+    3. the :class:`MoTRouter` keeps the top-2 tokenizations per node and projects their
+       concatenation: :math:`h' = \tilde h + \mathrm{MoT}(\tilde h, \{y_t\})`;
+    4. one attention layer over each graph's nodes and a feed-forward block (the "T" of the
+       hybrid), padding-masked per graph.
+
+    The input embedding adds the :class:`HierarchicalPE` of the HAC tree. The paper's exact
+    widths, depths and router training are not public (see ``research/gsm.md``); these are
+    graphseq's choices.
+
+    Args:
+        in_channels (int): node feature width.
+        hidden (int): width :math:`D`.
+        out_channels (int): outputs per node / graph.
+        tokenizations (tuple of str): the experts :math:`\tau` (at least ``k``).
+            (default: ``("hac_dfs", "hac_bfs", "khop")``)
+        layers (int): blocks. (default: ``2``)
+        scan_layers (int): scan layers per tokenization and block. (default: ``2``)
+        heads (int): attention heads. (default: ``4``)
+        k (int): tokenizations kept per node. (default: ``2``)
+        level (str): ``"node"`` or ``"graph"``. (default: ``"graph"``)
+        edge_dim (int, optional): ``edge_attr`` width for the local encoder.
+        hpe_levels (int): the :class:`HACTokenizer`'s ``levels``. (default: ``16``)
+        attention (bool): include step 4 (``False`` for graphs too large for full
+            attention). (default: ``True``)
+        pool (str): graph pooling. (default: ``"mean"``)
+        dropout (float): dropout. (default: ``0.0``)
+        attn_dropout (float): attention-weight dropout. (default: ``0.0``)
+        token_sizes (bool): as in :class:`GSM`. (default: ``True``)
+
+    Shapes:
+        - **input:** a PyG ``Data``/``Batch`` with the tokenizers' attributes.
+        - **output:** :math:`(N, \text{out})` or :math:`(G, \text{out})`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden: int,
+        out_channels: int,
+        tokenizations: tuple[str, ...] = ("hac_dfs", "hac_bfs", "khop"),
+        layers: int = 2,
+        scan_layers: int = 2,
+        heads: int = 4,
+        k: int = 2,
+        level: str = "graph",
+        edge_dim: int | None = None,
+        hpe_levels: int = 16,
+        attention: bool = True,
+        pool: str = "mean",
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        token_sizes: bool = True,
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        for name, v in (("in_channels", in_channels), ("hidden", hidden),
+                        ("out_channels", out_channels), ("layers", layers),
+                        ("scan_layers", scan_layers)):  # fmt: skip
+            check_positive_int(cls, name, v)
+        if level not in ("node", "graph"):
+            raise ValueError(f"{cls}: level must be 'node' or 'graph', got {level!r}")
+        if pool not in ("mean", "sum"):
+            raise ValueError(f"{cls}: pool must be 'mean' or 'sum', got {pool!r}")
+        toks = tuple(resolve_tokenization(t, cls) for t in tokenizations)
+        if len(set(toks)) != len(toks):
+            raise ValueError(f"{cls}: tokenizations must be distinct, got {tokenizations!r}")
+        if len(toks) < k:
+            raise ValueError(f"{cls}: need at least k={k} tokenizations, got {len(toks)}")
+        self.in_channels, self.hidden, self.out_channels = in_channels, hidden, out_channels
+        self.tokenizations, self.layers, self.k, self.level = toks, layers, k, level
+        self.edge_dim, self.attention, self.pool = edge_dim, bool(attention), pool
+        self.encoder = nn.Linear(in_channels, hidden)
+        self.pe = HierarchicalPE(hidden, hpe_levels)
+        self.size_proj = nn.Linear(1, hidden) if token_sizes else None
+        self.locals = nn.ModuleList(
+            LocalEncoder(hidden, "gatedgcn", edge_dim, dropout=dropout) for _ in range(layers)
+        )
+        self.scans = nn.ModuleList(
+            nn.ModuleList(
+                SequenceEncoder(hidden, "M" * scan_layers, heads, dropout=dropout) for _ in toks
+            )
+            for _ in range(layers)
+        )
+        self.routers = nn.ModuleList(MoTRouter(hidden, len(toks), k) for _ in range(layers))
+        self.attns = nn.ModuleList(
+            AttentionLayer(hidden, heads, dropout, attn_dropout) if attention else nn.Identity()
+            for _ in range(layers)
+        )
+        self.ffns = nn.ModuleList(_FeedForward(hidden, dropout) for _ in range(layers))
+        self.head = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_channels)
+        )
+        self.reset_parameters()
+
+    reset_parameters = GSM.reset_parameters
+    _global = GSM._global
+
+    def forward(self, batch, return_gates: bool = False):
+        cls = type(self).__name__
+        x, edge_index, node_batch, ptr, num_graphs, edge_attr = self._input(batch)
+        _require(batch, "hac_dfs", cls)
+        h = self.encoder(x) + self.pe(batch.hac_child, batch.hac_size)
+        gates = []
+        for block in range(self.layers):
+            h = self.locals[block](h, edge_index, edge_attr)
+            ys = [
+                self._global(enc, batch, h, node_batch, ptr, tok)
+                for enc, tok in zip(self.scans[block], self.tokenizations, strict=True)
+            ]
+            z, g = self.routers[block](h, ys)
+            gates.append(g)
+            h = h + z
+            if self.attention:
+                h = self.attns[block](h, ptr) if node_batch.numel() else h
+            h = self.ffns[block](h)
+        if self.level == "graph":
+            h = _pool(h, node_batch, num_graphs, self.pool)
+        out = self.head(h)
+        return (out, gates) if return_gates else out
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.in_channels}, {self.hidden}, {self.out_channels}, "
+            f"tokenizations={self.tokenizations}, layers={self.layers}, k={self.k})"
+        )

@@ -1,0 +1,71 @@
+"""PATTERN / CLUSTER generators: determinism, sizes, block statistics, labels."""
+
+import numpy as np
+import pytest
+import torch
+
+from graphseq.datasets.sbm import cluster, pattern, sbm_splits
+
+
+def test_pattern_statistics():
+    graphs = pattern(60, seed=0)
+    nodes = np.array([g.num_nodes for g in graphs])
+    assert nodes.min() >= 5 * 5 + 5 and nodes.max() <= 5 * 34 + 34
+    assert 100 < nodes.mean() < 140  # official: 118.9
+    pos = torch.cat([g.y for g in graphs]).float().mean()
+    assert 0.1 < pos < 0.3  # official: about 20% pattern nodes
+    for g in graphs[:10]:
+        assert g.x.shape == (g.num_nodes, 3) and torch.equal(g.x.sum(1), torch.ones(g.num_nodes))
+        ei = g.edge_index
+        assert (ei[0] != ei[1]).all()
+        y = g.y
+        inside = (y[ei[0]] == 1) & (y[ei[1]] == 1)
+        # pattern-internal and pattern-base edges have probability 0.5, base-internal ~0.38
+        k = int(y.sum())
+        dens_pat = inside.sum().item() / max(k * (k - 1), 1)
+        assert 0.3 < dens_pat < 0.7
+
+
+def test_cluster_statistics():
+    graphs = cluster(40, seed=0)
+    for g in graphs:
+        assert g.x.shape == (g.num_nodes, 7)
+        marked = g.x[:, 1:].sum(0)
+        assert torch.equal(marked, torch.ones(6))  # one marked node per cluster
+        feat = g.x.argmax(1)
+        assert torch.equal(g.y[feat > 0], feat[feat > 0] - 1)  # the mark is the cluster id + 1
+    ys = torch.cat([g.y for g in graphs])
+    assert set(ys.tolist()) == set(range(6))
+    g = graphs[0]
+    same = g.y[g.edge_index[0]] == g.y[g.edge_index[1]]
+    n_same = sum(int((g.y == c).sum()) ** 2 - int((g.y == c).sum()) for c in range(6))
+    n_all = g.num_nodes * (g.num_nodes - 1)
+    assert 0.4 < same.sum().item() / n_same < 0.7  # p = 0.55
+    assert 0.15 < (~same).sum().item() / (n_all - n_same) < 0.35  # q = 0.25
+
+
+def test_splits_are_seeded_and_share_patterns():
+    a = sbm_splits("pattern", (4, 2, 2), seed=0)
+    b = sbm_splits("pattern", (4, 2, 2), seed=0)
+    assert [len(v) for v in a.values()] == [4, 2, 2]
+    for k in a:
+        for x, y in zip(a[k], b[k], strict=True):
+            assert torch.equal(x.edge_index, y.edge_index)
+    bigger = sbm_splits("pattern", (6, 2, 2), seed=0)
+    assert torch.equal(bigger["test"][0].edge_index, a["test"][0].edge_index)
+    assert len(sbm_splits("cluster", (3, 1, 1))["train"]) == 3
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: pattern(-1), "num_graphs"),
+        (lambda: cluster(1.5), "num_graphs"),
+        (lambda: pattern(2, num_patterns=0), "num_patterns"),
+        (lambda: sbm_splits("zinc"), "name"),
+        (lambda: sbm_splits("pattern", (1, 2)), "sizes"),
+    ],
+)
+def test_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -1,0 +1,76 @@
+"""The registered GSM-family models and anchors: build from an InputSpec, forward on tokenized
+batches at node and graph level, hyperparameter errors, a short fit through the trainer."""
+
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+import graphseq.models.gsm  # noqa: F401  (registers the models)
+from graphseq.models import InputSpec, build_model, get_model
+from graphseq.train.benchmarks_gsm import gsm_transform, weighted_cross_entropy
+
+NAMES = ("gsm", "gsm++", "gps", "gat", "sage")
+TRANSFORM = gsm_transform(k=2, levels=8)
+
+
+def _batch(edge_dim=None):
+    gen = torch.Generator().manual_seed(0)
+    graphs = []
+    for n in (7, 5, 9):
+        ei = torch.randint(0, n, (2, 3 * n), generator=gen)
+        d = Data(x=torch.randn(n, 4, generator=gen), edge_index=ei, y=torch.tensor([1.0]))
+        if edge_dim:
+            d.edge_attr = torch.randn(ei.size(1), edge_dim, generator=gen)
+        graphs.append(TRANSFORM(d))
+    return Batch.from_data_list(graphs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("level", ["node", "graph"])
+def test_build_and_forward(name, level):
+    spec = InputSpec(level, 3, "dense", 4)
+    kwargs = {"hidden": 16}
+    if name in ("gsm", "gsm++"):
+        kwargs["hpe_levels"] = 8
+    model = build_model(name, spec, **kwargs)
+    out = model(_batch())
+    assert out.shape == ((21, 3) if level == "node" else (3, 3))
+    out.sum().backward()
+    assert get_model(name).levels == ("graph", "node")
+    assert repr(model).startswith(type(model).__name__)
+
+
+@pytest.mark.slow
+def test_edge_features_and_variants():
+    spec = InputSpec("graph", 1, "dense", 4, "dense", 2)
+    batch = _batch(edge_dim=2)
+    for name, kwargs in (("gsm", {"local": "gine"}), ("gps", {"local": "gine"}), ("gps", {}),
+                         ("gps", {"attn_type": "performer"})):  # fmt: skip
+        kwargs = dict(kwargs, hidden=16)
+        if name == "gsm":
+            kwargs["hpe_levels"] = 8
+        assert build_model(name, spec, **kwargs)(batch).shape == (3, 1)
+
+
+def test_bad_hyperparameters():
+    spec = InputSpec("graph", 1, "dense", 4)
+    with pytest.raises(TypeError, match="unknown hyperparameters"):
+        build_model("gsm++", spec, width=3)
+    with pytest.raises(ValueError, match="dense node features"):
+        build_model("gsm", InputSpec("graph", 1, "ogb-atom"))
+    with pytest.raises(ValueError, match="local"):
+        build_model("gps", spec, local="gcn")
+    with pytest.raises(ValueError, match="attn_type"):
+        build_model("gps", spec, attn_type="bigbird")
+    with pytest.raises(ValueError, match="divide"):
+        build_model("gat", spec, hidden=10, heads=4)
+
+
+def test_weighted_cross_entropy():
+    out = torch.randn(6, 2)
+    y = torch.tensor([0, 0, 0, 0, 1, 1])
+    w = torch.tensor([2 / 6, 4 / 6])
+    ref = torch.nn.functional.cross_entropy(out, y, weight=w)
+    torch.testing.assert_close(weighted_cross_entropy(out, y), ref)
+    # a class absent from the batch gets no weight and no NaN
+    assert torch.isfinite(weighted_cross_entropy(torch.randn(3, 3), torch.tensor([0, 0, 1])))

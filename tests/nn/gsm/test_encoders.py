@@ -1,0 +1,155 @@
+"""Local / global encoders and the hierarchical PE: packed sequences against per-sequence loop
+references, masking, gradients, bad input."""
+
+import math
+
+import pytest
+import torch
+from torch_geometric.data import Data
+
+from graphseq.nn.gsm import (
+    AttentionLayer,
+    HierarchicalPE,
+    LocalEncoder,
+    ScanLayer,
+    SequenceEncoder,
+    global_pattern,
+)
+from graphseq.nn.gsm.encoders import reverse_index
+
+CU = torch.tensor([0, 5, 5, 12, 13, 20])  # lengths 5, 0 (empty), 7, 1, 7
+
+
+def _rnn_loop(rnn, x):
+    """GatedLinearRNN's recurrence, one step at a time, on one sequence x [T, D]."""
+    h = rnn.init_state(1)
+    ys = []
+    for t in range(x.size(0)):
+        y, h = rnn.step(x[t : t + 1], h)
+        ys.append(y)
+    return torch.cat(ys) if ys else x[:0]
+
+
+def test_reverse_index():
+    rev = reverse_index(CU)
+    assert rev.tolist() == [4, 3, 2, 1, 0, 11, 10, 9, 8, 7, 6, 5, 12, 19, 18, 17, 16, 15, 14, 13]
+    assert torch.equal(rev[rev], torch.arange(20))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_scan_layer_matches_loop_per_sequence(bidirectional):
+    layer = ScanLayer(6, bidirectional=bidirectional).double()
+    x = torch.randn(20, 6, dtype=torch.float64)
+    out = layer(x, CU)
+    for a, b in zip(CU[:-1].tolist(), CU[1:].tolist(), strict=True):
+        seq = layer.norm(x[a:b])
+        ref = _rnn_loop(layer.forward_rnn, seq)
+        if bidirectional:
+            ref = ref + _rnn_loop(layer.backward_rnn, seq.flip(0)).flip(0)
+        torch.testing.assert_close(out[a:b], x[a:b] + ref)
+
+
+def test_attention_layer_matches_per_sequence_softmax():
+    layer = AttentionLayer(8, heads=2).double()
+    x = torch.randn(20, 8, dtype=torch.float64)
+    out = layer(x, CU)
+    for a, b in zip(CU[:-1].tolist(), CU[1:].tolist(), strict=True):
+        if a == b:
+            continue
+        h = layer.norm(x[a:b])
+        q, k, v = layer.qkv(h).view(b - a, 3, 2, 4).permute(1, 2, 0, 3)
+        w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(4), -1)
+        ref = layer.out((w @ v).transpose(0, 1).reshape(b - a, 8))
+        torch.testing.assert_close(out[a:b], x[a:b] + ref)
+    # no sequence sees another: changing one leaves the rest unchanged
+    x2 = x.clone()
+    x2[5:12] += 1.0
+    out2 = layer(x2, CU)
+    torch.testing.assert_close(out2[:5], out[:5])
+    torch.testing.assert_close(out2[12:], out[12:])
+
+
+def test_sequence_encoder_patterns_and_gradcheck():
+    assert global_pattern("hybrid", 3) == "MMT" and global_pattern("hybrid", 1) == "T"
+    assert global_pattern("ssm", 2) == "MM" and global_pattern("transformer", 2) == "TT"
+    with pytest.raises(ValueError, match="global encoder"):
+        global_pattern("mamba", 2)
+    enc = SequenceEncoder(2, "MT", heads=1).double()
+    assert repr(enc) == "SequenceEncoder(2, pattern='MT')"
+    cu = torch.tensor([0, 2, 2, 5])
+    x = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: enc(t, cu), (x,))
+    empty = torch.zeros(0, 2, dtype=torch.float64)
+    assert enc(empty, torch.tensor([0, 0])).shape == (0, 2)
+    with pytest.raises(ValueError, match="pattern"):
+        SequenceEncoder(4, "MX")
+
+
+def test_scan_is_order_sensitive_attention_is_not():
+    x = torch.randn(6, 8)
+    cu = torch.tensor([0, 6])
+    perm = torch.randperm(6)
+    att = AttentionLayer(8, 2)
+    torch.testing.assert_close(att(x[perm], cu), att(x, cu)[perm])
+    scan = ScanLayer(8)
+    assert not torch.allclose(scan(x[perm], cu), scan(x, cu)[perm])
+
+
+def test_hierarchical_pe():
+    pe = HierarchicalPE(8, levels=3, max_children=2)
+    child = torch.tensor([[0, 0, 1], [0, 1, 5]])
+    size = torch.tensor([[10, 4, 2], [10, 6, 1]])
+    out = pe(child, size)
+    rel = torch.log1p(size.float()) / math.log(11.0)
+    ref = (
+        pe.child.weight[torch.tensor([0, 2, 5])].sum(0, keepdim=True).expand(1, 8),
+        pe.child.weight[torch.tensor([0, 3, 5])].sum(0, keepdim=True),  # rank 5 clipped to 1
+    )
+    torch.testing.assert_close(out, torch.cat(ref) + pe.size(rel))
+    with pytest.raises(ValueError, match="levels=3"):
+        pe(child[:, :2], size[:, :2])
+    assert repr(pe) == "HierarchicalPE(8, levels=3, max_children=2)"
+
+
+@pytest.mark.parametrize(
+    "conv, edge_dim",
+    [("gatedgcn", None), ("gatedgcn", 3), ("gine", None), ("gine", 3), ("none", None)],
+)
+def test_local_encoder(conv, edge_dim):
+    enc = LocalEncoder(8, conv, edge_dim, norm="layer")
+    data = Data(x=torch.randn(5, 8), edge_index=torch.tensor([[0, 1, 2], [1, 2, 3]]))
+    attr = torch.randn(3, 3) if edge_dim else None
+    out = enc(data.x, data.edge_index, attr)
+    assert out.shape == (5, 8)
+    if conv == "none":
+        assert torch.equal(out, data.x)
+    else:
+        # node 4 has no neighbours: only its own transform changes it
+        assert not torch.equal(out[:4], data.x[:4])
+    if edge_dim:
+        with pytest.raises(ValueError, match="edge_attr"):
+            enc(data.x, data.edge_index)
+    with pytest.raises(ValueError, match="conv"):
+        LocalEncoder(8, "gcn")
+
+
+@pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (lambda: ScanLayer(0), ValueError, "channels"),
+        (lambda: ScanLayer(4, dropout=1.0), ValueError, "dropout"),
+        (lambda: AttentionLayer(6, heads=4), ValueError, "divide"),
+        (lambda: AttentionLayer(6, heads=2.0), TypeError, "heads"),
+        (lambda: HierarchicalPE(4, 0), ValueError, "levels"),
+        (lambda: LocalEncoder(4, norm="group"), ValueError, "norm"),
+    ],
+)
+def test_bad_arguments(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_reprs():
+    assert repr(ScanLayer(4, bidirectional=False)) == "ScanLayer(4, bidirectional=False)"
+    assert repr(AttentionLayer(4, 2)) == "AttentionLayer(4, heads=2)"
+    assert repr(LocalEncoder(4)) == "LocalEncoder(4, conv='gatedgcn', edge_dim=None, norm='batch')"

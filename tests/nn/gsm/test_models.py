@@ -1,0 +1,157 @@
+"""GSM and GSM++: every tokenization and global encoder on padded batches, batch independence,
+the MoT router, missing tokenizations."""
+
+import pytest
+import torch
+import torch_geometric.transforms as T
+from torch_geometric.data import Batch, Data
+
+from graphseq.nn.gsm import (
+    GSM,
+    TOKENIZATIONS,
+    GSMPlusPlus,
+    HACTokenizer,
+    KHopTokenizer,
+    MoTRouter,
+    NodeTokenizer,
+    RandomWalkTokenizer,
+)
+
+TRANSFORM = T.Compose(
+    [NodeTokenizer("degree"), NodeTokenizer("random"), NodeTokenizer("bfs"), KHopTokenizer(2),
+     RandomWalkTokenizer(2, 3), HACTokenizer(levels=6)]
+)  # fmt: skip
+
+
+def _graphs():
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for n in (6, 1, 0, 9, 4):  # a one-node and an empty graph in the middle
+        ei = torch.randint(0, max(n, 1), (2, 2 * n), generator=gen)
+        x = torch.randn(n, 3, generator=gen)
+        out.append(TRANSFORM(Data(x=x, edge_index=ei, y=torch.tensor([0.0]), num_nodes=n)))
+    return out
+
+
+GRAPHS = _graphs()
+BATCH = Batch.from_data_list(GRAPHS)
+
+
+CASES = [(t, "hybrid") for t in TOKENIZATIONS] + [
+    (t, g) for t in ("hac_dfs", "khop") for g in ("transformer", "ssm")
+]
+
+
+@pytest.mark.parametrize("tokenization, global_", CASES)
+def test_gsm_batch_independence(tokenization, global_):
+    model = GSM(3, 8, 2, tokenization=tokenization, global_=global_, heads=2, level="node",
+                hpe=True, hpe_levels=6, local="gine").eval()  # fmt: skip
+    out = model(BATCH)
+    assert out.shape == (20, 2) and torch.isfinite(out).all()
+    # each graph alone gives the same node outputs as inside the batch
+    start = 0
+    for g in GRAPHS:
+        alone = model(Batch.from_data_list([g]))
+        torch.testing.assert_close(alone, out[start : start + g.num_nodes], atol=1e-5, rtol=1e-4)
+        start += g.num_nodes
+    graph_model = GSM(3, 8, 2, tokenization=tokenization, global_=global_, heads=2)
+    pooled = graph_model(BATCH)
+    pooled.sum().backward()
+    assert pooled.shape == (5, 2)
+    assert all(p.grad is not None for p in graph_model.encoder.parameters())
+
+
+def test_storage_order_matters_only_through_the_tokenization():
+    # 'hac_dfs' reads the order from the tree, so relabelling nodes leaves outputs equivariant
+    model = GSM(
+        3, 8, 1, tokenization="degree", global_="ssm", local="none", heads=2, level="node"
+    ).eval()
+    g = GRAPHS[3]
+    perm = torch.randperm(g.num_nodes)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel())
+    h = Data(x=g.x[perm], edge_index=inv[g.edge_index], num_nodes=g.num_nodes)
+    h = NodeTokenizer("degree")(h)
+    out_g, out_h = model(NodeTokenizer("degree")(g)), model(h)
+    # the degree order breaks ties by node id, so compare only when degrees are distinct
+    deg = torch.bincount(g.edge_index[0], minlength=g.num_nodes)
+    if torch.unique(deg).numel() == g.num_nodes:
+        torch.testing.assert_close(out_h, out_g[perm])
+
+
+def test_missing_tokenization_names_the_transform():
+    bare = Batch.from_data_list([Data(x=torch.randn(4, 3), edge_index=torch.tensor([[0], [1]]))])
+    with pytest.raises(ValueError, match=r"KHopTokenizer"):
+        GSM(3, 8, 1, tokenization="khop")(bare)
+    with pytest.raises(ValueError, match=r"HACTokenizer"):
+        GSMPlusPlus(3, 8, 1)(bare)
+    with pytest.raises(ValueError, match="tokenization"):
+        GSM(3, 8, 1, tokenization="metis")
+    assert GSM(3, 8, 1, tokenization="dfs_leaves").tokenization == "hac_dfs"
+    assert GSM(3, 8, 1, tokenization="ancestor_path").tokenization == "hac_bfs"
+
+
+def test_mot_router_keeps_top_k():
+    router = MoTRouter(4, experts=3, k=2)
+    h = torch.randn(10, 4)
+    ys = [torch.randn(10, 4, requires_grad=True) for _ in range(3)]
+    z, g = router(h, ys)
+    assert z.shape == (10, 4)
+    assert ((g > 0).sum(1) == 2).all()
+    torch.testing.assert_close(g.sum(1), torch.ones(10))
+    p = torch.softmax(router.router(h), -1)
+    kept = torch.topk(p, 2, -1).indices
+    assert torch.equal((g > 0), torch.zeros_like(g, dtype=torch.bool).scatter_(1, kept, True))
+    z.sum().backward()
+    assert router.router.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="k"):
+        MoTRouter(4, experts=1, k=2)
+    with pytest.raises(ValueError, match="expected 3"):
+        router(h, ys[:2])
+
+
+@pytest.mark.parametrize("level", ["node", "graph"])
+def test_gsm_plus_plus(level):
+    model = GSMPlusPlus(3, 8, 2, tokenizations=("hac_dfs", "hac_bfs", "khop", "rw"), heads=2,
+                        level=level, hpe_levels=6)  # fmt: skip
+    out, gates = model(BATCH, return_gates=True)
+    assert out.shape == ((20, 2) if level == "node" else (5, 2))
+    assert len(gates) == 2 and gates[0].shape == (20, 4)
+    out.sum().backward()
+    assert model.routers[0].router.weight.grad is not None
+    model.eval()
+    single = model(Batch.from_data_list([GRAPHS[0]]))
+    expect = model(BATCH)[: 6 if level == "node" else 1]
+    torch.testing.assert_close(single, expect, atol=1e-5, rtol=1e-4)
+    assert "GSMPlusPlus(3, 8, 2" in repr(model)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"tokenizations": ("hac_dfs",)}, "at least k"),
+        ({"tokenizations": ("hac_dfs", "dfs")}, "distinct"),
+        ({"level": "edge"}, "level"),
+        ({"hidden": 0}, "hidden"),
+    ],
+)
+def test_gsm_plus_plus_bad_arguments(kwargs, match):
+    args = {"in_channels": 3, "hidden": 8, "out_channels": 2}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        GSMPlusPlus(**args)
+
+
+@pytest.mark.parametrize("tokenization", ["khop"])
+def test_token_sizes_let_subgraph_tokens_see_degree(tokenization):
+    # a star: equal features everywhere, so mean-pooled tokens alone cannot tell centre from leaf
+    star = Data(x=torch.ones(5, 3), edge_index=torch.tensor([[0, 0, 0, 0], [1, 2, 3, 4]]))
+    batch = Batch.from_data_list([TRANSFORM(star)])
+    outs = {}
+    for sizes in (False, True):
+        torch.manual_seed(0)
+        model = GSM(3, 8, 2, tokenization=tokenization, local="none", global_="ssm", level="node",
+                    token_sizes=sizes).eval()  # fmt: skip
+        outs[sizes] = model(batch)
+    assert torch.allclose(outs[False][0], outs[False][1])  # centre == leaf without sizes
+    assert not torch.allclose(outs[True][0], outs[True][1], atol=1e-4)

@@ -1,0 +1,65 @@
+"""GSM benchmarks in the registry, the trainer's per-task loss, accuracy-SBM, and a short fit."""
+
+import pytest
+import torch
+
+import graphseq.models.gsm  # noqa: F401
+from graphseq.train.benchmarks import get_benchmark
+from graphseq.train.benchmarks_gsm import graph_tasks_task, heterophilous_task, sbm_task
+from graphseq.train.metrics import HIGHER_IS_BETTER, accuracy_sbm, make_evaluator
+from graphseq.train.trainer import TrainConfig, fit
+
+
+def test_registered():
+    for name in ("minesweeper", "tolokers", "pattern-small", "cluster-small", "graph-connectivity",
+                 "graph-node_degree"):  # fmt: skip
+        assert get_benchmark(name).name == name
+    assert get_benchmark("pattern-small").metric == "acc_sbm" and HIGHER_IS_BETTER["acc_sbm"]
+
+
+def test_accuracy_sbm_is_class_balanced():
+    y = torch.tensor([0, 0, 0, 1])
+    pred = torch.tensor([[1.0, 0.0]] * 4)  # always class 0: plain accuracy 0.75
+    assert accuracy_sbm(y, pred) == 0.5
+    assert make_evaluator("acc_sbm") is accuracy_sbm
+
+
+def test_fit_uses_the_task_loss():
+    task = graph_tasks_task("node_degree", (16, 8, 8))
+    calls = []
+
+    def loss(out, y):
+        calls.append(out.shape)
+        return torch.nn.functional.cross_entropy(out, y.long())
+
+    task.loss = loss
+    config = TrainConfig(
+        benchmark=task.name, model="gsm++", epochs=1, batch_size=8, progress=False,
+        model_args={"hidden": 8, "layers": 1, "heads": 2, "hpe_levels": 16},
+    )  # fmt: skip
+    res = fit(task, config)
+    assert len(calls) == 2 and calls[0][1] == 11 and 0 <= res["best"]["test"] <= 1
+
+
+@pytest.mark.slow
+def test_sbm_task_fits():
+    task = sbm_task("pattern", (8, 4, 4))
+    config = TrainConfig(
+        benchmark=task.name, model="gsm++", epochs=1, batch_size=4, progress=False,
+        model_args={"hidden": 8, "layers": 1, "heads": 2, "hpe_levels": 16},
+    )  # fmt: skip
+    assert 0 <= fit(task, config)["best"]["test"] <= 1
+
+
+def test_graph_task_benchmark_fits():
+    task = graph_tasks_task("colour_counting", (16, 8, 8))
+    config = TrainConfig(benchmark=task.name, model="gsm", epochs=1, batch_size=8, progress=False,
+                         model_args={"hidden": 8, "layers": 1, "heads": 2, "local": "none",
+                                     "global_": "ssm", "tokenization": "none"})  # fmt: skip
+    assert 0 <= fit(task, config)["best"]["test"] <= 1
+
+
+def test_heterophilous_task_needs_the_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("GRAPHSEQ_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"minesweeper\.npz"):
+        heterophilous_task("minesweeper", 0, tmp_path)
