@@ -6,11 +6,18 @@ Triton path (the CUDA default) behind one public function; ``backend=`` forces a
 convention throughout: a ``[N + 1]`` boundary tensor (PyG's ``ptr``, FlashAttention's
 ``cu_seqlens``). Every state-carrying op takes an initial state and returns the final one.
 
+Ops: :func:`linear_scan`, :func:`chunked_matrix_scan`, :func:`segment_tree_reduce`,
+:func:`segment_scan`, :func:`dag_scan` (wavefronts over a DAG) and :func:`grid_scan_2d` (the 2D
+pLSTM recurrence). ``dag_scan`` and ``grid_scan_2d`` have no Triton path yet: their ``backend``
+accepts ``"torch"`` and ``"reference"`` and raises for anything else.
+
 This package depends on torch only (Triton optional).
 """
 
 from ._backend import BACKENDS, HAS_TRITON
 from .chunked_matrix_scan import chunked_matrix_scan
+from .dag_scan import DagCycleError, DagScanPlan, dag_scan
+from .grid_scan_2d import grid_scan_2d
 from .linear_scan import linear_scan
 from .segment import (
     NAMED_COMBINES,
@@ -24,9 +31,13 @@ __all__ = [
     "BACKENDS",
     "HAS_TRITON",
     "NAMED_COMBINES",
+    "DagCycleError",
+    "DagScanPlan",
     "SegmentPlan",
     "SegmentScanPlan",
     "chunked_matrix_scan",
+    "dag_scan",
+    "grid_scan_2d",
     "linear_scan",
     "segment_scan",
     "segment_tree_reduce",

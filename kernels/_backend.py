@@ -73,7 +73,10 @@ def resolve_backend(
         raise ValueError(f"{op}: backend must be one of {BACKENDS} or None, got {backend!r}")
     if backend == "triton":
         if not triton_supported:
-            raise ValueError(f"{op}: backend='triton' is not available for these arguments")
+            raise ValueError(
+                f"{op}: backend='triton' is not available for these arguments (this op or "
+                "argument combination has no Triton kernel); use backend='torch' or 'reference'"
+            )
         if not HAS_TRITON:
             raise ValueError(
                 f"{op}: backend='triton' needs the 'triton' package "

@@ -37,7 +37,7 @@ def test_list_shows_benchmarks_and_models(capsys):
     "argv, valid",
     [
         (["run", "ogbg-molfoo"], "valid benchmarks: chembl2321810, ogbg-molhiv"),
-        (["run", "fake-graph", "--model", "gat"], "valid models: gin, gin-vn"),
+        (["run", "fake-graph", "--model", "gcn"], "valid models: gat, gin, gin-vn, gps, gsm"),
         (["submit", "ogbg-molfoo", "--model", "gin"], "valid benchmarks:"),
     ],
 )

@@ -21,11 +21,15 @@ def test_kernels_public_api_is_locked():
     assert sorted(graphseq.kernels.__all__) == sorted(
         [
             "BACKENDS",
+            "DagCycleError",
+            "DagScanPlan",
             "HAS_TRITON",
             "NAMED_COMBINES",
             "SegmentPlan",
             "SegmentScanPlan",
             "chunked_matrix_scan",
+            "dag_scan",
+            "grid_scan_2d",
             "linear_scan",
             "segment_scan",
             "segment_tree_reduce",

@@ -13,6 +13,8 @@ only ``torch``, ``torch_geometric`` and :mod:`graphseq.nn`. A new family plugs i
 and is then available as ``graphseq run BENCHMARK --model lcm-gin``.
 """
 
+from graphseq.models import gsm as _gsm  # noqa: F401  (registers gsm, gsm++, gps, gat, sage)
+from graphseq.models import plstm as _plstm  # noqa: F401  (registers plstm)
 from graphseq.models.gin import GIN, AtomEncoder, BondEncoder
 from graphseq.models.registry import (
     InputSpec,

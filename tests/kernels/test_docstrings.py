@@ -7,7 +7,14 @@ import torch
 
 import graphseq.kernels as K
 
-PUBLIC_FUNCTIONS = ["linear_scan", "chunked_matrix_scan", "segment_tree_reduce", "segment_scan"]
+PUBLIC_FUNCTIONS = [
+    "linear_scan",
+    "chunked_matrix_scan",
+    "segment_tree_reduce",
+    "segment_scan",
+    "dag_scan",
+    "grid_scan_2d",
+]
 
 
 @pytest.mark.parametrize("name", PUBLIC_FUNCTIONS)

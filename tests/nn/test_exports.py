@@ -6,9 +6,21 @@ import graphseq.nn
 
 def test_nn_exports_are_locked():
     expected = {
+        "GSM",
+        "GSMPlusPlus",
+        "HACTokenizer",
+        "HierarchicalPE",
+        "KHopTokenizer",
+        "MoTRouter",
+        "NodeTokenizer",
+        "RandomWalkTokenizer",
         "Aaren",
         "GatedLinearRNN",
         "LCMAggregation",
+        "PLSTM1D",
+        "PLSTM2D",
+        "PLSTMGraph",
+        "PLSTMVision",
         "ParallelGRU",
         "RecurrentAggregation",
         "aggregation_resolver",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+# pLSTM's 1D layer lives with its family (graphseq.nn.plstm) and is registered here too.
+from ..plstm.plstm1d import PLSTM1D
 from .aaren import Aaren
 from .base import SequenceLayer
 from .gated_linear_rnn import GatedLinearRNN
@@ -15,6 +17,7 @@ SEQUENCE_LAYERS: dict[str, type[SequenceLayer]] = {
     "gated_linear_rnn": GatedLinearRNN,
     "aaren": Aaren,
     "parallel_gru": ParallelGRU,
+    "plstm1d": PLSTM1D,
 }
 
 

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 import graphseq.nn.seq as seq
-from graphseq.nn.seq import SEQUENCE_LAYERS, Aaren, GatedLinearRNN, ParallelGRU, sequence_layer
+from graphseq.nn.seq import (
+    PLSTM1D,
+    SEQUENCE_LAYERS,
+    Aaren,
+    GatedLinearRNN,
+    ParallelGRU,
+    sequence_layer,
+)
 
 
 def test_public_api_is_locked():
@@ -14,6 +21,7 @@ def test_public_api_is_locked():
             "Aaren",
             "AarenState",
             "GatedLinearRNN",
+            "PLSTM1D",
             "ParallelGRU",
             "SequenceLayer",
             "sequence_layer",
@@ -30,6 +38,8 @@ def test_public_api_is_locked():
         ("aaren", Aaren),
         ("parallel_gru", ParallelGRU),
         ("ParallelGRU", ParallelGRU),
+        ("plstm1d", PLSTM1D),
+        ("PLSTM1D", PLSTM1D),
     ],
 )
 def test_resolve_by_name(name, cls):

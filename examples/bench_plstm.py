@@ -1,0 +1,112 @@
+"""Speed of graphseq's pLSTM against the released ml-jku/plstm PyTorch code, side by side.
+
+Forward + backward of a tiny pLSTM vision model (the brief's reference size: dim 64, 2 heads,
+2 PD blocks = 4 pLSTM layers, 96x96 images with patch 8 = 12x12 tokens, batch 32, corner
+pooling, float32) on the same input images, in the same process, one CPU thread each. The
+released code is not on PyPI and is never copied into graphseq: export it yourself and point
+``--plstm-src`` at the folder holding its ``plstm`` package, e.g.
+
+    git clone https://github.com/ml-jku/plstm /tmp/plstm_src   # or: git archive | tar -x
+    pip install compoconf einops                               # its dependencies
+    python examples/bench_plstm.py --plstm-src /tmp/plstm_src/src
+
+Without ``--plstm-src`` only graphseq is timed. ``--extra-path`` adds folders to ``sys.path``
+(for example where compoconf/einops were installed with ``pip --target``). Writes
+``<out>/bench_plstm.json`` with the timings, the ratio and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from graphseq.nn.plstm import PLSTMVision
+from graphseq.train.io import machine_info, write_json
+
+
+def fwd_bwd_seconds(model, images, reps):
+    """Best of ``reps`` timed forward+backward passes (after one untimed warm-up if reps > 1):
+    ``(wall seconds, CPU seconds of this process)``. On a shared, loaded machine the CPU time
+    is the steadier of the two (it does not count time spent waiting for a core)."""
+    times = []
+    for i in range(reps + (1 if reps > 1 else 0)):
+        model.zero_grad(set_to_none=True)
+        t0, c0 = time.perf_counter(), time.process_time()
+        model(images).float().square().mean().backward()
+        if reps == 1 or i > 0:
+            times.append((time.perf_counter() - t0, time.process_time() - c0))
+    return min(t[0] for t in times), min(t[1] for t in times)
+
+
+def released_model(src: str, args):
+    sys.path.insert(0, src)
+    from plstm.config.block_stack import BlockStackConfig
+    from plstm.config.vision_blocks import pLSTMVisionBlockConfig1
+    from plstm.config.vision_model import pLSTMVisionModelConfig
+    from plstm.torch.vision_model import pLSTMVisionModel
+
+    f32 = dict(dtype="float32", param_dtype="float32")
+    block = pLSTMVisionBlockConfig1(input_dim=args.dim, num_heads=args.heads, **f32)
+    stack = BlockStackConfig(block=block, input_dim=args.dim, num_blocks=args.depth, **f32)
+    cfg = pLSTMVisionModelConfig(
+        dim=args.dim, num_heads=args.heads, num_blocks=args.depth, patch_size=args.patch,
+        resolution=(args.image, args.image), output_shape=(2,), channels_first=True,
+        pooling="corners", block_stack=stack, **f32,
+    )  # fmt: skip
+    return pLSTMVisionModel(cfg)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--plstm-src", help="folder holding the released 'plstm' package")
+    p.add_argument("--extra-path", nargs="*", default=[], help="folders prepended to sys.path")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--heads", type=int, default=2)
+    p.add_argument("--depth", type=int, default=2, help="PD blocks (2 pLSTM layers each)")
+    p.add_argument("--image", type=int, default=96)
+    p.add_argument("--patch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions for graphseq")
+    p.add_argument("--ref-reps", type=int, default=1, help="timed repetitions, released code")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="runs/bench_plstm")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sys.path[:0] = args.extra_path
+    torch.manual_seed(0)
+    images = torch.randn(args.batch, 3, args.image, args.image)
+
+    ours = PLSTMVision(args.image, args.patch, 2, dim=args.dim, heads=args.heads, depth=args.depth)
+    result = {"args": vars(args), "machine": machine_info()}
+    result["graphseq_params"] = sum(q.numel() for q in ours.parameters())
+    result["graphseq_seconds"], result["graphseq_cpu_seconds"] = fwd_bwd_seconds(
+        ours, images, args.reps
+    )
+    print(f"graphseq PLSTMVision ({result['graphseq_params']} parameters): "
+          f"{result['graphseq_seconds']:.3f} s wall, {result['graphseq_cpu_seconds']:.3f} s CPU "
+          "per forward+backward", flush=True)  # fmt: skip
+    if args.plstm_src:
+        ref = released_model(args.plstm_src, args)
+        result["released_params"] = sum(q.numel() for q in ref.parameters())
+        # the released model takes channels-first pixels of the configured resolution
+        result["released_seconds"], result["released_cpu_seconds"] = fwd_bwd_seconds(
+            ref, images, args.ref_reps
+        )
+        result["speedup"] = result["released_seconds"] / result["graphseq_seconds"]
+        result["speedup_cpu"] = result["released_cpu_seconds"] / result["graphseq_cpu_seconds"]
+        print(f"released pLSTMVisionModel ({result['released_params']} parameters): "
+              f"{result['released_seconds']:.3f} s wall, {result['released_cpu_seconds']:.3f} s "
+              "CPU per forward+backward", flush=True)  # fmt: skip
+        print(f"speed-up: {result['speedup']:.1f}x (wall), {result['speedup_cpu']:.1f}x (CPU)",
+              flush=True)  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "bench_plstm.json", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""PLSTMGraph speed per molecule against per-edge Python loops (the released code's scheme).
+
+Molecules are the first ``--molecules`` SMILES of a MoleculeNet CSV (default ``hiv.csv``; graphs
+by ``ogb.utils.smiles2graph``, both bond directions). One layer, ``D = --dim`` channels,
+``--heads`` heads, bond features embedded to ``D`` (the paper's pLSTMGraphEdgeLayer setting:
+D = 96, 4 heads). Every time is forward + backward of one layer (sum of the output as loss),
+median of ``--repeats`` runs after a warm-up, divided by the number of molecules:
+
+* ``graphseq, batched``: :class:`~graphseq.nn.plstm.graph.PLSTMGraph` on the whole PyG batch;
+* ``graphseq, one molecule at a time``: the same layer on batches of one molecule;
+* ``per-edge loop (graphseq reference)``: the same layer's gates, then
+  :func:`~graphseq.nn.plstm.graph.plstm_graph_reference`, a Python loop over the edges in
+  topological order (float64: it is the test ground truth), autograd through the loop;
+* ``released pLSTMGraphEdgeLayer``: with ``--plstm-src PATH`` (a checkout of ml-jku/plstm's
+  ``src`` folder, its dependencies networkx, compoconf and einops importable, e.g. through
+  ``PYTHONPATH``), the released layer in float32 on each molecule, its networkx
+  ``PreparedGraph`` built beforehand (its build time is reported separately).
+
+Graph preprocessing (graphseq: orientation, line graph, pruning, levels, vectorised;
+released: networkx) depends on the graph only and is timed separately for both (a model
+shares it between its layers); speed-ups are given without and with it. Both loops run on the
+first ``--loop-molecules`` of the same molecules. The speed-up is loop time / graphseq batched
+time per molecule, measured in the same process.
+
+    python examples/bench_plstm_graph.py --molecules 64 --threads 1
+    PYTHONPATH=/tmp/deps python examples/bench_plstm_graph.py --plstm-src /tmp/plstm_src/src
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from graphseq.nn.plstm.graph import PLSTMGraph, plstm_graph_reference
+
+
+def timeit(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` in seconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def load_molecules(data_dir: Path, csv_name: str, count: int):
+    """The first ``count`` parsable SMILES of ``csv_name`` as PyG ``Data`` (OGB features)."""
+    from ogb.utils import smiles2graph
+    from rdkit import RDLogger
+    from torch_geometric.data import Data
+
+    RDLogger.DisableLog("rdApp.*")
+    path = data_dir / "moleculenet" / csv_name
+    if not path.exists():
+        sys.exit(f"bench_plstm_graph: {path} not found; pass --data-dir (see ../shared/data)")
+    graphs = []
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            smiles = row.get("smiles") or row.get("SMILES") or next(iter(row.values()))
+            try:
+                g = smiles2graph(smiles)
+            except Exception:  # unparsable SMILES: skip, as the dataset builders do
+                continue
+            if g["num_nodes"] < 2 or g["edge_index"].shape[1] == 0:
+                continue
+            graphs.append(
+                Data(
+                    x=torch.from_numpy(g["node_feat"]).long(),
+                    edge_index=torch.from_numpy(g["edge_index"]).long(),
+                    edge_attr=torch.from_numpy(g["edge_feat"]).long(),
+                    num_nodes=int(g["num_nodes"]),
+                )
+            )
+            if len(graphs) == count:
+                break
+    return graphs
+
+
+def bench_mode(mode: str, args, graphs, batch, released) -> dict:
+    """Time one layer mode; returns per-molecule milliseconds and speed-ups."""
+    loop_graphs = graphs[: args.loop_molecules]
+    conv = PLSTMGraph(args.dim, args.dim, args.heads, mode, edge_dim=args.dim)
+    x = batch.h.clone().requires_grad_()
+
+    # graph preprocessing is timed on its own, for graphseq as for the released code: it
+    # depends on the graph only, so a model shares it between layers (or caches it)
+    def prepare_batch():
+        return conv.prepare(batch.edge_index, batch.num_nodes, batch.batch)
+
+    structure = prepare_batch()
+    singles = [conv.prepare(g.edge_index, g.num_nodes) for g in graphs]
+
+    def run_batched():
+        out = conv(x, batch.edge_index, batch.batch, edge_attr=batch.e, structure=structure)
+        out.sum().backward()
+
+    def run_single():
+        for g, st in zip(graphs, singles):
+            h = g.h.clone().requires_grad_()
+            conv(h, g.edge_index, edge_attr=g.e, structure=st).sum().backward()
+
+    def run_loop():
+        for g, st in zip(loop_graphs, singles):
+            h = g.h.clone().requires_grad_()
+            gates = conv.gates(h, st, g.e)
+            out = plstm_graph_reference(*gates, st.edge_index, st.lg_edge_index)
+            out.sum().backward()
+
+    t_prep = timeit(prepare_batch, args.repeats) / len(graphs)
+    t_batch = timeit(run_batched, args.repeats) / len(graphs)
+    t_single = timeit(run_single, args.repeats) / len(graphs)
+    t_loop = timeit(run_loop, 1) / len(loop_graphs)
+    row = {"graphseq_batched_ms": 1e3 * t_batch, "graphseq_prepare_ms": 1e3 * t_prep,
+           "graphseq_single_ms": 1e3 * t_single, "loop_reference_ms": 1e3 * t_loop,
+           "speedup_vs_loop": t_loop / t_batch,
+           "speedup_vs_loop_with_prepare": t_loop / (t_batch + t_prep)}  # fmt: skip
+    if released is not None:
+        nx, PreparedGraph, Layer, Config = released
+        cfg = Config(mode=mode, input_dim=args.dim, num_heads=args.heads,
+                     edge_input_dim=args.dim, dtype="float32", max_edges=1)  # fmt: skip
+        layer = Layer(cfg)
+        layer.reset_parameters()
+        nx_graphs = []
+        t0 = time.perf_counter()
+        for g in loop_graphs:
+            G = nx.Graph()
+            G.add_nodes_from(range(g.num_nodes))
+            G.add_edges_from(g.edge_index.t().tolist())
+            nx_graphs.append(PreparedGraph.create(G, mode=mode))
+        t_rel_prep = (time.perf_counter() - t0) / len(loop_graphs)
+
+        def run_released():
+            for g, pg in zip(loop_graphs, nx_graphs):
+                h = g.h.clone().requires_grad_()
+                # one feature row per bond (OGB stores a bond as two consecutive directed
+                # edges), not matched to networkx's edge order: for timing only
+                e = g.e[::2]
+                layer(h, e, pg).sum().backward()
+
+        t_rel = timeit(run_released, 1) / len(loop_graphs)
+        row.update({"released_ms": 1e3 * t_rel, "released_prepare_ms": 1e3 * t_rel_prep,
+                    "speedup_vs_released": t_rel / t_batch,
+                    "speedup_vs_released_with_prepare":
+                        (t_rel + t_rel_prep) / (t_batch + t_prep)})  # fmt: skip
+    print(f"\nmode {mode}: forward+backward of one layer, per molecule")
+    print(f"  graphseq, batched ({len(graphs)} molecules)      {1e3 * t_batch:9.3f} ms"
+          f"   (+ {1e3 * t_prep:.2f} ms preprocessing)")  # fmt: skip
+    print(f"  graphseq, one molecule at a time          {1e3 * t_single:9.3f} ms")
+    print(f"  per-edge loop (graphseq reference)        {1e3 * t_loop:9.3f} ms"
+          f"   -> batched is {t_loop / t_batch:,.0f}x faster")  # fmt: skip
+    if released is not None:
+        print(f"  released pLSTMGraphEdgeLayer (loop)       {row['released_ms']:9.3f} ms"
+              f"   -> batched is {row['speedup_vs_released']:,.0f}x faster"
+              f" (+ {row['released_prepare_ms']:.1f} ms networkx preprocessing; with preprocessing "
+              f"on both sides {row['speedup_vs_released_with_prepare']:,.0f}x)")  # fmt: skip
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--molecules", type=int, default=64)
+    p.add_argument("--csv", default="hiv.csv", help="MoleculeNet CSV under <data-dir>/moleculenet")
+    p.add_argument("--data-dir", default=None, help="default: $GRAPHSEQ_DATA or ../shared/data")
+    p.add_argument("--dim", type=int, default=96)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--modes", default="PD", help="layer modes to time (P, D or PD)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--loop-molecules", type=int, default=16,
+                   help="molecules for the slow per-edge loops (the first ones)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--plstm-src", default=None, help="path of ml-jku/plstm's src folder")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    repo = Path(__file__).resolve().parents[1]
+    data_dir = Path(
+        args.data_dir or os.environ.get("GRAPHSEQ_DATA") or repo.parent / "shared" / "data"
+    )
+    from torch_geometric.data import Batch
+
+    from graphseq.models.gin import AtomEncoder, BondEncoder
+
+    graphs = load_molecules(data_dir, args.csv, args.molecules)
+    atom, bond = AtomEncoder(args.dim), BondEncoder(args.dim)
+    with torch.no_grad():
+        for g in graphs:
+            g.h = atom(g.x)  # [N, D] float features
+            g.e = bond(g.edge_attr)  # [E, D]
+    batch = Batch.from_data_list(graphs)
+    nodes = [g.num_nodes for g in graphs]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, threads {args.threads}")  # fmt: skip
+    print(f"{len(graphs)} molecules from {args.csv}: {min(nodes)}-{max(nodes)} atoms, "
+          f"mean {sum(nodes) / len(nodes):.1f}; D={args.dim}, heads={args.heads}")  # fmt: skip
+
+    released = None
+    if args.plstm_src:
+        sys.path.insert(0, args.plstm_src)
+        import networkx as nx
+        from plstm.config.plstm_graph_layer import pLSTMGraphEdgeLayerConfig
+        from plstm.graph import PreparedGraph
+        from plstm.torch.plstm_graph_layer import pLSTMGraphEdgeLayer
+
+        released = (nx, PreparedGraph, pLSTMGraphEdgeLayer, pLSTMGraphEdgeLayerConfig)
+
+    results = {"molecules": len(graphs), "loop_molecules": min(args.loop_molecules, len(graphs)),
+               "dim": args.dim, "heads": args.heads, "threads": args.threads, "csv": args.csv,
+               "machine": platform.processor() or platform.machine(), "modes": {}}  # fmt: skip
+    for mode in args.modes:
+        results["modes"][mode] = bench_mode(mode, args, graphs, batch, released)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""grid_scan_2d: the wavefront path against the loop reference, gradients, edges, bad input."""
+
+import doctest
+from functools import partial
+
+import pytest
+import torch
+
+from graphseq.kernels.grid_scan_2d import chunked, dense, grid_scan_2d, wavefront
+from graphseq.nn.plstm.plstm1d import plstm1d_reference
+from graphseq.testing import assert_close
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Many small ops: on a shared, loaded CPU, extra intra-op threads only spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+GATES = ("t_rl", "t_ru", "t_du", "t_dl", "s_r", "s_d", "m_l", "m_u", "d")
+
+#: the exact fast paths behind backend="torch" (the public function picks by K * V and X * Y)
+FAST = {
+    "wavefront": wavefront.grid_scan_2d,
+    "dense": dense.grid_scan_2d,
+    "tiled2": partial(chunked.grid_scan_2d, tile=2),
+    "tiled3": partial(chunked.grid_scan_2d, tile=3),
+    "tiled6": partial(chunked.grid_scan_2d, tile=6),
+}
+
+
+def make(B, X, Y, H, K, V, dtype=torch.float64, zero_frac=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    q, k, v = rnd(B, X, Y, H, K), rnd(B, X, Y, H, K), rnd(B, X, Y, H, V)
+    gates = {}
+    for name in GATES:
+        t = torch.rand(B, X, Y, H, generator=g, dtype=dtype) * 2 - 1  # negative allowed
+        t[torch.rand(t.shape, generator=g) < zero_frac] = 0.0  # and exact zeros
+        gates[name] = t
+    return q, k, v, gates
+
+
+def run(q, k, v, gates, backend, **kw):
+    if backend in FAST:
+        return FAST[backend](q, k, v, *(gates[n] for n in GATES), **kw)
+    return grid_scan_2d(q, k, v, *(gates[n] for n in GATES), backend=backend, **kw)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (7, 5), (1, 9), (9, 1), (1, 1), (4, 4), (3, 8)])
+@pytest.mark.parametrize("drop", [(), ("t_dl",), ("t_ru", "d")])
+def test_fast_paths_match_reference_float64(shape, drop):
+    X, Y = shape
+    q, k, v, gates = make(2, X, Y, 3, 4, 5)
+    for name in drop:
+        gates[name] = None
+    h0_left = torch.randn(2, Y, 3, 4, 5, dtype=torch.float64)
+    h0_top = torch.randn(2, X, 3, 4, 5, dtype=torch.float64)
+    for kw in ({}, {"h0_left": h0_left, "h0_top": h0_top}):
+        h_ref, (r_ref, b_ref) = run(q, k, v, gates, "reference", **kw)
+        for path in ("torch", *FAST):
+            h, (r, b) = run(q, k, v, gates, path, **kw)
+            assert h.shape == (2, X, Y, 3, 5) and r.shape == (2, Y, 3, 4, 5)
+            assert b.shape == (2, X, 3, 4, 5)
+            assert_close(h, h_ref, msg=path)
+            assert_close(r, r_ref, msg=path)
+            assert_close(b, b_ref, msg=path)
+
+
+@pytest.mark.parametrize("K", [3, 24])  # below and above the tiled path's threshold
+def test_float32_and_half_inputs(K):
+    q, k, v, gates = make(2, 6, 5, 2, K, 24)
+    h_ref, (r_ref, _) = run(q, k, v, gates, "reference")
+    f32 = {n: t.float() for n, t in gates.items()}
+    h, (r, _) = run(q.float(), k.float(), v.float(), f32, "torch")
+    assert h.dtype == torch.float32 and r.dtype == torch.float32
+    assert_close(h, h_ref)
+    assert_close(r, r_ref)
+    bf = {n: t.bfloat16() for n, t in gates.items()}
+    h, (r, _) = run(q.bfloat16(), k.bfloat16(), v.bfloat16(), bf, "torch")
+    assert h.dtype == torch.bfloat16 and r.dtype == torch.float32  # state in float32
+    h32, _ = run(*(t.bfloat16().float() for t in (q, k, v)),
+                 {n: t.bfloat16().float() for n, t in gates.items()}, "reference")  # fmt: skip
+    torch.testing.assert_close(h.float(), h32, atol=5e-2, rtol=5e-2)
+
+
+def test_one_row_is_plstm1d():
+    """A 1 x Y grid is a chain along y: C_d with T_du, S_d, M_u; an X x 1 grid uses C_r."""
+    q, k, v, gates = make(2, 1, 11, 3, 4, 4)
+    h, (_, bottom) = run(q, k, v, gates, "torch")
+    g = {n: t[:, 0] for n, t in gates.items()}
+    h1, last = plstm1d_reference(q[:, 0], k[:, 0], v[:, 0], g["s_d"], g["t_du"], g["m_u"], g["d"])
+    assert_close(h[:, 0], h1)
+    assert_close(bottom[:, 0], last)
+    q, k, v, gates = make(2, 11, 1, 3, 4, 4, seed=1)
+    h, (right, _) = run(q, k, v, gates, "torch")
+    g = {n: t[:, :, 0] for n, t in gates.items()}
+    h1, last = plstm1d_reference(
+        q[:, :, 0], k[:, :, 0], v[:, :, 0], g["s_r"], g["t_rl"], g["m_l"], g["d"]
+    )
+    assert_close(h[:, :, 0], h1)
+    assert_close(right[:, 0], last)
+
+
+@pytest.mark.parametrize("path", ["wavefront", "tiled2", "dense", "gating_matrix"])
+def test_path_sum_form_on_a_small_grid(path):
+    """The recurrence unrolled: h(n) = sum_{n'} G[n, n'] (q_n . k_n') v_n' with G a path sum."""
+    X, Y = 3, 4
+    q, k, v, g = make(1, X, Y, 1, 2, 3, zero_frac=0.0, seed=3)
+    g = {n: t[0, :, :, 0] for n, t in g.items()}
+
+    def paths(x0, y0, edge, x1, y1):
+        """Sum over paths of the product of transitions carrying the state that leaves
+        (x0, y0) along ``edge`` ("r" or "d") into cell (x1, y1), times the mark there."""
+        x, y = (x0 + 1, y0) if edge == "r" else (x0, y0 + 1)
+        if x > x1 or y > y1:
+            return 0.0
+        mark = g["m_l"] if edge == "r" else g["m_u"]
+        total = mark[x, y] if (x, y) == (x1, y1) else 0.0
+        if (x, y) != (x1, y1):
+            same, cross = ("t_rl", "t_dl") if edge == "r" else ("t_du", "t_ru")
+            total = total + g[same][x, y] * paths(x, y, edge, x1, y1)
+            other = "d" if edge == "r" else "r"
+            total = total + g[cross][x, y] * paths(x, y, other, x1, y1)
+        return total
+
+    h = torch.zeros(X, Y, 3, dtype=torch.float64)
+    for x1 in range(X):
+        for y1 in range(Y):
+            for x0 in range(X):
+                for y0 in range(Y):
+                    qk = (q[0, x1, y1, 0] * k[0, x0, y0, 0]).sum()
+                    if (x0, y0) == (x1, y1):
+                        G = g["d"][x1, y1]
+                    else:
+                        G = g["s_r"][x0, y0] * paths(x0, y0, "r", x1, y1)
+                        G = G + g["s_d"][x0, y0] * paths(x0, y0, "d", x1, y1)
+                    h[x1, y1] += G * qk * v[0, x0, y0, 0]
+    gates = {n: t[None, :, :, None] for n, t in g.items()}
+    if path == "gating_matrix":
+        out = attention(dense.gating_matrix(*(gates[n] for n in GATES)), q, k, v)
+    else:
+        out, _ = run(q, k, v, gates, path)
+    assert_close(out[0, :, :, 0], h)
+
+
+def attention(G, q, k, v):
+    """``(G * q k^T) v`` per (batch, head) for ``G`` ``[B, H, N, N]`` over row-major cells."""
+    B, X, Y, H, _ = q.shape
+
+    def flat(t):
+        return t.permute(0, 3, 1, 2, 4).reshape(B, H, X * Y, t.shape[-1])
+
+    h = (G * (flat(q) @ flat(k).transpose(-1, -2))) @ flat(v)
+    return h.reshape(B, H, X, Y, v.shape[-1]).permute(0, 2, 3, 1, 4)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (7, 5), (1, 9), (9, 1), (1, 1), (3, 8), (0, 4)])
+@pytest.mark.parametrize("drop", [(), ("t_dl",), ("t_ru", "d")])
+def test_gating_matrix_matches_reference(shape, drop):
+    """The dense form h = (G * q k^T) v, G from the coefficient-vector recurrence, equals the
+    loop for zero entering states; G is strictly upstream-only apart from D on the diagonal."""
+    X, Y = shape
+    q, k, v, gates = make(2, X, Y, 3, 4, 5)
+    for name in drop:
+        gates[name] = None
+    G = dense.gating_matrix(*(gates[n] for n in GATES))
+    assert G.shape == (2, 3, X * Y, X * Y) and G.dtype == torch.float64
+    h_ref, _ = run(q, k, v, gates, "reference")
+    assert_close(attention(G, q, k, v), h_ref)
+    # cell (x1, y1) can only read (x0, y0) with x0 <= x1 and y0 <= y1
+    xs, ys = torch.arange(X).repeat_interleave(Y), torch.arange(Y).repeat(X)
+    unreachable = (xs[None, :] > xs[:, None]) | (ys[None, :] > ys[:, None])
+    assert torch.all(G[..., unreachable] == 0)
+    diag = G.diagonal(dim1=-2, dim2=-1)
+    expect = torch.zeros_like(diag) if gates["d"] is None else gates["d"].flatten(1, 2).mT
+    assert torch.equal(diag, expect)
+
+
+def test_gating_matrix_with_shared_gate_pairs():
+    """One tensor passed for T_rl and T_ru, T_du and T_dl, M_l and M_u (P-mode) takes the
+    summed-state shortcut; the result still equals the loop."""
+    q, k, v, gates = make(2, 5, 6, 2, 3, 3, seed=7)
+    gates.update(t_ru=gates["t_rl"], t_dl=gates["t_du"], m_u=gates["m_l"])
+    h_ref, _ = run(q, k, v, gates, "reference")
+    assert_close(attention(dense.gating_matrix(*(gates[n] for n in GATES)), q, k, v), h_ref)
+    # only some pairs shared, and a gradient through the shortcut
+    gates = make(1, 3, 4, 1, 2, 2, seed=8)[3]
+    t = gates["t_rl"].requires_grad_()
+    m = gates["m_l"].requires_grad_()
+
+    def f(t, m):
+        g = dict(gates, t_rl=t, t_ru=t, m_l=m, m_u=m)
+        return dense.gating_matrix(*(g[n] for n in GATES))
+
+    assert torch.autograd.gradcheck(f, (t, m))
+    g = dict(gates, t_ru=gates["t_rl"].detach().clone(), m_u=gates["m_l"].detach().clone())
+    assert_close(f(t, m), dense.gating_matrix(*(g[n] for n in GATES)))
+
+
+def test_method_forces_a_path():
+    q, k, v, gates = make(1, 4, 5, 2, 3, 3)
+    h_ref, (r_ref, b_ref) = run(q, k, v, gates, "reference")
+    for method in ("dense", "tiled", "wavefront"):
+        h, (r, b) = grid_scan_2d(q, k, v, *(gates[n] for n in GATES), method=method)
+        assert_close(h, h_ref, msg=method)
+        assert_close(r, r_ref, msg=method)
+        assert_close(b, b_ref, msg=method)
+    with pytest.raises(ValueError, match="method must be one of"):
+        grid_scan_2d(q, k, v, *(gates[n] for n in GATES), method="fused")
+
+
+@pytest.mark.parametrize("path", ["torch", "wavefront", "tiled3", "dense"])
+def test_continuation_across_tiles(path):
+    """Passing the edge states on continues the scan exactly, in both directions."""
+    q, k, v, gates = make(2, 7, 6, 2, 3, 3)
+    h, (right, bottom) = run(q, k, v, gates, path)
+
+    def part(xs, ys):
+        return (
+            q[:, xs, ys],
+            k[:, xs, ys],
+            v[:, xs, ys],
+            {n: t[:, xs, ys] for n, t in gates.items()},
+        )
+
+    a, b = slice(0, 3), slice(3, None)
+    h_top_left, (r_tl, b_tl) = run(*part(a, slice(0, 4)), path)
+    h_bottom_left, (r_bl, _) = run(*part(a, slice(4, None)), path, h0_top=b_tl)
+    h_top_right, (_, b_tr) = run(*part(b, slice(0, 4)), path, h0_left=r_tl)
+    h_bottom_right, (r_br, b_br) = run(*part(b, slice(4, None)), path, h0_left=r_bl, h0_top=b_tr)
+    left = torch.cat([h_top_left, h_bottom_left], 2)
+    rightpart = torch.cat([h_top_right, h_bottom_right], 2)
+    assert_close(torch.cat([left, rightpart], 1), h)
+    assert_close(r_br, right[:, 4:])
+    assert_close(b_br, bottom[:, 3:])
+
+
+@pytest.mark.parametrize("path,drop", [("wavefront", None), ("tiled2", "t_dl"), ("dense", "t_ru")])
+def test_gradcheck(path, drop):
+    q, k, v, gates = make(1, 3, 3, 1, 2, 2)
+    if drop:
+        gates[drop] = None
+    names = [n for n in GATES if gates[n] is not None]
+    h0 = torch.randn(1, 3, 1, 2, 2, dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (q, k, v, h0, *(gates[n] for n in names))]
+
+    def f(q, k, v, h0, *gs):
+        full = dict(gates)
+        full.update(zip(names, gs))
+        h, (r, b) = run(q, k, v, full, path, h0_left=h0)
+        return h, r, b
+
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def test_gradients_match_reference():
+    q, k, v, gates = make(2, 5, 7, 2, 3, 2)
+    leaves = [t.requires_grad_() for t in (q, k, v, *gates.values())]
+    grads = []
+    for backend in ("reference", "wavefront", "tiled3", "dense"):
+        h, (r, b) = run(q, k, v, gates, backend)
+        w = torch.linspace(-1, 1, h.numel(), dtype=h.dtype).view_as(h)
+        loss = (h * w).sum() + r.square().sum() + b.sum()
+        grads.append(torch.autograd.grad(loss, leaves))
+    for fast in grads[1:]:
+        for a, b in zip(grads[0], fast):
+            assert_close(b, a)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (3, 0), (0, 0)])
+def test_empty_grid(shape):
+    X, Y = shape
+    q, k, v, gates = make(2, X, Y, 2, 3, 4)
+    h0_left = torch.randn(2, Y, 2, 3, 4, dtype=torch.float64)
+    for backend in ("reference", *FAST):
+        h, (r, b) = run(q, k, v, gates, backend, h0_left=h0_left)
+        assert h.shape == (2, X, Y, 2, 4)
+        assert r.shape == (2, Y, 2, 3, 4) and b.shape == (2, X, 2, 3, 4)
+        if X == 0:  # nothing to cross: the left states leave on the right unchanged
+            assert torch.equal(r, h0_left)
+
+
+@pytest.mark.parametrize("path", list(FAST))
+def test_nan_stays_in_its_batch_row(path):
+    q, k, v, gates = make(2, 4, 4, 1, 2, 2)
+    q[0, 1, 1] = float("nan")
+    h, _ = run(q, k, v, gates, path)
+    assert torch.isnan(h[0]).any() and not torch.isnan(h[1]).any()
+
+
+def test_bad_input():
+    q, k, v, gates = make(1, 2, 3, 1, 2, 2)
+    with pytest.raises(ValueError, match="q must have shape"):
+        run(q[0], k, v, gates, None)
+    with pytest.raises(ValueError, match="k must have shape"):
+        run(q, k[:, :1], v, gates, None)
+    with pytest.raises(ValueError, match="v must have shape"):
+        run(q, k, v[:, :1], gates, None)
+    bad = dict(gates, m_l=gates["m_l"][:, :1])
+    with pytest.raises(ValueError, match="m_l must have shape"):
+        run(q, k, v, bad, None)
+    with pytest.raises(TypeError, match="s_r must be a tensor"):
+        run(q, k, v, dict(gates, s_r=None), None)
+    with pytest.raises(ValueError, match="s_d has dtype"):
+        run(q, k, v, dict(gates, s_d=gates["s_d"].float()), None)
+    with pytest.raises(TypeError, match="q must be a floating-point"):
+        run(q.long(), k, v, gates, None)
+    with pytest.raises(ValueError, match="h0_top must have shape"):
+        run(q, k, v, gates, None, h0_top=torch.zeros(1, 3, 1, 2, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="triton"):
+        run(q, k, v, gates, "triton")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        run(q, k, v, gates, "cuda")
+
+
+def test_docstring_example():
+    assert grid_scan_2d.__doc__ and "Args:" in grid_scan_2d.__doc__
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder().find(grid_scan_2d, "grid_scan_2d", globs={}):
+        runner.run(test)
+    assert runner.tries > 0 and runner.failures == 0

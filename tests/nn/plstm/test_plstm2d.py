@@ -1,0 +1,206 @@
+"""PLSTM2D: single corners and the four-corner sum against float64 loops, modes, gradients."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from graphseq.nn.plstm import PLSTM2D
+from graphseq.nn.plstm.plstm2d import CORNERS
+from graphseq.testing import assert_close
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Many small ops: on a shared, loaded CPU, extra intra-op threads only spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def corner_loop(q, k, v, g):
+    """One corner (origin top-left) of the 2D pLSTM, cell by cell, written independently of
+    the kernel: states C_r, C_d per cell, gates g[name] [B, X, Y, H] (t_dl may be None)."""
+    B, X, Y, H, K = q.shape
+    zero = q.new_zeros(B, H, K, v.shape[-1])
+    Cr, Cd = {}, {}
+    h = q.new_zeros(B, X, Y, H, v.shape[-1])
+    for x in range(X):
+        for y in range(Y):
+            A = Cr.get((x - 1, y), zero)
+            Bs = Cd.get((x, y - 1), zero)
+
+            def G(n, x=x, y=y):
+                t = g[n]
+                return 0.0 if t is None else t[:, x, y, :, None, None]
+
+            R = G("m_l") * A + G("m_u") * Bs
+            h[:, x, y] = torch.einsum("bhk,bhkv->bhv", q[:, x, y], R)
+            kv = k[:, x, y, :, :, None] * v[:, x, y, :, None, :]
+            Cr[(x, y)] = G("t_rl") * A + G("t_ru") * Bs + G("s_r") * kv
+            Cd[(x, y)] = G("t_dl") * A + G("t_du") * Bs + G("s_d") * kv
+    return h
+
+
+def layer_loop(layer, x, corners=range(4)):
+    """PLSTM2D's un-normalised output from the loop: flip, scan, flip back, sum, + direct."""
+    H, C = layer.heads, layer.head_channels
+    q, k, v = layer.qkv(x).unflatten(-1, (3, H, C)).unbind(-3)
+    q = q / C**0.5
+    gates = layer.corner_gates(x)
+    total = 0.0
+    for o in corners:
+        dims = CORNERS[o]
+
+        def f(t, dims=dims):
+            return t.flip(dims) if (t is not None and dims) else t
+
+        g = {n: None if t is None else f(t[..., o, :]) for n, t in gates.items()}
+        total = total + f(corner_loop(f(q), f(k), f(v), g))
+    return total + (layer.direct(x) * (q * k).sum(-1))[..., None] * v
+
+
+@pytest.mark.parametrize("mode", ["P", "D"])
+@pytest.mark.parametrize("shape", [(5, 7), (1, 9), (4, 1), (3, 3), (6, 2)])
+def test_four_corner_sum_matches_loop(mode, shape):
+    torch.manual_seed(0)
+    layer = PLSTM2D(8, heads=2, mode=mode, gate_weight_std=0.5).double()
+    x = torch.randn(2, *shape, 8, dtype=torch.float64)
+    expect = layer_loop(layer, x)
+    for backend in ("torch", "reference"):
+        assert_close(layer.recurrence(x, backend=backend), expect)
+    for method in ("dense", "wavefront", "tiled"):
+        assert_close(layer.recurrence(x, method=method), expect, msg=method)
+        assert_close(layer(x, method=method), layer(x), msg=method)
+    y = layer(x)
+    assert y.shape == (2, *shape, 8)
+    assert_close(y, layer.out_proj(layer.norm(layer_loop(layer, x)).flatten(-2)))
+
+
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_single_corner_matches_loop(mode):
+    """Silence three corners (mark gates -> 0) and compare what is left with one loop."""
+    torch.manual_seed(1)
+    layer = PLSTM2D(8, heads=2, mode=mode, gate_weight_std=0.5).double()
+    marks = [layer.mark] if mode == "P" else [layer.mark_l, layer.mark_u]
+    x = torch.randn(1, 5, 7, 8, dtype=torch.float64)
+    for keep in range(4):
+        layer.reset_parameters()
+        with torch.no_grad():
+            for m in marks:
+                m.linear.weight.normal_(0, 0.5)
+                for o in range(4):
+                    if o != keep:  # mark = sigmoid(-1e4) = 0 exactly: corner o is silent
+                        m.linear.bias.view(4, 2)[o] = -1e4
+                        m.linear.weight.view(4, 2, -1)[o] = 0.0
+        assert_close(layer.recurrence(x), layer_loop(layer, x, corners=[keep]))
+
+
+def test_p_mode_is_the_released_code_form():
+    torch.manual_seed(2)
+    layer = PLSTM2D(8, heads=2, mode="P", gate_weight_std=0.3).double()
+    x = torch.randn(3, 4, 5, 8, dtype=torch.float64)
+    g = layer.corner_gates(x)
+    # each incoming state's transitions sum to exactly 1 (criticality), sources too
+    assert_close(g["t_rl"] + g["t_dl"], torch.ones_like(g["t_rl"]))
+    assert_close(g["t_ru"] + g["t_du"], torch.ones_like(g["t_ru"]))
+    assert_close(g["s_r"] + g["s_d"], torch.ones_like(g["s_r"]))
+    assert torch.equal(g["m_l"], g["m_u"]) and torch.equal(g["t_rl"], g["t_ru"])
+    # the angle's bias starts at linspace(-2, 2) over heads, the same for every corner
+    fresh = PLSTM2D(8, heads=4, mode="P")
+    b = fresh.angle.linear.bias.view(4, 4)
+    assert_close(b, torch.linspace(-2, 2, 4).expand(4, 4), dtype=torch.float64)
+
+
+def test_d_mode_has_no_cross_transition_to_down():
+    layer = PLSTM2D(8, heads=2, mode="D")
+    g = layer.corner_gates(torch.randn(1, 3, 3, 8))
+    assert g["t_dl"] is None
+    assert {n for n, t in g.items() if t is not None} == {
+        "t_rl", "t_ru", "t_du", "s_r", "s_d", "m_l", "m_u"
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_every_corner_contributes(mode):
+    """The output at each grid corner depends on the input at the opposite corner, which is
+    only reachable through the orientation whose origin is there (a layer using 2 of the 4
+    corners, as the released non-fused layer does, fails this)."""
+    torch.manual_seed(3)
+    layer = PLSTM2D(8, heads=2, mode=mode, gate_weight_std=0.3).double()
+    x = torch.randn(1, 4, 5, 8, dtype=torch.float64, requires_grad=True)
+    h = layer.recurrence(x)
+    X, Y = 3, 4
+    for (x0, y0), (x1, y1) in [((0, 0), (X, Y)), ((X, 0), (0, Y)), ((0, Y), (X, 0)),
+                               ((X, Y), (0, 0))]:  # fmt: skip
+        (grad,) = torch.autograd.grad(h[0, x1, y1].sum(), x, retain_graph=True)
+        assert grad[0, x0, y0].abs().sum() > 1e-8, (mode, (x0, y0), (x1, y1))
+
+
+@pytest.mark.parametrize("method", ["dense", "wavefront"])
+def test_layer_gradcheck(method):
+    torch.manual_seed(4)
+    x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    for mode in ("D", "P"):
+        layer = PLSTM2D(4, heads=2, mode=mode, gate_weight_std=0.5).double()
+        assert torch.autograd.gradcheck(partial(layer, method=method), (x,))
+
+
+def test_dense_gradients_match_the_linear_paths():
+    """Parameter and input gradients of the dense path equal those of the grid scan."""
+    torch.manual_seed(6)
+    layer = PLSTM2D(8, heads=2, mode="P", gate_weight_std=0.5).double()
+    x = torch.randn(2, 5, 4, 8, dtype=torch.float64, requires_grad=True)
+    leaves = [x, *layer.parameters()]
+    grads = []
+    for method in ("dense", "wavefront"):
+        y = layer(x, method=method)
+        w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+        grads.append(torch.autograd.grad((y * w).sum(), leaves))
+    for a, b in zip(*grads):
+        assert_close(a, b)
+
+
+def test_large_heads_use_the_tiled_path_and_agree():
+    torch.manual_seed(5)
+    layer = PLSTM2D(64, heads=2, mode="P", gate_weight_std=0.2).double()  # K V = 1024
+    x = torch.randn(1, 7, 8, 64, dtype=torch.float64)
+    expect = layer.recurrence(x, backend="reference")
+    assert_close(layer.recurrence(x, method="tiled"), expect)
+    assert_close(layer.recurrence(x), expect)  # dense (56 cells)
+
+
+def test_reset_parameters_and_repr():
+    layer = PLSTM2D(16, heads=4, mode="D")
+    assert repr(layer) == "PLSTM2D(16, heads=4, mode='D')"
+    x = torch.randn(1, 3, 3, 16)
+    y = layer(x)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.5)
+    assert not torch.allclose(layer(x), y)
+    layer.reset_parameters()
+    g = layer.corner_gates(x)
+    assert_close(g["s_r"], torch.full_like(g["s_r"], torch.sigmoid(torch.tensor(-4.0)).item()))
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="mode"):
+        PLSTM2D(8, mode="Q")
+    with pytest.raises(ValueError, match="heads"):
+        PLSTM2D(8, heads=3)
+    layer = PLSTM2D(8, heads=2)
+    with pytest.raises(ValueError, match="x must have shape"):
+        layer(torch.randn(2, 3, 8))
+    with pytest.raises(ValueError, match="x must have shape"):
+        layer(torch.randn(2, 3, 3, 7))
+    with pytest.raises(TypeError, match="floating-point"):
+        layer(torch.ones(2, 3, 3, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="parameters"):
+        layer(torch.randn(2, 3, 3, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="method must be one of"):
+        layer(torch.randn(2, 3, 3, 8), method="fused")
+    for method in (None, "dense", "wavefront"):
+        assert layer(torch.randn(0, 3, 3, 8), method=method).shape == (0, 3, 3, 8)
+        assert layer(torch.randn(2, 0, 3, 8), method=method).shape == (2, 0, 3, 8)

@@ -1,0 +1,97 @@
+"""PLSTMVision: shapes, resolutions, corner pooling, training signal, bad input."""
+
+import pytest
+import torch
+
+from graphseq.nn.plstm import PLSTMVision
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Many small ops: on a shared, loaded CPU, extra intra-op threads only spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_forward_any_resolution():
+    torch.manual_seed(0)
+    model = PLSTMVision(32, 8, 3, dim=16, heads=2, depth=1)
+    assert repr(model) == (
+        "PLSTMVision(image_size=32, patch_size=8, num_classes=3, dim=16, heads=2, depth=1)"
+    )
+    assert [b.plstm.mode for b in model.blocks] == ["P", "D"]
+    for size in [(32, 32), (48, 64), (8, 40)]:
+        out = model(torch.randn(2, 3, *size))
+        assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+def test_positional_embedding_is_interpolated():
+    model = PLSTMVision(32, 8, 2, dim=8, heads=2, depth=1)
+    with torch.no_grad():
+        model.pos_embed.copy_(torch.arange(16.0).view(1, 1, 4, 4).expand(1, 8, 4, 4))
+    images = torch.zeros(1, 3, 64, 64)
+    tokens = model.embed(images)
+    assert tokens.shape == (1, 8, 8, 8)
+    base = model.patch_embed(images).permute(0, 2, 3, 1)
+    pos = tokens - base
+    # bicubic upsampling keeps the ramp's orientation: increasing along both axes
+    assert (pos[0, 1:, :, 0] >= pos[0, :-1, :, 0] - 1e-5).all()
+    assert (pos[0, :, 1:, 0] >= pos[0, :, :-1, 0] - 1e-5).all()
+    no_pos = PLSTMVision(32, 8, 2, dim=8, heads=2, depth=1, use_pos_embed=False)
+    assert no_pos.pos_embed is None
+
+
+def test_corner_pooling_reads_the_four_corners():
+    torch.manual_seed(1)
+    model = PLSTMVision(32, 8, 2, dim=8, heads=2, depth=1)
+    captured = {}
+    model.head.register_forward_hook(lambda m, i, o: captured.setdefault("x", i[0]))
+    images = torch.randn(1, 3, 32, 32)
+    model(images)
+    x = model.embed(images)
+    for block in model.blocks:
+        x = block(x)
+    x = model.norm(x)
+    expected = torch.cat([x[:, 0, 0], x[:, 0, -1], x[:, -1, 0], x[:, -1, -1]], -1)
+    torch.testing.assert_close(captured["x"], expected)
+
+
+def test_learns_a_toy_task():
+    """Is the bright square in the top-left or the bottom-right quadrant?"""
+    torch.manual_seed(2)
+    n = 32
+    labels = torch.randint(0, 2, (n,))
+    images = torch.zeros(n, 1, 16, 16)
+    for i in range(n):
+        r = 2 if labels[i] == 0 else 10
+        images[i, 0, r : r + 4, r : r + 4] = 1.0
+    model = PLSTMVision(16, 4, 2, in_channels=1, dim=16, heads=2, depth=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(20):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert (model(images).argmax(-1) == labels).float().mean() > 0.9
+
+
+def test_reset_parameters():
+    model = PLSTMVision(16, 4, 2, dim=8, heads=2, depth=1)
+    with torch.no_grad():
+        model.blocks[0].plstm.source.linear.bias.fill_(3.0)
+    model.reset_parameters()
+    assert torch.allclose(model.blocks[0].plstm.source.linear.bias, torch.tensor(-4.0))
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="divisible"):
+        PLSTMVision(30, 8, 2)
+    with pytest.raises(TypeError, match="dim"):
+        PLSTMVision(32, 8, 2, dim=8.5)
+    model = PLSTMVision(32, 8, 2, dim=8, heads=2, depth=1)
+    with pytest.raises(ValueError, match="images must have shape"):
+        model(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="multiples of patch_size"):
+        model(torch.randn(2, 3, 30, 32))
