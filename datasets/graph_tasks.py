@@ -74,6 +74,10 @@ def task_info(task: str, max_degree: int = 10, num_colours: int = 4) -> dict:
     return dict(zip(keys, info[task], strict=True))
 
 
+#: Smallest ``min_nodes`` every task's generator supports.
+MIN_NODES = 7
+
+
 def _seed(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2**31 - 1))
 
@@ -140,7 +144,9 @@ def graph_task(
         task: one of :data:`GRAPH_TASKS`.
         num_graphs: number of graphs.
         seed: the generator's seed (the same arguments give the same graphs).
-        min_nodes, max_nodes: node count range (inclusive), ``2 <= min_nodes <= max_nodes``.
+        min_nodes, max_nodes: node count range (inclusive), ``7 <= min_nodes <= max_nodes``
+            (smaller graphs cannot host every generator: Barabási–Albert with up to 3 edges per
+            node, 5-regular graphs, 3-block SBMs, a tree plus a non-edge for cycle check).
         family: triangle counting's family, ``"er"`` or ``"regular"``.
         max_degree: node degree's largest class (larger degrees are clipped to it).
         num_colours: colour counting's number of colours.
@@ -149,9 +155,9 @@ def graph_task(
         raise ValueError(f"graph_task: task must be one of {GRAPH_TASKS}, got {task!r}")
     if isinstance(num_graphs, bool) or not isinstance(num_graphs, int) or num_graphs < 0:
         raise ValueError(f"graph_task: num_graphs must be an int >= 0, got {num_graphs!r}")
-    if not 2 <= min_nodes <= max_nodes:
+    if not MIN_NODES <= min_nodes <= max_nodes:
         raise ValueError(
-            f"graph_task: need 2 <= min_nodes <= max_nodes, got {min_nodes}, {max_nodes}"
+            f"graph_task: need {MIN_NODES} <= min_nodes <= max_nodes, got {min_nodes}, {max_nodes}"
         )
     if family not in ("er", "regular"):
         raise ValueError(f"graph_task: family must be 'er' or 'regular', got {family!r}")
@@ -180,7 +186,8 @@ def graph_task(
                 g = nx.gnp_random_graph(n, rng.uniform(0.1, 0.3), seed=_seed(rng))
             else:
                 d = int(rng.integers(3, 6))
-                n = n + (n * d) % 2  # n * d must be even
+                if (n * d) % 2:  # n * d must be even: an odd n takes the even degree 4
+                    d = 4
                 g = nx.random_regular_graph(d, n, seed=_seed(rng))
             tri = sum(nx.triangles(g).values()) // 3
             out.append(_to_data(g, np.ones((n, 1)), torch.tensor([[float(tri)]])))

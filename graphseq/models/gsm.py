@@ -29,6 +29,7 @@ from torch_geometric.nn import (
     global_mean_pool,
 )
 
+from graphseq.models._init import reset_children
 from graphseq.models.registry import InputSpec, register_model
 from graphseq.nn.gsm import GSM, GSMPlusPlus
 
@@ -135,9 +136,7 @@ class GPS(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if m is not self and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        reset_children(self)
 
     def forward(self, batch) -> Tensor:
         h = self.encoder(_features(batch, self.pe, "GPS"))

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import global_add_pool, global_mean_pool
 
+from graphseq.models._init import reset_children
 from graphseq.models.gin import AtomEncoder, BondEncoder
 from graphseq.models.registry import InputSpec, register_model
 from graphseq.nn.plstm.graph import PLSTMGraph, prepare_dag
@@ -115,9 +116,8 @@ class PLSTMGraphNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        """Reset every layer by its own rule (PLSTMGraph keeps its gate initialisation)."""
+        reset_children(self)
 
     def forward(self, batch) -> Tensor:
         x, edge_index = batch.x, batch.edge_index
@@ -138,7 +138,13 @@ class PLSTMGraphNet(nn.Module):
                     edge_index, N, mode=conv.mode, reverse=conv.reverse, batch=node_batch
                 )
             e = None if self.spec.edge_features is None else self.edge_encoders[layer](edge_attr)
-            out = conv(self.norms1[layer](h), edge_index, edge_attr=e, structure=structures[key])
+            out = conv(
+                self.norms1[layer](h),
+                edge_index,
+                batch=node_batch,  # per-graph sizes: lets algorithm="auto" pick "paths"
+                edge_attr=e,
+                structure=structures[key],
+            )
             h = h + nn.functional.dropout(out, self.dropout, self.training)
             out = self.mlps[layer](self.norms2[layer](h))
             h = h + nn.functional.dropout(out, self.dropout, self.training)

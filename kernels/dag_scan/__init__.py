@@ -120,6 +120,13 @@ def dag_scan(
             )
         if plan.device != x.device:
             raise ValueError(f"{_OP}: plan is on {plan.device} but x is on {x.device}")
+        # O(L): a plan built for another graph of the same sizes would give a wrong answer
+        ei = edge_index.long()[:, plan.edge_perm]
+        if not (torch.equal(ei[0], plan.src) and torch.equal(ei[1], plan.dst)):
+            raise ValueError(
+                f"{_OP}: plan was built for a different edge_index (same sizes, other edges); "
+                "build it with DagScanPlan.from_edge_index(edge_index, num_states)"
+            )
 
     backend = resolve_backend(backend, x.device, op=_OP, triton_supported=False)
     if backend == "reference":

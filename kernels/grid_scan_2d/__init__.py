@@ -112,8 +112,9 @@ def grid_scan_2d(
       ``O(X Y H (36 K + 12 K V))`` as matrix products, memory ``O(X Y H (36 + K + V))`` plus
       ``12`` boundary states per tile, i.e. ``O(X Y H K V / 3)``.
 
-    Both are linear in the number of cells (the released pLSTM code's fused path builds an
-    ``XY x XY`` gating matrix instead) and need no padding beyond the last partial tile.
+    The wavefront and tiled paths are linear in the number of cells; the dense path is
+    quadratic (like the released pLSTM code's fused path) and is chosen only for small grids,
+    where it is the fastest. None pads beyond the last partial tile.
     Gradients come from autograd through the vectorised steps.
 
     Example::

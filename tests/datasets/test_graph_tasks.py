@@ -4,7 +4,13 @@ import networkx as nx
 import pytest
 import torch
 
-from graphseq.datasets.graph_tasks import GRAPH_TASKS, exact_match, graph_task, task_info
+from graphseq.datasets.graph_tasks import (
+    GRAPH_TASKS,
+    MIN_NODES,
+    exact_match,
+    graph_task,
+    task_info,
+)
 
 
 def _nx(d):
@@ -79,3 +85,15 @@ def test_bad_arguments(kwargs, match):
         graph_task(**args)
     with pytest.raises(ValueError, match="task must"):
         task_info("diameter")
+
+
+@pytest.mark.parametrize("task", GRAPH_TASKS)
+def test_smallest_allowed_graphs_are_generated_with_correct_sizes(task):
+    # every generator works at the documented minimum, and never leaves [min_nodes, max_nodes]
+    for family in ("er", "regular") if task == "triangle_counting" else ("er",):
+        data = graph_task(task, 40, seed=1, min_nodes=MIN_NODES, max_nodes=MIN_NODES,
+                          family=family)  # fmt: skip
+        assert all(d.num_nodes == MIN_NODES for d in data)
+        if task == "cycle_check":  # label 1 exactly when the graph has a cycle
+            for d in data:
+                assert int(d.y) == int(d.edge_index.shape[1] // 2 >= d.num_nodes)

@@ -247,3 +247,13 @@ def test_docstring_examples_run():
         for test in doctest.DocTestFinder().find(obj, name, globs={"torch": torch}):
             runner.run(test)
     assert runner.tries >= 5 and runner.failures == 0
+
+
+def test_plan_of_another_graph_with_the_same_sizes_is_refused():
+    x, w = torch.ones(3, 1, 1), torch.ones(2, 1)
+    chain = torch.tensor([[0, 1], [1, 2]])
+    other = DagScanPlan.from_edge_index(torch.tensor([[2, 1], [1, 0]]), 3)
+    with pytest.raises(ValueError, match="different edge_index"):
+        dag_scan(x, w, chain, plan=other)
+    own = DagScanPlan.from_edge_index(chain, 3)
+    assert dag_scan(x, w, chain, plan=own).flatten().tolist() == [1.0, 2.0, 3.0]

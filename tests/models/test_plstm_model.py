@@ -98,3 +98,31 @@ def test_trains_on_the_fake_benchmark(tmp_path):
         torch.set_num_threads(threads)
     assert result["epochs_run"] == 2
     assert 0.0 <= result["best"]["test"] <= 1.0
+
+
+def test_model_keeps_the_pLSTM_gate_initialisation():
+    # Resetting the model must not re-reset the layers' inner Linear modules with PyTorch's
+    # defaults on top of PLSTMGraph's own gate initialisation.
+    model = build_model("plstm", MOL, hidden=16, layers=2, heads=2)
+    for conv in model.convs:
+        fresh = type(conv)(16, 16, 2, conv.mode, edge_dim=16, reverse=conv.reverse)
+        for name in ("source", "mark", "direct", "transition"):
+            got, want = getattr(conv, name), getattr(fresh, name)
+            torch.testing.assert_close(got.bias, want.bias)  # the gates' deterministic biases
+            if not want.weight.detach().any():  # zero-initialised gate weights stay zero
+                assert not got.weight.detach().any(), name
+
+
+def test_model_passes_graph_sizes_so_auto_picks_the_paths_algorithm(monkeypatch):
+    calls = []
+    forward = plstm_model.PLSTMGraph.forward
+
+    def spy(self, x, edge_index, batch=None, **kwargs):
+        calls.append(batch)
+        return forward(self, x, edge_index, batch=batch, **kwargs)
+
+    monkeypatch.setattr(plstm_model.PLSTMGraph, "forward", spy)
+    gen = torch.Generator().manual_seed(0)
+    data = Batch.from_data_list([molecule(n, gen) for n in (5, 7)])
+    build_model("plstm", MOL, hidden=16, layers=2, heads=2)(data)
+    assert calls and all(b is not None and torch.equal(b, data.batch) for b in calls)

@@ -21,6 +21,7 @@ the same mode and direction.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -295,7 +296,9 @@ def prepare_dag(
             ``"directed"`` (a DAG given as is), see :func:`orient_edges`.
         reverse: reverse the DAG after orienting it (information flows the other way).
         batch: ``[N]`` graph of each node (PyG ``batch``, sorted); only used to keep D-mode's
-            bitsets per graph. The result does not otherwise depend on it.
+            bitsets per graph. The result does not otherwise depend on it, but without it (or
+            with edges not grouped by graph) D-mode's bitsets span all ``E`` edge states:
+            ``E^2 / 8`` bytes (a warning is issued above 16,384 states). Pass the PyG batch.
 
     Raises:
         ValueError: if ``orientation="directed"`` and the graph has a directed cycle; the
@@ -331,6 +334,13 @@ def prepare_dag(
             )
         ):
             state_graph = None  # edges not grouped by graph: index the bitsets globally
+        if state_graph is None and E > 16384:
+            warnings.warn(
+                f"prepare_dag: D-mode pruning of {E} edge states without a per-graph `batch` "
+                f"keeps ancestor bitsets over all of them (~{E * E // 8 / 2**20:.0f} MiB); pass "
+                "the PyG batch vector if this is a batch of several graphs",
+                stacklevel=2,
+            )
         keep = prune_to_multitree(lg, E, state_graph)
         lg, lg_node = lg[:, keep], lg_node[keep]
         plan = DagScanPlan.from_edge_index(lg, E)
@@ -400,6 +410,29 @@ def plstm_graph_reference(
         n = dst[e]
         h[n] = h[n] + M[e][:, None] * torch.einsum("hk,hkv->hv", q[n], c)
     return torch.stack(h) if h else v.new_zeros(0, *v.shape[1:])
+
+
+def _check_structure_edges(cls: str, structure: DagStructure, edge_index: Tensor) -> None:
+    """O(E): the structure's DAG edges must come from ``edge_index``'s columns as recorded in
+    ``structure.input_edge`` (a structure of another graph with the same sizes would give a
+    silently wrong answer)."""
+    msg = (
+        f"{cls}: structure was built for a different edge_index; build it with "
+        "prepare_dag(edge_index, num_nodes, ...) for this graph"
+    )
+    E = structure.num_edges
+    if E == 0:
+        return
+    if int(structure.input_edge.max()) >= edge_index.shape[1]:
+        raise ValueError(msg)
+    src, dst = edge_index.long()[:, structure.input_edge.to(edge_index.device)]
+    if structure.orientation == "index":
+        src, dst = torch.minimum(src, dst), torch.maximum(src, dst)
+    if structure.reverse:
+        src, dst = dst, src
+    dag_src, dag_dst = structure.edge_index
+    if not (torch.equal(src, dag_src) and torch.equal(dst, dag_dst)):
+        raise ValueError(msg)
 
 
 class PLSTMGraph(torch.nn.Module):
@@ -746,6 +779,7 @@ class PLSTMGraph(torch.nn.Module):
                     f"{cls}: structure was built for (num_nodes, mode, orientation, reverse) = "
                     f"{got}, but this call needs {wanted}"
                 )
+            _check_structure_edges(cls, structure, edge_index)
         algorithm = self.algorithm
         if algorithm == "auto":
             largest = N if batch is None else int(torch.bincount(batch).max()) if N else 0

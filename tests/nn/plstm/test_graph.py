@@ -468,3 +468,15 @@ def test_float32_against_float64_reference(algorithm):
     out = conv.float()(x.float(), ei, edge_attr=ea.float())
     assert out.dtype == torch.float32
     assert_close(out, expected)
+
+
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_structure_of_another_graph_is_refused(mode):
+    layer = PLSTMGraph(8, 8, 2, mode)
+    path = torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])
+    other = torch.tensor([[0, 2, 2, 1, 1, 3], [2, 0, 1, 2, 3, 1]])  # same sizes, other edges
+    x = torch.randn(4, 8)
+    structure = prepare_dag(path, 4, mode=mode)
+    torch.testing.assert_close(layer(x, path, structure=structure), layer(x, path))
+    with pytest.raises(ValueError, match="different edge_index"):
+        layer(x, other, structure=structure)
