@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_tensor
+from .._index import exclusive_cumsum as _exclusive_cumsum
+from .._index import ranges as _ranges
 
 __all__ = ["DagCycleError", "DagScanPlan"]
 
@@ -38,20 +40,6 @@ def _numel(shape: torch.Size | tuple[int, ...]) -> int:
     for d in shape:
         n *= int(d)
     return n
-
-
-def _exclusive_cumsum(counts: torch.Tensor) -> torch.Tensor:
-    return torch.cumsum(counts, 0) - counts
-
-
-def _ranges(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``starts[i] + arange(counts[i])`` over ``i`` (counts may be 0)."""
-    total = int(counts.sum()) if counts.numel() else 0
-    if total == 0:
-        return starts.new_zeros(0)
-    first = torch.repeat_interleave(starts, counts, output_size=total)
-    base = torch.repeat_interleave(_exclusive_cumsum(counts), counts, output_size=total)
-    return first + torch.arange(total, device=starts.device) - base
 
 
 def _find_cycle_state(src: torch.Tensor, dst: torch.Tensor, unfinished: torch.Tensor) -> int:

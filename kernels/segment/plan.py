@@ -18,21 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_boundaries
-
-
-def _exclusive_cumsum(counts: torch.Tensor) -> torch.Tensor:
-    return torch.cumsum(counts, 0) - counts
-
-
-def _ranges(starts: torch.Tensor, counts: torch.Tensor, step: int = 1) -> torch.Tensor:
-    """Concatenate ``starts[i] + step * arange(counts[i])`` over ``i`` (counts may be 0)."""
-    total = int(counts.sum()) if counts.numel() else 0
-    if total == 0:
-        return starts.new_zeros(0)
-    first = torch.repeat_interleave(starts, counts, output_size=total)  # [total]
-    base = torch.repeat_interleave(_exclusive_cumsum(counts), counts, output_size=total)
-    offset = torch.arange(total, device=starts.device) - base  # position inside its range
-    return first + step * offset
+from .._index import exclusive_cumsum as _exclusive_cumsum
+from .._index import ranges as _ranges
 
 
 def _segment_ptr(op: str, ptr: object) -> torch.Tensor:

@@ -8,24 +8,13 @@ from torch import Tensor
 from torch.nn import GRU, LSTM, Linear
 from torch_geometric.nn.aggr import Aggregation
 
+from graphseq.kernels._index import exclusive_cumsum as _exclusive_cumsum
+from graphseq.kernels._index import ranges as _ranges
+
 from ._grouping import Grouped, check_input, group, segment_ids, shuffle_within_groups
 
 CELLS = ("gru", "lstm")
 ORDERS = ("given", "random", "score")
-
-
-def _exclusive_cumsum(t: Tensor) -> Tensor:
-    return torch.cumsum(t, 0) - t
-
-
-def _ranges(starts: Tensor, counts: Tensor) -> Tensor:
-    """Concatenate ``starts[i] + arange(counts[i])`` over ``i``."""
-    total = int(counts.sum()) if counts.numel() else 0
-    if total == 0:
-        return starts.new_zeros(0)
-    first = torch.repeat_interleave(starts, counts, output_size=total)
-    base = torch.repeat_interleave(_exclusive_cumsum(counts), counts, output_size=total)
-    return first + torch.arange(total, device=starts.device) - base
 
 
 class RecurrentAggregation(Aggregation):

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from graphseq.kernels._index import exclusive_cumsum as _exclusive_cumsum
+from graphseq.kernels._index import ranges as _ranges
 from graphseq.kernels.dag_scan import DagCycleError, DagScanPlan, dag_scan
 
 from ..seq.base import check_choice, check_positive_int
@@ -61,20 +63,6 @@ _MODES = ("P", "D")
 _ALGORITHMS = ("auto", "states", "paths")
 #: ``algorithm="auto"`` uses the path form when no graph has more nodes than this.
 PATH_FORM_MAX_NODES = 128
-
-
-def _exclusive_cumsum(counts: Tensor) -> Tensor:
-    return torch.cumsum(counts, 0) - counts
-
-
-def _ranges(starts: Tensor, counts: Tensor) -> Tensor:
-    """Concatenate ``starts[i] + arange(counts[i])`` over ``i`` (counts may be 0)."""
-    total = int(counts.sum()) if counts.numel() else 0
-    if total == 0:
-        return starts.new_zeros(0)
-    first = torch.repeat_interleave(starts, counts, output_size=total)
-    base = torch.repeat_interleave(_exclusive_cumsum(counts), counts, output_size=total)
-    return first + torch.arange(total, device=starts.device) - base
 
 
 def _check_edge_index(op: str, edge_index: object, num_nodes: int) -> Tensor:
