@@ -207,8 +207,14 @@ def split_mnist(
 
 
 def _digits():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as err:
+        raise ImportError(
+            "the digits task streams need scikit-learn (its bundled digits dataset): "
+            "pip install 'graphseq[continual]'"
+        ) from err
 
     x, y = load_digits(return_X_y=True)
     x_tr, x_te, y_tr, y_te = train_test_split(
