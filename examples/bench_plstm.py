@@ -6,9 +6,9 @@ pooling, float32) on the same input images, in the same process, one CPU thread 
 released code is not on PyPI and is never copied into graphseq: export it yourself and point
 ``--plstm-src`` at the folder holding its ``plstm`` package, e.g.
 
-    git clone https://github.com/ml-jku/plstm /tmp/plstm_src   # or: git archive | tar -x
-    pip install compoconf einops                               # its dependencies
-    python examples/bench_plstm.py --plstm-src /tmp/plstm_src/src
+    git clone https://github.com/ml-jku/plstm PLSTM_SRC   # any folder of yours
+    pip install --target DEPS compoconf einops             # its dependencies, kept apart
+    python examples/bench_plstm.py --plstm-src PLSTM_SRC/src --extra-path DEPS
 
 Without ``--plstm-src`` only graphseq is timed. ``--extra-path`` adds folders to ``sys.path``
 (for example where compoconf/einops were installed with ``pip --target``). Writes

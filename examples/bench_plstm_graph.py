@@ -23,7 +23,10 @@ first ``--loop-molecules`` of the same molecules. The speed-up is loop time / gr
 time per molecule, measured in the same process.
 
     python examples/bench_plstm_graph.py --molecules 64 --threads 1
-    PYTHONPATH=/tmp/deps python examples/bench_plstm_graph.py --plstm-src /tmp/plstm_src/src
+    PYTHONPATH=DEPS python examples/bench_plstm_graph.py --plstm-src PLSTM_SRC/src
+
+(``PLSTM_SRC``: a checkout of ml-jku/plstm; ``DEPS``: a ``pip install --target`` folder with
+networkx, compoconf and einops.)
 """
 
 from __future__ import annotations

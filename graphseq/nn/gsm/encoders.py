@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GINConv, GINEConv, ResGatedGraphConv
 
 from graphseq.nn.seq import GatedLinearRNN
-from graphseq.nn.seq.base import check_positive_int, sequence_index
+from graphseq.nn.seq.base import check_choice, check_positive_int, sequence_index
 
 __all__ = [
     "LOCAL_ENCODERS",
@@ -82,10 +82,8 @@ class LocalEncoder(nn.Module):
         super().__init__()
         cls = type(self).__name__
         check_positive_int(cls, "channels", channels)
-        if conv not in LOCAL_ENCODERS:
-            raise ValueError(f"{cls}: conv must be one of {LOCAL_ENCODERS}, got {conv!r}")
-        if norm not in ("batch", "layer"):
-            raise ValueError(f"{cls}: norm must be 'batch' or 'layer', got {norm!r}")
+        check_choice(cls, "conv", conv, LOCAL_ENCODERS)
+        check_choice(cls, "norm", norm, ("batch", "layer"))
         self.channels, self.conv_type, self.edge_dim, self.norm_type = (
             channels,
             conv,

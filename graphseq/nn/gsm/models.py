@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import global_add_pool, global_mean_pool
 from torch_geometric.utils import scatter
 
-from graphseq.nn.seq.base import check_positive_int
+from graphseq.nn.seq.base import check_choice, check_positive_int
 
 from .encoders import (
     AttentionLayer,
@@ -282,10 +282,8 @@ class GSM(_Base):
                         ("out_channels", out_channels), ("layers", layers),
                         ("seq_layers", seq_layers)):  # fmt: skip
             check_positive_int(cls, name, v)
-        if level not in ("node", "graph"):
-            raise ValueError(f"{cls}: level must be 'node' or 'graph', got {level!r}")
-        if pool not in ("mean", "sum"):
-            raise ValueError(f"{cls}: pool must be 'mean' or 'sum', got {pool!r}")
+        check_choice(cls, "level", level, ("node", "graph"))
+        check_choice(cls, "pool", pool, ("mean", "sum"))
         self.tokenization = resolve_tokenization(tokenization, cls)
         self.pattern = global_pattern(global_, seq_layers)
         self.in_channels, self.hidden, self.out_channels = in_channels, hidden, out_channels
@@ -471,10 +469,8 @@ class GSMPlusPlus(_Base):
                         ("out_channels", out_channels), ("layers", layers),
                         ("scan_layers", scan_layers)):  # fmt: skip
             check_positive_int(cls, name, v)
-        if level not in ("node", "graph"):
-            raise ValueError(f"{cls}: level must be 'node' or 'graph', got {level!r}")
-        if pool not in ("mean", "sum"):
-            raise ValueError(f"{cls}: pool must be 'mean' or 'sum', got {pool!r}")
+        check_choice(cls, "level", level, ("node", "graph"))
+        check_choice(cls, "pool", pool, ("mean", "sum"))
         toks = tuple(resolve_tokenization(t, cls) for t in tokenizations)
         if len(set(toks)) != len(toks):
             raise ValueError(f"{cls}: tokenizations must be distinct, got {tokenizations!r}")
