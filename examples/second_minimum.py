@@ -17,8 +17,8 @@ Network: Linear(8, C) -> GELU -> Linear(C, C) -> Tanh -> aggregator (C -> C) -> 
 GELU -> Linear(C, 8), BCE-with-logits per bit, Adam. Differences from PyG's example (which
 reports ~95% after up to 1,000 epochs at lr 1e-4, batch 128, dropout 0.5): Adam with a
 one-cycle schedule (peak lr 3e-3), no dropout, a tanh after the encoder, C = 64 by default,
-far fewer epochs (2-core CPU budget); graphseq's LCM can add ``--assoc-weight`` times its
-associativity loss.
+40 epochs by default (about 6 CPU minutes per LCM run); graphseq's LCM can add
+``--assoc-weight`` times its associativity loss.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--aggrs", nargs="+", default=list(AGGRS), choices=AGGRS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument(
         "--budget",
         type=float,
