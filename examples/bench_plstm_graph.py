@@ -16,6 +16,11 @@ median of ``--repeats`` runs after a warm-up, divided by the number of molecules
   ``PYTHONPATH``), the released layer in float32 on each molecule, its networkx
   ``PreparedGraph`` built beforehand (its build time is reported separately).
 
+With ``--batch-sizes B1 B2 ...`` the batched layer is also timed on the first ``B`` molecules
+for each ``B`` (its own PyG batch and preprocessing), and a table prints the per-molecule time
+for each batch size next to the loops' per-molecule times (measured once, on the first
+``--loop-molecules``) and the speed-up against the released layer.
+
 Graph preprocessing (graphseq: orientation, line graph, pruning, levels, vectorised;
 released: networkx) depends on the graph only and is timed separately for both (a model
 shares it between its layers); speed-ups are given without and with it. Both loops run on the
@@ -23,6 +28,7 @@ first ``--loop-molecules`` of the same molecules. The speed-up is loop time / gr
 time per molecule, measured in the same process.
 
     python examples/bench_plstm_graph.py --molecules 64 --threads 1
+    python examples/bench_plstm_graph.py --batch-sizes 64 256 1024 --loop-molecules 16
     PYTHONPATH=DEPS python examples/bench_plstm_graph.py --plstm-src PLSTM_SRC/src
 
 (``PLSTM_SRC``: a checkout of ml-jku/plstm; ``DEPS``: a ``pip install --target`` folder with
@@ -98,8 +104,11 @@ def bench_mode(mode: str, args, graphs, batch, released) -> dict:
 
     # graph preprocessing is timed on its own, for graphseq as for the released code: it
     # depends on the graph only, so a model shares it between layers (or caches it)
-    def prepare_batch():
-        return conv.prepare(batch.edge_index, batch.num_nodes, batch.batch)
+    def prepare_batch():  # with the layer's layout (built lazily on first use otherwise)
+        structure = conv.prepare(batch.edge_index, batch.num_nodes, batch.batch)
+        if conv.algorithm != "states":
+            structure.layout(conv.algorithm)
+        return structure
 
     structure = prepare_batch()
     singles = [conv.prepare(g.edge_index, g.num_nodes) for g in graphs]
@@ -170,6 +179,67 @@ def bench_mode(mode: str, args, graphs, batch, released) -> dict:
     return row
 
 
+def bench_batch_size(mode: str, args, graphs) -> dict:
+    """Per-molecule forward+backward (and preprocessing) time of the batched layer on ``graphs``
+    as one PyG batch."""
+    from torch_geometric.data import Batch
+
+    torch.manual_seed(0)
+    conv = PLSTMGraph(args.dim, args.dim, args.heads, mode, edge_dim=args.dim)
+    batch = Batch.from_data_list(graphs)
+    x = batch.h.clone().requires_grad_()
+
+    def prepare_batch():  # with the layer's layout (built lazily on first use otherwise)
+        structure = conv.prepare(batch.edge_index, batch.num_nodes, batch.batch)
+        if conv.algorithm != "states":
+            structure.layout(conv.algorithm)
+        return structure
+
+    structure = prepare_batch()
+
+    def run_batched():
+        out = conv(x, batch.edge_index, batch.batch, edge_attr=batch.e, structure=structure)
+        out.sum().backward()
+
+    nodes = [g.num_nodes for g in graphs]
+    return {
+        "molecules": len(graphs),
+        "atoms": [min(nodes), max(nodes)],
+        "batched_ms": 1e3 * timeit(run_batched, args.repeats) / len(graphs),
+        "prepare_ms": 1e3 * timeit(prepare_batch, args.repeats) / len(graphs),
+    }
+
+
+def print_batch_size_table(results: dict) -> None:
+    """One row per batch size: graphseq batched per molecule, and the loops' per molecule."""
+    modes = list(results["modes"])
+    print("\nforward+backward of one layer, ms per molecule, by batch size")
+    head = f"{'batch':>6s} {'atoms':>7s}"
+    for m in modes:
+        head += f" {'graphseq ' + m:>11s} {'(+prep)':>8s}"
+    for m in modes:
+        if "released_ms" in results["modes"][m]:
+            head += f" {'released ' + m:>11s} {'speed-up':>9s}"
+    print(head)
+    first = results["modes"][modes[0]]["batch_sizes"]
+    for i, row0 in enumerate(first):
+        line = f"{row0['molecules']:>6d} {row0['atoms'][0]:>3d}-{row0['atoms'][1]:<3d}"
+        for m in modes:
+            row = results["modes"][m]["batch_sizes"][i]
+            line += f" {row['batched_ms']:>11.3f} {row['prepare_ms']:>8.3f}"
+        for m in modes:
+            mode_row = results["modes"][m]
+            if "released_ms" in mode_row:
+                released = mode_row["released_ms"]
+                speedup = released / mode_row["batch_sizes"][i]["batched_ms"]
+                line += f" {released:>11.2f} {speedup:>8.0f}x"
+        print(line)
+    if any("released_ms" in results["modes"][m] for m in modes):
+        n = results["loop_molecules"]
+        print(f"(released: per-molecule time of its per-edge loop on the first {n} molecules; "
+              "speed-up = released / graphseq batched)")  # fmt: skip
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--molecules", type=int, default=64)
@@ -183,8 +253,17 @@ def main(argv=None) -> int:
                    help="molecules for the slow per-edge loops (the first ones)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--plstm-src", default=None, help="path of ml-jku/plstm's src folder")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B",
+                   help="also time the batched layer on the first B molecules, each B")  # fmt: skip
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
+    for name in ("molecules", "repeats", "loop_molecules", "threads", "dim", "heads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.batch_sizes and min(args.batch_sizes) < 1:
+        p.error("--batch-sizes must be >= 1")
+    if args.dim % args.heads:
+        p.error("--heads must divide --dim")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     repo = Path(__file__).resolve().parents[1]
@@ -195,10 +274,14 @@ def main(argv=None) -> int:
 
     from graphseq.models.gin import AtomEncoder, BondEncoder
 
-    graphs = load_molecules(data_dir, args.csv, args.molecules)
+    wanted = max([args.molecules, *(args.batch_sizes or [])])
+    every = load_molecules(data_dir, args.csv, wanted)
+    if args.batch_sizes and len(every) < max(args.batch_sizes):
+        sys.exit(f"bench_plstm_graph: {args.csv} has only {len(every)} usable molecules")
+    graphs = every[: args.molecules]
     atom, bond = AtomEncoder(args.dim), BondEncoder(args.dim)
     with torch.no_grad():
-        for g in graphs:
+        for g in every:
             g.h = atom(g.x)  # [N, D] float features
             g.e = bond(g.edge_attr)  # [E, D]
     batch = Batch.from_data_list(graphs)
@@ -223,6 +306,12 @@ def main(argv=None) -> int:
                "machine": platform.processor() or platform.machine(), "modes": {}}  # fmt: skip
     for mode in args.modes:
         results["modes"][mode] = bench_mode(mode, args, graphs, batch, released)
+        if args.batch_sizes:
+            results["modes"][mode]["batch_sizes"] = [
+                bench_batch_size(mode, args, every[:size]) for size in args.batch_sizes
+            ]
+    if args.batch_sizes:
+        print_batch_size_table(results)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
         print(f"\nwrote {args.out}")

@@ -11,21 +11,26 @@ integer ops (no networkx, no Python loop over edges or nodes):
    states live on the DAG's edges, the transitions on the line-graph edges;
 3. **multitree pruning** (D-mode only, :func:`prune_to_multitree`);
 4. **topological levels** (:class:`~graphseq.kernels.DagScanPlan`), the wavefront schedule
-   of :func:`~graphseq.kernels.dag_scan`.
+   of :func:`~graphseq.kernels.dag_scan`;
+5. **graph layout** (:class:`GraphLayout`): the graphs of a batch grouped by size into
+   buckets, each a dense block of the ``"paths"`` algorithm padded to its own widths.
 
-:func:`prepare_dag` runs all four and returns a :class:`DagStructure`, which depends on the
-graph only: build it once (per batch, or per graph and keep it) and pass it to every layer of
-the same mode and direction.
+:func:`prepare_dag` runs the first four and returns a :class:`DagStructure`, which depends on
+the graph only: build it once (per batch, or per graph and keep it) and pass it to every layer
+of the same mode and direction. The fifth is built from it on first use by a ``"paths"`` or
+``"auto"`` layer (:meth:`DagStructure.layout`) and cached on it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from graphseq.kernels._index import exclusive_cumsum as _exclusive_cumsum
 from graphseq.kernels._index import ranges as _ranges
@@ -43,10 +48,16 @@ from .gates import (
 )
 
 __all__ = [
+    "BUCKET_OVERHEAD",
+    "PATH_BLOCK_BYTES",
+    "PATH_FORM_MAX_EDGES",
     "PATH_FORM_MAX_NODES",
     "P_MODE_OFFSET",
     "DagStructure",
+    "GraphBucket",
+    "GraphLayout",
     "PLSTMGraph",
+    "StateGroup",
     "line_graph",
     "orient_edges",
     "plstm_graph_reference",
@@ -61,8 +72,23 @@ P_MODE_OFFSET = 0.5
 _ORIENTATIONS = ("index", "directed")
 _MODES = ("P", "D")
 _ALGORITHMS = ("auto", "states", "paths")
-#: ``algorithm="auto"`` uses the path form when no graph has more nodes than this.
+#: ``algorithm="auto"`` runs a graph by the path form when it has at most this many nodes
+#: (and at most :data:`PATH_FORM_MAX_EDGES` DAG edges).
 PATH_FORM_MAX_NODES = 128
+#: ``algorithm="auto"`` runs a graph by the path form when it has at most this many DAG edges
+#: (and at most :data:`PATH_FORM_MAX_NODES` nodes): the path form's triangular solve holds an
+#: ``F x F`` block per graph and head, O(F^2) memory and O(F^2 W) work, the state form O(F K V).
+#: Molecules have ``F ~ 1.1 W`` (trees plus a few rings), far below the limit; dense graphs
+#: (a complete 128-node graph has F = 8128) go to the state form.
+PATH_FORM_MAX_EDGES = 2 * PATH_FORM_MAX_NODES
+#: The path form runs a bucket in chunks of graphs so that its largest ``[b, H, ., .]`` block
+#: (``F x F``, ``F x W`` or ``W x W`` per graph and head) stays under this many bytes (a single
+#: graph above it is run alone). When gradients are needed, the chunks of such a bucket are
+#: checkpointed (recomputed in the backward), so that their blocks are not all kept alive.
+PATH_BLOCK_BYTES = 64 * 2**20
+#: Cost of one more bucket in :func:`_bucket_bounds`'s model, in the units of
+#: :func:`_padded_cost` (the fixed cost of a block's dozen tensor ops).
+BUCKET_OVERHEAD = 4096.0
 
 
 def _check_edge_index(op: str, edge_index: object, num_nodes: int) -> Tensor:
@@ -233,6 +259,14 @@ class DagStructure:
         mode: ``"P"`` (full line graph) or ``"D"`` (pruned to a multitree).
         orientation: how the input was oriented, see :func:`orient_edges`.
         reverse: whether the DAG was reversed after orientation.
+        batch: ``[N]`` int64, the (checked) ``batch`` given to :func:`prepare_dag`, or
+            ``None`` (the whole input is one graph).
+        bucket_overhead: the fixed cost of one more bucket when :meth:`layout` groups the
+            graphs by size (see :func:`prepare_dag`).
+
+    The :class:`GraphLayout` of ``algorithm="paths"`` / ``"auto"`` is built on first use by
+    :meth:`layout` and cached on the structure, so layers sharing a structure build it once
+    and ``"states"`` layers never build it.
     """
 
     num_nodes: int
@@ -244,14 +278,40 @@ class DagStructure:
     mode: str
     orientation: str
     reverse: bool
+    batch: Tensor | None = None
+    bucket_overhead: float = BUCKET_OVERHEAD
+    _layouts: dict[str, GraphLayout] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def num_edges(self) -> int:
         return self.edge_index.shape[1]
 
+    def layout(self, algorithm: str = "auto") -> GraphLayout:
+        """The :class:`GraphLayout` of ``algorithm`` for :attr:`batch`, built on first call and
+        cached: for ``"paths"`` every graph is in a bucket; for ``"auto"`` only the graphs of
+        at most :data:`PATH_FORM_MAX_NODES` nodes and :data:`PATH_FORM_MAX_EDGES` DAG edges
+        are, the others form the layout's ``large`` :class:`StateGroup`."""
+        check_choice("DagStructure.layout", "algorithm", algorithm, ("auto", "paths"))
+        layout = self._layouts.get(algorithm)
+        if layout is None:
+            layout = _graph_layout(self, self.batch, algorithm == "auto")
+            self._layouts[algorithm] = layout
+            # when every graph takes the path form, "auto" and "paths" share one layout
+            if algorithm == "auto" and layout.large is None:
+                self._layouts.setdefault("paths", layout)
+            small = all(
+                b.width <= PATH_FORM_MAX_NODES and b.edge_width <= PATH_FORM_MAX_EDGES
+                for b in layout.buckets
+            )
+            if algorithm == "paths" and small:
+                self._layouts.setdefault("auto", layout)
+        return layout
+
     def to(self, device: torch.device | str) -> DagStructure:
-        """A copy with every tensor on ``device``."""
-        return DagStructure(
+        """A copy with every tensor (and every layout built so far) on ``device``."""
+        out = DagStructure(
             self.num_nodes,
             self.edge_index.to(device),
             self.input_edge.to(device),
@@ -261,7 +321,313 @@ class DagStructure:
             self.mode,
             self.orientation,
             self.reverse,
+            None if self.batch is None else self.batch.to(device),
+            self.bucket_overhead,
         )
+        moved: dict[int, GraphLayout] = {}  # a layout cached under both keys is moved once
+        for key, layout in self._layouts.items():
+            if id(layout) not in moved:
+                moved[id(layout)] = layout.to(device)
+            out._layouts[key] = moved[id(layout)]
+        return out
+
+
+@dataclass(frozen=True)
+class GraphBucket:
+    """Graphs of similar size padded to common widths: one dense block of ``algorithm="paths"``.
+
+    Its nodes, DAG edges and line-graph edges are consecutive runs of the :class:`GraphLayout`'s
+    ``node``, ``edge`` and ``lg``, of lengths ``node_slot.numel()``, ``source_slot.numel()``
+    and ``lg_slot.numel()``.
+
+    Attributes:
+        num_graphs: ``B``, the graphs in the bucket.
+        width: ``W``, node slots per graph (the node count of its largest graph).
+        edge_width: ``F``, DAG edge slots per graph (the largest DAG edge count). A graph's
+            edges fill its slots in a topological order of the line graph, so the block's
+            transition matrix is strictly lower triangular.
+        node_slot: ``[n]`` ``b * W + i`` for the ``i``-th node of the bucket's ``b``-th graph.
+        source_slot, target_slot: ``[e]`` ``(b * W + i) * F + j`` for an edge in slot ``j``
+            and the slot ``i`` of its source (target) node: entries of a ``[B, W, F]`` block
+            (node-major, the transpose of the edge-by-node matrices of the algorithm, so that
+            the triangular solve reads them in column-major order without a copy).
+        lg_slot: ``[l]`` ``(b * F + j') * F + j`` for a line-graph edge ``e' -> e`` with slots
+            ``j'``, ``j``: entries of a ``[B, F, F]`` block (the transposed transition matrix).
+    """
+
+    num_graphs: int
+    width: int
+    edge_width: int
+    node_slot: Tensor
+    source_slot: Tensor
+    target_slot: Tensor
+    lg_slot: Tensor
+
+    def to(self, device: torch.device | str) -> GraphBucket:
+        """A copy with every tensor on ``device``."""
+        return GraphBucket(
+            self.num_graphs,
+            self.width,
+            self.edge_width,
+            self.node_slot.to(device),
+            self.source_slot.to(device),
+            self.target_slot.to(device),
+            self.lg_slot.to(device),
+        )
+
+
+@dataclass(frozen=True)
+class StateGroup:
+    """A subset of a batch's graphs run by ``algorithm="states"``: their nodes and DAG edges,
+    the line-graph edges among them renumbered to ``0 .. len(edge) - 1``, and its own plan.
+
+    Attributes:
+        node: ``[n]`` the nodes, increasing.
+        edge: ``[e]`` the DAG edges (ids in the structure), increasing.
+        lg: ``[l]`` the line-graph edges (columns of the structure's ``lg_edge_index``).
+        lg_edge_index: ``[2, l]`` those line-graph edges between positions in ``edge``.
+        plan: the :class:`~graphseq.kernels.DagScanPlan` of ``lg_edge_index`` on ``e`` states
+            (the structure's plan filtered to these graphs, :func:`_sub_plan`).
+    """
+
+    node: Tensor
+    edge: Tensor
+    lg: Tensor
+    lg_edge_index: Tensor
+    plan: DagScanPlan
+
+    def to(self, device: torch.device | str) -> StateGroup:
+        """A copy with every tensor on ``device``."""
+        return StateGroup(
+            self.node.to(device),
+            self.edge.to(device),
+            self.lg.to(device),
+            self.lg_edge_index.to(device),
+            self.plan.to(device),
+        )
+
+
+@dataclass(frozen=True)
+class GraphLayout:
+    """The graphs of a batch grouped by size: the schedule of ``algorithm="paths"`` and
+    ``"auto"`` (see :class:`PLSTMGraph`), built by :meth:`DagStructure.layout`.
+
+    Attributes:
+        graph_sizes: ``[G]`` node count of every graph of the batch it was built for.
+        buckets: the :class:`GraphBucket` s of the graphs run by the path form, by increasing
+            width; each such graph is in exactly one, its entries are grouped by graph (in
+            slot order) so that a bucket can be run in chunks of graphs.
+        node, edge, lg: the nodes, DAG edges and line-graph edges (columns of
+            ``lg_edge_index``) of the buckets, bucket after bucket (isolated nodes included).
+        large: the graphs ``"auto"`` runs by the state form (above
+            :data:`PATH_FORM_MAX_NODES` nodes or :data:`PATH_FORM_MAX_EDGES` DAG edges) as a
+            :class:`StateGroup`; ``None`` if there are none (always for ``"paths"``).
+    """
+
+    graph_sizes: Tensor
+    buckets: tuple[GraphBucket, ...]
+    node: Tensor
+    edge: Tensor
+    lg: Tensor
+    large: StateGroup | None
+
+    def to(self, device: torch.device | str) -> GraphLayout:
+        """A copy with every tensor on ``device``."""
+        return GraphLayout(
+            self.graph_sizes.to(device),
+            tuple(b.to(device) for b in self.buckets),
+            self.node.to(device),
+            self.edge.to(device),
+            self.lg.to(device),
+            None if self.large is None else self.large.to(device),
+        )
+
+
+def _padded_cost(width: int, edge_width: int) -> float:
+    """Work of one graph padded to ``width`` nodes and ``edge_width`` edges, per head and
+    channel: the masked attention (``W^2``) and the triangular solve (``F^2 W``, per channel
+    of a 32-channel head)."""
+    return width * width + edge_width * edge_width * width / 32.0
+
+
+def _bucket_bounds(sizes: Tensor, edge_counts: Tensor, overhead: float) -> list[int]:
+    """Node-count upper bounds of the buckets: the partition of the distinct graph sizes into
+    ranges that minimises ``sum over buckets (overhead + graphs * _padded_cost(W, F))``
+    (an exact dynamic programme over the ``k`` distinct sizes, O(k^2) Python steps)."""
+    keep = sizes > 0
+    if not bool(keep.any()):
+        return []
+    keys, inverse, counts = torch.unique(sizes[keep], return_inverse=True, return_counts=True)
+    most = torch.zeros_like(keys).scatter_reduce(0, inverse, edge_counts[keep], "amax")
+    keys, counts, most = keys.tolist(), counts.tolist(), most.tolist()
+    k = len(keys)
+    best = [0.0] + [math.inf] * k  # best[j]: cheapest partition of the j smallest sizes
+    start = [0] * (k + 1)
+    for j in range(1, k + 1):
+        graphs = widest = 0
+        for i in range(j, 0, -1):  # bucket = sizes i-1 .. j-1
+            graphs += counts[i - 1]
+            widest = max(widest, most[i - 1])
+            cost = best[i - 1] + overhead + graphs * _padded_cost(keys[j - 1], widest)
+            if cost < best[j]:
+                best[j], start[j] = cost, i - 1
+    bounds, j = [], k
+    while j > 0:
+        bounds.append(keys[j - 1])
+        j = start[j]
+    return bounds[::-1]
+
+
+def _check_batch(op: str, batch: object, num_nodes: int) -> Tensor:
+    """``batch`` as int64: a signed integer ``[N]`` tensor, sorted, non-negative (a PyG
+    batch)."""
+    if not isinstance(batch, Tensor):
+        raise TypeError(f"{op}: batch must be a torch.Tensor, got {type(batch).__name__}")
+    if batch.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
+        raise TypeError(f"{op}: batch must be a signed integer tensor, got {batch.dtype}")
+    if batch.shape != (num_nodes,):
+        raise ValueError(
+            f"{op}: batch must be an integer tensor of shape [N] = [{num_nodes}], got "
+            f"{list(batch.shape)}"
+        )
+    batch = batch.long()
+    if num_nodes and (bool((batch[1:] < batch[:-1]).any()) or int(batch[0]) < 0):
+        raise ValueError(f"{op}: batch must be sorted and >= 0 (PyG batches are)")
+    return batch
+
+
+def _check_batch_edges(op: str, batch: Tensor, edge_index: Tensor) -> None:
+    if edge_index.numel() and not torch.equal(batch[edge_index[0]], batch[edge_index[1]]):
+        raise ValueError(f"{op}: an edge joins two graphs of batch")
+
+
+def _sub_plan(plan: DagScanPlan, edge: Tensor, lg: Tensor, position: Tensor) -> DagScanPlan:
+    """``plan`` restricted to the states ``edge`` and the line-graph edges ``lg`` between them
+    (whole graphs: every predecessor of a kept state is kept), states renumbered by
+    ``position`` (``[S]``, ``-1`` for a dropped state) and edges by their rank in ``lg``.
+
+    A state's level is the length of the longest path reaching it, which lies inside its own
+    graph, so the levels and the level order of the sorted edges carry over unchanged: O(S + L)
+    filtering instead of a second topological sort."""
+    dev = plan.level.device
+    lg_position = torch.full((plan.num_edges,), -1, dtype=torch.long, device=dev)
+    lg_position[lg] = torch.arange(lg.numel(), device=dev)
+    kept = torch.nonzero(lg_position[plan.edge_perm] >= 0).flatten()  # still sorted by level
+    level = plan.level[edge]
+    depth = int(level.max()) + 1 if edge.numel() else 0
+    per_level = torch.bincount(plan.level[plan.dst[kept]], minlength=depth)
+    return DagScanPlan(
+        num_states=edge.numel(),
+        level=level,
+        edge_perm=lg_position[plan.edge_perm[kept]],
+        src=position[plan.src[kept]],
+        dst=position[plan.dst[kept]],
+        edge_ptr=[0, *torch.cumsum(per_level, 0).tolist()],
+    )
+
+
+def _graph_layout(structure: DagStructure, batch: Tensor | None, auto: bool) -> GraphLayout:
+    """Group the graphs of ``batch`` (checked by the caller; one graph when ``None``) by size:
+    the :class:`GraphLayout` of ``"auto"`` (``auto=True``) or ``"paths"``.
+
+    The graphs the path form runs (all for ``"paths"``; for ``"auto"`` those of at most
+    :data:`PATH_FORM_MAX_NODES` nodes and :data:`PATH_FORM_MAX_EDGES` DAG edges) are split
+    into buckets of contiguous node-count ranges chosen by :func:`_bucket_bounds`; the others
+    form a :class:`StateGroup` on a plan filtered from ``structure.plan``. Slots come from one
+    stable sort of the graphs by bucket and one sort each of the nodes, DAG edges (by graph,
+    then topological level of the line graph) and line-graph edges: O((N + E + L) log) integer
+    work plus the O(k^2) choice of ranges over the ``k`` distinct sizes of those graphs.
+    """
+    edge_index, lg_edge_index, plan = structure.edge_index, structure.lg_edge_index, structure.plan
+    num_nodes = structure.num_nodes
+    dev = edge_index.device
+    if batch is None:
+        batch = torch.zeros(num_nodes, dtype=torch.long, device=dev)
+    src, dst = edge_index
+    lg_src, lg_dst = lg_edge_index
+    sizes = torch.bincount(batch) if num_nodes else batch.new_zeros(0)  # [G]
+    G = sizes.numel()
+    node_start = _exclusive_cumsum(sizes)  # [G]
+    edge_graph = batch[src]  # [E]
+    lg_graph = edge_graph[lg_dst]  # [L]
+    edge_counts = torch.bincount(edge_graph, minlength=G)  # [G]
+    path = sizes > 0  # [G] the graphs of the buckets
+    large = None
+    if auto:
+        path &= (sizes <= PATH_FORM_MAX_NODES) & (edge_counts <= PATH_FORM_MAX_EDGES)
+        big = (sizes > 0) & ~path
+        if bool(big.any()):
+            edge = torch.nonzero(big[edge_graph]).flatten()
+            lg = torch.nonzero(big[lg_graph]).flatten()
+            position = torch.full_like(edge_graph, -1)
+            position[edge] = torch.arange(edge.numel(), device=dev)
+            large = StateGroup(
+                torch.nonzero(big[batch]).flatten(),
+                edge,
+                lg,
+                position[lg_edge_index[:, lg]],
+                _sub_plan(plan, edge, lg, position),
+            )
+    empty = batch.new_zeros(0)
+    bounds = _bucket_bounds(sizes * path, edge_counts, structure.bucket_overhead)
+    nb = len(bounds)
+    if nb == 0:
+        return GraphLayout(sizes, (), empty, empty, empty, large)
+    bucket_of = torch.searchsorted(torch.tensor(bounds, device=dev), sizes)  # [G]
+    bucket_of[~path] = nb  # past the last bucket
+    # graph slots: the graphs bucket after bucket (one stable sort), numbered inside the bucket
+    graph_order = torch.argsort(bucket_of, stable=True)
+    rank = torch.empty_like(graph_order)
+    rank[graph_order] = torch.arange(G, device=dev)
+    per_bucket = torch.bincount(bucket_of, minlength=nb + 1)  # [nb + 1]
+    slot = rank - _exclusive_cumsum(per_bucket)[bucket_of]  # [G]
+    widths = torch.zeros(nb + 1, dtype=torch.long, device=dev)
+    widths = widths.scatter_reduce(0, bucket_of, sizes, "amax")
+    edge_widths = torch.zeros_like(widths).scatter_reduce(0, bucket_of, edge_counts, "amax")
+
+    def grouped(graph_of: Tensor, minor: Tensor | None = None) -> Tensor:
+        """The items of the bucketed graphs, by graph rank (then ``minor``), stably."""
+        ids = torch.nonzero(path[graph_of]).flatten()
+        key = rank[graph_of[ids]]
+        if minor is not None:
+            key = key * (int(minor.max()) + 1 if minor.numel() else 1) + minor[ids]
+        return ids[torch.argsort(key, stable=True)]
+
+    node = grouped(batch)
+    edge = grouped(edge_graph, plan.level)  # by graph, then level: a topological order
+    lg = grouped(lg_graph)
+    # edge slots: rank of an edge among its graph's edges in that order
+    ranked_counts = (edge_counts * path)[graph_order]
+    edge_start = _exclusive_cumsum(ranked_counts)[rank]  # [G]
+    edge_local = torch.empty_like(edge_graph)
+    edge_local[edge] = torch.arange(edge.numel(), device=dev) - edge_start[edge_graph[edge]]
+
+    g = batch[node]
+    node_slot = slot[g] * widths[bucket_of[g]] + node - node_start[g]
+    g = edge_graph[edge]
+    W, F = widths[bucket_of[g]], edge_widths[bucket_of[g]]
+    base = slot[g] * W - node_start[g]
+    source_slot = (base + src[edge]) * F + edge_local[edge]
+    target_slot = (base + dst[edge]) * F + edge_local[edge]
+    g = lg_graph[lg]
+    F = edge_widths[bucket_of[g]]
+    lg_slot = (slot[g] * F + edge_local[lg_src[lg]]) * F + edge_local[lg_dst[lg]]
+
+    def counts(graph_of: Tensor) -> list[int]:
+        return torch.bincount(bucket_of[graph_of], minlength=nb)[:nb].tolist()
+
+    n, e, m = counts(batch[node]), counts(edge_graph[edge]), counts(lg_graph[lg])
+    buckets = tuple(
+        GraphBucket(*info, *slots)
+        for info, *slots in zip(
+            zip(per_bucket[:nb].tolist(), widths[:nb].tolist(), edge_widths[:nb].tolist()),
+            node_slot.split(n),
+            source_slot.split(e),
+            target_slot.split(e),
+            lg_slot.split(m),
+        )
+    )
+    return GraphLayout(sizes, buckets, node, edge, lg, large)
 
 
 def prepare_dag(
@@ -272,8 +638,13 @@ def prepare_dag(
     orientation: str = "index",
     reverse: bool = False,
     batch: Tensor | None = None,
+    bucket_overhead: float = BUCKET_OVERHEAD,
 ) -> DagStructure:
     """Orient, build the line graph, prune (D-mode) and schedule: a :class:`DagStructure`.
+
+    The grouping of the graphs by size (:class:`GraphLayout`) that ``algorithm="paths"`` and
+    ``"auto"`` need is not built here but on first use (:meth:`DagStructure.layout`), so
+    ``"states"`` layers never pay for it.
 
     Args:
         edge_index: ``[2, E_in]`` int edges of the input graph (a whole PyG batch is fine).
@@ -283,14 +654,23 @@ def prepare_dag(
         orientation: ``"index"`` (undirected input, edges from lower to higher index) or
             ``"directed"`` (a DAG given as is), see :func:`orient_edges`.
         reverse: reverse the DAG after orienting it (information flows the other way).
-        batch: ``[N]`` graph of each node (PyG ``batch``, sorted); only used to keep D-mode's
-            bitsets per graph. The result does not otherwise depend on it, but without it (or
-            with edges not grouped by graph) D-mode's bitsets span all ``E`` edge states:
-            ``E^2 / 8`` bytes (a warning is issued above 16,384 states). Pass the PyG batch.
+        batch: ``[N]`` graph of each node (PyG ``batch``, sorted; no edge may join two
+            graphs). It tells the graphs apart for the :class:`GraphLayout` (``algorithm=
+            "paths"`` pads each graph only to the widths of its bucket of similar sizes,
+            ``"auto"`` picks the algorithm graph by graph) and for D-mode's bitsets.
+            Without it the whole input is one graph: ``"paths"`` pads to ``N`` and D-mode's
+            bitsets span all ``E`` edge states, ``E^2 / 8`` bytes (a warning is issued above
+            16,384 states). Pass the PyG batch.
+        bucket_overhead: the fixed cost of one more bucket in the layout's choice of buckets
+            (:data:`BUCKET_OVERHEAD`, in units of padded per-graph work); ``0`` makes one
+            bucket per distinct graph size, ``math.inf`` one bucket. Any value gives the same
+            result up to rounding.
 
     Raises:
-        ValueError: if ``orientation="directed"`` and the graph has a directed cycle; the
-            message names a node on the cycle.
+        ValueError: if ``orientation="directed"`` and the graph has a directed cycle (the
+            message names a node on the cycle); if ``batch`` is not sorted, not of shape
+            ``[N]``, or an edge joins two of its graphs.
+        TypeError: if ``batch`` is not a signed integer tensor.
     """
     op = "prepare_dag"
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int):
@@ -298,7 +678,17 @@ def prepare_dag(
     if num_nodes < 0:
         raise ValueError(f"{op}: num_nodes must be >= 0, got {num_nodes}")
     check_choice(op, "mode", mode, _MODES)
+    if isinstance(bucket_overhead, bool) or not isinstance(bucket_overhead, (int, float)):
+        raise TypeError(
+            f"{op}: bucket_overhead must be a number, got {type(bucket_overhead).__name__}"
+        )
+    if not bucket_overhead >= 0:  # NaN too
+        raise ValueError(f"{op}: bucket_overhead must be >= 0, got {bucket_overhead}")
+    if batch is not None:
+        batch = _check_batch(op, batch, num_nodes)
     dag, input_edge = orient_edges(edge_index, num_nodes, orientation)
+    if batch is not None:
+        _check_batch_edges(op, batch, dag)
     if reverse:
         dag = dag.flip(0)
     E = dag.shape[1]
@@ -332,7 +722,19 @@ def prepare_dag(
         keep = prune_to_multitree(lg, E, state_graph)
         lg, lg_node = lg[:, keep], lg_node[keep]
         plan = DagScanPlan.from_edge_index(lg, E)
-    return DagStructure(num_nodes, dag, input_edge, lg, lg_node, plan, mode, orientation, reverse)
+    return DagStructure(
+        num_nodes,
+        dag,
+        input_edge,
+        lg,
+        lg_node,
+        plan,
+        mode,
+        orientation,
+        reverse,
+        batch,
+        float(bucket_overhead),
+    )
 
 
 def pmode_normalize(t: Tensor, lg_src: Tensor, num_states: int, offset: float = P_MODE_OFFSET):
@@ -423,6 +825,277 @@ def _check_structure_edges(cls: str, structure: DagStructure, edge_index: Tensor
         raise ValueError(msg)
 
 
+def _layout_for(
+    op: str, structure: DagStructure, batch: Tensor | None, algorithm: str
+) -> GraphLayout:
+    """The structure's cached :class:`GraphLayout` of ``algorithm``, or, when ``batch``
+    (already checked) describes other graphs than the structure's ``batch``, one grouped from
+    ``batch`` for this call."""
+    if batch is None or (structure.batch is not None and torch.equal(batch, structure.batch)):
+        return structure.layout(algorithm)
+    _check_batch_edges(op, batch, structure.edge_index)
+    return _graph_layout(structure, batch, algorithm == "auto")
+
+
+def _add_state_reads(
+    h: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    source: Tensor,
+    transition: Tensor,
+    mark: Tensor,
+    edge_index: Tensor,
+    lg_edge_index: Tensor,
+    plan: DagScanPlan,
+) -> Tensor:
+    """``h`` plus the reads :math:`M_e q_n^T C_e` of the given DAG edges (``"states"``): the
+    ``K x V`` edge states by :func:`~graphseq.kernels.dag_scan` on ``lg_edge_index``."""
+    src, dst = edge_index
+    kv = torch.einsum("ehk,ehv->ehkv", source.unsqueeze(-1) * k[src], v[src])  # [E, H, K, V]
+    states = dag_scan(kv, transition, lg_edge_index, plan=plan)
+    read = torch.einsum("ehk,ehkv->ehv", q[dst] * mark.unsqueeze(-1), states)  # [E, H, V]
+    return h.index_add(0, dst, read.to(h.dtype))
+
+
+def _block_rows(slot: Tensor, size: int, heads: Tensor) -> Tensor:
+    """``[m, H]``: the flat positions in a ``[B, H, size]`` block of the entries ``slot`` of a
+    ``[B, size]`` one, for every head."""
+    H = heads.numel()
+    return (slot + (slot // size) * ((H - 1) * size)).unsqueeze(-1) + heads * size
+
+
+def _scatter_block(values: Tensor, rows: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """A zero ``[B, H, ...]`` block of ``shape`` with ``values`` ``[m, H]`` at ``rows``."""
+    out = values.new_zeros(math.prod(shape))
+    out[rows.flatten()] = values.flatten()
+    return out.view(shape)
+
+
+def _bucket_outputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    source: Tensor,
+    transition: Tensor,
+    mark: Tensor,
+    direct: Tensor,
+    bucket: GraphBucket,
+    node_rows: Tensor,
+) -> Tensor:
+    r"""``h`` for one bucket (or a chunk of its graphs) by ``"paths"``, as a ``[B, H, W, V]``
+    block.
+
+    Inputs: the bucket's ``q, k, v`` blocks ``[B, H, W, C]`` (padding slots zero), its rows of
+    ``source`` ``[e, H]``, ``transition`` ``[l, H]``, ``mark`` ``[e, H]`` and ``direct``
+    ``[n, H]`` (in the layout's order), and
+    ``node_rows`` ``[n, H]`` (:func:`_block_rows` of its node slots).
+
+    Per graph and head, with ``A[e, e'] = T_{e'e}`` (strictly lower triangular in the edge
+    slots' topological order), ``X[e, m] = S_e [m = src(e)]`` and ``R[e, n] = M_e [n = dst(e)]``:
+    the path weights are ``P = (I - A)^{-1} X`` (one batched triangular solve), the gating
+    matrix of the paper's Eq. 7 without its diagonal ``G = R^T P``, and
+    ``h = ((q k^T) * G) v + D (q . k) v`` (masked linear attention plus the direct term, as in
+    the state form). Padding slots have zero rows and columns in ``G`` and zero ``D``.
+    """
+    B, W, F = bucket.num_graphs, bucket.width, bucket.edge_width
+    H = direct.shape[1]
+    heads = torch.arange(H, device=q.device)
+    d = _scatter_block(direct, node_rows, (B, H, W))  # [B, H, W]
+    out = (d * (q * k).sum(-1)).unsqueeze(-1) * v  # [B, H, W, V] the direct term
+    if F:
+        # A and X are built transposed, so the solve gets them in LAPACK's column-major order
+        lg_rows = _block_rows(bucket.lg_slot, F * F, heads)
+        neg_a = _scatter_block(-transition, lg_rows, (B, H, F, F)).mT  # -A
+        x_rows = _block_rows(bucket.source_slot, W * F, heads)
+        x = _scatter_block(source, x_rows, (B, H, W, F)).mT  # X [B, H, F, W]
+        paths = torch.linalg.solve_triangular(neg_a, x, upper=False, unitriangular=True)
+        r_rows = _block_rows(bucket.target_slot, W * F, heads)
+        reads_t = _scatter_block(mark, r_rows, (B, H, W, F))  # R^T
+        gating = reads_t @ paths  # [B, H, W, W] sum_{e in in(n)} M_e P_e[m]
+        out = out + ((q @ k.mT) * gating) @ v
+    return out
+
+
+def _chunk_bounds(bucket: GraphBucket, heads: int, itemsize: int) -> list[int]:
+    """Graph boundaries ``[0, ..., B]`` of the chunks a bucket runs in: as many graphs per
+    chunk as keep its largest ``[b, H, ., .]`` block under :data:`PATH_BLOCK_BYTES`."""
+    B, W, F = bucket.num_graphs, bucket.width, bucket.edge_width
+    per_graph = heads * max(F * F, F * W, W * W) * itemsize
+    step = max(1, PATH_BLOCK_BYTES // max(per_graph, 1))
+    return [*range(0, B, step), B]
+
+
+def _chunk(
+    bucket: GraphBucket, lo: int, hi: int, ranges: tuple[tuple[int, int], ...]
+) -> GraphBucket:
+    """The graphs ``lo .. hi - 1`` of ``bucket`` as a bucket of their own; ``ranges`` are the
+    ``(start, end)`` of their entries in ``node_slot``, the edge slots and ``lg_slot``."""
+    W, F = bucket.width, bucket.edge_width
+    (n0, n1), (e0, e1), (l0, l1) = ranges
+    return GraphBucket(
+        hi - lo,
+        W,
+        F,
+        bucket.node_slot[n0:n1] - lo * W,
+        bucket.source_slot[e0:e1] - lo * W * F,
+        bucket.target_slot[e0:e1] - lo * W * F,
+        bucket.lg_slot[l0:l1] - lo * F * F,
+    )
+
+
+def _run_bucket(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    source: Tensor,
+    transition: Tensor,
+    mark: Tensor,
+    direct: Tensor,
+    bucket: GraphBucket,
+    node_rows: Tensor,
+) -> Tensor:
+    """:func:`_bucket_outputs` in chunks of graphs (:func:`_chunk_bounds`); the entries of a
+    bucket are grouped by graph slot, so a chunk's entries are a contiguous run. With autograd
+    on, each chunk is checkpointed: only its inputs are kept for the backward, which recomputes
+    its blocks (about one more forward of the bucket), so the peak memory is that of a chunk
+    rather than of the whole bucket."""
+    W, F = bucket.width, bucket.edge_width
+    H = direct.shape[1]
+    bounds = _chunk_bounds(bucket, H, q.element_size())
+    if len(bounds) <= 2:
+        return _bucket_outputs(q, k, v, source, transition, mark, direct, bucket, node_rows)
+    at = torch.tensor(bounds, device=q.device)
+    cuts = [  # [chunks + 1] entry boundaries of the node, edge and line-graph entries
+        torch.searchsorted(slot // size, at).tolist()
+        for slot, size in (
+            (bucket.node_slot, W),
+            (bucket.source_slot, W * F),
+            (bucket.lg_slot, F * F),
+        )
+    ]
+    inputs = (q, k, v, source, transition, mark, direct)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    outs = []
+    for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        ranges = tuple((c[i], c[i + 1]) for c in cuts)
+        (n0, n1), (e0, e1), (l0, l1) = ranges
+        args = (
+            q[lo:hi],
+            k[lo:hi],
+            v[lo:hi],
+            source[e0:e1],
+            transition[l0:l1],
+            mark[e0:e1],
+            direct[n0:n1],
+            _chunk(bucket, lo, hi, ranges),
+            node_rows[n0:n1] - lo * H * W,
+        )
+        if grad:
+            outs.append(checkpoint(_bucket_outputs, *args, use_reentrant=False))
+        else:
+            outs.append(_bucket_outputs(*args))
+    return torch.cat(outs)
+
+
+def _layout_recurrence(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    source: Tensor,
+    transition: Tensor,
+    mark: Tensor,
+    direct: Tensor,
+    edge_index: Tensor,
+    layout: GraphLayout,
+) -> Tensor:
+    """``h`` ``[N, H, V]``: the graphs of ``layout.buckets`` by the path form, one dense block
+    per bucket (in chunks of graphs, :func:`_run_bucket`), and those of ``layout.large`` by the
+    state form (on the DAG edges ``edge_index``). Every node must be in one of them."""
+    buckets, large = layout.buckets, layout.large
+    N, H = direct.shape
+    dev = q.device
+    acc = torch.promote_types(q.dtype, torch.float32)
+    heads = torch.arange(H, device=dev)
+    outs: list[Tensor] = []  # [rows, V] blocks; row_of[n, h] is the row of h_n (head h)
+    row_of = torch.empty(N, H, dtype=torch.long, device=dev)
+    if buckets:
+        # The buckets' nodes, edges and line-graph edges are consecutive runs of the layout's
+        # node, edge and lg. Every input is gathered once for all buckets and then split:
+        # gathering per bucket would give every bucket a full-size gradient in the backward.
+        n = [b.node_slot.numel() for b in buckets]
+        e = [b.source_slot.numel() for b in buckets]
+        lg_counts = [b.lg_slot.numel() for b in buckets]
+        node, edge, lg = layout.node, layout.edge, layout.lg
+        node_rows = [_block_rows(b.node_slot, b.width, heads) for b in buckets]  # [n_b, H]
+        # q, k, v as node-major rows [N * H, C] plus a zero row N * H, read by the padding
+        # slots of the buckets' [B, H, W, C] blocks (all buckets' blocks one after the other)
+        sizes = [b.num_graphs * H * b.width for b in buckets]
+        src_row = torch.full((sum(sizes),), N * H, dtype=torch.long, device=dev)
+        offset = 0
+        for rows, b_node, size in zip(node_rows, node.split(n), sizes):
+            src_row[rows + offset] = b_node.unsqueeze(-1) * H + heads
+            row_of[b_node] = rows + offset
+            offset += size
+        blocks = [
+            torch.cat([t.reshape(N * H, t.shape[-1]), t.new_zeros(1, t.shape[-1])])
+            .to(acc)
+            .index_select(0, src_row)
+            .split(sizes)
+            for t in (q, k, v)
+        ]
+        per_bucket = zip(
+            buckets,
+            *blocks,
+            source[edge].to(acc).split(e),
+            transition[lg].to(acc).split(lg_counts),
+            mark[edge].to(acc).split(e),
+            direct[node].to(acc).split(n),
+            node_rows,
+        )
+        for bucket, qb, kb, vb, *gates, rows in per_bucket:
+            shape = (bucket.num_graphs, H, bucket.width, -1)
+            qkv = (qb.view(shape), kb.view(shape), vb.view(shape))
+            out = _run_bucket(*qkv, *gates, bucket, rows)  # [B, H, W, V]
+            outs.append(out.flatten(0, 2))
+    if large is not None:
+        h = (direct * (q * k).sum(-1)).unsqueeze(-1) * v  # [N, H, V] the direct term
+        s_l, t_l, m_l = source[large.edge], transition[large.lg], mark[large.edge]
+        large_edges = edge_index[:, large.edge]
+        h = _add_state_reads(
+            h, q, k, v, s_l, t_l, m_l, large_edges, large.lg_edge_index, large.plan
+        )
+        start = sum(out.shape[0] for out in outs)
+        row_of[large.node] = start + torch.arange(large.node.numel() * H, device=dev).view(-1, H)
+        outs.append(h[large.node].flatten(0, 1).to(acc))
+    if not outs:
+        return v.new_zeros(v.shape)
+    return torch.cat(outs).index_select(0, row_of.flatten()).view(N, H, -1).to(v.dtype)
+
+
+def _recurrence(
+    op: str,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    source: Tensor,
+    transition: Tensor,
+    mark: Tensor,
+    direct: Tensor,
+    structure: DagStructure,
+    batch: Tensor | None,
+    algorithm: str,
+) -> Tensor:
+    """:meth:`PLSTMGraph.recurrence` on checked arguments (``batch`` int64 or ``None``)."""
+    if algorithm == "states":
+        h = (direct * (q * k).sum(-1)).unsqueeze(-1) * v  # [N, H, V] the direct term
+        return _add_state_reads(h, q, k, v, source, transition, mark, structure.edge_index,
+                                structure.lg_edge_index, structure.plan)  # fmt: skip
+    layout = _layout_for(op, structure, batch, algorithm)
+    return _layout_recurrence(q, k, v, source, transition, mark, direct, structure.edge_index,
+                              layout)  # fmt: skip
+
+
 class PLSTMGraph(torch.nn.Module):
     r"""pLSTM on graphs, from `"pLSTM: parallelizable Linear Source Transition Mark networks"
     <https://arxiv.org/abs/2506.11997>`_ (Pöppel et al., 2025): a linear recurrence whose cell
@@ -465,19 +1138,42 @@ class PLSTMGraph(torch.nn.Module):
     ``orientation="directed"`` takes ``edge_index`` as a DAG; a directed cycle raises
     ``ValueError`` naming a node on it.
 
-    Algorithms (both exact, both on :func:`graphseq.kernels.dag_scan`: one vectorised step per
-    topological level of the line graph, for a whole PyG batch at once):
+    Algorithms (all exact: the same sums in different orders, equal up to rounding):
 
-    * ``"states"`` scans the :math:`K \times V` edge states :math:`C_e` themselves, then reads
-      them out: memory and work :math:`O(E H K V)`, independent of graph size;
-    * ``"paths"`` scans, per edge, the vector of path weights :math:`P_e[m]` with which node
-      :math:`m`'s write :math:`k_m v_m^\top` reaches :math:`C_e` (length :math:`W`, the
-      largest graph's node count), assembles the gating matrix
-      :math:`G_{mn} = \sum_{e \in in(n)} M_e P_e[m] + \delta_{mn} D_n` (the paper's Eq. 7)
-      and applies it as a mask to per-graph linear attention: :math:`O(E H W + B H W^2 (K+V))`,
-      dense matrix products, much faster for small graphs such as molecules;
-    * ``"auto"`` (default) takes ``"paths"`` when no graph of the batch has more than
-      :data:`PATH_FORM_MAX_NODES` nodes (``batch`` tells the graphs apart), else ``"states"``.
+    * ``"states"`` scans the :math:`K \times V` edge states :math:`C_e` themselves with
+      :func:`graphseq.kernels.dag_scan` (one vectorised step per topological level of the
+      line graph, the whole batch at once), then reads them out: memory and work
+      :math:`O(E H K V)`, independent of graph size;
+    * ``"paths"`` works graph by graph in dense blocks. Per graph and head, with
+      :math:`A_{ee'} = T_{e'e}` on the graph's edges (strictly lower triangular in a
+      topological order), :math:`X_{em} = S_e [m = src(e)]` and
+      :math:`R_{en} = M_e [n = dst(e)]`, the path weights with which node :math:`m`'s write
+      reaches :math:`C_e` are :math:`P = (I - A)^{-1} X` (one batched triangular solve, no
+      loop over levels), the gating matrix of the paper's Eq. 7 is
+      :math:`G = R^\top P + \mathrm{diag}(D)`, and :math:`h = ((q k^\top) \odot G)\, v`, a
+      masked linear attention. The graphs of a batch are grouped into **buckets** of
+      similar node counts (:class:`GraphLayout`, built on first use from the ``batch`` given
+      to :func:`prepare_dag` and cached on the :class:`DagStructure`), each padded only to
+      its own largest graph: work :math:`O(\sum_g H (F_g^2 W_g + W_g^2 (K + V)))` and
+      memory :math:`O(H (F_g^2 + F_g W_g + W_g^2))` per graph, with :math:`W_g, F_g` the node
+      and DAG-edge widths of graph :math:`g`'s bucket (the solve's :math:`F \times F` block
+      dominates for dense graphs: a complete 128-node graph has :math:`F = 8128`). A bucket
+      runs in chunks of graphs so that no ``[b, H, ., .]`` block exceeds
+      :data:`PATH_BLOCK_BYTES` (checkpointed when training: a big bucket costs about one
+      more forward in the backward, but holds only one chunk's blocks at a time);
+    * ``"auto"`` (default) runs by ``"paths"`` the graphs of at most
+      :data:`PATH_FORM_MAX_NODES` nodes **and** at most :data:`PATH_FORM_MAX_EDGES` DAG
+      edges (molecules and other sparse small graphs), and the others by ``"states"`` (on a
+      plan of their own edges), so the choice is made per graph, not per batch.
+
+    Non-finite inputs: for finite inputs the algorithms compute the same sums, but NaN and
+    inf spread differently. Under ``"states"`` a NaN in the input of node :math:`m` reaches
+    only :math:`m` and its descendants in the DAG (in P-mode also the descendants of
+    :math:`m`'s parents: the normalisation of a transition through a parent sums over all
+    of the parent's outgoing edges); under ``"paths"`` (and for the graphs ``"auto"`` runs
+    by it) it reaches every node of :math:`m`'s graph (the products
+    :math:`0 \cdot \mathrm{NaN}` of the masked attention and of the triangular solve).
+    Under every algorithm it stays inside its own graph of the batch.
 
     The graph preprocessing (:func:`prepare_dag`) is vectorised integer work; pass its
     :class:`DagStructure` as ``structure`` to share it between layers of the same mode and
@@ -617,7 +1313,11 @@ class PLSTMGraph(torch.nn.Module):
     # ------------------------------------------------------------------------------------------
 
     def prepare(
-        self, edge_index: Tensor, num_nodes: int, batch: Tensor | None = None
+        self,
+        edge_index: Tensor,
+        num_nodes: int,
+        batch: Tensor | None = None,
+        bucket_overhead: float = BUCKET_OVERHEAD,
     ) -> DagStructure:
         """:func:`prepare_dag` with this layer's mode, orientation and direction."""
         return prepare_dag(
@@ -627,6 +1327,7 @@ class PLSTMGraph(torch.nn.Module):
             orientation=self.orientation,
             reverse=self.reverse,
             batch=batch,
+            bucket_overhead=bucket_overhead,
         )
 
     def gates(
@@ -640,25 +1341,36 @@ class PLSTMGraph(torch.nn.Module):
         q = q * (1.0 / math.sqrt(C))
         src, dst = structure.edge_index
         lg_src, lg_dst = structure.lg_edge_index
-        s_pre = self.source(x)[src]  # [E, H]
-        m_pre = self.mark(x)[dst]
-        ends = self.transition_ends(x).unflatten(-1, (2, H))  # [N, 2, H]
+        # the node gates' five linear maps as one matrix product (one pass over x)
+        node_gates = [self.source, self.mark, self.direct, self.transition, self.transition_ends]
+        bias = [lin.bias for lin in node_gates[:4]] + [x.new_zeros(2 * H)]
+        pre = torch.nn.functional.linear(
+            x, torch.cat([lin.weight for lin in node_gates]), torch.cat(bias)
+        )
+        s_x, m_x, d_x, t_x, ends = pre.split([H, H, H, H, 2 * H], -1)  # [N, H] (ends 2H)
+        ends = ends.unflatten(-1, (2, H))  # [N, 2, H]
+        s_pre = s_x[src]  # [E, H]
+        m_pre = m_x[dst]
         t_pre = (
-            self.transition(x)[structure.lg_node]
+            t_x[structure.lg_node]
             + ends[src[lg_src], 0]  # the far end u of e' = (u -> n)
             + ends[dst[lg_dst], 1]  # the far end w of e = (n -> w)
         )  # [L, H]
         if edge_attr is not None:
             a = edge_attr[structure.input_edge]  # [E, F_e]
-            s_pre = s_pre + self.source_edge(a)
-            m_pre = m_pre + self.mark_edge(a)
-            ta = self.transition_edge(a).unflatten(-1, (2, H))  # [E, 2, H]
+            edge_gates = [self.source_edge, self.mark_edge, self.transition_edge]
+            s_a, m_a, ta = torch.nn.functional.linear(
+                a, torch.cat([lin.weight for lin in edge_gates])
+            ).split([H, H, 2 * H], -1)
+            s_pre = s_pre + s_a
+            m_pre = m_pre + m_a
+            ta = ta.unflatten(-1, (2, H))  # [E, 2, H]
             t_pre = t_pre + ta[lg_src, 0] + ta[lg_dst, 1]
         if self.mode == "P":
             T = pmode_normalize(t_pre, lg_src, structure.num_edges)
         else:
             T = torch.tanh(TRANSITION_FACTOR * t_pre)
-        return q, k, v, torch.sigmoid(s_pre), T, torch.sigmoid(m_pre), torch.sigmoid(self.direct(x))
+        return q, k, v, torch.sigmoid(s_pre), T, torch.sigmoid(m_pre), torch.sigmoid(d_x)
 
     @staticmethod
     def recurrence(
@@ -673,45 +1385,20 @@ class PLSTMGraph(torch.nn.Module):
         batch: Tensor | None = None,
         algorithm: str = "states",
     ) -> Tensor:
-        """:func:`plstm_graph_reference`'s recurrence on :func:`~graphseq.kernels.dag_scan`:
-        ``h`` ``[N, H, V]`` from the outputs of :meth:`gates`.
+        """:func:`plstm_graph_reference`'s recurrence: ``h`` ``[N, H, V]`` from the outputs of
+        :meth:`gates`, by ``algorithm`` (see the class docstring, "Algorithms").
 
-        Two exact evaluations of the same sum (see the class docstring, "Algorithms"):
-        ``"states"`` scans the ``K x V`` edge states; ``"paths"`` scans, per edge, the path
-        weights from every node of its graph (a vector of the graph's size) and then applies
-        them as a mask to per-graph linear attention. ``batch`` (the graph of each node) is
-        used by ``"paths"`` only.
+        ``"paths"`` and ``"auto"`` use ``structure.layout(algorithm)`` (the graphs grouped by
+        size, built on first use and cached on the structure); when ``batch`` is given and
+        differs from the structure's (e.g. a structure prepared without ``batch``), the graphs
+        are grouped for this call from ``batch``.
         """
-        src, dst = structure.edge_index
-        qk = (q * k).sum(-1)  # [N, H]
-        if algorithm == "states":
-            kv = torch.einsum("ehk,ehv->ehkv", source.unsqueeze(-1) * k[src], v[src])
-            states = dag_scan(kv, transition, structure.lg_edge_index, plan=structure.plan)
-            read = torch.einsum("ehk,ehkv->ehv", q[dst] * mark.unsqueeze(-1), states)
-            h = (direct * qk).unsqueeze(-1) * v  # [N, H, V]
-            return h.index_add(0, dst, read)
-        # "paths": P_e[m] = weight of node m's write k_m v_m^T in C_e (m in e's graph)
-        N = q.shape[0]
-        if N == 0:
-            return v.new_zeros(v.shape)
-        if batch is None:
-            batch = torch.zeros(N, dtype=torch.long, device=q.device)
-        counts = torch.bincount(batch)
-        local = torch.arange(N, device=q.device) - _exclusive_cumsum(counts)[batch]  # [N]
-        G, W = counts.numel(), int(counts.max())
-        x = source.unsqueeze(-1) * torch.nn.functional.one_hot(local[src], W).to(q.dtype)[:, None]
-        P = dag_scan(x, transition, structure.lg_edge_index, plan=structure.plan)  # [E, H, W]
-        # the gating matrix of the paper's Eq. 7, G[g, n, h, m] = G_{mn} (diagonal D_n apart),
-        # summed straight into its dense per-graph layout
-        gating = P.new_zeros(G, W, *P.shape[1:])  # [G, W, H, W]
-        gating = gating.index_put((batch[dst], local[dst]), mark.unsqueeze(-1) * P, accumulate=True)
-
-        def dense(t: Tensor) -> Tensor:  # [N, H, C] -> [G, H, W, C], zero padded
-            return t.new_zeros(G, W, *t.shape[1:]).index_put((batch, local), t).transpose(1, 2)
-
-        scores = (dense(q) @ dense(k).transpose(-1, -2)) * gating.transpose(1, 2)  # [G, H, W, W]
-        out = (scores @ dense(v)).transpose(1, 2)[batch, local]  # [N, H, V]
-        return out + (direct * qk).unsqueeze(-1) * v
+        op = "PLSTMGraph.recurrence"
+        check_choice(op, "algorithm", algorithm, _ALGORITHMS)
+        if batch is not None:
+            batch = _check_batch(op, batch, structure.num_nodes)
+        return _recurrence(op, q, k, v, source, transition, mark, direct, structure, batch,
+                           algorithm)  # fmt: skip
 
     def forward(
         self,
@@ -748,14 +1435,12 @@ class PLSTMGraph(torch.nn.Module):
             edge_attr = edge_attr.to(x.dtype)
         elif edge_attr is not None:
             raise ValueError(f"{cls}: got edge_attr but the layer was built with edge_dim=None")
-        if batch is not None:
-            if not isinstance(batch, Tensor) or batch.shape != (N,) or batch.is_floating_point():
-                raise ValueError(f"{cls}: batch must be an integer tensor of shape [N] = [{N}]")
-            if N and bool((batch[1:] < batch[:-1]).any()):
-                raise ValueError(f"{cls}: batch must be sorted (PyG batches are)")
         if structure is None:
-            structure = self.prepare(edge_index, N, batch)
+            structure = self.prepare(edge_index, N, batch)  # checks batch
+            batch = None  # the structure's
         else:
+            if batch is not None:
+                batch = _check_batch(cls, batch, N)
             if not isinstance(structure, DagStructure):
                 raise TypeError(
                     f"{cls}: structure must be a DagStructure, got {type(structure).__name__}"
@@ -768,14 +1453,6 @@ class PLSTMGraph(torch.nn.Module):
                     f"{got}, but this call needs {wanted}"
                 )
             _check_structure_edges(cls, structure, edge_index)
-        algorithm = self.algorithm
-        if algorithm == "auto":
-            largest = N if batch is None else int(torch.bincount(batch).max()) if N else 0
-            algorithm = "paths" if largest <= PATH_FORM_MAX_NODES else "states"
-        if algorithm == "paths" and batch is not None and structure.num_edges:
-            src, dst = structure.edge_index
-            if not torch.equal(batch[src], batch[dst]):
-                raise ValueError(f"{cls}: an edge joins two graphs of batch")
         gates = self.gates(x, structure, edge_attr)
-        h = self.recurrence(*gates, structure, batch, algorithm)  # [N, H, V]
+        h = _recurrence(cls, *gates, structure, batch, self.algorithm)  # [N, H, V]
         return self.out_proj(self.norm(h).flatten(-2))
