@@ -992,7 +992,9 @@ def _run_bucket(
             node_rows[n0:n1] - lo * H * W,
         )
         if grad:
-            outs.append(checkpoint(_bucket_outputs, *args, use_reentrant=False))
+            outs.append(
+                checkpoint(_bucket_outputs, *args, use_reentrant=False, preserve_rng_state=False)
+            )
         else:
             outs.append(_bucket_outputs(*args))
     return torch.cat(outs)
@@ -1159,8 +1161,10 @@ class PLSTMGraph(torch.nn.Module):
       and DAG-edge widths of graph :math:`g`'s bucket (the solve's :math:`F \times F` block
       dominates for dense graphs: a complete 128-node graph has :math:`F = 8128`). A bucket
       runs in chunks of graphs so that no ``[b, H, ., .]`` block exceeds
-      :data:`PATH_BLOCK_BYTES` (checkpointed when training: a big bucket costs about one
-      more forward in the backward, but holds only one chunk's blocks at a time);
+      :data:`PATH_BLOCK_BYTES` unless one graph's own block does (then that graph is a chunk
+      of its own); when autograd records and a bucket has several chunks, each chunk is
+      checkpointed: about one more forward in the backward, but only one chunk's blocks held
+      at a time;
     * ``"auto"`` (default) runs by ``"paths"`` the graphs of at most
       :data:`PATH_FORM_MAX_NODES` nodes **and** at most :data:`PATH_FORM_MAX_EDGES` DAG
       edges (molecules and other sparse small graphs), and the others by ``"states"`` (on a
