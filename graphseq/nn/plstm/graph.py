@@ -837,21 +837,23 @@ def _layout_for(
     return _graph_layout(structure, batch, algorithm == "auto")
 
 
-def _add_state_reads(
-    h: Tensor,
+def _state_form(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     source: Tensor,
     transition: Tensor,
     mark: Tensor,
+    direct: Tensor,
     edge_index: Tensor,
     lg_edge_index: Tensor,
     plan: DagScanPlan,
 ) -> Tensor:
-    """``h`` plus the reads :math:`M_e q_n^T C_e` of the given DAG edges (``"states"``): the
-    ``K x V`` edge states by :func:`~graphseq.kernels.dag_scan` on ``lg_edge_index``."""
+    r"""``h`` ``[N, H, V]`` by ``"states"``: the direct term :math:`D_n (q_n \cdot k_n) v_n` plus
+    the reads :math:`M_e q_n^T C_e` of the given DAG edges, the ``K x V`` edge states by
+    :func:`~graphseq.kernels.dag_scan` on ``lg_edge_index``."""
     src, dst = edge_index
+    h = (direct * (q * k).sum(-1)).unsqueeze(-1) * v  # [N, H, V] the direct term
     kv = torch.einsum("ehk,ehv->ehkv", source.unsqueeze(-1) * k[src], v[src])  # [E, H, K, V]
     states = dag_scan(kv, transition, lg_edge_index, plan=plan)
     read = torch.einsum("ehk,ehkv->ehv", q[dst] * mark.unsqueeze(-1), states)  # [E, H, V]
@@ -1061,11 +1063,10 @@ def _layout_recurrence(
             out = _run_bucket(*qkv, *gates, bucket, rows)  # [B, H, W, V]
             outs.append(out.flatten(0, 2))
     if large is not None:
-        h = (direct * (q * k).sum(-1)).unsqueeze(-1) * v  # [N, H, V] the direct term
         s_l, t_l, m_l = source[large.edge], transition[large.lg], mark[large.edge]
         large_edges = edge_index[:, large.edge]
-        h = _add_state_reads(
-            h, q, k, v, s_l, t_l, m_l, large_edges, large.lg_edge_index, large.plan
+        h = _state_form(
+            q, k, v, s_l, t_l, m_l, direct, large_edges, large.lg_edge_index, large.plan
         )
         start = sum(out.shape[0] for out in outs)
         row_of[large.node] = start + torch.arange(large.node.numel() * H, device=dev).view(-1, H)
@@ -1090,9 +1091,8 @@ def _recurrence(
 ) -> Tensor:
     """:meth:`PLSTMGraph.recurrence` on checked arguments (``batch`` int64 or ``None``)."""
     if algorithm == "states":
-        h = (direct * (q * k).sum(-1)).unsqueeze(-1) * v  # [N, H, V] the direct term
-        return _add_state_reads(h, q, k, v, source, transition, mark, structure.edge_index,
-                                structure.lg_edge_index, structure.plan)  # fmt: skip
+        return _state_form(q, k, v, source, transition, mark, direct, structure.edge_index,
+                           structure.lg_edge_index, structure.plan)  # fmt: skip
     layout = _layout_for(op, structure, batch, algorithm)
     return _layout_recurrence(q, k, v, source, transition, mark, direct, structure.edge_index,
                               layout)  # fmt: skip
