@@ -27,10 +27,11 @@ import itertools
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from graphseq.kernels._index import exclusive_cumsum as _exclusive_cumsum
 from graphseq.kernels._index import ranges as _ranges
@@ -83,8 +84,8 @@ PATH_FORM_MAX_NODES = 128
 PATH_FORM_MAX_EDGES = 2 * PATH_FORM_MAX_NODES
 #: The path form runs a bucket in chunks of graphs so that its largest ``[b, H, ., .]`` block
 #: (``F x F``, ``F x W`` or ``W x W`` per graph and head) stays under this many bytes (a single
-#: graph above it is run alone). When gradients are needed, the chunks of such a bucket are
-#: checkpointed (recomputed in the backward), so that their blocks are not all kept alive.
+#: graph above it is run alone). The backward recomputes the blocks of such a bucket chunk by
+#: chunk, so that they are not all kept alive (a bucket of one chunk keeps its blocks).
 PATH_BLOCK_BYTES = 64 * 2**20
 #: Cost of one more bucket in :func:`_bucket_bounds`'s model, in the units of
 #: :func:`_padded_cost` (the fixed cost of a block's dozen tensor ops).
@@ -430,6 +431,8 @@ class GraphLayout:
     edge: Tensor
     lg: Tensor
     large: StateGroup | None
+    # block positions of the path form per (heads, itemsize), built on first use
+    plans: dict = field(default_factory=dict, repr=False, compare=False)
 
     def to(self, device: torch.device | str) -> GraphLayout:
         """A copy with every tensor on ``device``."""
@@ -868,10 +871,49 @@ def _block_rows(slot: Tensor, size: int, heads: Tensor) -> Tensor:
 
 
 def _scatter_block(values: Tensor, rows: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """A zero ``[B, H, ...]`` block of ``shape`` with ``values`` ``[m, H]`` at ``rows``."""
-    out = values.new_zeros(math.prod(shape))
-    out[rows.flatten()] = values.flatten()
-    return out.view(shape)
+    """A zero block of ``shape`` with ``values`` (``[m, H]`` or ``[m, H, C]``) at the flat
+    positions ``rows`` (``[m * H]``) of its ``[B, H, ...]`` entries (of its rows of ``C``
+    channels when ``values`` has them)."""
+    inner = values.shape[2:]
+    out = values.new_zeros(math.prod(shape) // math.prod(inner), *inner)
+    return out.index_copy_(0, rows, values.reshape(-1, *inner)).view(shape)
+
+
+def _gather_block(block: Tensor, rows: Tensor, heads: int, channels: bool = False) -> Tensor:
+    """The inverse of :func:`_scatter_block`: the entries (``channels``: the rows of the last
+    dimension) of ``block`` at the flat positions ``rows`` ``[m * H]``, as ``[m, H(, C)]``."""
+    if channels:
+        C = block.shape[-1]
+        return block.reshape(-1, C).index_select(0, rows).view(-1, heads, C)
+    return block.reshape(-1).index_select(0, rows).view(-1, heads)
+
+
+class _ChunkRows(NamedTuple):
+    """A chunk of a bucket (:func:`_chunk_bounds`) with the flat block positions of its
+    entries for ``H`` heads (:func:`_block_rows`, flattened): where its nodes sit in the
+    ``[b, H, W]`` blocks, its edges' sources and targets in the ``[b, H, W, F]`` ones and its
+    line-graph edges in the ``[b, H, F, F]`` one."""
+
+    lo: int  # its graphs lo .. hi - 1 of the bucket
+    hi: int
+    ranges: tuple[tuple[int, int], ...]  # its runs of the bucket's node, edge and lg entries
+    node: Tensor
+    source: Tensor
+    target: Tensor
+    lg: Tensor
+
+
+def _chunk_rows(bucket: GraphBucket, lo: int, hi: int, ranges, heads: Tensor) -> _ChunkRows:
+    W, F = bucket.width, bucket.edge_width
+    return _ChunkRows(
+        lo,
+        hi,
+        ranges,
+        _block_rows(bucket.node_slot, W, heads).flatten(),
+        _block_rows(bucket.source_slot, W * F, heads).flatten(),
+        _block_rows(bucket.target_slot, W * F, heads).flatten(),
+        _block_rows(bucket.lg_slot, F * F, heads).flatten(),
+    )
 
 
 def _bucket_outputs(
@@ -883,15 +925,14 @@ def _bucket_outputs(
     mark: Tensor,
     direct: Tensor,
     bucket: GraphBucket,
-    node_rows: Tensor,
-) -> Tensor:
+    rows: _ChunkRows,
+) -> tuple[Tensor, tuple[Tensor | None, ...]]:
     r"""``h`` for one bucket (or a chunk of its graphs) by ``"paths"``, as a ``[B, H, W, V]``
-    block.
+    block, and the intermediates :func:`_bucket_grads` reads.
 
     Inputs: the bucket's ``q, k, v`` blocks ``[B, H, W, C]`` (padding slots zero), its rows of
     ``source`` ``[e, H]``, ``transition`` ``[l, H]``, ``mark`` ``[e, H]`` and ``direct``
-    ``[n, H]`` (in the layout's order), and
-    ``node_rows`` ``[n, H]`` (:func:`_block_rows` of its node slots).
+    ``[n, H]`` (in the layout's order), and the block positions of its entries.
 
     Per graph and head, with ``A[e, e'] = T_{e'e}`` (strictly lower triangular in the edge
     slots' topological order), ``X[e, m] = S_e [m = src(e)]`` and ``R[e, n] = M_e [n = dst(e)]``:
@@ -902,21 +943,64 @@ def _bucket_outputs(
     """
     B, W, F = bucket.num_graphs, bucket.width, bucket.edge_width
     H = direct.shape[1]
-    heads = torch.arange(H, device=q.device)
-    d = _scatter_block(direct, node_rows, (B, H, W))  # [B, H, W]
-    out = (d * (q * k).sum(-1)).unsqueeze(-1) * v  # [B, H, W, V] the direct term
-    if F:
-        # A and X are built transposed, so the solve gets them in LAPACK's column-major order
-        lg_rows = _block_rows(bucket.lg_slot, F * F, heads)
-        neg_a = _scatter_block(-transition, lg_rows, (B, H, F, F)).mT  # -A
-        x_rows = _block_rows(bucket.source_slot, W * F, heads)
-        x = _scatter_block(source, x_rows, (B, H, W, F)).mT  # X [B, H, F, W]
-        paths = torch.linalg.solve_triangular(neg_a, x, upper=False, unitriangular=True)
-        r_rows = _block_rows(bucket.target_slot, W * F, heads)
-        reads_t = _scatter_block(mark, r_rows, (B, H, W, F))  # R^T
-        gating = reads_t @ paths  # [B, H, W, W] sum_{e in in(n)} M_e P_e[m]
-        out = out + ((q @ k.mT) * gating) @ v
-    return out
+    d = _scatter_block(direct, rows.node, (B, H, W))  # [B, H, W]
+    qk = (q * k).sum(-1)  # [B, H, W]
+    out = (d * qk).unsqueeze(-1) * v  # [B, H, W, V] the direct term
+    if not F:
+        return out, (d, qk, None, None, None, None, None)
+    # A and X are built transposed, so the solve gets them in LAPACK's column-major order
+    neg_a = _scatter_block(-transition, rows.lg, (B, H, F, F)).mT  # -A
+    x = _scatter_block(source, rows.source, (B, H, W, F)).mT  # X [B, H, F, W]
+    paths = torch.linalg.solve_triangular(neg_a, x, upper=False, unitriangular=True)
+    reads_t = _scatter_block(mark, rows.target, (B, H, W, F))  # R^T
+    gating = reads_t @ paths  # [B, H, W, W] sum_{e in in(n)} M_e P_e[m]
+    scores = q @ k.mT  # [B, H, W, W]
+    out = out + (scores * gating) @ v
+    return out, (d, qk, neg_a, paths, reads_t, gating, scores)
+
+
+def _bucket_grads(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rows: _ChunkRows,
+    saved: tuple[Tensor | None, ...],
+    dout: Tensor,
+) -> tuple[Tensor, ...]:
+    r"""The backward of :func:`_bucket_outputs` for the output gradient ``dout``
+    ``[B, H, W, V]``, from its saved intermediates: ``dq, dk, dv`` blocks ``[B, H, W, C]`` and
+    the gradients of ``source, transition, mark, direct`` in the bucket's row order.
+
+    With :math:`\Sigma = q k^T` and :math:`\bar h` the output gradient:
+    :math:`\mathrm{d}(\Sigma \odot G) = \bar h v^T`, so :math:`\mathrm{d}\Sigma = (\bar h v^T)
+    \odot G` and :math:`\mathrm{d}G = (\bar h v^T) \odot \Sigma`; :math:`\mathrm{d}R^T =
+    \mathrm{d}G\,P^T`, :math:`\mathrm{d}P = R\,\mathrm{d}G`; from :math:`(I - A) P = X`:
+    :math:`\mathrm{d}X = (I - A)^{-T} \mathrm{d}P` (one transposed triangular solve) and
+    :math:`\mathrm{d}A = \mathrm{d}X\,P^T`, each read at the entries its gate was scattered to.
+    """
+    d, qk, neg_a, paths, reads_t, gating, scores = saved
+    H = d.shape[1]
+    dov = (dout * v).sum(-1)  # [B, H, W]
+    ddirect = _gather_block(qk * dov, rows.node, H)  # [n, H]
+    dqk = (d * dov).unsqueeze(-1)
+    dq, dk = dqk * k, dqk * q
+    dv = (d * qk).unsqueeze(-1) * dout
+    if neg_a is None:  # no edges
+        empty = dout.new_zeros(0, H)
+        return dq, dk, dv, empty, empty, empty, ddirect
+    dv = dv + (scores * gating).mT @ dout
+    dmasked = dout @ v.mT  # [B, H, W, W]
+    dscores = dmasked * gating
+    dgating = dmasked * scores
+    dq = dq + dscores @ k
+    dk = dk + dscores.mT @ q
+    dmark = _gather_block(dgating @ paths.mT, rows.target, H)
+    dpaths = reads_t.mT @ dgating  # [B, H, F, W]
+    dx = torch.linalg.solve_triangular(neg_a.mT, dpaths, upper=True, unitriangular=True)
+    dsource = _gather_block(dx.mT, rows.source, H)
+    # T_{e'e} = A[e, e'] sits at (e', e) of the transposed block it was scattered to
+    dtransition = _gather_block((dx @ paths.mT).mT, rows.lg, H)
+    return dq, dk, dv, dsource, dtransition, dmark, ddirect
 
 
 def _chunk_bounds(bucket: GraphBucket, heads: int, itemsize: int) -> list[int]:
@@ -946,28 +1030,20 @@ def _chunk(
     )
 
 
-def _run_bucket(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    source: Tensor,
-    transition: Tensor,
-    mark: Tensor,
-    direct: Tensor,
-    bucket: GraphBucket,
-    node_rows: Tensor,
-) -> Tensor:
-    """:func:`_bucket_outputs` in chunks of graphs (:func:`_chunk_bounds`); the entries of a
-    bucket are grouped by graph slot, so a chunk's entries are a contiguous run. With autograd
-    on, each chunk is checkpointed: only its inputs are kept for the backward, which recomputes
-    its blocks (about one more forward of the bucket), so the peak memory is that of a chunk
-    rather than of the whole bucket."""
-    W, F = bucket.width, bucket.edge_width
-    H = direct.shape[1]
-    bounds = _chunk_bounds(bucket, H, q.element_size())
+def _bucket_plan(bucket: GraphBucket, heads: int, itemsize: int) -> tuple:
+    """``(rows, chunks)`` of a bucket for ``heads`` heads: the flat positions of its nodes in
+    its ``[B, H, W]`` blocks, and its chunks of graphs (:func:`_chunk_bounds`) as
+    ``(sub_bucket, _ChunkRows)`` (a bucket's entries are grouped by graph slot, so a chunk's
+    entries are contiguous runs)."""
+    W, F, B = bucket.width, bucket.edge_width, bucket.num_graphs
+    ids = torch.arange(heads, device=bucket.node_slot.device)
+    bounds = _chunk_bounds(bucket, heads, itemsize)
+    counts = (bucket.node_slot.numel(), bucket.source_slot.numel(), bucket.lg_slot.numel())
     if len(bounds) <= 2:
-        return _bucket_outputs(q, k, v, source, transition, mark, direct, bucket, node_rows)
-    at = torch.tensor(bounds, device=q.device)
+        ranges = tuple((0, c) for c in counts)
+        rows = _chunk_rows(bucket, 0, B, ranges, ids)
+        return rows.node, [(bucket, rows)]
+    at = torch.tensor(bounds, device=ids.device)
     cuts = [  # [chunks + 1] entry boundaries of the node, edge and line-graph entries
         torch.searchsorted(slot // size, at).tolist()
         for slot, size in (
@@ -976,30 +1052,126 @@ def _run_bucket(
             (bucket.lg_slot, F * F),
         )
     ]
-    inputs = (q, k, v, source, transition, mark, direct)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    outs = []
+    chunks = []
     for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         ranges = tuple((c[i], c[i + 1]) for c in cuts)
-        (n0, n1), (e0, e1), (l0, l1) = ranges
-        args = (
-            q[lo:hi],
-            k[lo:hi],
-            v[lo:hi],
-            source[e0:e1],
-            transition[l0:l1],
-            mark[e0:e1],
-            direct[n0:n1],
-            _chunk(bucket, lo, hi, ranges),
-            node_rows[n0:n1] - lo * H * W,
-        )
-        if grad:
-            outs.append(
-                checkpoint(_bucket_outputs, *args, use_reentrant=False, preserve_rng_state=False)
-            )
-        else:
-            outs.append(_bucket_outputs(*args))
-    return torch.cat(outs)
+        sub = _chunk(bucket, lo, hi, ranges)
+        chunks.append((sub, _chunk_rows(sub, lo, hi, ranges, ids)))
+    return _block_rows(bucket.node_slot, W, ids).flatten(), chunks
+
+
+def _layout_plan(layout: GraphLayout, heads: int, itemsize: int) -> list[tuple]:
+    """:func:`_bucket_plan` of every bucket, cached on the layout per ``(heads, itemsize)``
+    and chunk budget (:data:`PATH_BLOCK_BYTES`)."""
+    key = (heads, itemsize, PATH_BLOCK_BYTES)
+    if key not in layout.plans:
+        layout.plans[key] = [_bucket_plan(b, heads, itemsize) for b in layout.buckets]
+    return layout.plans[key]
+
+
+def _path_form(
+    layout: GraphLayout,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    source: Tensor,
+    transition: Tensor,
+    mark: Tensor,
+    direct: Tensor,
+    keep: bool,
+) -> tuple[Tensor, list]:
+    """``h`` ``[N, H, V]`` of the nodes of ``layout.buckets`` by the path form (zero rows for
+    the other nodes), one dense block per bucket in chunks of graphs, and, with ``keep``, what
+    :class:`_PathForm`'s backward reads: per bucket its blocks and, for a bucket that runs in
+    one chunk, the chunk's intermediates (a bucket of several chunks has them recomputed in
+    the backward, so that only one chunk's ``[b, H, ., .]`` blocks are alive at a time)."""
+    N, H = direct.shape
+    acc = torch.promote_types(q.dtype, torch.float32)
+    buckets = layout.buckets
+    plan = _layout_plan(layout, H, torch.empty((), dtype=acc).element_size())
+    n = [b.node_slot.numel() for b in buckets]
+    e = [b.source_slot.numel() for b in buckets]
+    m = [b.lg_slot.numel() for b in buckets]
+    # every input gathered in the layout's order once, then split by bucket (views)
+    per_bucket = zip(
+        buckets,
+        plan,
+        *(t.index_select(0, layout.node).to(acc).split(n) for t in (q, k, v, direct)),
+        *(t.index_select(0, layout.edge).to(acc).split(e) for t in (source, mark)),
+        transition.index_select(0, layout.lg).to(acc).split(m),
+    )
+    outs, saved = [], []
+    for bucket, (rows, chunks), qn, kn, vn, d, s, mk, t in per_bucket:
+        shape = (bucket.num_graphs, H, bucket.width)
+        qkv = tuple(_scatter_block(x, rows, (*shape, x.shape[-1])) for x in (qn, kn, vn))
+        pieces, caches = [], []
+        for sub, cr in chunks:
+            (n0, n1), (e0, e1), (l0, l1) = cr.ranges
+            out, cache = _bucket_outputs(
+                *(x[cr.lo : cr.hi] for x in qkv), s[e0:e1], t[l0:l1], mk[e0:e1], d[n0:n1], sub, cr
+            )  # fmt: skip
+            pieces.append(out)
+            caches.append(cache if keep and len(chunks) == 1 else None)
+        block = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        outs.append(_gather_block(block, rows, H, channels=True))  # [n, H, V]
+        if keep:
+            saved.append((bucket, rows, chunks, qkv, (s, t, mk, d), caches))
+    h = v.new_zeros(N, H, v.shape[-1], dtype=acc)
+    h.index_copy_(0, layout.node, torch.cat(outs))
+    return h.to(v.dtype), saved
+
+
+class _PathForm(torch.autograd.Function):
+    """:func:`_path_form` with the hand-written backward of :func:`_bucket_grads`. Autograd
+    through the blocks would record a dozen small ops per bucket and send each gathered
+    input's gradient back through a serial ``index_add``; here a block's gradient is read
+    back with a gather, since every node, edge and line-graph edge has exactly one slot.
+    Once differentiable."""
+
+    @staticmethod
+    def forward(ctx, layout, q, k, v, source, transition, mark, direct):
+        h, ctx.saved = _path_form(layout, q, k, v, source, transition, mark, direct, keep=True)
+        ctx.layout = layout
+        ctx.inputs = [(t.shape, t.dtype) for t in (q, k, v, source, transition, mark, direct)]
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh):
+        layout = ctx.layout
+        H = ctx.inputs[6][0][1]  # direct is [N, H]
+        dh = dh.to(torch.promote_types(ctx.inputs[0][1], torch.float32))
+        dh_nodes = dh.index_select(0, layout.node)
+        parts: list[list[Tensor]] = [[] for _ in range(7)]  # per input, per bucket
+        start = 0
+        for bucket, rows, chunks, qkv, gates, caches in ctx.saved:
+            n = bucket.node_slot.numel()
+            shape = (bucket.num_graphs, H, bucket.width, dh.shape[-1])
+            dout = _scatter_block(dh_nodes[start : start + n], rows, shape)
+            start += n
+            per_chunk = []
+            for (sub, cr), cache in zip(chunks, caches):
+                qc, kc, vc = (x[cr.lo : cr.hi] for x in qkv)
+                if cache is None:  # recompute the chunk's intermediates
+                    s, t, mk, d = gates
+                    (n0, n1), (e0, e1), (l0, l1) = cr.ranges
+                    args = (s[e0:e1], t[l0:l1], mk[e0:e1], d[n0:n1], sub, cr)
+                    _, cache = _bucket_outputs(qc, kc, vc, *args)
+                per_chunk.append(_bucket_grads(qc, kc, vc, cr, cache, dout[cr.lo : cr.hi]))
+            grads = [g[0] if len(g) == 1 else torch.cat(g) for g in zip(*per_chunk)]
+            for i in range(3):  # q, k, v blocks back to node rows
+                grads[i] = _gather_block(grads[i], rows, H, channels=True)
+            for part, g in zip(parts, grads):
+                part.append(g)
+        # grads in the order dq, dk, dv, dsource, dtransition, dmark, ddirect
+        ids = (layout.node,) * 3 + (layout.edge, layout.lg, layout.edge, layout.node)
+        out = []
+        for needed, (shape, dtype), index, part in zip(
+            ctx.needs_input_grad[1:], ctx.inputs, ids, parts
+        ):
+            grad = dh.new_zeros(shape).index_copy_(0, index, torch.cat(part)) if needed else None
+            out.append(None if grad is None else grad.to(dtype))
+        return None, *out
 
 
 def _layout_recurrence(
@@ -1013,67 +1185,25 @@ def _layout_recurrence(
     edge_index: Tensor,
     layout: GraphLayout,
 ) -> Tensor:
-    """``h`` ``[N, H, V]``: the graphs of ``layout.buckets`` by the path form, one dense block
-    per bucket (in chunks of graphs, :func:`_run_bucket`), and those of ``layout.large`` by the
-    state form (on the DAG edges ``edge_index``). Every node must be in one of them."""
-    buckets, large = layout.buckets, layout.large
-    N, H = direct.shape
-    dev = q.device
-    acc = torch.promote_types(q.dtype, torch.float32)
-    heads = torch.arange(H, device=dev)
-    outs: list[Tensor] = []  # [rows, V] blocks; row_of[n, h] is the row of h_n (head h)
-    row_of = torch.empty(N, H, dtype=torch.long, device=dev)
-    if buckets:
-        # The buckets' nodes, edges and line-graph edges are consecutive runs of the layout's
-        # node, edge and lg. Every input is gathered once for all buckets and then split:
-        # gathering per bucket would give every bucket a full-size gradient in the backward.
-        n = [b.node_slot.numel() for b in buckets]
-        e = [b.source_slot.numel() for b in buckets]
-        lg_counts = [b.lg_slot.numel() for b in buckets]
-        node, edge, lg = layout.node, layout.edge, layout.lg
-        node_rows = [_block_rows(b.node_slot, b.width, heads) for b in buckets]  # [n_b, H]
-        # q, k, v as node-major rows [N * H, C] plus a zero row N * H, read by the padding
-        # slots of the buckets' [B, H, W, C] blocks (all buckets' blocks one after the other)
-        sizes = [b.num_graphs * H * b.width for b in buckets]
-        src_row = torch.full((sum(sizes),), N * H, dtype=torch.long, device=dev)
-        offset = 0
-        for rows, b_node, size in zip(node_rows, node.split(n), sizes):
-            src_row[rows + offset] = b_node.unsqueeze(-1) * H + heads
-            row_of[b_node] = rows + offset
-            offset += size
-        blocks = [
-            torch.cat([t.reshape(N * H, t.shape[-1]), t.new_zeros(1, t.shape[-1])])
-            .to(acc)
-            .index_select(0, src_row)
-            .split(sizes)
-            for t in (q, k, v)
-        ]
-        per_bucket = zip(
-            buckets,
-            *blocks,
-            source[edge].to(acc).split(e),
-            transition[lg].to(acc).split(lg_counts),
-            mark[edge].to(acc).split(e),
-            direct[node].to(acc).split(n),
-            node_rows,
-        )
-        for bucket, qb, kb, vb, *gates, rows in per_bucket:
-            shape = (bucket.num_graphs, H, bucket.width, -1)
-            qkv = (qb.view(shape), kb.view(shape), vb.view(shape))
-            out = _run_bucket(*qkv, *gates, bucket, rows)  # [B, H, W, V]
-            outs.append(out.flatten(0, 2))
+    """``h`` ``[N, H, V]``: the graphs of ``layout.buckets`` by the path form
+    (:class:`_PathForm`), and those of ``layout.large`` by the state form (on the DAG edges
+    ``edge_index``). Every node must be in one of them."""
+    inputs = (q, k, v, source, transition, mark, direct)
+    if not layout.buckets:
+        h = v.new_zeros(v.shape)
+    elif torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        h = _PathForm.apply(layout, *inputs)
+    else:
+        h = _path_form(layout, *inputs, keep=False)[0]
+    large = layout.large
     if large is not None:
         s_l, t_l, m_l = source[large.edge], transition[large.lg], mark[large.edge]
         large_edges = edge_index[:, large.edge]
-        h = _state_form(
+        h_large = _state_form(
             q, k, v, s_l, t_l, m_l, direct, large_edges, large.lg_edge_index, large.plan
         )
-        start = sum(out.shape[0] for out in outs)
-        row_of[large.node] = start + torch.arange(large.node.numel() * H, device=dev).view(-1, H)
-        outs.append(h[large.node].flatten(0, 1).to(acc))
-    if not outs:
-        return v.new_zeros(v.shape)
-    return torch.cat(outs).index_select(0, row_of.flatten()).view(N, H, -1).to(v.dtype)
+        h = h.index_copy(0, large.node, h_large[large.node].to(h.dtype))
+    return h
 
 
 def _recurrence(
@@ -1162,9 +1292,9 @@ class PLSTMGraph(torch.nn.Module):
       dominates for dense graphs: a complete 128-node graph has :math:`F = 8128`). A bucket
       runs in chunks of graphs so that no ``[b, H, ., .]`` block exceeds
       :data:`PATH_BLOCK_BYTES` unless one graph's own block does (then that graph is a chunk
-      of its own); when autograd records and a bucket has several chunks, each chunk is
-      checkpointed: about one more forward in the backward, but only one chunk's blocks held
-      at a time;
+      of its own); when autograd records and a bucket has several chunks, the backward
+      recomputes each chunk's blocks: about one more forward, but only one chunk's blocks held
+      at a time. Its backward is written by hand (once differentiable: no double backward);
     * ``"auto"`` (default) runs by ``"paths"`` the graphs of at most
       :data:`PATH_FORM_MAX_NODES` nodes **and** at most :data:`PATH_FORM_MAX_EDGES` DAG
       edges (molecules and other sparse small graphs), and the others by ``"states"`` (on a

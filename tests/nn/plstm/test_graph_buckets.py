@@ -437,3 +437,45 @@ def test_nan_spread_follows_the_documented_rule(mode):
         assert torch.isfinite(out[6:]).all(), algorithm  # the other graphs
         nan_rows = torch.nonzero(torch.isnan(out[:6]).any(-1)).flatten().tolist()
         assert nan_rows == list(rows), algorithm
+
+
+@pytest.mark.parametrize("budget", [None, 1])
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_hand_written_backward_of_every_recurrence_input(monkeypatch, mode, budget):
+    """gradcheck of the path form's hand-written backward against each of its seven inputs
+    (q, k, v and the four gates), with every bucket in one chunk (intermediates kept) and
+    with one graph per chunk (recomputed in the backward)."""
+    gen = torch.Generator().manual_seed(21)
+    b, _ = mixed_batch([3, 6, 1, -2, 5], gen, chords=2)
+    if budget is not None:
+        monkeypatch.setattr(graph_module, "PATH_BLOCK_BYTES", budget)
+    conv = layer(mode)
+    x = torch.randn(b.num_nodes, 6, generator=gen, dtype=torch.float64).to(DEVICE)
+    st = prepare_dag(b.edge_index, b.num_nodes, mode=mode, batch=b.batch, bucket_overhead=0.0)
+    gates = tuple(g.detach().requires_grad_() for g in conv.gates(x, st))
+    assert torch.autograd.gradcheck(
+        lambda *g: PLSTMGraph.recurrence(*g, st, algorithm="paths"), gates, fast_mode=False
+    )
+    # a subset of the inputs requiring grad gets the same gradients
+    ref = plstm_graph_reference(*gates, st.edge_index, st.lg_edge_index)
+    dy = torch.randn_like(ref)
+    want = torch.autograd.grad((ref * dy).sum(), (gates[1], gates[4]))
+    partial = [g.detach() for g in gates]
+    partial[1].requires_grad_()
+    partial[4].requires_grad_()
+    h = PLSTMGraph.recurrence(*partial, st, algorithm="paths")
+    got = torch.autograd.grad((h * dy).sum(), (partial[1], partial[4]))
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w, atol=1e-12, rtol=1e-10)
+
+
+def test_path_form_refuses_double_backward():
+    gen = torch.Generator().manual_seed(22)
+    b, _ = mixed_batch([4, 5], gen, chords=1)
+    conv = layer("P", algorithm="paths")
+    x = torch.randn(b.num_nodes, 6, generator=gen, dtype=torch.float64).to(DEVICE)
+    x.requires_grad_()
+    out = conv(x, b.edge_index, b.batch)
+    (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward|differentiable"):
+        g.sum().backward()
