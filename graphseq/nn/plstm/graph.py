@@ -423,6 +423,10 @@ class GraphLayout:
         large: the graphs ``"auto"`` runs by the state form (above
             :data:`PATH_FORM_MAX_NODES` nodes or :data:`PATH_FORM_MAX_EDGES` DAG edges) as a
             :class:`StateGroup`; ``None`` if there are none (always for ``"paths"``).
+        plans: a cache the path form fills on first use: the block positions of every
+            bucket's entries and its chunks, per head count, float size and
+            :data:`PATH_BLOCK_BYTES` (integer tensors of the size of ``node``, ``edge``
+            and ``lg`` per key).
     """
 
     graph_sizes: Tensor
@@ -431,7 +435,6 @@ class GraphLayout:
     edge: Tensor
     lg: Tensor
     large: StateGroup | None
-    # block positions of the path form per (heads, itemsize), built on first use
     plans: dict = field(default_factory=dict, repr=False, compare=False)
 
     def to(self, device: torch.device | str) -> GraphLayout:
