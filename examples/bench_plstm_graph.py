@@ -4,7 +4,8 @@ Molecules are the first ``--molecules`` SMILES of a MoleculeNet CSV (default ``h
 by ``ogb.utils.smiles2graph``, both bond directions). One layer, ``D = --dim`` channels,
 ``--heads`` heads, bond features embedded to ``D`` (the paper's pLSTMGraphEdgeLayer setting:
 D = 96, 4 heads). Every time is forward + backward of one layer (sum of the output as loss),
-median of ``--repeats`` runs after a warm-up, divided by the number of molecules:
+median of ``--repeats`` runs after a warm-up (the loops' runs too), divided by the number of
+molecules:
 
 * ``graphseq, batched``: :class:`~graphseq.nn.plstm.graph.PLSTMGraph` on the whole PyG batch;
 * ``graphseq, one molecule at a time``: the same layer on batches of one molecule;
@@ -138,7 +139,7 @@ def bench_mode(mode: str, args, graphs, batch, released) -> dict:
     t_prep = timeit(prepare_batch, args.repeats) / len(graphs)
     t_batch = timeit(run_batched, args.repeats) / len(graphs)
     t_single = timeit(run_single, args.repeats) / len(graphs)
-    t_loop = timeit(run_loop, 1) / len(loop_graphs)
+    t_loop = timeit(run_loop, args.repeats) / len(loop_graphs)
     row = {"graphseq_batched_ms": 1e3 * t_batch, "graphseq_prepare_ms": 1e3 * t_prep,
            "graphseq_single_ms": 1e3 * t_single, "loop_reference_ms": 1e3 * t_loop,
            "speedup_vs_loop": t_loop / t_batch,
@@ -166,7 +167,7 @@ def bench_mode(mode: str, args, graphs, batch, released) -> dict:
                 e = g.e[::2]
                 layer(h, e, pg).sum().backward()
 
-        t_rel = timeit(run_released, 1) / len(loop_graphs)
+        t_rel = timeit(run_released, args.repeats) / len(loop_graphs)
         row.update({"released_ms": 1e3 * t_rel, "released_prepare_ms": 1e3 * t_rel_prep,
                     "speedup_vs_released": t_rel / t_batch,
                     "speedup_vs_released_with_prepare":
