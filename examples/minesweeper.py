@@ -1,13 +1,30 @@
 """Minesweeper (or Tolokers): GSM++ against GAT, GraphSAGE and GPS in one trainer, mean ± std
 ROC-AUC over the official splits.
 
-Every (model, split) is one :func:`graphseq.train.fit` run (full-batch, Adam, test ROC-AUC at
-the best-validation epoch) in ``<out>/<model>/split<k>/``; a rerun skips finished runs and
-resumes unfinished ones. Model settings are in ``MODELS`` below (hidden sizes were chosen to
-fit a 2-core CPU; the published baselines use 512 channels and 1,000 epochs).
+Every (model, split) is one :func:`graphseq.train.fit` run (full-batch, Adam, constant learning
+rate, test ROC-AUC at the best-validation epoch) in ``<out>/<name>/<model>/split<k>/``; a rerun
+skips finished runs and resumes unfinished ones.
 
-    python examples/minesweeper.py --data-dir ../shared/data --splits 0 1 2 --epochs 100
-    python examples/minesweeper.py --models gat sage --splits 0 1 2 3 4 5 6 7 8 9
+The recipe in ``MODELS`` is shared where it applies: pre-LayerNorm residual blocks, separate ego
+and neighbour weights (SAGE natively, GAT as GAT-sep), width 64, 12 message-passing layers,
+dropout 0.2, Adam at lr 0.01 for 300 epochs (Minesweeper needs depth: Luo et al., NeurIPS 2024,
+tune GCN/SAGE/GAT to 12-15 layers of width 64 at lr 0.01). GSM++ uses that SAGE stack as its
+local encoder (``local="sage"``, a documented option; the paper's is GatedGCN), then one GSM++
+block adds its global part as a residual that starts at zero: HAC leaves, HAC ancestor paths and
+2-hop tokens, one bidirectional scan layer each at width 16 with the hierarchical PE on their
+input, a top-2 router back to width 64; full attention over the 10,000 nodes is off (one exact
+SDPA step took ~11 s here). GPS is PyG's ``GPSConv`` (GatedGCN local + Performer attention,
+4 layers: its per-layer attention and MLP make 12 too slow here).
+
+How it was chosen, on split 0's validation ROC-AUC only (never test): SAGE with 12 layers at
+lr 0.01 reached 0.943 in 300 epochs (the earlier 3-layer, lr 1e-3, 100-epoch setting: ~0.90).
+GSM++ with the HPE added to the node embedding (the default layout) never left the constant
+predictor at lr 0.01 (train loss 0.500, validation peaked at 0.76 and fell to 0.65 by epoch
+200); with the HPE on the scan input only it reached 0.914 by epoch 90. The global width (16)
+and the single block were set by time per epoch on a 2-core CPU, not by score.
+
+    python examples/minesweeper.py --data-dir ../shared/data --models gsm++ --splits 0 1 2
+    python examples/minesweeper.py --models sage gat --splits 0 1 2 3 4 5 6 7 8 9
 """
 
 from __future__ import annotations
@@ -27,20 +44,20 @@ from graphseq.train.benchmarks_gsm import heterophilous_task
 from graphseq.train.trainer import TrainConfig, fit
 
 MODELS = {
-    # HAC (DFS leaves) + HAC ancestor paths + 2-hop tokens, top-2 router, HPE; one scan layer
-    # per tokenization; the full-attention layer is off on this 10,000-node graph (see --attention)
-    # (token_sizes=False: the reported runs predate the subgraph-size feature)
     "gsm++": {
-        "hidden": 32,
-        "layers": 2,
+        "hidden": 64,
+        "layers": 1,
+        "local": "sage",
+        "local_layers": 12,
+        "global_hidden": 16,
         "scan_layers": 1,
         "attention": False,
-        "dropout": 0.1,
-        "token_sizes": False,
+        "dropout": 0.2,
+        "global_dropout": 0.0,
     },
-    "gps": {"hidden": 32, "layers": 2, "attn_type": "performer", "dropout": 0.1},
-    "gat": {"hidden": 64, "layers": 3, "dropout": 0.2},
-    "sage": {"hidden": 64, "layers": 3, "dropout": 0.2},
+    "sage": {"hidden": 64, "layers": 12, "dropout": 0.2},
+    "gat": {"hidden": 64, "layers": 12, "heads": 4, "dropout": 0.2, "sep": True},
+    "gps": {"hidden": 64, "layers": 4, "attn_type": "performer", "dropout": 0.2},
 }
 
 
@@ -50,10 +67,10 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("GRAPHSEQ_DATA", "../shared/data"))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--splits", type=int, nargs="+", default=list(range(10)))
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--attention", action="store_true", help="GSM++ with its attention layer")
-    parser.add_argument("--out", default="runs/minesweeper")
+    parser.add_argument("--out", default="runs/minesweeper_s4")
     args = parser.parse_args()
     torch.set_num_threads(1)
     summary = {}

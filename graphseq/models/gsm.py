@@ -6,8 +6,9 @@
 * ``gps``: GraphGPS with PyG's :class:`~torch_geometric.nn.conv.GPSConv` (GatedGCN or GINE
   local message passing in parallel with multi-head attention), optionally reading a positional
   encoding attribute (e.g. ``AddLaplacianEigenvectorPE``'s);
-* ``gat``, ``sage``: GAT / GraphSAGE with residual connections and LayerNorm, the tuned
-  baselines of Platonov et al. (ICLR 2023) for the heterophilous benchmarks.
+* ``gat``, ``sage``: GAT (or GAT-sep, ``sep=True``) / GraphSAGE with residual connections and
+  LayerNorm, the tuned baselines of Platonov et al. (ICLR 2023) for the heterophilous
+  benchmarks.
 
 The sequence models need the tokenizer transforms of :mod:`graphseq.nn.gsm` applied to the data
 (the GSM benchmarks in :mod:`graphseq.train.benchmarks_gsm` do this); they take dense float node
@@ -17,21 +18,19 @@ features (``InputSpec.node_features="dense"``).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import (
-    GATConv,
     GINEConv,
     GPSConv,
     ResGatedGraphConv,
-    SAGEConv,
     global_add_pool,
     global_mean_pool,
 )
 
 from graphseq.models._init import reset_children
 from graphseq.models.registry import InputSpec, register_model
-from graphseq.nn.gsm import GSM, GSMPlusPlus
+from graphseq.nn.gsm import GSM, GSMPlusPlus, LocalEncoder
+from graphseq.nn.gsm.encoders import mean_adjacency
 
 __all__ = ["GPS", "GNNBaseline"]
 
@@ -167,9 +166,20 @@ class GNNBaseline(nn.Module):
     .. math::
         h \leftarrow h + \mathrm{Dropout}(\mathrm{GELU}(\mathrm{Conv}(\mathrm{LN}(h))))
 
+    Each block is a :class:`~graphseq.nn.gsm.LocalEncoder` (``prenorm=True``, LayerNorm, GELU),
+    the same layer GSM++ uses as its local encoder with ``local="sage"`` / ``"gat"``. SAGE keeps
+    the ego and neighbour embeddings apart natively (:math:`W_1 h_i + W_2\,\mathrm{mean}_j
+    h_j`); ``sep=True`` gives GAT the same separation (GAT-sep: a root linear map plus attention
+    over the neighbours only).
+
     Args:
         spec: the benchmark's :class:`InputSpec`. conv: ``"gat"`` or ``"sage"``. hidden, layers,
         heads (GAT: ``hidden / heads`` per head, concatenated), dropout, pool.
+        sep: GAT-sep instead of GAT (self-loops, no root map); ignored by SAGE.
+            (default: ``False``)
+
+    Shapes:
+        input: a PyG batch; output ``[N, out]`` (node level) or ``[G, out]``.
     """
 
     def __init__(
@@ -181,6 +191,7 @@ class GNNBaseline(nn.Module):
         heads: int = 4,
         dropout: float = 0.2,
         pool: str = "mean",
+        sep: bool = False,
     ) -> None:
         super().__init__()
         node_dim, _ = _dense_only(spec, conv)
@@ -188,6 +199,8 @@ class GNNBaseline(nn.Module):
             raise ValueError(f"GNNBaseline: conv must be 'gat' or 'sage', got {conv!r}")
         if conv == "gat" and hidden % heads:
             raise ValueError(f"GNNBaseline: heads ({heads}) must divide hidden ({hidden})")
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"GNNBaseline: layers must be an int >= 1, got {layers!r}")
         self.spec, self.conv, self.hidden, self.layers, self.heads = (
             spec,
             conv,
@@ -195,15 +208,13 @@ class GNNBaseline(nn.Module):
             layers,
             heads,
         )
-        self.dropout, self.pool = dropout, pool
+        self.dropout, self.pool, self.sep = dropout, pool, bool(sep) and conv == "gat"
         self.encoder = nn.Linear(node_dim, hidden)
-        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(layers))
-        self.convs = nn.ModuleList(
-            GATConv(hidden, hidden // heads, heads=heads)
-            if conv == "gat"
-            else SAGEConv(hidden, hidden)
+        self.blocks = nn.ModuleList(
+            LocalEncoder(hidden, conv, norm="layer", dropout=dropout, prenorm=True, act="gelu",
+                         heads=heads, sep=self.sep)
             for _ in range(layers)
-        )
+        )  # fmt: skip
         self.out_norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, spec.out_dim)
         self.reset_parameters()
@@ -212,17 +223,21 @@ class GNNBaseline(nn.Module):
 
     def forward(self, batch) -> Tensor:
         h = self.encoder(_features(batch, None, "GNNBaseline"))
-        for norm, conv in zip(self.norms, self.convs, strict=True):
-            h = h + F.dropout(F.gelu(conv(norm(h), batch.edge_index)), self.dropout, self.training)
+        edge_index = batch.edge_index
+        if self.conv == "sage":  # one sparse adjacency for all layers: SpMM instead of scatter
+            edge_index = mean_adjacency(edge_index, h.size(0), h.dtype)
+        for block in self.blocks:
+            h = block(h, edge_index)
         h = self.out_norm(h)
         if self.spec.level == "graph":
             h = _pool(h, batch, self.pool)
         return self.head(h)
 
     def __repr__(self) -> str:
+        sep = ", sep=True" if self.sep else ""
         return (
             f"{type(self).__name__}(conv={self.conv!r}, hidden={self.hidden}, "
-            f"layers={self.layers}, heads={self.heads}, dropout={self.dropout})"
+            f"layers={self.layers}, heads={self.heads}, dropout={self.dropout}{sep})"
         )
 
 
@@ -267,13 +282,18 @@ def gsm_plus_plus(
     attn_dropout: float = 0.0,
     pool: str = "mean",
     token_sizes: bool = True,
+    local: str = "gatedgcn",
+    local_layers: int = 1,
+    global_dropout: float | None = None,
+    global_hidden: int | None = None,
 ) -> GSMPlusPlus:
     node_dim, edge_dim = _dense_only(spec, "gsm++")
     return GSMPlusPlus(
         node_dim, hidden, spec.out_dim, tokenizations=tuple(tokenizations), layers=layers,
         scan_layers=scan_layers, heads=heads, k=k, level=spec.level, edge_dim=edge_dim,
         hpe_levels=hpe_levels, attention=attention, pool=pool, dropout=dropout,
-        attn_dropout=attn_dropout, token_sizes=token_sizes,
+        attn_dropout=attn_dropout, token_sizes=token_sizes, local=local,
+        local_layers=local_layers, global_dropout=global_dropout, global_hidden=global_hidden,
     )  # fmt: skip
 
 
@@ -296,12 +316,12 @@ def gps(
     )
 
 
-@register_model("gat", description="GAT with residual connections and LayerNorm")
+@register_model("gat", description="GAT (or GAT-sep) with residual connections and LayerNorm")
 def gat(
     spec: InputSpec, hidden: int = 64, layers: int = 3, heads: int = 4, dropout: float = 0.2,
-    pool: str = "mean",
+    pool: str = "mean", sep: bool = False,
 ) -> GNNBaseline:  # fmt: skip
-    return GNNBaseline(spec, "gat", hidden, layers, heads, dropout, pool)
+    return GNNBaseline(spec, "gat", hidden, layers, heads, dropout, pool, sep)
 
 
 @register_model("sage", description="GraphSAGE with residual connections and LayerNorm")

@@ -74,3 +74,32 @@ def test_weighted_cross_entropy():
     torch.testing.assert_close(weighted_cross_entropy(out, y), ref)
     # a class absent from the batch gets no weight and no NaN
     assert torch.isfinite(weighted_cross_entropy(torch.randn(3, 3), torch.tensor([0, 0, 1])))
+
+
+def test_baselines_gat_sep_and_depth():
+    spec = InputSpec("node", 1, "dense", 4)
+    batch = _batch()
+    plain = build_model("gat", spec, hidden=8, layers=2, heads=2)
+    sep = build_model("gat", spec, hidden=8, layers=2, heads=2, sep=True)
+    assert not plain.sep and plain.blocks[0].root is None and plain.blocks[0].conv.add_self_loops
+    assert sep.sep and sep.blocks[0].root is not None and not sep.blocks[0].conv.add_self_loops
+    for model in (plain, sep):
+        out = model(batch)
+        assert out.shape == (21, 1)
+        out.sum().backward()
+        assert model.blocks[1].conv.lin.weight.grad.abs().sum() > 0
+    assert repr(sep).endswith("sep=True)") and "sep" not in repr(plain)
+    assert not build_model("sage", spec, hidden=8, layers=2).sep
+    with pytest.raises(ValueError, match="layers"):
+        build_model("sage", spec, layers=0)
+
+
+def test_gsm_plus_plus_recipe_options_through_the_registry():
+    spec = InputSpec("node", 1, "dense", 4)
+    model = build_model("gsm++", spec, hidden=8, layers=1, local="sage", local_layers=3,
+                        global_hidden=4, global_dropout=0.0, dropout=0.2, attention=False,
+                        hpe_levels=8)  # fmt: skip
+    assert model.local_layers == 3 and model.global_hidden == 4 and model.global_dropout == 0.0
+    assert model(_batch()).shape == (21, 1)
+    with pytest.raises(ValueError, match="local"):
+        build_model("gsm++", spec, local="gcn", hpe_levels=8)

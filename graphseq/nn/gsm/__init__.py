@@ -3,9 +3,10 @@
 * tokenizers (PyG transforms): :class:`NodeTokenizer` (degree / random / BFS order),
   :class:`KHopTokenizer`, :class:`RandomWalkTokenizer`, :class:`HACTokenizer` (hierarchical
   affinity clustering by Borůvka rounds, :func:`hac_tree`);
-* encoders: :class:`LocalEncoder` (GatedGCN, GINE), :class:`ScanLayer` (selective scan on
-  :func:`graphseq.kernels.linear_scan`), :class:`AttentionLayer` (SDPA),
-  :class:`SequenceEncoder` (transformer / ssm / hybrid patterns), :class:`HierarchicalPE`;
+* encoders: :class:`LocalEncoder` (GatedGCN, GINE, GraphSAGE, GAT-sep; :func:`mean_adjacency`),
+  :class:`ScanLayer` (selective scan on :func:`graphseq.kernels.linear_scan`),
+  :class:`AttentionLayer` (SDPA), :class:`SequenceEncoder` (transformer / ssm / hybrid
+  patterns), :class:`HierarchicalPE`;
 * models: :class:`GSM` and :class:`GSMPlusPlus` with the :class:`MoTRouter`.
 """
 
@@ -16,6 +17,7 @@ from .encoders import (
     ScanLayer,
     SequenceEncoder,
     global_pattern,
+    mean_adjacency,
 )
 from .hac import HACTree, hac_tree, hac_tree_reference
 from .models import GSM, TOKENIZATIONS, GSMPlusPlus, MoTRouter
@@ -39,4 +41,5 @@ __all__ = [
     "global_pattern",
     "hac_tree",
     "hac_tree_reference",
+    "mean_adjacency",
 ]

@@ -1,7 +1,8 @@
 r"""Local and global encoders of graph sequence models, and the hierarchical positional encoding.
 
 * :class:`LocalEncoder`: one residual message-passing layer (GatedGCN = PyG's
-  :class:`~torch_geometric.nn.conv.ResGatedGraphConv`, or GINE) — the :math:`\phi_{Local}` of GSM.
+  :class:`~torch_geometric.nn.conv.ResGatedGraphConv`, GINE, GraphSAGE or GAT-sep) — the
+  :math:`\phi_{Local}` of GSM.
 * :class:`ScanLayer`: a selective state-space layer — :class:`~graphseq.nn.seq.GatedLinearRNN`
   with input-dependent diagonal decays in :math:`(0, 1)` (one scalar state per channel, so fast
   on CPU), optionally bidirectional, on packed sequences (``cu_seqlens``).
@@ -19,11 +20,12 @@ Every sequence input is packed: ``x`` ``[ΣT, D]`` with ``cu_seqlens`` ``[S + 1]
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import GINConv, GINEConv, ResGatedGraphConv
+from torch_geometric.nn import GATConv, GINConv, GINEConv, ResGatedGraphConv, SAGEConv
 
 from graphseq.nn.seq import GatedLinearRNN
 from graphseq.nn.seq.base import check_choice, check_positive_int, sequence_index
@@ -36,9 +38,11 @@ __all__ = [
     "ScanLayer",
     "SequenceEncoder",
     "global_pattern",
+    "mean_adjacency",
 ]
 
-LOCAL_ENCODERS = ("gatedgcn", "gine", "none")
+LOCAL_ENCODERS = ("gatedgcn", "gine", "sage", "gat", "none")
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
 
 def _check_rate(cls: str, name: str, value: float) -> float:
@@ -47,27 +51,72 @@ def _check_rate(cls: str, name: str, value: float) -> float:
     return float(value)
 
 
-class LocalEncoder(nn.Module):
-    r"""One residual message-passing layer:
-    :math:`h \leftarrow h + \mathrm{Dropout}(\mathrm{ReLU}(\mathrm{Norm}(\mathrm{Conv}(h))))`.
+def mean_adjacency(
+    edge_index: Tensor, num_nodes: int, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """``edge_index`` ``[2, E]`` as the transposed sparse CSR adjacency (row = target node,
+    one entry of value 1 per edge, duplicates kept) that PyG convolutions accept in place of
+    ``edge_index``. :class:`LocalEncoder`'s ``"sage"`` then aggregates by one sparse-dense
+    product instead of a gather/scatter over edges (the same mean, about 3x faster forward on
+    CPU); build it once per forward, in the node features' ``dtype``, for every layer."""
+    from torch_geometric.utils import to_torch_csr_tensor
 
-    ``conv="gatedgcn"``: residual gated graph convolution
-    (`Bresson & Laurent, 2017 <https://arxiv.org/abs/1711.07553>`_, PyG's ``ResGatedGraphConv``),
-    :math:`\mathbf{W}_1 h_i + \sum_j \sigma(\mathbf{W}_3 h_i + \mathbf{W}_4 h_j [+ e_{ij}])
-    \odot \mathbf{W}_2 h_j`; ``"gine"``: GINE (`Hu et al., 2020
-    <https://arxiv.org/abs/1905.12265>`_) with a two-layer MLP (GIN when ``edge_dim`` is
-    ``None``); ``"none"``: identity (node tokens without local encoding).
+    source, target = edge_index
+    order = torch.argsort(target * max(num_nodes, 1) + source)  # by row; duplicates stay apart
+    adj_t = torch.stack([target[order], source[order]])
+    value = torch.ones(edge_index.size(1), dtype=dtype, device=edge_index.device)
+    with warnings.catch_warnings():  # torch's "beta" / "invariant checks" notices, every call
+        warnings.filterwarnings("ignore", message="Sparse (CSR tensor|invariant)")
+        # is_coalesced=True: rows are sorted; duplicates must not be summed into one entry
+        # (the mean reduction counts stored entries, as the scatter mean counts edges)
+        return to_torch_csr_tensor(adj_t, value, (num_nodes, num_nodes), is_coalesced=True)
+
+
+class LocalEncoder(nn.Module):
+    r"""One residual message-passing layer, post-norm (GraphGPS-style, the default) or pre-norm
+    (`Platonov et al., ICLR 2023 <https://arxiv.org/abs/2302.11640>`_'s tuned baselines):
+
+    .. math::
+        h \leftarrow h + \mathrm{Dropout}(\sigma(\mathrm{Norm}(\mathrm{Conv}(h))))
+        \quad \text{or (pre-norm)} \quad
+        h \leftarrow h + \mathrm{Dropout}(\sigma(\mathrm{Conv}(\mathrm{Norm}(h))))
+
+    Convolutions:
+
+    * ``"gatedgcn"``: residual gated graph convolution
+      (`Bresson & Laurent, 2017 <https://arxiv.org/abs/1711.07553>`_, PyG's
+      ``ResGatedGraphConv``), :math:`\mathbf{W}_1 h_i + \sum_j \sigma(\mathbf{W}_3 h_i +
+      \mathbf{W}_4 h_j [+ e_{ij}]) \odot \mathbf{W}_2 h_j`;
+    * ``"gine"``: GINE (`Hu et al., 2020 <https://arxiv.org/abs/1905.12265>`_) with a two-layer
+      MLP (GIN when ``edge_dim`` is ``None``);
+    * ``"sage"``: GraphSAGE with separate ego and neighbour weights,
+      :math:`\mathbf{W}_1 h_i + \mathbf{W}_2\,\mathrm{mean}_{j \in N(i)} h_j` (PyG's
+      ``SAGEConv``; ``edge_index`` may be the :func:`mean_adjacency` of the graph);
+    * ``"gat"``: GAT-sep, :math:`\mathbf{W}_0 h_i + \Vert_{k}\sum_{j \in N(i)} \alpha^k_{ij}
+      \mathbf{W}^k h_j` — a root linear map plus multi-head attention over the neighbours only
+      (PyG's ``GATConv`` without self-loops), the "-sep" variant of Platonov et al.;
+    * ``"none"``: identity (node tokens without local encoding).
 
     Args:
         channels (int): width :math:`D`.
-        conv (str): ``"gatedgcn"``, ``"gine"`` or ``"none"``. (default: ``"gatedgcn"``)
-        edge_dim (int, optional): width of ``edge_attr`` (``None``: no edge features).
-        norm (str): ``"batch"`` or ``"layer"``. (default: ``"batch"``)
+        conv (str): one of ``"gatedgcn"``, ``"gine"``, ``"sage"``, ``"gat"``, ``"none"``.
+            (default: ``"gatedgcn"``)
+        edge_dim (int, optional): width of ``edge_attr`` (``None``: no edge features; ``"sage"``
+            takes none).
+        norm (str): ``"batch"``, ``"layer"`` or ``"none"``. (default: ``"batch"``)
         dropout (float): dropout on the update. (default: ``0.0``)
+        prenorm (bool): normalise the input of the convolution instead of its output.
+            (default: ``False``)
+        act (str): :math:`\sigma`, ``"relu"`` or ``"gelu"``. (default: ``"relu"``)
+        heads (int): attention heads of ``"gat"``; must divide ``channels``. (default: ``4``)
+        sep (bool): ``"gat"`` only: ``True`` is GAT-sep (above); ``False`` the original GAT,
+            attention over the neighbours and the node itself (self-loops), no root map.
+            (default: ``True``)
 
     Shapes:
-        - **input:** ``x`` :math:`(N, D)`, ``edge_index`` :math:`(2, E)`, ``edge_attr``
-          :math:`(E, \text{edge\_dim})` or ``None``.
+        - **input:** ``x`` :math:`(N, D)`, ``edge_index`` :math:`(2, E)` (or a sparse
+          adjacency, see :func:`mean_adjacency`), ``edge_attr`` :math:`(E, \text{edge\_dim})`
+          or ``None``.
         - **output:** :math:`(N, D)`.
     """
 
@@ -78,19 +127,31 @@ class LocalEncoder(nn.Module):
         edge_dim: int | None = None,
         norm: str = "batch",
         dropout: float = 0.0,
+        prenorm: bool = False,
+        act: str = "relu",
+        heads: int = 4,
+        sep: bool = True,
     ) -> None:
         super().__init__()
         cls = type(self).__name__
         check_positive_int(cls, "channels", channels)
         check_choice(cls, "conv", conv, LOCAL_ENCODERS)
-        check_choice(cls, "norm", norm, ("batch", "layer"))
+        check_choice(cls, "norm", norm, ("batch", "layer", "none"))
+        check_choice(cls, "act", act, tuple(_ACTIVATIONS))
+        check_positive_int(cls, "heads", heads)
+        if conv == "gat" and channels % heads:
+            raise ValueError(f"{cls}: heads ({heads}) must divide channels ({channels})")
+        if conv == "sage" and edge_dim is not None:
+            raise ValueError(f"{cls}: conv='sage' takes no edge features, got edge_dim={edge_dim}")
         self.channels, self.conv_type, self.edge_dim, self.norm_type = (
             channels,
             conv,
             edge_dim,
             norm,
         )
+        self.prenorm, self.act, self.heads, self.sep = bool(prenorm), act, heads, bool(sep)
         self.dropout = _check_rate(cls, "dropout", dropout)
+        self.root: nn.Module | None = None
         if conv == "gatedgcn":
             self.conv: nn.Module | None = ResGatedGraphConv(channels, channels, edge_dim=edge_dim)
         elif conv == "gine":
@@ -102,32 +163,60 @@ class LocalEncoder(nn.Module):
                 if edge_dim is None
                 else GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
             )
+        elif conv == "sage":
+            self.conv = SAGEConv(channels, channels)
+        elif conv == "gat":
+            self.conv = GATConv(
+                channels, channels // heads, heads=heads, add_self_loops=not sep, edge_dim=edge_dim
+            )
+            self.root = nn.Linear(channels, channels, bias=False) if sep else None
         else:
             self.conv = None
-        self.norm = nn.BatchNorm1d(channels) if norm == "batch" else nn.LayerNorm(channels)
+        self.norm = (
+            nn.BatchNorm1d(channels)
+            if norm == "batch"
+            else nn.LayerNorm(channels)
+            if norm == "layer"
+            else nn.Identity()
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         if self.conv is not None:
             self.conv.reset_parameters()  # PyG convolutions reset their MLPs too
-        self.norm.reset_parameters()
+        if self.root is not None:
+            self.root.reset_parameters()
+        if hasattr(self.norm, "reset_parameters"):
+            self.norm.reset_parameters()
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
-        if self.conv is None:
-            return x
+    def _conv(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None) -> Tensor:
         if self.edge_dim is None:
             out = self.conv(x, edge_index)
         else:
             if edge_attr is None:
                 raise ValueError(f"{type(self).__name__}: edge_dim is set but edge_attr is None")
             out = self.conv(x, edge_index, edge_attr.to(x.dtype))
-        out = F.relu(self.norm(out))
+        return out if self.root is None else out + self.root(x)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
+        if self.conv is None:
+            return x
+        act = _ACTIVATIONS[self.act]
+        if self.prenorm:
+            out = act(self._conv(self.norm(x), edge_index, edge_attr))
+        else:
+            out = act(self.norm(self._conv(x, edge_index, edge_attr)))
         return x + F.dropout(out, self.dropout, self.training)
 
     def __repr__(self) -> str:
+        extra = ""
+        if self.prenorm or self.act != "relu":
+            extra += f", prenorm={self.prenorm}, act={self.act!r}"
+        if self.conv_type == "gat":
+            extra += f", heads={self.heads}, sep={self.sep}"
         return (
             f"{type(self).__name__}({self.channels}, conv={self.conv_type!r}, "
-            f"edge_dim={self.edge_dim}, norm={self.norm_type!r})"
+            f"edge_dim={self.edge_dim}, norm={self.norm_type!r}{extra})"
         )
 
 
@@ -136,6 +225,17 @@ def reverse_index(cu_seqlens: Tensor) -> Tensor:
     seq = sequence_index(cu_seqlens)
     pos = torch.arange(seq.numel(), device=cu_seqlens.device)
     return cu_seqlens[:-1][seq] + cu_seqlens[1:][seq] - 1 - pos
+
+
+def uniform_length(cu_seqlens: Tensor, total: int) -> int | None:
+    """The common length ``T`` when all packed sequences are equally long and non-empty
+    (then ``[ΣT, D]`` is a view of ``[S, T, D]``), else ``None``."""
+    S = cu_seqlens.numel() - 1
+    if S < 1 or total == 0 or total % S:
+        return None
+    T = total // S
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    return T if bool((lengths == T).all()) else None
 
 
 class ScanLayer(nn.Module):
@@ -158,8 +258,10 @@ class ScanLayer(nn.Module):
         dropout (float): dropout on :math:`y`. (default: ``0.0``)
 
     Shapes:
-        - **input:** ``x`` :math:`(\sum_s T_s, D)`, ``cu_seqlens`` :math:`(S + 1)`.
-        - **output:** :math:`(\sum_s T_s, D)`; nothing crosses sequence boundaries.
+        - **input:** ``x`` :math:`(\sum_s T_s, D)`, ``cu_seqlens`` :math:`(S + 1)`; or, for
+          sequences of one length, ``x`` :math:`(S, T, D)` and ``cu_seqlens=None`` (the same
+          result without packing: the reverse scan is a flip of the time axis).
+        - **output:** the shape of ``x``; nothing crosses sequence boundaries.
     """
 
     def __init__(self, channels: int, bidirectional: bool = True, dropout: float = 0.0) -> None:
@@ -183,7 +285,20 @@ class ScanLayer(nn.Module):
         if self.backward_rnn is not None:
             self.backward_rnn.reset_parameters()
 
-    def forward(self, x: Tensor, cu_seqlens: Tensor, rev: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, cu_seqlens: Tensor | None = None, rev: Tensor | None = None
+    ) -> Tensor:
+        if cu_seqlens is None:  # equal-length sequences as a batch [S, T, D]
+            if x.dim() != 3:
+                raise ValueError(
+                    f"{type(self).__name__}: without cu_seqlens x must be [S, T, D], "
+                    f"got {tuple(x.shape)}"
+                )
+            h = self.norm(x)
+            y = self.forward_rnn(h)
+            if self.backward_rnn is not None:
+                y = y + self.backward_rnn(h.flip(1)).flip(1)
+            return x + F.dropout(y, self.dropout, self.training)
         h = self.norm(x).unsqueeze(0)  # [1, ΣT, D]
         y = self.forward_rnn(h, cu_seqlens=cu_seqlens)[0]
         if self.backward_rnn is not None:
@@ -352,9 +467,15 @@ class SequenceEncoder(nn.Module):
             m.reset_parameters()
 
     def forward(self, x: Tensor, cu_seqlens: Tensor) -> Tensor:
-        rev = reverse_index(cu_seqlens) if "M" in self.pattern else None
+        T = uniform_length(cu_seqlens, x.size(0)) if "M" in self.pattern else None
+        rev = reverse_index(cu_seqlens) if "M" in self.pattern and T is None else None
         for mixer, ffn in zip(self.mixers, self.ffns, strict=True):
-            x = mixer(x, cu_seqlens, rev) if isinstance(mixer, ScanLayer) else mixer(x, cu_seqlens)
+            if not isinstance(mixer, ScanLayer):
+                x = mixer(x, cu_seqlens)
+            elif T is not None:  # equal lengths (k-hop tokens, one graph's HAC paths): batched
+                x = mixer(x.view(-1, T, x.size(-1))).view(-1, x.size(-1))
+            else:
+                x = mixer(x, cu_seqlens, rev)
             x = ffn(x)
         return x
 

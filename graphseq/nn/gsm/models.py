@@ -43,6 +43,7 @@ from .encoders import (
     SequenceEncoder,
     _FeedForward,
     global_pattern,
+    mean_adjacency,
 )
 
 __all__ = ["GSM", "TOKENIZATIONS", "GSMPlusPlus", "MoTRouter", "node_tokens", "subgraph_tokens"]
@@ -155,19 +156,25 @@ def subgraph_tokens(
         return full.reshape(-1, D), cu, size.reshape(-1)
     if tokenization == "hac_bfs":
         node_batch, _ = _graph_info(batch, n, device)
-        L = value.size(1)
+        depth = batch.hac_depth[node_batch]  # [N]
+        # the stored paths are left-padded with the root up to `levels` columns: read only the
+        # deepest tree's levels (every column further left is padding for every node)
+        L = int(depth.max()) if n else 0
+        value, hac_size = value[:, value.size(1) - L :], batch.hac_size[:, value.size(1) - L :]
         offset = torch.cumsum(batch.hac_num_clusters, 0) - batch.hac_num_clusters
         ids = value + offset[node_batch].unsqueeze(1)  # [N, L] unique over the batch
         total = int(batch.hac_num_clusters.sum())
         src = h.unsqueeze(1).expand(n, L, D).reshape(-1, D)
         means = scatter(src, ids.reshape(-1), 0, dim_size=total, reduce="mean")
         full = torch.cat([means[ids], h.unsqueeze(1)], 1)  # [N, L + 1, D]
-        # keep each node's real levels (drop the root padding of shallower trees) and itself
-        depth = batch.hac_depth[node_batch]  # [N]
-        keep = torch.arange(L + 1, device=device) >= (L - depth).unsqueeze(1)
         lengths = depth + 1
-        size = torch.cat([batch.hac_size, batch.hac_size.new_ones(n, 1)], 1).to(h.dtype)
-        return full[keep], torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]), size[keep]
+        size = torch.cat([hac_size, hac_size.new_ones(n, 1)], 1).to(h.dtype)
+        cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+        if n and bool((depth == L).all()):  # one depth (a single graph): no padding to drop
+            return full.reshape(-1, D), cu, size.reshape(-1)
+        # keep each node's real levels (drop the root padding of shallower trees) and itself
+        keep = torch.arange(L + 1, device=device) >= (L - depth).unsqueeze(1)
+        return full[keep], cu, size[keep]
     # random walks: token t = mean over walks of the mean of h over steps 0..t
     L1 = _scalar(batch, "rw_walk_length", cls, "RandomWalkTokenizer") + 1
     W = value.size(0) // L1
@@ -194,6 +201,10 @@ def _reset_children(module: nn.Module) -> None:
             child.reset_parameters()
         else:
             _reset_children(child)
+
+
+def _layers(module: nn.Module) -> tuple[nn.Module, ...]:
+    return tuple(module) if isinstance(module, nn.Sequential) else (module,)
 
 
 def _pool(h: Tensor, node_batch: Tensor, num_graphs: int, pool: str) -> Tensor:
@@ -359,23 +370,30 @@ class MoTRouter(nn.Module):
         channels (int): width :math:`D`.
         experts (int): number of tokenizations :math:`T`.
         k (int): experts kept per node. (default: ``2``)
+        expert_channels (int, optional): width :math:`D_e` of the experts' encodings
+            (``None``: :math:`D`); :math:`\mathbf{W}_o` maps :math:`T D_e` back to :math:`D`.
 
     Shapes:
-        - **input:** ``h`` :math:`(N, D)`, ``ys`` a list of :math:`T` tensors :math:`(N, D)`.
+        - **input:** ``h`` :math:`(N, D)`, ``ys`` a list of :math:`T` tensors :math:`(N, D_e)`.
         - **output:** ``(z, g)``: :math:`(N, D)` and the gates :math:`(N, T)`.
     """
 
-    def __init__(self, channels: int, experts: int, k: int = 2) -> None:
+    def __init__(
+        self, channels: int, experts: int, k: int = 2, expert_channels: int | None = None
+    ) -> None:
         super().__init__()
         cls = type(self).__name__
         check_positive_int(cls, "channels", channels)
         check_positive_int(cls, "experts", experts)
         check_positive_int(cls, "k", k)
+        expert_channels = channels if expert_channels is None else expert_channels
+        check_positive_int(cls, "expert_channels", expert_channels)
         if k > experts:
             raise ValueError(f"{cls}: k ({k}) must be <= experts ({experts})")
         self.channels, self.experts, self.k = channels, experts, k
+        self.expert_channels = expert_channels
         self.router = nn.Linear(channels, experts)
-        self.out = nn.Linear(experts * channels, channels)
+        self.out = nn.Linear(experts * expert_channels, channels)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -396,7 +414,12 @@ class MoTRouter(nn.Module):
         return z, g
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.channels}, experts={self.experts}, k={self.k})"
+        extra = (
+            f", expert_channels={self.expert_channels}"
+            if self.expert_channels != self.channels
+            else ""
+        )
+        return f"{type(self).__name__}({self.channels}, experts={self.experts}, k={self.k}{extra})"
 
 
 class GSMPlusPlus(_Base):
@@ -406,7 +429,8 @@ class GSMPlusPlus(_Base):
 
     Each of the ``layers`` blocks:
 
-    1. local encoding :math:`\tilde h = \phi_{Local}(h)` (GatedGCN);
+    1. local encoding :math:`\tilde h = \phi_{Local}(h)`: ``local_layers`` residual
+       message-passing layers (GatedGCN by default; see ``local``);
     2. every tokenization :math:`t \in \tau` (default HAC leaves, HAC ancestor paths, k-hop)
        encodes :math:`\tilde h` with its own scan stack (``scan_layers`` bidirectional
        :class:`ScanLayer`\ s) into :math:`y_t`;
@@ -415,7 +439,8 @@ class GSMPlusPlus(_Base):
     4. one attention layer over each graph's nodes and a feed-forward block (the "T" of the
        hybrid), padding-masked per graph.
 
-    The input embedding adds the :class:`HierarchicalPE` of the HAC tree. The paper's exact
+    The input embedding adds the :class:`HierarchicalPE` of the HAC tree (with ``local="sage"``
+    or ``"gat"``: the scan encoders' input, see ``local``). The paper's exact
     widths, depths and router training are not public (see ``research/gsm.md``); these are
     graphseq's choices.
 
@@ -438,6 +463,25 @@ class GSMPlusPlus(_Base):
         dropout (float): dropout. (default: ``0.0``)
         attn_dropout (float): attention-weight dropout. (default: ``0.0``)
         token_sizes (bool): as in :class:`GSM`. (default: ``True``)
+        local (str): the local encoder's convolution. ``"gatedgcn"`` (the paper's) and
+            ``"gine"`` use :class:`LocalEncoder`'s post-BatchNorm ReLU layer; ``"sage"``
+            (GraphSAGE, separate ego/neighbour weights) and ``"gat"`` (GAT-sep) use the
+            pre-LayerNorm GELU layer of the tuned GAT/SAGE baselines
+            (:class:`graphseq.models.gsm.GNNBaseline`), so that GSM++'s local part is exactly
+            that baseline and the global part adds to it: with these two the router's output
+            map starts at zero (the global residual is 0 at initialisation), the hierarchical
+            PE is added to the scan encoders' input instead of the node embedding (the local
+            stack sees the features alone, as the baseline does), and a LayerNorm precedes the
+            head. (default: ``"gatedgcn"``)
+        local_layers (int): message-passing layers per block. (default: ``1``)
+        global_dropout (float, optional): dropout inside the scan encoders (over every token
+            of every sequence: with subgraph tokens ``(depth + 1) * N`` rows, and CPU random
+            numbers are slow); ``None`` uses ``dropout``. (default: ``None``)
+        global_hidden (int, optional): width of the scan encoders. With a value below
+            ``hidden``, each block projects :math:`\tilde h` down to it before tokenizing, and
+            the router's output map brings the experts back to ``hidden``: a subgraph
+            tokenization runs its encoder over ``(depth + 1) * N`` tokens, so its cost falls
+            with the square of this width. ``None``: ``hidden``. (default: ``None``)
 
     Shapes:
         - **input:** a PyG ``Data``/``Batch`` with the tokenizers' attributes.
@@ -462,15 +506,25 @@ class GSMPlusPlus(_Base):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         token_sizes: bool = True,
+        local: str = "gatedgcn",
+        local_layers: int = 1,
+        global_dropout: float | None = None,
+        global_hidden: int | None = None,
     ) -> None:
         super().__init__()
         cls = type(self).__name__
         for name, v in (("in_channels", in_channels), ("hidden", hidden),
                         ("out_channels", out_channels), ("layers", layers),
-                        ("scan_layers", scan_layers)):  # fmt: skip
+                        ("scan_layers", scan_layers), ("local_layers", local_layers)):  # fmt: skip
             check_positive_int(cls, name, v)
         check_choice(cls, "level", level, ("node", "graph"))
         check_choice(cls, "pool", pool, ("mean", "sum"))
+        check_choice(cls, "local", local, ("gatedgcn", "gine", "sage", "gat"))
+        global_dropout = dropout if global_dropout is None else global_dropout
+        global_hidden = hidden if global_hidden is None else global_hidden
+        check_positive_int(cls, "global_hidden", global_hidden)
+        if not 0.0 <= float(global_dropout) < 1.0:
+            raise ValueError(f"{cls}: global_dropout must be in [0, 1), got {global_dropout}")
         toks = tuple(resolve_tokenization(t, cls) for t in tokenizations)
         if len(set(toks)) != len(toks):
             raise ValueError(f"{cls}: tokenizations must be distinct, got {tokenizations!r}")
@@ -479,42 +533,86 @@ class GSMPlusPlus(_Base):
         self.in_channels, self.hidden, self.out_channels = in_channels, hidden, out_channels
         self.tokenizations, self.layers, self.k, self.level = toks, layers, k, level
         self.edge_dim, self.attention, self.pool = edge_dim, bool(attention), pool
+        self.local, self.local_layers = local, local_layers
         self.encoder = nn.Linear(in_channels, hidden)
-        self.pe = HierarchicalPE(hidden, hpe_levels)
-        self.size_proj = nn.Linear(1, hidden) if token_sizes else None
+        # baseline-local mode: the HPE is the sequence encoders' positional input only
+        self.pe = HierarchicalPE(global_hidden if self._prenorm else hidden, hpe_levels)
+        self.global_hidden = global_hidden
+        self.size_proj = nn.Linear(1, global_hidden) if token_sizes else None
+        self.global_dropout = float(global_dropout)
+        if local in ("sage", "gat"):  # the tuned baselines' block (GNNBaseline)
+            block = dict(norm="layer", prenorm=True, act="gelu", heads=heads)
+        else:  # GraphGPS-style post-BatchNorm block
+            block = {}
         self.locals = nn.ModuleList(
-            LocalEncoder(hidden, "gatedgcn", edge_dim, dropout=dropout) for _ in range(layers)
+            nn.Sequential(
+                *(LocalEncoder(hidden, local, edge_dim, dropout=dropout, **block)
+                  for _ in range(local_layers))
+            )
+            if local_layers > 1
+            else LocalEncoder(hidden, local, edge_dim, dropout=dropout, **block)
+            for _ in range(layers)
+        )  # fmt: skip
+        self.global_in = (
+            nn.ModuleList(nn.Linear(hidden, global_hidden) for _ in range(layers))
+            if global_hidden != hidden
+            else None
         )
         self.scans = nn.ModuleList(
             nn.ModuleList(
-                SequenceEncoder(hidden, "M" * scan_layers, heads, dropout=dropout) for _ in toks
+                SequenceEncoder(
+                    global_hidden, "M" * scan_layers, heads, dropout=self.global_dropout
+                )
+                for _ in toks
             )
             for _ in range(layers)
         )
-        self.routers = nn.ModuleList(MoTRouter(hidden, len(toks), k) for _ in range(layers))
+        self.routers = nn.ModuleList(
+            MoTRouter(hidden, len(toks), k, expert_channels=global_hidden) for _ in range(layers)
+        )
         self.attns = nn.ModuleList(
             AttentionLayer(hidden, heads, dropout, attn_dropout) if attention else nn.Identity()
             for _ in range(layers)
         )
         self.ffns = nn.ModuleList(_FeedForward(hidden, dropout) for _ in range(layers))
+        # pre-norm residual stacks end with a norm before the head (as the baselines do)
+        self.out_norm = nn.LayerNorm(hidden) if self._prenorm else nn.Identity()
         self.head = nn.Sequential(
             nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_channels)
         )
         self.reset_parameters()
 
-    reset_parameters = GSM.reset_parameters
+    @property
+    def _prenorm(self) -> bool:
+        return self.local in ("sage", "gat")
+
+    def reset_parameters(self) -> None:
+        _reset_children(self)
+        if self._prenorm:
+            # the global part starts as a zero residual on the baseline's local stack
+            for router in self.routers:
+                nn.init.zeros_(router.out.weight)
+                nn.init.zeros_(router.out.bias)
+
     _global = GSM._global
 
     def forward(self, batch, return_gates: bool = False):
         cls = type(self).__name__
         x, edge_index, node_batch, ptr, num_graphs, edge_attr = self._input(batch)
         _require(batch, "hac_dfs", cls)
-        h = self.encoder(x) + self.pe(batch.hac_child, batch.hac_size)
+        pe = self.pe(batch.hac_child, batch.hac_size)
+        h = self.encoder(x) if self._prenorm else self.encoder(x) + pe
+        if self.local == "sage":  # one sparse adjacency for all layers: SpMM instead of scatter
+            edge_index = mean_adjacency(edge_index, x.size(0), h.dtype)
         gates = []
         for block in range(self.layers):
-            h = self.locals[block](h, edge_index, edge_attr)
+            for layer in _layers(self.locals[block]):
+                h = layer(h, edge_index, edge_attr)
+            hg = h if self.global_in is None else self.global_in[block](h)
+            if self._prenorm:
+                hg = hg + pe
             ys = [
-                self._global(enc, batch, h, node_batch, ptr, tok)
+                self._global(enc, batch, hg, node_batch, ptr, tok)
                 for enc, tok in zip(self.scans[block], self.tokenizations, strict=True)
             ]
             z, g = self.routers[block](h, ys)
@@ -523,13 +621,19 @@ class GSMPlusPlus(_Base):
             if self.attention:
                 h = self.attns[block](h, ptr) if node_batch.numel() else h
             h = self.ffns[block](h)
+        h = self.out_norm(h)
         if self.level == "graph":
             h = _pool(h, node_batch, num_graphs, self.pool)
         out = self.head(h)
         return (out, gates) if return_gates else out
 
     def __repr__(self) -> str:
+        local = (
+            f", local={self.local!r}, local_layers={self.local_layers}"
+            if (self.local, self.local_layers) != ("gatedgcn", 1)
+            else ""
+        )
         return (
             f"{type(self).__name__}({self.in_channels}, {self.hidden}, {self.out_channels}, "
-            f"tokenizations={self.tokenizations}, layers={self.layers}, k={self.k})"
+            f"tokenizations={self.tokenizations}, layers={self.layers}, k={self.k}{local})"
         )

@@ -15,7 +15,7 @@ from graphseq.nn.gsm import (
     SequenceEncoder,
     global_pattern,
 )
-from graphseq.nn.gsm.encoders import reverse_index
+from graphseq.nn.gsm.encoders import mean_adjacency, reverse_index, uniform_length
 
 CU = torch.tensor([0, 5, 5, 12, 13, 20])  # lengths 5, 0 (empty), 7, 1, 7
 
@@ -153,3 +153,103 @@ def test_reprs():
     assert repr(ScanLayer(4, bidirectional=False)) == "ScanLayer(4, bidirectional=False)"
     assert repr(AttentionLayer(4, 2)) == "AttentionLayer(4, heads=2)"
     assert repr(LocalEncoder(4)) == "LocalEncoder(4, conv='gatedgcn', edge_dim=None, norm='batch')"
+
+
+# --------------------------------------------------------------------------------------------
+# equal-length sequences: the batched path of ScanLayer / SequenceEncoder
+
+
+def test_uniform_length():
+    assert uniform_length(torch.tensor([0, 3, 6, 9]), 9) == 3
+    assert uniform_length(CU, 20) is None  # lengths 5, 0, 7, 1, 7
+    assert uniform_length(torch.tensor([0, 0, 0]), 0) is None  # only empty sequences
+    assert uniform_length(torch.tensor([0]), 0) is None  # no sequences
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_scan_layer_batched_equals_packed(bidirectional):
+    layer = ScanLayer(6, bidirectional=bidirectional).double()
+    x = torch.randn(4 * 5, 6, dtype=torch.float64, requires_grad=True)
+    cu = torch.arange(5) * 5
+    packed = layer(x, cu)
+    batched = layer(x.view(4, 5, 6))
+    torch.testing.assert_close(batched.reshape(-1, 6), packed)
+    (g_packed,) = torch.autograd.grad(packed.pow(2).sum(), x)
+    (g_batched,) = torch.autograd.grad(batched.pow(2).sum(), x)
+    torch.testing.assert_close(g_batched, g_packed)
+    with pytest.raises(ValueError, match=r"\[S, T, D\]"):
+        layer(x)
+
+
+def test_sequence_encoder_takes_the_batched_path_only_for_equal_lengths(monkeypatch):
+    enc = SequenceEncoder(6, "MT", heads=2).double().eval()
+    x = torch.randn(12, 6, dtype=torch.float64)
+    cu = torch.tensor([0, 4, 8, 12])
+    out = enc(x, cu)
+    # the same layers on the packed path (as for unequal lengths) give the same result
+    monkeypatch.setattr("graphseq.nn.gsm.encoders.uniform_length", lambda cu, total: None)
+    torch.testing.assert_close(enc(x, cu), out)
+
+
+# --------------------------------------------------------------------------------------------
+# SAGE / GAT-sep local encoders, pre-norm blocks
+
+
+def _graph(n=6, gen_seed=0):
+    gen = torch.Generator().manual_seed(gen_seed)
+    ei = torch.randint(0, n, (2, 14), generator=gen)
+    ei = ei[:, ei[0] != ei[1]]
+    return torch.randn(n, 8, generator=gen, dtype=torch.float64), ei
+
+
+def test_sage_local_encoder_is_the_prenorm_sage_block():
+    x, ei = _graph()
+    enc = LocalEncoder(8, "sage", norm="layer", prenorm=True, act="gelu").double()
+    h = enc.norm(x)
+    deg = torch.bincount(ei[1], minlength=6).clamp(min=1).unsqueeze(1)
+    mean = torch.zeros_like(h).index_add_(0, ei[1], h[ei[0]]) / deg
+    ref = x + torch.nn.functional.gelu(enc.conv.lin_l(mean) + enc.conv.lin_r(h))
+    torch.testing.assert_close(enc(x, ei), ref)
+    # the sparse adjacency gives the same layer (and is what the models pass)
+    torch.testing.assert_close(enc(x, mean_adjacency(ei, 6, torch.float64)), ref)
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: enc(t, mean_adjacency(ei, 6, torch.float64)), (x,))
+
+
+@pytest.mark.parametrize("sep", [True, False])
+def test_gat_local_encoder(sep):
+    x, ei = _graph()
+    enc = LocalEncoder(8, "gat", heads=2, sep=sep, norm="none").double()
+    out = enc(x, ei)
+    conv = enc.conv(x, ei)
+    ref = x + torch.relu(conv + enc.root(x) if sep else conv)
+    torch.testing.assert_close(out, ref)
+    assert enc.conv.add_self_loops is (not sep)
+    isolated = torch.ones(6, dtype=torch.bool)
+    isolated[ei[1]] = False
+    if sep and isolated.any():  # GAT-sep: a node without neighbours keeps only its root map
+        torch.testing.assert_close(out[isolated], x[isolated] + torch.relu(enc.root(x[isolated])))
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: enc(t, ei), (x,))
+    for p in enc.parameters():
+        p.data.add_(1.0)
+    perturbed = [p.detach().clone() for p in enc.parameters()]
+    enc.reset_parameters()  # every parameter (the root map included) is re-initialised
+    assert all(not torch.equal(a, b) for a, b in zip(perturbed, enc.parameters(), strict=True))
+    assert (
+        repr(enc) == f"LocalEncoder(8, conv='gat', edge_dim=None, norm='none', heads=2, sep={sep})"
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"conv": "sage", "edge_dim": 3}, "edge features"),
+        ({"conv": "gat", "heads": 3}, "divide"),
+        ({"act": "tanh"}, "act"),
+        ({"heads": 0}, "heads"),
+    ],
+)
+def test_local_encoder_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LocalEncoder(8, **kwargs)

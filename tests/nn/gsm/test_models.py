@@ -16,6 +16,7 @@ from graphseq.nn.gsm import (
     NodeTokenizer,
     RandomWalkTokenizer,
 )
+from graphseq.nn.gsm.models import subgraph_tokens
 
 TRANSFORM = T.Compose(
     [NodeTokenizer("degree"), NodeTokenizer("random"), NodeTokenizer("bfs"), KHopTokenizer(2),
@@ -155,3 +156,111 @@ def test_token_sizes_let_subgraph_tokens_see_degree(tokenization):
         outs[sizes] = model(batch)
     assert torch.allclose(outs[False][0], outs[False][1])  # centre == leaf without sizes
     assert not torch.allclose(outs[True][0], outs[True][1], atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# HAC ancestor-path tokens: against a per-node loop; GSM++'s local / global-width options
+
+
+def _hac_bfs_loop(batch, h):
+    """Per node: the mean of h over each of its real HAC clusters, coarse to fine, then h_v."""
+    tokens, sizes = [], []
+    for g, data in enumerate(batch.to_data_list()):
+        start = int(batch.ptr[g])
+        depth, L = int(data.hac_depth), data.hac_path.size(1)
+        for v in range(data.num_nodes):
+            for col in range(L - depth, L):
+                members = (data.hac_path[:, col] == data.hac_path[v, col]).nonzero().view(-1)
+                tokens.append(h[start + members].mean(0))
+                sizes.append(float(members.numel()))
+            tokens.append(h[start + v])
+            sizes.append(1.0)
+    return torch.stack(tokens), torch.tensor(sizes, dtype=h.dtype)
+
+
+@pytest.mark.parametrize("graphs", [GRAPHS, GRAPHS[3:4]], ids=["depths-differ", "one-graph"])
+def test_hac_bfs_tokens_match_a_loop(graphs):
+    batch = Batch.from_data_list(graphs)
+    h = torch.randn(batch.num_nodes, 4, dtype=torch.float64)
+    tokens, cu, size = subgraph_tokens(batch, "hac_bfs", h)
+    ref_tokens, ref_size = _hac_bfs_loop(batch, h)
+    torch.testing.assert_close(tokens, ref_tokens)
+    torch.testing.assert_close(size, ref_size)
+    depth = torch.cat([d.hac_depth.expand(d.num_nodes) for d in graphs])
+    assert torch.equal(cu[1:] - cu[:-1], depth + 1)
+    assert torch.equal(tokens[cu[1:] - 1], h)  # each node's last token is itself
+
+
+def test_mot_router_narrow_experts():
+    router = MoTRouter(8, experts=3, k=2, expert_channels=4)
+    z, g = router(torch.randn(5, 8), [torch.randn(5, 4) for _ in range(3)])
+    assert z.shape == (5, 8) and g.shape == (5, 3)
+    assert repr(router) == "MoTRouter(8, experts=3, k=2, expert_channels=4)"
+    with pytest.raises(ValueError, match="expert_channels"):
+        MoTRouter(8, experts=3, expert_channels=0)
+
+
+@pytest.mark.parametrize("local", ["sage", "gat"])
+def test_gsm_plus_plus_local_stack_and_narrow_global(local):
+    torch.manual_seed(0)
+    model = GSMPlusPlus(3, 8, 2, heads=2, level="node", hpe_levels=6, local=local,
+                        local_layers=2, global_hidden=4, attention=False)  # fmt: skip
+    assert len(model.locals[0]) == 2 and model.locals[0][0].prenorm
+    assert model.scans[0][0].channels == 4 and model.global_in[0].out_features == 4
+    out = model(BATCH)
+    assert out.shape == (20, 2) and torch.isfinite(out).all()
+    # the global residual starts at zero: the output is the local stack's (+ FFN, norm, head),
+    # and the HPE (width global_hidden) enters only through it
+    assert all(r.out.weight.abs().sum() == 0 for r in model.routers)
+    assert model.pe.channels == 4
+    moved = BATCH.clone()
+    moved.hac_child = torch.zeros_like(moved.hac_child)
+    torch.manual_seed(2)
+    first = model(moved)
+    torch.manual_seed(2)
+    torch.testing.assert_close(first, model(BATCH))
+    out.sum().backward()
+    assert model.routers[0].out.weight.grad.abs().sum() > 0
+    for r in model.routers:  # once the router's output map is non-zero, the scans learn too
+        torch.nn.init.normal_(r.out.weight)
+    model.zero_grad()
+    model(BATCH).sum().backward()
+    for p in (model.global_in[0].weight, model.scans[1][1].mixers[0].norm.weight,
+              model.locals[1][1].conv.lin_l.weight if local == "sage"
+              else model.locals[1][1].root.weight):  # fmt: skip
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    model.eval()  # one graph alone == the same graph inside the batch
+    start = 0
+    full = model(BATCH)
+    for g in GRAPHS:
+        alone = model(Batch.from_data_list([g]))
+        torch.testing.assert_close(alone, full[start : start + g.num_nodes], atol=1e-5, rtol=1e-4)
+        start += g.num_nodes
+    for p in model.parameters():
+        p.data.add_(1.0)
+    perturbed = [p.detach().clone() for p in model.parameters()]
+    model.reset_parameters()  # reaches the new modules: the local stack and the down-projection
+    changed = [not torch.equal(a, b) for a, b in zip(perturbed, model.parameters(), strict=True)]
+    assert all(changed)
+    assert f"local='{local}', local_layers=2" in repr(model)
+
+
+def test_gsm_plus_plus_defaults_keep_the_published_layout():
+    model = GSMPlusPlus(3, 8, 2, heads=2, hpe_levels=6)
+    assert model.global_in is None and model.global_hidden == 8
+    assert model.locals[0].conv_type == "gatedgcn" and not model.locals[0].prenorm
+    assert model.scans[0][0].mixers[0].dropout == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"local": "gcn"}, "local"),
+        ({"local_layers": 0}, "local_layers"),
+        ({"global_dropout": 1.0}, "global_dropout"),
+        ({"global_hidden": 0}, "global_hidden"),
+    ],
+)
+def test_gsm_plus_plus_bad_local_and_global_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GSMPlusPlus(3, 8, 2, **kwargs)

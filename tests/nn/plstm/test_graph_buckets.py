@@ -477,5 +477,5 @@ def test_path_form_refuses_double_backward():
     x.requires_grad_()
     out = conv(x, b.edge_index, b.batch)
     (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|double backward|differentiable"):
+    with pytest.raises(RuntimeError, match="once_differentiable"):
         g.sum().backward()
