@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 import torch
@@ -90,6 +90,19 @@ PATH_BLOCK_BYTES = 64 * 2**20
 #: Cost of one more bucket in :func:`_bucket_bounds`'s model, in the units of
 #: :func:`_padded_cost` (the fixed cost of a block's dozen tensor ops).
 BUCKET_OVERHEAD = 4096.0
+
+
+def _to_device(obj, device: torch.device | str):
+    """A copy of the dataclass ``obj`` with every tensor or object with a ``.to`` (also inside
+    tuples) among its constructor fields on ``device``; fields left out of the constructor
+    (caches) start empty."""
+
+    def move(value):
+        if isinstance(value, tuple):
+            return tuple(move(v) for v in value)
+        return value.to(device) if hasattr(value, "to") else value
+
+    return type(obj)(**{f.name: move(getattr(obj, f.name)) for f in fields(obj) if f.init})
 
 
 def _check_edge_index(op: str, edge_index: object, num_nodes: int) -> Tensor:
@@ -312,19 +325,7 @@ class DagStructure:
 
     def to(self, device: torch.device | str) -> DagStructure:
         """A copy with every tensor (and every layout built so far) on ``device``."""
-        out = DagStructure(
-            self.num_nodes,
-            self.edge_index.to(device),
-            self.input_edge.to(device),
-            self.lg_edge_index.to(device),
-            self.lg_node.to(device),
-            self.plan.to(device),
-            self.mode,
-            self.orientation,
-            self.reverse,
-            None if self.batch is None else self.batch.to(device),
-            self.bucket_overhead,
-        )
+        out = _to_device(self, device)
         moved: dict[int, GraphLayout] = {}  # a layout cached under both keys is moved once
         for key, layout in self._layouts.items():
             if id(layout) not in moved:
@@ -366,15 +367,7 @@ class GraphBucket:
 
     def to(self, device: torch.device | str) -> GraphBucket:
         """A copy with every tensor on ``device``."""
-        return GraphBucket(
-            self.num_graphs,
-            self.width,
-            self.edge_width,
-            self.node_slot.to(device),
-            self.source_slot.to(device),
-            self.target_slot.to(device),
-            self.lg_slot.to(device),
-        )
+        return _to_device(self, device)
 
 
 @dataclass(frozen=True)
@@ -399,13 +392,7 @@ class StateGroup:
 
     def to(self, device: torch.device | str) -> StateGroup:
         """A copy with every tensor on ``device``."""
-        return StateGroup(
-            self.node.to(device),
-            self.edge.to(device),
-            self.lg.to(device),
-            self.lg_edge_index.to(device),
-            self.plan.to(device),
-        )
+        return _to_device(self, device)
 
 
 @dataclass(frozen=True)
@@ -435,18 +422,11 @@ class GraphLayout:
     edge: Tensor
     lg: Tensor
     large: StateGroup | None
-    plans: dict = field(default_factory=dict, repr=False, compare=False)
+    plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def to(self, device: torch.device | str) -> GraphLayout:
         """A copy with every tensor on ``device``."""
-        return GraphLayout(
-            self.graph_sizes.to(device),
-            tuple(b.to(device) for b in self.buckets),
-            self.node.to(device),
-            self.edge.to(device),
-            self.lg.to(device),
-            None if self.large is None else self.large.to(device),
-        )
+        return _to_device(self, device)
 
 
 def _padded_cost(width: int, edge_width: int) -> float:

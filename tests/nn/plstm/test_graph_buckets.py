@@ -479,3 +479,25 @@ def test_path_form_refuses_double_backward():
     (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         g.sum().backward()
+
+
+def test_structure_to_device_moves_every_field_and_cached_layout():
+    gen = torch.Generator().manual_seed(23)
+    b, _ = mixed_batch([5, 1, 7, -2], gen, chords=2)
+    conv = layer("P", algorithm="paths")
+    x = torch.randn(b.num_nodes, 6, generator=gen, dtype=torch.float64).to(DEVICE)
+    st = prepare_dag(b.edge_index, b.num_nodes, batch=b.batch)
+    want = conv(x, b.edge_index, b.batch, structure=st)  # builds the layout and its plans
+    layout = st.layout("paths")
+    assert layout is st.layout("auto") and layout.plans  # one layout under both keys
+    moved = st.to(DEVICE)
+    for name in ("num_nodes", "mode", "orientation", "reverse", "bucket_overhead"):
+        assert getattr(moved, name) == getattr(st, name)
+    for name in ("edge_index", "input_edge", "lg_edge_index", "lg_node", "batch"):
+        assert torch.equal(getattr(moved, name), getattr(st, name))
+    copy = moved.layout("paths")
+    assert copy is not layout and copy is moved.layout("auto")  # moved once, still shared
+    assert not copy.plans  # the cache starts empty
+    assert [bk.width for bk in copy.buckets] == [bk.width for bk in layout.buckets]
+    assert torch.equal(copy.buckets[0].lg_slot, layout.buckets[0].lg_slot)
+    assert torch.equal(conv(x, b.edge_index, b.batch, structure=moved), want)
