@@ -11,7 +11,7 @@ from torch_geometric.nn.aggr import LCMAggregation as PyGLCMAggregation
 
 from graphseq.kernels import SegmentPlan
 from graphseq.nn.aggr import LCMAggregation
-from graphseq.nn.aggr.lcm import _gru_update, _SymmetricGRU
+from graphseq.nn.aggr.lcm import _symmetric_gru_reference, _SymmetricGRU
 
 CELLS = ("gru", "mlp")
 
@@ -102,13 +102,32 @@ def test_gru_cell_is_torch_gru_cell():
 
 def test_symmetric_gru_gradcheck():
     p, c = 5, 3
-    pa = torch.randn(p, 6 * c, dtype=torch.float64, requires_grad=True)
-    pb = torch.randn(p, 6 * c, dtype=torch.float64, requires_grad=True)
+    q, m, na, nb = (
+        torch.randn(p, 2 * c, dtype=torch.float64, requires_grad=True) for _ in range(4)
+    )
     a = torch.randn(p, c, dtype=torch.float64, requires_grad=True)
     b = torch.randn(p, c, dtype=torch.float64, requires_grad=True)
-    assert gradcheck(_SymmetricGRU.apply, (pa, pb, a, b))
-    reference = 0.5 * (_gru_update(pa, pb, b) + _gru_update(pb, pa, a))
-    torch.testing.assert_close(_SymmetricGRU.apply(pa, pb, a, b), reference)
+    inputs = (q, m, na, nb, a, b)
+    assert gradcheck(_SymmetricGRU.apply, inputs)
+    torch.testing.assert_close(_SymmetricGRU.apply(*inputs), _symmetric_gru_reference(*inputs))
+    grads = torch.autograd.grad(_SymmetricGRU.apply(*inputs).sum(), inputs)
+    expected = torch.autograd.grad(_symmetric_gru_reference(*inputs).sum(), inputs)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+def test_gru_combine_matches_two_gru_cells_float64():
+    """The sum/difference form is the symmetrised GRUCell, values and gradients, to 1e-12."""
+    aggr = LCMAggregation(6, 6).double()
+    a = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    got = aggr.combine(a, b)
+    want = 0.5 * (aggr.gru_cell(a, b) + aggr.gru_cell(b, a))
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    params = [a, b, *aggr.gru_cell.parameters()]
+    g = torch.randn_like(got)
+    for x, y in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
+        torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("cell", CELLS)
