@@ -22,6 +22,15 @@ initialisation so that, for a standard-normal embedding, the generated weights s
 std ``1/sqrt(fan_in)`` (LeCun initialisation; the role hyperfan-in init plays in
 hypnettorch). :meth:`~HyperNetwork.num_shared_parameters` excludes task-specific parameters,
 as von Oswald et al. report compression ratios.
+
+Training with the output regulariser needs the current task's weights and every old task's
+weights at each step. :meth:`HyperNetwork.generate_with_old` produces both from one batched
+generator call (one LSTM unroll for all tasks instead of two), and returns the old tasks' outputs
+in the generator's own *padded layout* (``[S, Q]``, ``Q >= P``; for the RNN hypernetwork the
+``[N, c]`` step outputs, including the unread tail of each layer's last chunk) so the
+regulariser never gathers them into the flat order. :meth:`HyperNetwork.snapshot` gives the
+regulariser targets in the same layout; ``raw * padded_scale`` are the weights, exactly zero at
+the positions that are not read out, so squared distances are the same as in the flat order.
 """
 
 from __future__ import annotations
@@ -121,8 +130,12 @@ def _step_layout(spec: ParamSpec, chunk: int, chunking: str) -> tuple[list[int],
 class HyperNetwork(nn.Module):
     """Base class: task embeddings, output scaling, the ``forward(task)`` contract.
 
-    Subclasses implement :meth:`_generate` (``[B, d]`` embeddings -> ``[B, P]`` raw numbers)
-    and :meth:`_output_layer` (the last linear layer, rescaled by :meth:`reset_parameters`).
+    Subclasses implement :meth:`_features` (``[B, d]`` embeddings -> batch-first features
+    ``[B, ..., h]``) and :meth:`_output_layer` (the last linear layer, ``h -> c``, rescaled by
+    :meth:`reset_parameters`), and call :meth:`_set_layout`. The output layer applied to the
+    features, flattened, is the *raw* output ``[B, Q]`` in the generator's padded layout; flat
+    target number ``p`` is read at ``index[p]`` (at ``p`` when ``index`` is ``None``) and
+    multiplied by ``scale[p]``.
 
     Args:
         spec: the target's parameter spec (``target.param_spec``).
@@ -150,8 +163,12 @@ class HyperNetwork(nn.Module):
         return len(self.task_embeddings)
 
     def add_task(self, generator: torch.Generator | None = None) -> int:
-        """Append a new task embedding (standard normal draw); returns its task id."""
-        e = torch.randn(self.embedding_dim, generator=generator, device=self.scale.device)
+        """Append a new task embedding (standard normal draw, in the hypernetwork's dtype);
+        returns its task id."""
+        e = torch.randn(
+            self.embedding_dim, generator=generator, dtype=self.scale.dtype,
+            device=self.scale.device,
+        )  # fmt: skip
         self.task_embeddings.append(nn.Parameter(e))
         return self.num_tasks - 1
 
@@ -230,18 +247,92 @@ class HyperNetwork(nn.Module):
             raise ValueError("task list must not be empty")
         return torch.stack([self.task_embeddings[t] for t in tasks]), False
 
-    def _generate(self, emb: Tensor, tasks: list[int] | None) -> Tensor:  # pragma: no cover
+    def _features(self, emb: Tensor, tasks: list[int] | None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def _output_layer(self) -> nn.Linear:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _set_layout(self, size: int, index: Tensor | None) -> None:
+        """Declare the padded layout: raw outputs ``[B, size]``, flat number ``p`` at
+        ``index[p]`` (``None``: at ``p``). Registers ``index`` (``None`` when it is the
+        identity, so the read-out is a slice) and ``padded_scale`` ``[size]``: ``scale`` at the
+        positions read out, zero elsewhere."""
+        P = self.spec.numel
+        if index is not None and torch.equal(index, torch.arange(P)):
+            index = None
+        positions = torch.arange(P) if index is None else index
+        padded = torch.zeros(size, dtype=self.scale.dtype, device=self.scale.device)
+        padded[positions.to(self.scale.device)] = self.scale
+        self.register_buffer("padded_scale", padded, persistent=False)
+        if index is not None:
+            index = index.to(self.scale.device)
+        self.register_buffer("index", index, persistent=False)
+
+    def _raw(self, features: Tensor) -> Tensor:
+        """Batch-first features -> raw outputs ``[B, Q]`` in the padded layout."""
+        out = self._output_layer()(features)
+        return out.reshape(out.shape[0], self.padded_scale.numel())
+
+    def _read_out(self, raw: Tensor) -> Tensor:
+        """Raw outputs ``[B, Q]`` -> the ``[B, P]`` target numbers (before ``scale``)."""
+        if self.index is None:
+            return raw[:, : self.spec.numel]
+        return raw.index_select(1, self.index)
+
+    def _generate(self, emb: Tensor, tasks: list[int] | None) -> Tensor:
+        return self._read_out(self._raw(self._features(emb, tasks)))
+
+    # -- training with the output regulariser ------------------------------------------------
+
+    def generate_padded(self, tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """``(raw [B, Q], features [B, ...])`` for a list of tasks, in the padded layout:
+        ``raw * padded_scale`` are the tasks' weights (zero where nothing is read out)."""
+        tasks = self._id_list("tasks", tasks)
+        emb, _ = self._embeddings(tasks, None)  # checks the ids
+        features = self._features(emb, self._task_list(tasks))
+        return self._raw(features), features
+
+    def generate_with_old(self, task: int, old: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """One batched generator call for a training step with the output regulariser.
+
+        Args:
+            task: the task being learned.
+            old: the old tasks to regularise (may be empty).
+
+        Returns:
+            ``(weights, old_raw, old_features)``: ``forward(task)`` ``[P]``, and for the old
+            tasks what :meth:`generate_padded` returns (``[S, Q]``, ``[S, ...]``). The features
+            are split before the output layer, so no gradient flows through a slice of the
+            large raw outputs.
+        """
+        if isinstance(task, bool) or not isinstance(task, int):
+            raise TypeError(f"task must be an int, got {type(task).__name__}")
+        tasks = [task, *self._id_list("old", old)]
+        emb, _ = self._embeddings(tasks, None)  # checks the ids
+        features = self._features(emb, self._task_list(tasks))
+        weights = self._finish(self._read_out(self._raw(features[:1])), squeeze=True)
+        return weights, self._raw(features[1:]), features[1:]
+
+    @staticmethod
+    def _id_list(name: str, tasks: object) -> list:
+        if not isinstance(tasks, (list, tuple, range)):
+            raise TypeError(f"{name} must be a list of task ids, got {type(tasks).__name__}")
+        return list(tasks)
+
+    @torch.no_grad()
+    def snapshot(self, tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Regulariser targets, detached: ``(weights [B, Q]`` in the padded layout (``raw *
+        padded_scale``), ``features [B, ...])``."""
+        raw, features = self.generate_padded(tasks)
+        return raw * self.padded_scale, features
 
     @torch.no_grad()
     def _calibrate(self) -> None:
         # rescale the output layer so raw outputs have unit std for N(0, I) embeddings: with the
         # output scale the generated weights then start at std 1/sqrt(fan_in)
         g = torch.Generator().manual_seed(0)
-        emb = torch.randn(8, self.embedding_dim, generator=g).to(self.scale.device)
+        emb = torch.randn(8, self.embedding_dim, generator=g).to(self.scale)
         tasks = [0] * 8 if self._needs_task_ids() and self.num_tasks > 0 else None
         if self._needs_task_ids() and tasks is None:
             return
@@ -290,6 +381,7 @@ class FullHyperNetwork(HyperNetwork):
         self.activation = activation
         self.body = _mlp([embedding_dim, *self.hidden], activation)
         self.out = nn.Linear(([embedding_dim, *self.hidden])[-1], spec.numel)
+        self._set_layout(spec.numel, None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -302,8 +394,8 @@ class FullHyperNetwork(HyperNetwork):
     def _output_layer(self) -> nn.Linear:
         return self.out
 
-    def _generate(self, emb: Tensor, tasks) -> Tensor:
-        return self.out(self.body(emb))
+    def _features(self, emb: Tensor, tasks) -> Tensor:
+        return self.body(emb)  # [B, hidden[-1]]
 
     def config(self) -> dict:
         return {
@@ -370,6 +462,8 @@ class ChunkedHyperNetwork(HyperNetwork):
             self.chunk_embeddings.append(
                 nn.Parameter(torch.empty(self.num_chunks, chunk_embedding_dim))
             )
+        # the last chunk's remainder beyond P is padding
+        self._set_layout(self.num_chunks * self.chunk_size, None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -389,7 +483,7 @@ class ChunkedHyperNetwork(HyperNetwork):
         if self.conditional_chunk_embeddings:
             c = torch.randn(
                 self.num_chunks, self.chunk_embedding_dim, generator=generator,
-                device=self.scale.device,
+                dtype=self.scale.dtype, device=self.scale.device,
             )  # fmt: skip
             self.chunk_embeddings.append(nn.Parameter(c))
             if t == 0:
@@ -405,7 +499,7 @@ class ChunkedHyperNetwork(HyperNetwork):
     def _output_layer(self) -> nn.Linear:
         return self.out
 
-    def _generate(self, emb: Tensor, tasks: list[int] | None) -> Tensor:
+    def _features(self, emb: Tensor, tasks: list[int] | None) -> Tensor:
         b = emb.shape[0]
         if self.conditional_chunk_embeddings:
             if tasks is None:
@@ -417,8 +511,7 @@ class ChunkedHyperNetwork(HyperNetwork):
         else:
             chunks = self.chunk_embeddings[0].expand(b, -1, -1)  # [B, N, ce]
         inp = torch.cat([emb.unsqueeze(1).expand(-1, self.num_chunks, -1), chunks], dim=-1)
-        out = self.out(self.body(inp))  # [B, N, c]
-        return out.reshape(b, -1)[:, : self.spec.numel]
+        return self.body(inp)  # [B, N, hidden[-1]]
 
     def config(self) -> dict:
         return {
@@ -521,7 +614,7 @@ class RNNHyperNetwork(HyperNetwork):
         steps_layer, index = _step_layout(spec, self.chunk_size, chunking)
         self.num_steps = len(steps_layer)
         # flat position p of the target <- position index[p] of the [N * c] step outputs
-        self.register_buffer("index", index, persistent=False)
+        self._set_layout(self.num_steps * self.chunk_size, index)
         layer_ids = torch.tensor(steps_layer)
         self.register_buffer(
             "signal", self._fixed_signal(layer_ids, spec.num_layers), persistent=False
@@ -581,8 +674,9 @@ class RNNHyperNetwork(HyperNetwork):
         t = super().add_task(generator)
         if self.conditional_step_embeddings:
             e = torch.randn(
-                self.num_steps, self.step_dim, generator=generator, device=self.scale.device
-            )
+                self.num_steps, self.step_dim, generator=generator, dtype=self.scale.dtype,
+                device=self.scale.device,
+            )  # fmt: skip
             self.task_step_embeddings.append(nn.Parameter(e))
             if t == 0:
                 self._calibrate()
@@ -612,19 +706,14 @@ class RNNHyperNetwork(HyperNetwork):
         """``(weights [B, P], hidden states [B, N, H])`` for a list of tasks (``[P], [N, H]``
         for one task)."""
         emb, squeeze = self._embeddings(task, None)
-        h, _ = self.lstm(self._inputs(emb, self._task_list(task)))  # [N, B, H]
-        raw = self._read_out(h)
-        states = h.transpose(0, 1)
+        states = self._features(emb, self._task_list(task))  # [B, N, H]
+        raw = self._read_out(self._raw(states))
         return self._finish(raw, squeeze), (states[0] if squeeze else states)
 
-    def _read_out(self, h: Tensor) -> Tensor:
-        b = h.shape[1]
-        chunks = self.out(h)  # [N, B, c]
-        return chunks.transpose(0, 1).reshape(b, -1).index_select(1, self.index)
-
-    def _generate(self, emb: Tensor, tasks) -> Tensor:
-        h, _ = self.lstm(self._inputs(emb, tasks))
-        return self._read_out(h)
+    def _features(self, emb: Tensor, tasks) -> Tensor:
+        h, _ = self.lstm(self._inputs(emb, tasks))  # [N, B, H]
+        # batch-first: the output layer then writes [B, N, c], each task's outputs contiguous
+        return h.transpose(0, 1)
 
     @torch.no_grad()
     def grow(self, units: int) -> None:

@@ -164,9 +164,8 @@ def _train_steps(method, task_id, task, config, steps, gen, log) -> None:
     for step in range(steps):
         idx = torch.randint(n, (config.batch_size,), generator=gen)
         x, y = task.train.batch(idx)
-        logits = target.head(target(x, method.weights(task_id)), task_id)
-        loss = F.cross_entropy(logits, y)
-        reg = method.penalty(task_id)
+        weights, reg = method.weights_and_penalty(task_id)
+        loss = F.cross_entropy(target.head(target(x, weights), task_id), y)
         total = loss if reg is None else loss + reg
         opt.zero_grad(set_to_none=True)
         total.backward()

@@ -7,9 +7,13 @@ A :class:`ContinualMethod` owns the trainable state for a target network and ans
     method.begin_task(t)                  # add an embedding / network, snapshot old state
     opt = Adam(method.trainable(t))       # a fresh optimiser per task
     for each step:
-        loss = CE(target.head(target(x, method.weights(t)), t), y) + method.penalty(t)
+        w, reg = method.weights_and_penalty(t)    # = (method.weights(t), method.penalty(t))
+        loss = CE(target.head(target(x, w), t), y) + reg
         loss.backward(); method.before_step(); opt.step(); method.after_step()
     method.end_task(t, task)              # Fisher, SI importance, ...
+
+``weights_and_penalty`` lets a method compute both from shared work: the hypernetwork
+generates the current and the old tasks' weights in one batched call.
 
 Methods:
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from graphseq.continual.hnets import HyperNetwork, RNNHyperNetwork, hypernetwork_from_config
 from graphseq.continual.targets import TargetNetwork, target_from_config
@@ -44,6 +49,45 @@ __all__ = [
     "SeparateNetworks",
     "method_from_config",
 ]
+
+
+def _scaled_squared_distance_reference(raw: Tensor, scale: Tensor, target: Tensor) -> Tensor:
+    """``[S]``: ``sum_q (raw[k, q] * scale[q] - target[k, q])^2`` for each row ``k`` (the
+    readable definition; :func:`_scaled_squared_distance` is the same with a hand-written
+    backward)."""
+    return (raw * scale - target).pow(2).sum(dim=1)
+
+
+class _ScaledSquaredDistance(torch.autograd.Function):
+    # Autograd would keep raw * scale and its difference and spend about six passes over the
+    # [S, Q] tensors; here the forward keeps d = target - raw * scale (one fused pass) and the
+    # backward writes -2 g d * scale (two passes). Q is about 10^5 per old task.
+
+    @staticmethod
+    def forward(ctx, raw: Tensor, scale: Tensor, target: Tensor) -> Tensor:
+        d = torch.addcmul(target, raw, scale, value=-1.0)  # target - raw * scale, [S, Q]
+        ctx.save_for_backward(d, raw, scale)
+        return torch.linalg.vecdot(d, d, dim=1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        d, raw, scale = ctx.saved_tensors
+        g = grad.unsqueeze(1)  # [S, 1]
+        grad_raw = grad_scale = grad_target = None
+        if ctx.needs_input_grad[0]:
+            grad_raw = (d * scale).mul_(-2.0 * g)
+        if ctx.needs_input_grad[1]:
+            grad_scale = ((-2.0 * g) * d * raw).sum(dim=0)
+        if ctx.needs_input_grad[2]:
+            grad_target = 2.0 * g * d
+        return grad_raw, grad_scale, grad_target
+
+
+def _scaled_squared_distance(raw: Tensor, scale: Tensor, target: Tensor) -> Tensor:
+    """``[S]``: ``||raw[k] * scale - target[k]||^2`` for raw ``[S, Q]``, scale ``[Q]``, target
+    ``[S, Q]`` (same dtype and device), differentiable in all three."""
+    return _ScaledSquaredDistance.apply(raw, scale, target)
 
 
 def _nonneg(cls: str, name: str, value: object) -> float:
@@ -78,6 +122,11 @@ class ContinualMethod(nn.Module):
 
     def penalty(self, task: int) -> Tensor | None:
         return None
+
+    def weights_and_penalty(self, task: int) -> tuple[Tensor, Tensor | None]:
+        """``(weights(task), penalty(task))`` for one training step; a method may compute both
+        from shared work (the hypernetwork does)."""
+        return self.weights(task), self.penalty(task)
 
     def before_step(self) -> None:
         pass
@@ -128,6 +177,11 @@ class HypernetworkMethod(ContinualMethod):
         growth_threshold: accuracy in ``[0, 1]`` under which the hypernetwork grows.
         max_growths: growth steps allowed per task.
         seed: seeds the task-embedding draws and the regulariser's task subsets.
+
+    :meth:`weights_and_penalty` generates the current and the regularised old tasks' weights
+    in one batched hypernetwork call (``hnet.generate_with_old``) and compares the old ones
+    with their targets in the hypernetwork's padded layout; the result equals
+    ``(weights(task), penalty(task))`` up to float rounding.
     """
 
     name = "hnet"
@@ -188,13 +242,11 @@ class HypernetworkMethod(ContinualMethod):
         self._targets = self._hidden_targets = None
         if task == 0 or (self.beta == 0 and self.hidden_beta == 0):
             return
-        old = list(range(task))
-        with torch.no_grad():
-            if self.hidden_beta > 0:
-                w, h = self.hnet.generate_with_states(old)
-                self._targets, self._hidden_targets = w.detach(), h.detach()
-            else:
-                self._targets = self.hnet(old).detach()
+        # targets in the padded layout of generate_padded (zero where nothing is read out)
+        weights, features = self.hnet.snapshot(list(range(task)))
+        self._targets = weights
+        if self.hidden_beta > 0:
+            self._hidden_targets = features
 
     def weights(self, task: int) -> Tensor:
         return self.hnet(task)
@@ -206,20 +258,36 @@ class HypernetworkMethod(ContinualMethod):
     def penalty(self, task: int) -> Tensor | None:
         if self._targets is None:
             return None
-        old = torch.arange(self._targets.shape[0])
-        if self.reg_batch_size is not None and self.reg_batch_size < old.numel():
-            old = torch.randperm(old.numel(), generator=self._gen)[: self.reg_batch_size]
-        tasks = old.tolist()
+        old = self._regularised_tasks()
+        raw, features = self.hnet.generate_padded(old)
+        return self._regulariser(old, raw, features)
+
+    def weights_and_penalty(self, task: int) -> tuple[Tensor, Tensor | None]:
+        if self._targets is None:
+            return self.weights(task), None
+        old = self._regularised_tasks()
+        weights, raw, features = self.hnet.generate_with_old(task, old)
+        return weights, self._regulariser(old, raw, features)
+
+    def _regularised_tasks(self) -> list[int]:
+        """All old tasks, or a random ``reg_batch_size`` of them (one draw per call)."""
+        n = self._targets.shape[0]
+        if self.reg_batch_size is not None and self.reg_batch_size < n:
+            return torch.randperm(n, generator=self._gen)[: self.reg_batch_size].tolist()
+        return list(range(n))
+
+    def _regulariser(self, old: list[int], raw: Tensor, features: Tensor) -> Tensor:
+        # beta / |S| sum_t ||h(e_t) - h*(e_t)||^2 (+ the hidden-state term), with raw [S, Q] the
+        # old tasks' outputs in the padded layout of their targets
+        everything = old == list(range(self._targets.shape[0]))
+        targets = self._targets if everything else self._targets[old]
+        dist = _scaled_squared_distance(raw, self.hnet.padded_scale, targets)
+        loss = self.beta * dist.mean()
         if self._hidden_targets is not None:
-            w, h = self.hnet.generate_with_states(tasks)
             width = self._hidden_targets.shape[-1]
-            dh = h[..., :width] - self._hidden_targets[old]
-            hidden = dh.pow(2).sum(dim=(1, 2)).mean()
-        else:
-            w, hidden = self.hnet(tasks), None
-        loss = self.beta * (w - self._targets[old]).pow(2).sum(dim=1).mean()
-        if hidden is not None:
-            loss = loss + self.hidden_beta * hidden
+            hidden = self._hidden_targets if everything else self._hidden_targets[old]
+            dh = features[..., :width] - hidden
+            loss = loss + self.hidden_beta * dh.pow(2).sum(dim=(1, 2)).mean()
         return loss
 
     def maybe_grow(self, accuracy: float) -> bool:

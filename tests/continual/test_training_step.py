@@ -1,0 +1,257 @@
+"""The batched training step of the hypernetwork method: the padded layout, one generator call
+for the current and the old tasks, and the hand-written regulariser backward, each compared in
+float64 with the plain computation (``forward(task)`` and the regulariser in the flat order)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graphseq.continual import (
+    EWC,
+    ChunkedHyperNetwork,
+    FullHyperNetwork,
+    HypernetworkMethod,
+    MLPTarget,
+    RNNHyperNetwork,
+)
+from graphseq.continual.methods import (
+    _scaled_squared_distance,
+    _scaled_squared_distance_reference,
+)
+
+TARGET = MLPTarget(7, (5, 4), classes_per_head=3, num_heads=4)  # P = 40 + 24 + 60 = 124
+SPEC = TARGET.param_spec
+
+
+def make(kind: str, spec=SPEC):
+    torch.manual_seed(0)
+    if kind == "full":
+        return FullHyperNetwork(spec, 4, (6,))
+    if kind == "chunked":
+        return ChunkedHyperNetwork(spec, 13, 4, 3, (6,))
+    if kind == "chunked-cond":
+        return ChunkedHyperNetwork(spec, 13, 4, 3, (6,), conditional_chunk_embeddings=True)
+    if kind == "rnn-rows":
+        return RNNHyperNetwork(spec, 11, 4, 6, step_signal="learned", chunking="rows")
+    return RNNHyperNetwork(spec, 11, 4, 6, step_signal="learned")
+
+
+KINDS = ["full", "chunked", "chunked-cond", "rnn", "rnn-rows"]
+
+
+def with_tasks(kind: str, n: int):
+    h = make(kind)
+    for _ in range(n):
+        h.add_task()
+    return h.double()
+
+
+def perturb(module: torch.nn.Module, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def grads(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in module.parameters()]
+
+
+# -- the regulariser's squared distance -------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (4, 130), (0, 5)])
+def test_scaled_squared_distance_matches_reference(shape):
+    g = torch.Generator().manual_seed(0)
+    S, Q = shape
+    raw = torch.randn(S, Q, generator=g, dtype=torch.float64)
+    scale = torch.rand(Q, generator=g, dtype=torch.float64)
+    scale[::3] = 0.0  # padding positions
+    target = torch.randn(S, Q, generator=g, dtype=torch.float64) * (scale > 0)
+    fast = _scaled_squared_distance(raw, scale, target)
+    assert fast.shape == (S,)
+    torch.testing.assert_close(fast, _scaled_squared_distance_reference(raw, scale, target))
+
+
+def test_scaled_squared_distance_gradients():
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(3, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    scale = torch.rand(7, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(3, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_scaled_squared_distance, (raw, scale, target))
+    # only raw needs a gradient in training; the others get none
+    out_w = torch.randn(3, generator=g, dtype=torch.float64)
+    r = raw.detach().requires_grad_()
+    (_scaled_squared_distance(r, scale.detach(), target.detach()) * out_w).sum().backward()
+    ref = raw.detach().requires_grad_()
+    (
+        _scaled_squared_distance_reference(ref, scale.detach(), target.detach()) * out_w
+    ).sum().backward()
+    torch.testing.assert_close(r.grad, ref.grad)
+    # a second backward through a retained graph gives the same gradient again
+    r2 = raw.detach().requires_grad_()
+    loss = _scaled_squared_distance(r2, scale.detach(), target.detach()).sum()
+    (first,) = torch.autograd.grad(loss, r2, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, r2)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+# -- the padded layout ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_padded_layout_reads_out_to_forward(kind):
+    h = with_tasks(kind, 3)
+    raw, features = h.generate_padded([2, 0])
+    Q = h.padded_scale.numel()
+    assert raw.shape == (2, Q) and Q >= SPEC.numel and features.shape[0] == 2
+    torch.testing.assert_close(h._read_out(raw) * h.scale, h([2, 0]))
+    # the weights in the padded layout are zero exactly where nothing is read out
+    read = torch.zeros(Q, dtype=torch.bool)
+    read[torch.arange(SPEC.numel) if h.index is None else h.index] = True
+    weights, _ = h.snapshot([2, 0])
+    assert not weights.requires_grad
+    torch.testing.assert_close(weights, raw * h.padded_scale)
+    assert (weights[:, ~read] == 0).all() and (h.padded_scale[read] > 0).all()
+    # so squared distances are the same in the padded and in the flat order
+    other, _ = h.snapshot([1, 1])
+    torch.testing.assert_close(
+        (weights - other).pow(2).sum(1), (h([2, 0]) - h([1, 1])).pow(2).sum(1)
+    )
+
+
+def test_identity_read_out_is_a_slice():
+    # layers of 16 and 10 numbers, chunks of 2: every chunk is full, the read-out is the
+    # identity and no index is kept
+    spec = MLPTarget(3, (4,), 2).param_spec
+    h = RNNHyperNetwork(spec, 2, 4, 6)
+    assert h.index is None and h.padded_scale.numel() == spec.numel
+    h.add_task()
+    raw, _ = h.generate_padded([0])
+    torch.testing.assert_close(raw[0] * h.scale, h(0))
+    assert make("rnn").index is not None  # the 11-number chunks leave padding
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generate_with_old_equals_separate_calls(kind):
+    h = with_tasks(kind, 4)
+    perturb(h)
+    out_w = torch.randn(3, h.padded_scale.numel(), dtype=torch.float64)
+    w, raw, feats = h.generate_with_old(3, [0, 2, 1])
+    assert w.shape == (SPEC.numel,) and raw.shape == out_w.shape and feats.shape[0] == 3
+    (w.pow(2).sum() + (raw * out_w).sum() + feats.sum()).backward()
+    fast = grads(h)
+    h.zero_grad()
+    w_ref = h(3)
+    raw_ref, feats_ref = h.generate_padded([0, 2, 1])
+    (w_ref.pow(2).sum() + (raw_ref * out_w).sum() + feats_ref.sum()).backward()
+    torch.testing.assert_close(w, w_ref)
+    torch.testing.assert_close(raw, raw_ref)
+    torch.testing.assert_close(feats, feats_ref)
+    for a, b in zip(fast, grads(h), strict=True):
+        torch.testing.assert_close(a, b)
+    # no old task: the current task alone
+    w0, raw0, feats0 = h.generate_with_old(1, [])
+    torch.testing.assert_close(w0, h(1))
+    assert raw0.shape == (0, h.padded_scale.numel()) and feats0.shape[0] == 0
+
+
+# -- the method's training step ---------------------------------------------------------------
+
+
+def flat_penalty(m: HypernetworkMethod, old, flat_targets, state_targets):
+    """The regulariser written in the flat order (the definition in methods.py's docstring)."""
+    if state_targets is None:
+        w = m.hnet(old)
+        return m.beta * (w - flat_targets[old]).pow(2).sum(1).mean()
+    w, h = m.hnet.generate_with_states(old)
+    dh = h[..., : state_targets.shape[-1]] - state_targets[old]
+    loss = m.beta * (w - flat_targets[old]).pow(2).sum(1).mean()
+    return loss + m.hidden_beta * dh.pow(2).sum(dim=(1, 2)).mean()
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("rnn", {}),
+        ("rnn-rows", {}),
+        ("rnn", {"hidden_beta": 0.3}),
+        ("rnn", {"reg_batch_size": 2}),
+        ("rnn", {"hidden_beta": 0.3, "reg_batch_size": 2}),
+        ("chunked", {}),
+        ("chunked-cond", {"reg_batch_size": 2}),
+        ("full", {}),
+    ],
+)
+def test_weights_and_penalty_equals_flat_computation(kind, options):
+    m = HypernetworkMethod(TARGET, make(kind), beta=0.7, **options).double()
+    for t in range(4):
+        m.begin_task(t)
+    old = list(range(3))
+    with torch.no_grad():
+        flat_targets = m.hnet(old)
+        states = m.hnet.generate_with_states(old)[1] if options.get("hidden_beta") else None
+    perturb(m.hnet)  # move away from the targets: the regulariser and its gradient are not zero
+    x = torch.randn(5, 7, dtype=torch.float64)
+    y = torch.tensor([0, 2, 1, 1, 0])
+
+    def step(weights, reg):
+        logits = TARGET.head(TARGET(x, weights), 3)
+        return torch.nn.functional.cross_entropy(logits, y) + reg
+
+    rng = m._gen.get_state()
+    w, reg = m.weights_and_penalty(3)
+    step(w, reg).backward()
+    fast = grads(m)
+    m.zero_grad()
+
+    m._gen.set_state(rng)  # the same random subset of old tasks
+    subset = old
+    if options.get("reg_batch_size"):
+        subset = torch.randperm(3, generator=m._gen)[: options["reg_batch_size"]].tolist()
+    reg_ref = flat_penalty(m, subset, flat_targets, states)
+    w_ref = m.weights(3)
+    step(w_ref, reg_ref).backward()
+    assert reg_ref.item() > 1e-3
+    torch.testing.assert_close(w, w_ref)
+    torch.testing.assert_close(reg, reg_ref, rtol=1e-12, atol=0)
+    for a, b in zip(fast, grads(m), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # penalty() alone gives the same number (and draws the same subset)
+    m._gen.set_state(rng)
+    torch.testing.assert_close(m.penalty(3), reg_ref, rtol=1e-12, atol=0)
+
+
+def test_first_task_has_no_penalty_and_other_methods_use_the_default():
+    m = HypernetworkMethod(TARGET, make("rnn"), beta=0.5)
+    m.begin_task(0)
+    w, reg = m.weights_and_penalty(0)
+    assert reg is None and torch.equal(w, m.weights(0))
+    ewc = EWC(TARGET, lam=10.0)
+    ewc.begin_task(0)
+    ewc.begin_task(1)
+    w, reg = ewc.weights_and_penalty(1)
+    assert w is ewc.flat and torch.equal(reg, ewc.penalty(1))
+
+
+def test_bad_task_lists():
+    h = with_tasks("rnn", 2)
+    with pytest.raises(TypeError, match="tasks must be a list"):
+        h.generate_padded(1)
+    with pytest.raises(TypeError, match="old must be a list"):
+        h.generate_with_old(1, 0)
+    with pytest.raises(TypeError, match="task must be an int"):
+        h.generate_with_old([1], [0])
+    with pytest.raises(ValueError, match="unknown"):
+        h.generate_with_old(1, [0, 5])
+    with pytest.raises(ValueError, match="empty"):
+        h.snapshot([])
+
+
+def test_tensor_task_ids_are_accepted_in_lists():
+    h = with_tasks("chunked-cond", 2)  # per-task chunk embeddings are looked up by id
+    raw, _ = h.generate_padded([torch.tensor(1), 0])
+    torch.testing.assert_close(raw, h.generate_padded([1, 0])[0])
+    _, old_raw, _ = h.generate_with_old(0, [torch.tensor(1)])
+    torch.testing.assert_close(old_raw, h.generate_padded([1])[0])
