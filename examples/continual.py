@@ -291,6 +291,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num-tasks", type=int, default=None)
     ap.add_argument("--iterations", type=int, default=None, help="override the preset")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None, help="Adam learning rate (all methods)")
     ap.add_argument("--beta", type=float, default=None, help="RNN hypernetwork beta")
     ap.add_argument("--chunked-beta", type=float, default=None)
     ap.add_argument("--hidden-beta", type=float, default=0.0)
@@ -319,6 +320,8 @@ def main(argv=None) -> int:
         train["iterations"] = args.iterations
     if args.batch_size is not None:
         train["batch_size"] = args.batch_size
+    if args.lr is not None:
+        train["lr"] = args.lr
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
