@@ -64,8 +64,9 @@ def _half_backward(g: Tensor, rz: Tensor, n: Tensor, hn: Tensor, hidden: Tensor,
 class _SymmetricGRU(torch.autograd.Function):
     """:func:`_symmetric_gru_reference` with a hand-written backward.
 
-    It keeps 6 gate tensors of ``[P, C]`` instead of autograd's graph of slices (which also
-    allocates a zero gradient per slice) and writes the projection gradients in place.
+    It keeps each half's gate activations (``[P, 2C]``) and candidate (``[P, C]``) and the
+    candidate projections ``na``, ``nb`` instead of autograd's graph of slices (which also
+    allocates a zero gradient per slice), and writes the projection gradients in place.
     """
 
     @staticmethod
