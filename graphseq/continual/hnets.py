@@ -288,9 +288,7 @@ class HyperNetwork(nn.Module):
     def generate_padded(self, tasks: Sequence[int]) -> tuple[Tensor, Tensor]:
         """``(raw [B, Q], features [B, ...])`` for a list of tasks, in the padded layout:
         ``raw * padded_scale`` are the tasks' weights (zero where nothing is read out)."""
-        tasks = self._id_list("tasks", tasks)
-        emb, _ = self._embeddings(tasks, None)  # checks the ids
-        features = self._features(emb, self._task_list(tasks))
+        features = self._task_features(self._id_list("tasks", tasks))
         return self._raw(features), features
 
     def generate_with_old(self, task: int, old: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
@@ -308,11 +306,14 @@ class HyperNetwork(nn.Module):
         """
         if isinstance(task, bool) or not isinstance(task, int):
             raise TypeError(f"task must be an int, got {type(task).__name__}")
-        tasks = [task, *self._id_list("old", old)]
-        emb, _ = self._embeddings(tasks, None)  # checks the ids
-        features = self._features(emb, self._task_list(tasks))
+        features = self._task_features([task, *self._id_list("old", old)])
         weights = self._finish(self._read_out(self._raw(features[:1])), squeeze=True)
         return weights, self._raw(features[1:]), features[1:]
+
+    def _task_features(self, tasks: list) -> Tensor:
+        """Batch-first features of a list of task ids (checked by :meth:`_embeddings`)."""
+        emb, _ = self._embeddings(tasks, None)
+        return self._features(emb, self._task_list(tasks))
 
     @staticmethod
     def _id_list(name: str, tasks: object) -> list:
