@@ -44,6 +44,7 @@ __all__ = [
     "permuted_mnist",
     "split_digits",
     "split_mnist",
+    "validation_stream",
 ]
 
 
@@ -110,6 +111,41 @@ class ContinualTask:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def validation_stream(stream: list[ContinualTask], fraction: float = 1 / 6) -> list[ContinualTask]:
+    """The stream with each task's test split replaced by a held-out tail of its training split.
+
+    For choosing hyper-parameters without looking at the test set: task ``t`` trains on the
+    first ``n - k`` training examples and is evaluated on the last ``k = round(fraction * n)``
+    (the MNIST training sets are in no particular class order; ``1/6`` holds out 10,000 of
+    Permuted-MNIST's 60,000). Only :class:`TensorSplit` tasks; the inputs are views, not copies.
+
+    Raises:
+        ValueError: ``fraction`` not in ``(0, 1)``, or a task too small to leave both parts
+            non-empty.
+        TypeError: a task whose training split is not a :class:`TensorSplit`.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise TypeError(f"fraction must be a float, got {type(fraction).__name__}")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    out = []
+    for task in stream:
+        tr = task.train
+        if not isinstance(tr, TensorSplit):
+            raise TypeError(f"task {task.name!r}: validation_stream needs TensorSplit tasks")
+        n = len(tr)
+        k = round(fraction * n)
+        if not 0 < k < n:
+            raise ValueError(
+                f"task {task.name!r}: fraction {fraction} of {n} training examples leaves an "
+                "empty part"
+            )
+        fit = TensorSplit(tr.x[: n - k], tr.y[: n - k], tr.permutation)
+        held = TensorSplit(tr.x[n - k :], tr.y[n - k :], tr.permutation)
+        out.append(ContinualTask(task.name, task.classes, fit, held))
+    return out
 
 
 def _check_count(name: str, value: object, maximum: int) -> int:

@@ -54,6 +54,7 @@ from graphseq.datasets.continual import (
     permuted_mnist,
     split_digits,
     split_mnist,
+    validation_stream,
 )
 from graphseq.train.io import machine_info, write_json, write_text
 from graphseq.train.trainer import seed_everything
@@ -63,6 +64,11 @@ from graphseq.train.trainer import seed_everything
 # hmlp 100,100, task emb 32, chunk emb 16, conditional chunk embeddings, beta 250, lr 5e-4,
 # batch 128, 5000 iterations, grad-norm clip 1; SplitMNIST small MLP: chunk 8000,
 # hmlp 10,10,10,10, task/chunk emb 32, beta 10, lr 5e-4, batch 32, 5000 iterations).
+# PR-CL's training loss is N * mean cross-entropy + beta * regulariser, N the task's training-set
+# size (prob_mnist/train_bbb.py scales the NLL by num_train_samples); graphseq's is mean
+# cross-entropy + beta * regulariser, so its beta is PR-CL's divided by N: 250 / 60,000 for
+# Permuted-MNIST and 10 / 12,000 for Split-MNIST (the five tasks have 11,263-12,665 images).
+# With PR-CL's beta taken literally (60,000 times too strong) new tasks stop learning.
 PRESETS = {
     "permuted-mnist": {
         "target": {"in": 784, "hidden": (100, 100), "classes": 10},
@@ -70,7 +76,7 @@ PRESETS = {
         "rnn": {"chunk_size": 750, "embedding_dim": 32, "hidden_size": 64, "step_dim": 32,
                 "beta": 0.1},
         "chunked": {"chunk_size": 750, "embedding_dim": 32, "chunk_embedding_dim": 16,
-                    "hidden": (100, 100), "conditional": True, "beta": 250.0},
+                    "hidden": (100, 100), "conditional": True, "beta": 250.0 / 60_000},
         "chunked-eq": {"chunk_size": 750, "embedding_dim": 32, "chunk_embedding_dim": 16,
                        "hidden": (93, 93), "conditional": False, "beta": 0.1},
         "full": {"embedding_dim": 32, "hidden": (25, 25), "beta": 0.1},
@@ -82,7 +88,7 @@ PRESETS = {
         "rnn": {"chunk_size": 750, "embedding_dim": 32, "hidden_size": 64, "step_dim": 32,
                 "beta": 0.1},
         "chunked": {"chunk_size": 8000, "embedding_dim": 32, "chunk_embedding_dim": 32,
-                    "hidden": (10, 10, 10, 10), "conditional": False, "beta": 10.0},
+                    "hidden": (10, 10, 10, 10), "conditional": False, "beta": 10.0 / 12_000},
         "chunked-eq": {"chunk_size": 750, "embedding_dim": 32, "chunk_embedding_dim": 16,
                        "hidden": (93, 93), "conditional": False, "beta": 0.1},
         "full": {"embedding_dim": 32, "hidden": (25, 25), "beta": 0.1},
@@ -158,6 +164,7 @@ def build(method: str, preset: dict, num_tasks: int, seed: int, args):
         beta = args.beta if args.beta is not None else p["beta"]
         return HypernetworkMethod(
             target, hnet, beta=beta, hidden_beta=args.hidden_beta, seed=seed,
+            reg_outputs=args.reg_outputs,
             growth_units=args.growth_units, growth_threshold=args.growth_threshold,
         )  # fmt: skip
     if method in ("chunked", "chunked-eq"):
@@ -167,11 +174,13 @@ def build(method: str, preset: dict, num_tasks: int, seed: int, args):
             conditional_chunk_embeddings=p["conditional"],
         )  # fmt: skip
         beta = args.chunked_beta if args.chunked_beta is not None else p["beta"]
-        return HypernetworkMethod(target, hnet, beta=beta, seed=seed)
+        return HypernetworkMethod(target, hnet, beta=beta, seed=seed, reg_outputs=args.reg_outputs)
     if method == "full":
         p = preset["full"]
         hnet = FullHyperNetwork(spec, p["embedding_dim"], p["hidden"])
-        return HypernetworkMethod(target, hnet, beta=p["beta"], seed=seed)
+        return HypernetworkMethod(
+            target, hnet, beta=p["beta"], seed=seed, reg_outputs=args.reg_outputs
+        )
     if method == "finetune":
         return FineTune(target, seed=seed)
     if method == "ewc":
@@ -295,6 +304,16 @@ def main(argv=None) -> int:
     ap.add_argument("--beta", type=float, default=None, help="RNN hypernetwork beta")
     ap.add_argument("--chunked-beta", type=float, default=None)
     ap.add_argument("--hidden-beta", type=float, default=0.0)
+    ap.add_argument(
+        "--reg-outputs", choices=("used", "all"), default="used",
+        help="hypernetworks: regularise only the numbers each old task's head reads (default) "
+        "or every generated number",
+    )  # fmt: skip
+    ap.add_argument(
+        "--validation", type=float, default=None, metavar="FRACTION",
+        help="hold out this fraction of every task's training split and report accuracy on it "
+        "instead of the test split (for choosing hyper-parameters)",
+    )  # fmt: skip
     ap.add_argument("--growth-units", type=int, default=0)
     ap.add_argument("--growth-threshold", type=float, default=0.0)
     ap.add_argument("--growth-iterations", type=int, default=0)
@@ -315,6 +334,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.stream]
     stream = load_stream(args.stream, args.data_dir, args.num_tasks)
+    if args.validation is not None:
+        stream = validation_stream(stream, args.validation)
     train = dict(preset["train"])
     if args.iterations is not None:
         train["iterations"] = args.iterations
@@ -352,6 +373,11 @@ def main(argv=None) -> int:
         f"Stream `{args.stream}` ({len(stream)} tasks), {train['iterations']} iterations/task, "
         f"batch {train['batch_size']}, seeds {seeds}."
     )
+    if args.validation is not None:
+        header += (
+            f" **Validation split** ({args.validation:g} of each task's training data held out; "
+            "not the test set)."
+        )
     summary = summarize_runs(runs)
     table = format_table(summary, header)
     write_text(out / "results.md", table)

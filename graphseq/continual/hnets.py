@@ -269,6 +269,21 @@ class HyperNetwork(nn.Module):
             index = index.to(self.scale.device)
         self.register_buffer("index", index, persistent=False)
 
+    def padded(self, values: Tensor) -> Tensor:
+        """``[..., P]`` numbers in the target's flat order -> ``[..., Q]`` in the padded layout
+        (zero where nothing is read out); the inverse of the read-out."""
+        if not isinstance(values, Tensor):
+            raise TypeError(f"values must be a Tensor, got {type(values).__name__}")
+        P, Q = self.spec.numel, self.padded_scale.numel()
+        if values.dim() == 0 or values.shape[-1] != P:
+            raise ValueError(f"values must have shape [..., {P}], got {list(values.shape)}")
+        out = values.new_zeros(*values.shape[:-1], Q)
+        if self.index is None:
+            out[..., :P] = values
+        else:
+            out[..., self.index] = values
+        return out
+
     def _raw(self, features: Tensor) -> Tensor:
         """Batch-first features -> raw outputs ``[B, Q]`` in the padded layout."""
         out = self._output_layer()(features)

@@ -20,7 +20,8 @@ Methods:
 * :class:`HypernetworkMethod`: a task-conditioned hypernetwork with von Oswald et al.'s output
   regulariser, :math:`\\frac{\\beta}{|S|}\\sum_{t' \\in S}\\lVert h(e^{(t')},\\theta) -
   h(e^{(t')},\\theta^*)\\rVert^2` over old tasks ``S`` (all, or a random ``reg_batch_size`` of
-  them), targets taken when the task starts; options: a hidden-state regulariser for the RNN
+  them), targets taken when the task starts, over the numbers each old task's head reads;
+  options: a hidden-state regulariser for the RNN
   hypernetwork (``hidden_beta``) and network growth (``growth_units``).
 * :class:`FineTune`: one set of weights trained on every task in turn (lower bound).
 * :class:`EWC`: elastic weight consolidation (Kirkpatrick et al., 2017), online variant
@@ -78,15 +79,18 @@ class _ScaledSquaredDistance(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_raw = (d * scale).mul_(-2.0 * g)
         if ctx.needs_input_grad[1]:
-            grad_scale = ((-2.0 * g) * d * raw).sum(dim=0)
+            grad_scale = (-2.0 * g) * d * raw
+            if scale.dim() == 1:
+                grad_scale = grad_scale.sum(dim=0)
         if ctx.needs_input_grad[2]:
             grad_target = 2.0 * g * d
         return grad_raw, grad_scale, grad_target
 
 
 def _scaled_squared_distance(raw: Tensor, scale: Tensor, target: Tensor) -> Tensor:
-    """``[S]``: ``||raw[k] * scale - target[k]||^2`` for raw ``[S, Q]``, scale ``[Q]``, target
-    ``[S, Q]`` (same dtype and device), differentiable in all three."""
+    """``[S]``: ``||raw[k] * scale[k] - target[k]||^2`` for raw ``[S, Q]``, scale ``[Q]``
+    (shared by the rows) or ``[S, Q]``, target ``[S, Q]`` (same dtype and device),
+    differentiable in all three."""
     return _ScaledSquaredDistance.apply(raw, scale, target)
 
 
@@ -169,6 +173,10 @@ class HypernetworkMethod(ContinualMethod):
         beta: output-regulariser strength :math:`\\beta`.
         reg_batch_size: regularise a random subset of this many old tasks per step (all if
             ``None``).
+        reg_outputs: ``"used"`` (default) compares, for old task :math:`t'`, only the numbers
+            its head reads (:meth:`TargetNetwork.used_by_head`: everything but the other heads'
+            output rows, as hypnettorch's ``inds_of_out_heads``); ``"all"`` compares every
+            generated number. The same for a single-head target.
         hidden_beta: strength of the additional hidden-state regulariser
             :math:`\\frac{1}{|S|}\\sum_{t'}\\lVert H^{(t')} - H^{(t')*}\\rVert^2` on the RNN
             hypernetwork's LSTM states (only for :class:`RNNHyperNetwork`; ``0`` = off).
@@ -192,6 +200,7 @@ class HypernetworkMethod(ContinualMethod):
         hnet: HyperNetwork,
         beta: float = 0.01,
         reg_batch_size: int | None = None,
+        reg_outputs: str = "used",
         hidden_beta: float = 0.0,
         growth_units: int = 0,
         growth_threshold: float = 0.0,
@@ -214,6 +223,9 @@ class HypernetworkMethod(ContinualMethod):
                 f"reg_batch_size must be None or a positive int, got {reg_batch_size!r}"
             )
         self.reg_batch_size = reg_batch_size
+        if reg_outputs not in ("used", "all"):
+            raise ValueError(f"reg_outputs must be 'used' or 'all', got {reg_outputs!r}")
+        self.reg_outputs = reg_outputs
         self.hidden_beta = _nonneg("HypernetworkMethod", "hidden_beta", hidden_beta)
         is_rnn = isinstance(hnet, RNNHyperNetwork)
         if (self.hidden_beta > 0 or growth_units) and not is_rnn:
@@ -228,6 +240,7 @@ class HypernetworkMethod(ContinualMethod):
         self.seed = int(seed)
         self._gen = torch.Generator().manual_seed(self.seed)
         self._targets: Tensor | None = None
+        self._reg_scale: Tensor | None = None  # [T, Q] per old task, or None: padded_scale
         self._hidden_targets: Tensor | None = None
         self._growths = 0
 
@@ -239,11 +252,16 @@ class HypernetworkMethod(ContinualMethod):
         while self.hnet.num_tasks <= task:
             self.hnet.add_task(self._gen)
         self._growths = 0
-        self._targets = self._hidden_targets = None
+        self._targets = self._hidden_targets = self._reg_scale = None
         if task == 0 or (self.beta == 0 and self.hidden_beta == 0):
             return
         # targets in the padded layout of generate_padded (zero where nothing is read out)
         weights, features = self.hnet.snapshot(list(range(task)))
+        if self.reg_outputs == "used" and self.target.num_heads > 1:
+            used = torch.stack([self.target.used_by_head(t) for t in range(task)])
+            used = self.hnet.padded(used.to(weights))  # [T, Q], 1 where task t reads
+            self._reg_scale = used * self.hnet.padded_scale
+            weights = weights * used
         self._targets = weights
         if self.hidden_beta > 0:
             self._hidden_targets = features
@@ -281,7 +299,10 @@ class HypernetworkMethod(ContinualMethod):
         # old tasks' outputs in the padded layout of their targets
         everything = old == list(range(self._targets.shape[0]))
         targets = self._targets if everything else self._targets[old]
-        dist = _scaled_squared_distance(raw, self.hnet.padded_scale, targets)
+        scale = self.hnet.padded_scale
+        if self._reg_scale is not None:
+            scale = self._reg_scale if everything else self._reg_scale[old]
+        dist = _scaled_squared_distance(raw, scale, targets)
         loss = self.beta * dist.mean()
         if self._hidden_targets is not None:
             width = self._hidden_targets.shape[-1]
@@ -310,6 +331,7 @@ class HypernetworkMethod(ContinualMethod):
             "hnet": self.hnet.config(),
             "beta": self.beta,
             "reg_batch_size": self.reg_batch_size,
+            "reg_outputs": self.reg_outputs,
             "hidden_beta": self.hidden_beta,
             "growth_units": self.growth_units,
             "growth_threshold": self.growth_threshold,

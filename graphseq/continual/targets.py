@@ -183,6 +183,37 @@ class TargetNetwork(nn.Module):
         c = self.classes_per_head
         return logits[:, head * c : (head + 1) * c]
 
+    def used_by_head(self, head: int) -> Tensor:
+        """``[P]`` bool: the numbers that ``head``'s logits depend on.
+
+        Everything except the other heads' rows of the output layer (the last weight and bias
+        of :attr:`param_spec`, rows ``head * classes_per_head ...``). With one head, all ``True``.
+        The output regulariser of a multi-head hypernetwork compares only these numbers for an
+        old task (hypnettorch's ``inds_of_out_heads``): the other heads' rows generated for that
+        task are never read.
+        """
+        if isinstance(head, bool) or not isinstance(head, int):
+            raise TypeError(f"head must be an int, got {type(head).__name__}")
+        if not 0 <= head < self.num_heads:
+            raise ValueError(f"head must be in [0, {self.num_heads}), got {head}")
+        spec = self.param_spec
+        mask = torch.ones(spec.numel, dtype=torch.bool)
+        if self.num_heads == 1:
+            return mask
+        c = self.classes_per_head
+        rows = torch.zeros(self.num_heads * c, dtype=torch.bool)
+        rows[head * c : (head + 1) * c] = True
+        weight, bias = spec[len(spec) - 2], spec[len(spec) - 1]
+        if weight.shape[0] != rows.numel() or bias.shape != (rows.numel(),):
+            raise RuntimeError(  # pragma: no cover - a subclass broke the layout contract
+                f"{type(self).__name__}: the last two tensors of param_spec must be the output "
+                f"layer's weight [{rows.numel()}, fan_in] and bias [{rows.numel()}]"
+            )
+        w0, b0 = spec.offsets[len(spec) - 2], spec.offsets[len(spec) - 1]
+        mask[w0:b0] = rows.unsqueeze(1).expand(weight.shape).reshape(-1)
+        mask[b0:] = rows
+        return mask
+
     def config(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -97,7 +97,35 @@ def test_scaled_squared_distance_gradients():
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
+def test_scaled_squared_distance_with_a_scale_per_row():
+    g = torch.Generator().manual_seed(3)
+    raw = torch.randn(3, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    scale = torch.rand(3, 9, generator=g, dtype=torch.float64)
+    scale[1, ::2] = 0.0
+    scale.requires_grad_()
+    target = torch.randn(3, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(
+        _scaled_squared_distance(raw, scale, target),
+        _scaled_squared_distance_reference(raw, scale, target),
+    )
+    assert torch.autograd.gradcheck(_scaled_squared_distance, (raw, scale, target))
+
+
 # -- the padded layout ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_padded_places_flat_numbers_where_they_are_read(kind):
+    h = with_tasks(kind, 1)
+    v = torch.randn(2, SPEC.numel, dtype=torch.float64)
+    pad = h.padded(v)
+    assert pad.shape == (2, h.padded_scale.numel())
+    torch.testing.assert_close(h._read_out(pad), v, rtol=0, atol=0)
+    assert (pad[:, h.padded_scale == 0] == 0).all()
+    with pytest.raises(ValueError, match="values must have shape"):
+        h.padded(torch.zeros(SPEC.numel + 1))
+    with pytest.raises(TypeError, match="values must be a Tensor"):
+        h.padded([0.0] * SPEC.numel)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -161,13 +189,18 @@ def test_generate_with_old_equals_separate_calls(kind):
 
 
 def flat_penalty(m: HypernetworkMethod, old, flat_targets, state_targets):
-    """The regulariser written in the flat order (the definition in methods.py's docstring)."""
+    """The regulariser written in the flat order (the definition in methods.py's docstring):
+    with ``reg_outputs="used"`` only the numbers old task t's head t reads are compared."""
+    if m.reg_outputs == "used":
+        keep = torch.stack([m.target.used_by_head(t) for t in old]).double()
+    else:
+        keep = torch.ones(len(old), m.target.param_spec.numel, dtype=torch.float64)
     if state_targets is None:
         w = m.hnet(old)
-        return m.beta * (w - flat_targets[old]).pow(2).sum(1).mean()
+        return m.beta * ((w - flat_targets[old]) * keep).pow(2).sum(1).mean()
     w, h = m.hnet.generate_with_states(old)
     dh = h[..., : state_targets.shape[-1]] - state_targets[old]
-    loss = m.beta * (w - flat_targets[old]).pow(2).sum(1).mean()
+    loss = m.beta * ((w - flat_targets[old]) * keep).pow(2).sum(1).mean()
     return loss + m.hidden_beta * dh.pow(2).sum(dim=(1, 2)).mean()
 
 
@@ -175,11 +208,14 @@ def flat_penalty(m: HypernetworkMethod, old, flat_targets, state_targets):
     ("kind", "options"),
     [
         ("rnn", {}),
+        ("rnn", {"reg_outputs": "all"}),
         ("rnn-rows", {}),
+        ("rnn-rows", {"reg_outputs": "all", "reg_batch_size": 2}),
         ("rnn", {"hidden_beta": 0.3}),
         ("rnn", {"reg_batch_size": 2}),
         ("rnn", {"hidden_beta": 0.3, "reg_batch_size": 2}),
         ("chunked", {}),
+        ("chunked", {"reg_outputs": "all"}),
         ("chunked-cond", {"reg_batch_size": 2}),
         ("full", {}),
     ],
@@ -233,6 +269,42 @@ def test_first_task_has_no_penalty_and_other_methods_use_the_default():
     ewc.begin_task(1)
     w, reg = ewc.weights_and_penalty(1)
     assert w is ewc.flat and torch.equal(reg, ewc.penalty(1))
+
+
+def test_used_outputs_leave_other_heads_free():
+    # old task t reads head t only: with reg_outputs="used" the regulariser does not pull on
+    # the other heads' rows generated for it (zero gradient there), with "all" it does; one
+    # head: no difference
+    used = TARGET.used_by_head(0)
+    c, fan_in = TARGET.classes_per_head, 4
+    assert int((~used).sum()) == 3 * c * (fan_in + 1)
+    assert TARGET.used_by_head(2)[~used].sum() == c * (fan_in + 1)
+    single = MLPTarget(7, (5, 4), classes_per_head=3)
+    assert single.used_by_head(0).all()
+    for target in (TARGET, single):
+        for mode in ("used", "all"):
+            torch.manual_seed(0)
+            hnet = RNNHyperNetwork(target.param_spec, 11, 4, 6, step_signal="learned")
+            m = HypernetworkMethod(target, hnet, beta=1.0, reg_outputs=mode).double()
+            for t in range(3):
+                m.begin_task(t)
+            perturb(m.hnet)
+            raw, features = m.hnet.generate_padded([0, 1])
+            raw = raw.detach().requires_grad_()
+            m._regulariser([0, 1], raw, features).backward()
+            for row, task in enumerate((0, 1)):
+                if target.num_heads == 1:  # everything is used: nothing to leave free
+                    assert (raw.grad[row][m.hnet.padded_scale > 0] != 0).all()
+                    continue
+                unused = m.hnet.padded(~target.used_by_head(task))
+                assert (raw.grad[row][unused] == 0).all().item() == (mode == "used")
+                assert (raw.grad[row][m.hnet.padded(target.used_by_head(task))] != 0).all()
+    with pytest.raises(ValueError, match="reg_outputs must be"):
+        HypernetworkMethod(TARGET, make("rnn"), reg_outputs="some")
+    with pytest.raises(ValueError, match="head must be in"):
+        TARGET.used_by_head(4)
+    with pytest.raises(TypeError, match="head must be an int"):
+        TARGET.used_by_head(True)
 
 
 def test_bad_task_lists():

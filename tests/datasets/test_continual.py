@@ -16,6 +16,7 @@ from graphseq.datasets.continual import (
     permuted_mnist,
     split_digits,
     split_mnist,
+    validation_stream,
 )
 from graphseq.datasets.molecules import MissingDataError
 
@@ -137,3 +138,33 @@ def test_mnist_streams():
     assert sum(len(t.test) for t in sm) == 10000
     assert sum(len(t.train) for t in sm) == 60000
     assert sm[4].classes == (8, 9)
+
+
+def test_validation_stream_holds_out_the_tail_of_each_training_split():
+    stream = permuted_digits(3)
+    val = validation_stream(stream, 0.25)
+    assert [t.name for t in val] == [t.name for t in stream]
+    for task, held in zip(stream, val, strict=True):
+        n = len(task.train)
+        k = round(0.25 * n)
+        assert len(held.train) == n - k and len(held.test) == k
+        # same examples, same permutation; nothing of the test split is used
+        idx = torch.arange(k)
+        x, y = held.test.batch(idx)
+        x_ref, y_ref = task.train.batch(idx + (n - k))
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+        x, y = held.train.batch(torch.arange(n - k))
+        assert torch.equal(x, task.train.batch(torch.arange(n - k))[0])
+        assert held.train.x.data_ptr() == task.train.x.data_ptr()  # a view, not a copy
+
+
+def test_validation_stream_bad_input():
+    stream = split_digits(2)
+    with pytest.raises(ValueError, match="fraction must be in"):
+        validation_stream(stream, 1.0)
+    with pytest.raises(TypeError, match="fraction must be a float"):
+        validation_stream(stream, "0.2")
+    with pytest.raises(ValueError, match="leaves an empty part"):
+        validation_stream(stream, 1e-6)
+    with pytest.raises(TypeError, match="TensorSplit"):
+        validation_stream(graph_tasks(1, num_train=8, num_test=4), 0.5)
