@@ -148,6 +148,13 @@ def load_stream(name: str, data_dir: str | None, num_tasks: int | None):
     return graph_tasks(num_tasks or 4)
 
 
+def reg_options(p: dict, args) -> dict:
+    """The output regulariser's options: the command line's, else the preset's."""
+    weighting = args.reg_weighting or p.get("reg_weighting", "uniform")
+    floor = args.fisher_floor if args.fisher_floor is not None else p.get("fisher_floor", 0.1)
+    return {"reg_outputs": args.reg_outputs, "reg_weighting": weighting, "fisher_floor": floor}
+
+
 def build(method: str, preset: dict, num_tasks: int, seed: int, args):
     t = preset["target"]
     if t.get("gnn"):
@@ -164,7 +171,7 @@ def build(method: str, preset: dict, num_tasks: int, seed: int, args):
         beta = args.beta if args.beta is not None else p["beta"]
         return HypernetworkMethod(
             target, hnet, beta=beta, hidden_beta=args.hidden_beta, seed=seed,
-            reg_outputs=args.reg_outputs,
+            **reg_options(p, args),
             growth_units=args.growth_units, growth_threshold=args.growth_threshold,
         )  # fmt: skip
     if method in ("chunked", "chunked-eq"):
@@ -174,13 +181,11 @@ def build(method: str, preset: dict, num_tasks: int, seed: int, args):
             conditional_chunk_embeddings=p["conditional"],
         )  # fmt: skip
         beta = args.chunked_beta if args.chunked_beta is not None else p["beta"]
-        return HypernetworkMethod(target, hnet, beta=beta, seed=seed, reg_outputs=args.reg_outputs)
+        return HypernetworkMethod(target, hnet, beta=beta, seed=seed, **reg_options(p, args))
     if method == "full":
         p = preset["full"]
         hnet = FullHyperNetwork(spec, p["embedding_dim"], p["hidden"])
-        return HypernetworkMethod(
-            target, hnet, beta=p["beta"], seed=seed, reg_outputs=args.reg_outputs
-        )
+        return HypernetworkMethod(target, hnet, beta=p["beta"], seed=seed, **reg_options(p, args))
     if method == "finetune":
         return FineTune(target, seed=seed)
     if method == "ewc":
@@ -309,6 +314,12 @@ def main(argv=None) -> int:
         help="hypernetworks: regularise only the numbers each old task's head reads (default) "
         "or every generated number",
     )  # fmt: skip
+    ap.add_argument(
+        "--reg-weighting", choices=("uniform", "fisher"), default=None,
+        help="hypernetworks: weight the output regulariser by each old task's normalised "
+        "diagonal Fisher (default: the preset's)",
+    )  # fmt: skip
+    ap.add_argument("--fisher-floor", type=float, default=None)
     ap.add_argument(
         "--validation", type=float, default=None, metavar="FRACTION",
         help="hold out this fraction of every task's training split and report accuracy on it "

@@ -177,6 +177,17 @@ class HypernetworkMethod(ContinualMethod):
             its head reads (:meth:`TargetNetwork.used_by_head`: everything but the other heads'
             output rows, as hypnettorch's ``inds_of_out_heads``); ``"all"`` compares every
             generated number. The same for a single-head target.
+        reg_weighting: ``"uniform"`` (default): every compared number counts the same.
+            ``"fisher"``: number :math:`p` of old task :math:`t'` counts
+            :math:`\\omega_{t'p} = \\hat F_{t'p} + \\text{fisher\\_floor}`, with
+            :math:`\\hat F_{t'}` the diagonal empirical Fisher of the target's weights for
+            task :math:`t'` (squared per-example gradients of the cross-entropy on
+            ``fisher_samples`` training examples, at the weights generated when the task
+            ended) divided by its mean over the compared numbers (hypnettorch's
+            ``calc_fix_target_reg(fisher_estimates=...)``). Weights a task's loss does not
+            depend on (pixels that are always zero, dead units) are then nearly free.
+        fisher_samples: examples per task for the Fisher (``"fisher"`` only).
+        fisher_floor: added to the normalised Fisher, so no compared number is entirely free.
         hidden_beta: strength of the additional hidden-state regulariser
             :math:`\\frac{1}{|S|}\\sum_{t'}\\lVert H^{(t')} - H^{(t')*}\\rVert^2` on the RNN
             hypernetwork's LSTM states (only for :class:`RNNHyperNetwork`; ``0`` = off).
@@ -201,6 +212,9 @@ class HypernetworkMethod(ContinualMethod):
         beta: float = 0.01,
         reg_batch_size: int | None = None,
         reg_outputs: str = "used",
+        reg_weighting: str = "uniform",
+        fisher_samples: int = 500,
+        fisher_floor: float = 0.1,
         hidden_beta: float = 0.0,
         growth_units: int = 0,
         growth_threshold: float = 0.0,
@@ -226,6 +240,16 @@ class HypernetworkMethod(ContinualMethod):
         if reg_outputs not in ("used", "all"):
             raise ValueError(f"reg_outputs must be 'used' or 'all', got {reg_outputs!r}")
         self.reg_outputs = reg_outputs
+        if reg_weighting not in ("uniform", "fisher"):
+            raise ValueError(f"reg_weighting must be 'uniform' or 'fisher', got {reg_weighting!r}")
+        self.reg_weighting = reg_weighting
+        if isinstance(fisher_samples, bool) or not isinstance(fisher_samples, int):
+            raise ValueError(f"fisher_samples must be a positive int, got {fisher_samples!r}")
+        if fisher_samples < 1:
+            raise ValueError(f"fisher_samples must be a positive int, got {fisher_samples!r}")
+        self.fisher_samples = fisher_samples
+        self.fisher_floor = _nonneg("HypernetworkMethod", "fisher_floor", fisher_floor)
+        self._fisher: dict[int, Tensor] = {}  # task -> normalised Fisher [P] ("fisher" only)
         self.hidden_beta = _nonneg("HypernetworkMethod", "hidden_beta", hidden_beta)
         is_rnn = isinstance(hnet, RNNHyperNetwork)
         if (self.hidden_beta > 0 or growth_units) and not is_rnn:
@@ -262,12 +286,64 @@ class HypernetworkMethod(ContinualMethod):
             used = self.hnet.padded(used.to(weights))  # [T, Q], 1 where task t reads
             self._reg_scale = used * self.hnet.padded_scale
             weights = weights * used
+        if self.reg_weighting == "fisher":
+            # sum_p omega_p (w_p - w*_p)^2 = || sqrt(omega) w - sqrt(omega) w* ||^2
+            missing = [t for t in range(task) if t not in self._fisher]
+            if missing:
+                raise RuntimeError(
+                    f"reg_weighting='fisher' has no Fisher estimate for old task(s) {missing}: "
+                    "end_task(task, data) must run after each task (train_continual does)"
+                )
+            omega = torch.stack([self._omega(t) for t in range(task)]).to(weights)
+            root = self.hnet.padded(omega.sqrt())
+            base = self.hnet.padded_scale if self._reg_scale is None else self._reg_scale
+            self._reg_scale = base * root
+            weights = weights * root
         self._targets = weights
         if self.hidden_beta > 0:
             self._hidden_targets = features
 
     def weights(self, task: int) -> Tensor:
         return self.hnet(task)
+
+    def prepare_tasks(self, num_tasks: int) -> None:
+        # only the task parameters: the regulariser's targets are taken by begin_task when a
+        # task is trained, after the checkpoint (and its Fisher estimates) are loaded
+        while self.hnet.num_tasks < num_tasks:
+            self.hnet.add_task(self._gen)
+
+    def _omega(self, task: int) -> Tensor:
+        """``[P]``: the regulariser's weight of each number of old task ``task``."""
+        omega = self._fisher[task] + self.fisher_floor
+        if self.reg_outputs == "used":
+            omega = omega * self.target.used_by_head(min(task, self.target.num_heads - 1))
+        return omega
+
+    def end_task(self, task: int, data) -> None:
+        if self.reg_weighting != "fisher":
+            return
+        g = torch.Generator().manual_seed(self.seed + 7919 * (task + 1))
+        n = min(self.fisher_samples, len(data.train))
+        idx = torch.randperm(len(data.train), generator=g)[:n]
+        head = min(task, self.target.num_heads - 1)
+        with torch.no_grad():
+            w = self.hnet(task)
+        w.requires_grad_(True)
+        fisher = torch.zeros_like(w)
+        for i in idx:
+            x, y = data.train.batch(i.view(1))
+            logits = self.target.head(self.target(x, w), head)
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), w)
+            fisher += grad.pow(2)
+        used = self.target.used_by_head(head) if self.reg_outputs == "used" else None
+        mean = (fisher if used is None else fisher[used]).mean()
+        self._fisher[task] = (fisher / mean if mean > 0 else fisher).detach().cpu()
+
+    def get_extra_state(self) -> dict:
+        return {"fisher": {int(t): f for t, f in self._fisher.items()}}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._fisher = {int(t): f for t, f in state.get("fisher", {}).items()}
 
     def trainable(self, task: int) -> list[nn.Parameter]:
         # the shared hypernetwork and this task's own parameters; older embeddings stay fixed
@@ -332,6 +408,9 @@ class HypernetworkMethod(ContinualMethod):
             "beta": self.beta,
             "reg_batch_size": self.reg_batch_size,
             "reg_outputs": self.reg_outputs,
+            "reg_weighting": self.reg_weighting,
+            "fisher_samples": self.fisher_samples,
+            "fisher_floor": self.fisher_floor,
             "hidden_beta": self.hidden_beta,
             "growth_units": self.growth_units,
             "growth_threshold": self.growth_threshold,

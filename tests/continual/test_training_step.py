@@ -19,6 +19,7 @@ from graphseq.continual.methods import (
     _scaled_squared_distance,
     _scaled_squared_distance_reference,
 )
+from graphseq.datasets.continual import TensorSplit
 
 TARGET = MLPTarget(7, (5, 4), classes_per_head=3, num_heads=4)  # P = 40 + 24 + 60 = 124
 SPEC = TARGET.param_spec
@@ -327,3 +328,93 @@ def test_tensor_task_ids_are_accepted_in_lists():
     torch.testing.assert_close(raw, h.generate_padded([1, 0])[0])
     _, old_raw, _ = h.generate_with_old(0, [torch.tensor(1)])
     torch.testing.assert_close(old_raw, h.generate_padded([1])[0])
+
+
+# -- the Fisher-weighted output regulariser ---------------------------------------------------
+
+
+class _Task:
+    """A task of random examples for TARGET (7 inputs, 3 classes per head)."""
+
+    def __init__(self, seed: int, n: int = 9, dtype: torch.dtype = torch.float64) -> None:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, 7, generator=g, dtype=dtype)
+        self.train = TensorSplit(x, torch.randint(0, 3, (n,), generator=g))
+
+
+def fisher_by_hand(m: HypernetworkMethod, task: int, data: _Task) -> torch.Tensor:
+    """Diagonal empirical Fisher with torch.func per-example gradients (independent of the
+    loop in end_task), normalised by its mean over the numbers the task's head reads."""
+    w = m.hnet(task).detach()
+    x, y = data.train.x, data.train.y
+
+    def loss(w, xi, yi):
+        logits = TARGET.head(TARGET(xi[None], w), task)
+        return torch.nn.functional.cross_entropy(logits, yi[None])
+
+    per_example = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(w, x, y)
+    fisher = per_example.pow(2).mean(0)
+    used = TARGET.used_by_head(task)
+    return fisher / fisher[used].mean()
+
+
+@pytest.mark.parametrize("kind", ["rnn", "chunked-cond"])
+def test_fisher_weighted_penalty_equals_its_definition(kind):
+    m = HypernetworkMethod(
+        TARGET, make(kind), beta=0.7, reg_weighting="fisher", fisher_samples=9, fisher_floor=0.2
+    ).double()
+    tasks = [_Task(t) for t in range(3)]
+    omegas = []
+    for t in range(3):
+        m.begin_task(t)
+        perturb(m.hnet, seed=10 + t)  # "training"
+        m.end_task(t, tasks[t])
+        omegas.append((fisher_by_hand(m, t, tasks[t]) + 0.2) * TARGET.used_by_head(t))
+        torch.testing.assert_close(m._fisher[t] * TARGET.used_by_head(t), omegas[t] - 0.2 *
+                                   TARGET.used_by_head(t))  # fmt: skip
+    m.begin_task(3)
+    with torch.no_grad():
+        flat_targets = m.hnet([0, 1, 2])
+    perturb(m.hnet, seed=20)
+    omega = torch.stack(omegas)
+    expected = 0.7 * (omega * (m.hnet([0, 1, 2]) - flat_targets).pow(2)).sum(1).mean()
+    torch.testing.assert_close(m.penalty(3), expected, rtol=1e-12, atol=0)
+    _, reg = m.weights_and_penalty(3)
+    torch.testing.assert_close(reg, expected, rtol=1e-12, atol=0)
+    # a number the loss does not depend on is weighted by the floor only: task 0's Fisher is
+    # zero on the first layer's weights from an input that is always zero
+    zero_input = _Task(0)
+    zero_input.train.x[:, 0] = 0.0
+    m.end_task(0, zero_input)
+    first_col = torch.arange(0, 5 * 7, 7)  # fc0.weight[:, 0]
+    assert (m._fisher[0][first_col] == 0).all() and (m._omega(0)[first_col] == 0.2).all()
+
+
+def test_fisher_state_survives_a_checkpoint(tmp_path):
+    from graphseq.continual import load_method, save_method
+
+    m = HypernetworkMethod(TARGET, make("rnn"), reg_weighting="fisher", fisher_samples=5)
+    for t in range(2):
+        m.begin_task(t)
+        m.end_task(t, _Task(t, dtype=torch.float32))
+    save_method(tmp_path / "m.pt", m)
+    again, _ = load_method(tmp_path / "m.pt")
+    assert again.reg_weighting == "fisher" and sorted(again._fisher) == [0, 1]
+    for t in range(2):
+        torch.testing.assert_close(again._fisher[t], m._fisher[t])
+    again.begin_task(2)  # targets and weights of the two old tasks
+    m.begin_task(2)
+    torch.testing.assert_close(again._reg_scale, m._reg_scale)
+
+
+def test_fisher_weighting_bad_input():
+    with pytest.raises(ValueError, match="reg_weighting must be"):
+        HypernetworkMethod(TARGET, make("rnn"), reg_weighting="ewc")
+    with pytest.raises(ValueError, match="fisher_samples must be"):
+        HypernetworkMethod(TARGET, make("rnn"), reg_weighting="fisher", fisher_samples=0)
+    with pytest.raises(ValueError, match="fisher_floor"):
+        HypernetworkMethod(TARGET, make("rnn"), reg_weighting="fisher", fisher_floor=-1.0)
+    m = HypernetworkMethod(TARGET, make("rnn"), reg_weighting="fisher")
+    m.begin_task(0)  # no end_task: no Fisher for task 0
+    with pytest.raises(RuntimeError, match=r"no Fisher estimate for old task\(s\) \[0\]"):
+        m.begin_task(1)
