@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from graphseq.continual.methods import ContinualMethod, method_from_config
+from graphseq.continual.methods import ContinualMethod, HypernetworkMethod, method_from_config
 from graphseq.continual.metrics import summarize_matrix
 from graphseq.train.io import load_checkpoint, save_checkpoint
 
@@ -305,6 +305,10 @@ def load_method(path: str | Path) -> tuple[ContinualMethod, dict]:
         raise ValueError(f"{path}: format {state.get('format')!r} is not {CHECKPOINT_FORMAT!r}")
     method = method_from_config(state["target"], state["method"])
     method.prepare_tasks(int(state["num_tasks"]))
-    method.load_state_dict(state["model"])
+    model = dict(state["model"])
+    if isinstance(method, HypernetworkMethod):
+        # written before the method had extra state (Fisher estimates): there are none
+        model.setdefault("_extra_state", {"fisher": {}})
+    method.load_state_dict(model)
     method.eval()
     return method, state.get("extra", {})

@@ -418,3 +418,18 @@ def test_fisher_weighting_bad_input():
     m.begin_task(0)  # no end_task: no Fisher for task 0
     with pytest.raises(RuntimeError, match=r"no Fisher estimate for old task\(s\) \[0\]"):
         m.begin_task(1)
+
+
+def test_checkpoint_written_before_the_extra_state_still_loads(tmp_path):
+    from graphseq.continual import load_method, save_method
+    from graphseq.train.io import load_checkpoint, save_checkpoint
+
+    m = HypernetworkMethod(TARGET, make("rnn"))
+    m.begin_task(0)
+    save_method(tmp_path / "m.pt", m)
+    state = load_checkpoint(tmp_path / "m.pt")
+    del state["model"]["_extra_state"]  # as an older graphseq wrote it
+    save_checkpoint(tmp_path / "old.pt", state)
+    again, _ = load_method(tmp_path / "old.pt")
+    torch.testing.assert_close(again.weights(0), m.weights(0))
+    assert again._fisher == {}
