@@ -150,6 +150,15 @@ def load_stream(name: str, data_dir: str | None, num_tasks: int | None):
     return graph_tasks(num_tasks or 4)
 
 
+def method_lr(preset: dict, method: str, lr: float | None) -> float:
+    """The learning rate of ``method``: ``--lr`` if given, else its own preset's ``lr`` if it
+    has one, else the stream's."""
+    if lr is not None:
+        return lr
+    own = preset.get("rnn" if method.startswith("rnn") else method, {})
+    return own.get("lr", preset["train"]["lr"])
+
+
 def reg_options(p: dict, args) -> dict:
     """The output regulariser's options: the command line's, else the preset's."""
     weighting = args.reg_weighting or p.get("reg_weighting", "uniform")
@@ -321,7 +330,10 @@ def main(argv=None) -> int:
         help="hypernetworks: weight the output regulariser by each old task's normalised "
         "diagonal Fisher (default: the preset's)",
     )  # fmt: skip
-    ap.add_argument("--fisher-floor", type=float, default=None)
+    ap.add_argument(
+        "--fisher-floor", type=float, default=None,
+        help="with Fisher weighting: added to the normalised Fisher (default: the preset's)",
+    )  # fmt: skip
     ap.add_argument(
         "--validation", type=float, default=None, metavar="FRACTION",
         help="hold out this fraction of every task's training split and report accuracy on it "
@@ -348,7 +360,10 @@ def main(argv=None) -> int:
     preset = PRESETS[args.stream]
     stream = load_stream(args.stream, args.data_dir, args.num_tasks)
     if args.validation is not None:
-        stream = validation_stream(stream, args.validation)
+        try:
+            stream = validation_stream(stream, args.validation)
+        except (TypeError, ValueError) as err:
+            ap.error(f"--validation: {err}")
     train = dict(preset["train"])
     if args.iterations is not None:
         train["iterations"] = args.iterations
@@ -361,11 +376,7 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = []
     for method in methods:
-        # a method's preset may set its own learning rate; --lr overrides every method's
-        own = preset.get("rnn" if method.startswith("rnn") else method, {})
-        train_m = dict(train)
-        if args.lr is None and "lr" in own:
-            train_m["lr"] = own["lr"]
+        train_m = dict(train, lr=method_lr(preset, method, args.lr))
         for seed in seeds:
             seed_everything(seed)
             m = build(method, preset, len(stream), seed, args)

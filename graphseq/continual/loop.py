@@ -303,7 +303,11 @@ def load_method(path: str | Path) -> tuple[ContinualMethod, dict]:
     state = load_checkpoint(path, hint="It is not a graphseq.continual checkpoint.")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: format {state.get('format')!r} is not {CHECKPOINT_FORMAT!r}")
-    method = method_from_config(state["target"], state["method"])
+    config = dict(state["method"])
+    if config.get("kind") == "hnet":
+        # written before reg_outputs existed: those runs compared every generated number
+        config.setdefault("reg_outputs", "all")
+    method = method_from_config(state["target"], config)
     method.prepare_tasks(int(state["num_tasks"]))
     model = dict(state["model"])
     if isinstance(method, HypernetworkMethod):

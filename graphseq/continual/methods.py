@@ -20,8 +20,8 @@ Methods:
 * :class:`HypernetworkMethod`: a task-conditioned hypernetwork with von Oswald et al.'s output
   regulariser, :math:`\\frac{\\beta}{|S|}\\sum_{t' \\in S}\\lVert h(e^{(t')},\\theta) -
   h(e^{(t')},\\theta^*)\\rVert^2` over old tasks ``S`` (all, or a random ``reg_batch_size`` of
-  them), targets taken when the task starts, over the numbers each old task's head reads;
-  options: a hidden-state regulariser for the RNN
+  them), targets taken when the task starts, by default over the numbers each old task's head
+  reads and unweighted; options: a hidden-state regulariser for the RNN
   hypernetwork (``hidden_beta``) and network growth (``growth_units``).
 * :class:`FineTune`: one set of weights trained on every task in turn (lower bound).
 * :class:`EWC`: elastic weight consolidation (Kirkpatrick et al., 2017), online variant
@@ -286,7 +286,7 @@ class HypernetworkMethod(ContinualMethod):
             used = self.hnet.padded(used.to(weights))  # [T, Q], 1 where task t reads
             self._reg_scale = used * self.hnet.padded_scale
             weights = weights * used
-        if self.reg_weighting == "fisher":
+        if self.reg_weighting == "fisher" and self.beta > 0:
             # sum_p omega_p (w_p - w*_p)^2 = || sqrt(omega) w - sqrt(omega) w* ||^2
             missing = [t for t in range(task) if t not in self._fisher]
             if missing:
@@ -320,7 +320,7 @@ class HypernetworkMethod(ContinualMethod):
         return omega
 
     def end_task(self, task: int, data) -> None:
-        if self.reg_weighting != "fisher":
+        if self.reg_weighting != "fisher" or self.beta == 0:
             return
         g = torch.Generator().manual_seed(self.seed + 7919 * (task + 1))
         n = min(self.fisher_samples, len(data.train))
@@ -335,6 +335,8 @@ class HypernetworkMethod(ContinualMethod):
             logits = self.target.head(self.target(x, w), head)
             (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), w)
             fisher += grad.pow(2)
+        if not torch.isfinite(fisher).all():
+            raise RuntimeError(f"the Fisher estimate of task {task} is not finite (NaN loss?)")
         used = self.target.used_by_head(head) if self.reg_outputs == "used" else None
         mean = (fisher if used is None else fisher[used]).mean()
         self._fisher[task] = (fisher / mean if mean > 0 else fisher).detach().cpu()
@@ -343,7 +345,16 @@ class HypernetworkMethod(ContinualMethod):
         return {"fisher": {int(t): f for t, f in self._fisher.items()}}
 
     def set_extra_state(self, state: dict) -> None:
-        self._fisher = {int(t): f for t, f in state.get("fisher", {}).items()}
+        fisher = {}
+        for t, f in state.get("fisher", {}).items():
+            if not isinstance(f, Tensor) or f.shape != (self.target.param_spec.numel,):
+                raise ValueError(
+                    f"checkpoint: the Fisher estimate of task {t} must be a tensor of shape "
+                    f"[{self.target.param_spec.numel}], got "
+                    f"{list(f.shape) if isinstance(f, Tensor) else type(f).__name__}"
+                )
+            fisher[int(t)] = f.detach().cpu()
+        self._fisher = fisher
 
     def trainable(self, task: int) -> list[nn.Parameter]:
         # the shared hypernetwork and this task's own parameters; older embeddings stay fixed

@@ -29,3 +29,29 @@ def test_example_writes_table_json_and_png(tmp_path):
     merged = tmp_path / "merged"
     assert mod.main(["--merge", str(out / "results.json"), "--out", str(merged)]) == 0
     assert (merged / "results.md").read_text().count("| rnn | 2 |") == 1
+
+
+def test_example_validation_split_and_regulariser_flags(tmp_path):
+    spec = importlib.util.spec_from_file_location("continual_example", EXAMPLE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "val"
+    argv = ["--stream", "permuted-digits", "--num-tasks", "2", "--methods", "rnn,chunked"]
+    argv += ["--seeds", "0", "--iterations", "3", "--validation", "0.2", "--out", str(out)]
+    argv += ["--reg-weighting", "fisher", "--fisher-floor", "0.5", "--reg-outputs", "all"]
+    assert mod.main(argv) == 0
+    data = json.loads((out / "results.json").read_text())
+    for run in data["runs"]:
+        cfg = run["config"]
+        assert (cfg["reg_weighting"], cfg["fisher_floor"], cfg["reg_outputs"]) == (
+            "fisher",
+            0.5,
+            "all",
+        )
+    assert "Validation split" in (out / "results.md").read_text()
+    # a method's preset may set its own learning rate; --lr overrides it
+    preset = {"train": {"lr": 5e-4}, "rnn": {"lr": 1e-3}}
+    assert mod.method_lr(preset, "rnn", None) == 1e-3
+    assert mod.method_lr(preset, "rnn-nostep", None) == 1e-3
+    assert mod.method_lr(preset, "ewc", None) == 5e-4
+    assert mod.method_lr(preset, "rnn", 2e-3) == 2e-3

@@ -344,7 +344,7 @@ class _Task:
 
 def fisher_by_hand(m: HypernetworkMethod, task: int, data: _Task) -> torch.Tensor:
     """Diagonal empirical Fisher with torch.func per-example gradients (independent of the
-    loop in end_task), normalised by its mean over the numbers the task's head reads."""
+    loop in end_task), normalised by its mean over the compared numbers."""
     w = m.hnet(task).detach()
     x, y = data.train.x, data.train.y
 
@@ -354,40 +354,83 @@ def fisher_by_hand(m: HypernetworkMethod, task: int, data: _Task) -> torch.Tenso
 
     per_example = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(w, x, y)
     fisher = per_example.pow(2).mean(0)
-    used = TARGET.used_by_head(task)
-    return fisher / fisher[used].mean()
+    if m.reg_outputs == "used":
+        return fisher / fisher[TARGET.used_by_head(task)].mean()
+    return fisher / fisher.mean()
 
 
-@pytest.mark.parametrize("kind", ["rnn", "chunked-cond"])
-def test_fisher_weighted_penalty_equals_its_definition(kind):
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("rnn", {}),
+        ("rnn-rows", {"reg_outputs": "all"}),
+        ("rnn", {"reg_batch_size": 2}),
+        ("chunked-cond", {}),
+        ("full", {"reg_outputs": "all", "reg_batch_size": 2}),
+    ],
+)
+def test_fisher_weighted_penalty_equals_its_definition(kind, options):
     m = HypernetworkMethod(
-        TARGET, make(kind), beta=0.7, reg_weighting="fisher", fisher_samples=9, fisher_floor=0.2
-    ).double()
+        TARGET, make(kind), beta=0.7, reg_weighting="fisher", fisher_samples=9,
+        fisher_floor=0.2, **options,
+    ).double()  # fmt: skip
     tasks = [_Task(t) for t in range(3)]
     omegas = []
     for t in range(3):
         m.begin_task(t)
         perturb(m.hnet, seed=10 + t)  # "training"
         m.end_task(t, tasks[t])
-        omegas.append((fisher_by_hand(m, t, tasks[t]) + 0.2) * TARGET.used_by_head(t))
-        torch.testing.assert_close(m._fisher[t] * TARGET.used_by_head(t), omegas[t] - 0.2 *
-                                   TARGET.used_by_head(t))  # fmt: skip
+        compared = TARGET.used_by_head(t) if m.reg_outputs == "used" else torch.ones(SPEC.numel)
+        omega = (fisher_by_hand(m, t, tasks[t]) + 0.2) * compared
+        torch.testing.assert_close(m._omega(t).double(), omega)
+        omegas.append(omega)
     m.begin_task(3)
     with torch.no_grad():
         flat_targets = m.hnet([0, 1, 2])
     perturb(m.hnet, seed=20)
-    omega = torch.stack(omegas)
-    expected = 0.7 * (omega * (m.hnet([0, 1, 2]) - flat_targets).pow(2)).sum(1).mean()
+    rng = m._gen.get_state()
+    subset = [0, 1, 2]
+    if options.get("reg_batch_size"):
+        subset = torch.randperm(3, generator=m._gen)[: options["reg_batch_size"]].tolist()
+    omega = torch.stack(omegas)[subset]
+    diff = m.hnet(subset) - flat_targets[subset]
+    expected = 0.7 * (omega * diff.pow(2)).sum(1).mean()
+    m._gen.set_state(rng)
     torch.testing.assert_close(m.penalty(3), expected, rtol=1e-12, atol=0)
+    m._gen.set_state(rng)
     _, reg = m.weights_and_penalty(3)
     torch.testing.assert_close(reg, expected, rtol=1e-12, atol=0)
-    # a number the loss does not depend on is weighted by the floor only: task 0's Fisher is
-    # zero on the first layer's weights from an input that is always zero
-    zero_input = _Task(0)
-    zero_input.train.x[:, 0] = 0.0
-    m.end_task(0, zero_input)
+
+
+def test_fisher_is_zero_where_the_loss_does_not_depend_on_a_weight():
+    # an input that is always zero: the first layer's weights from it get the floor only
+    m = HypernetworkMethod(TARGET, make("rnn"), reg_weighting="fisher", fisher_floor=0.2).double()
+    m.begin_task(0)
+    data = _Task(0)
+    data.train.x[:, 0] = 0.0
+    m.end_task(0, data)
     first_col = torch.arange(0, 5 * 7, 7)  # fc0.weight[:, 0]
     assert (m._fisher[0][first_col] == 0).all() and (m._omega(0)[first_col] == 0.2).all()
+    assert (m._fisher[0][TARGET.used_by_head(0)] > 0).float().mean() > 0.5
+    # beta = 0: nothing to weight, no Fisher is computed
+    off = HypernetworkMethod(TARGET, make("rnn"), beta=0.0, reg_weighting="fisher").double()
+    off.begin_task(0)
+    off.end_task(0, data)
+    off.begin_task(1)
+    assert off._fisher == {}
+
+
+def test_train_continual_with_the_fisher_weighted_regulariser():
+    from graphseq.continual import ContinualConfig, train_continual
+    from graphseq.datasets.continual import split_digits
+
+    stream = split_digits(2)
+    target = MLPTarget(64, (16,), classes_per_head=2, num_heads=2)
+    hnet = RNNHyperNetwork(target.param_spec, 100, 8, 12, step_signal="learned")
+    m = HypernetworkMethod(target, hnet, beta=0.1, reg_weighting="fisher", fisher_samples=20)
+    res = train_continual(m, stream, ContinualConfig(iterations=5, batch_size=8), log=None)
+    assert sorted(m._fisher) == [0, 1] and all(0.0 <= a <= 1.0 for a in res.R[1])
+    assert m._reg_scale is not None and m._reg_scale.shape[0] == 1
 
 
 def test_fisher_state_survives_a_checkpoint(tmp_path):
@@ -429,7 +472,13 @@ def test_checkpoint_written_before_the_extra_state_still_loads(tmp_path):
     save_method(tmp_path / "m.pt", m)
     state = load_checkpoint(tmp_path / "m.pt")
     del state["model"]["_extra_state"]  # as an older graphseq wrote it
+    for key in ("reg_outputs", "reg_weighting", "fisher_samples", "fisher_floor"):
+        del state["method"][key]
     save_checkpoint(tmp_path / "old.pt", state)
     again, _ = load_method(tmp_path / "old.pt")
     torch.testing.assert_close(again.weights(0), m.weights(0))
-    assert again._fisher == {}
+    # it keeps training with the regulariser it was trained with (every generated number)
+    assert again._fisher == {} and again.reg_outputs == "all"
+    assert again.reg_weighting == "uniform"
+    with pytest.raises(ValueError, match="Fisher estimate of task 0 must be a tensor of shape"):
+        again.set_extra_state({"fisher": {0: torch.zeros(3)}})
