@@ -94,6 +94,25 @@ def _scaled_squared_distance(raw: Tensor, scale: Tensor, target: Tensor) -> Tens
     return _ScaledSquaredDistance.apply(raw, scale, target)
 
 
+def _empirical_fisher(
+    target: TargetNetwork, weights: Tensor, head: int, data, samples: int, seed: int
+) -> Tensor:
+    """``[P]``: the diagonal empirical Fisher of ``target`` at flat ``weights`` for one head,
+    the mean over ``samples`` random training examples of ``data`` (a task with a ``train``
+    split; drawn with ``seed``) of the squared gradient of the true label's cross-entropy."""
+    g = torch.Generator().manual_seed(seed)
+    n = min(samples, len(data.train))
+    idx = torch.randperm(len(data.train), generator=g)[:n]
+    w = weights.detach().requires_grad_(True)
+    fisher = torch.zeros_like(w)
+    for i in idx:
+        x, y = data.train.batch(i.view(1))
+        logits = target.head(target(x, w), head)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), w)
+        fisher += grad.pow(2)
+    return fisher / n
+
+
 def _nonneg(cls: str, name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise ValueError(f"{cls}: {name} must be a number >= 0, got {value!r}")
@@ -322,19 +341,12 @@ class HypernetworkMethod(ContinualMethod):
     def end_task(self, task: int, data) -> None:
         if self.reg_weighting != "fisher" or self.beta == 0:
             return
-        g = torch.Generator().manual_seed(self.seed + 7919 * (task + 1))
-        n = min(self.fisher_samples, len(data.train))
-        idx = torch.randperm(len(data.train), generator=g)[:n]
         head = min(task, self.target.num_heads - 1)
         with torch.no_grad():
             w = self.hnet(task)
-        w.requires_grad_(True)
-        fisher = torch.zeros_like(w)
-        for i in idx:
-            x, y = data.train.batch(i.view(1))
-            logits = self.target.head(self.target(x, w), head)
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), w)
-            fisher += grad.pow(2)
+        fisher = _empirical_fisher(
+            self.target, w, head, data, self.fisher_samples, self.seed + 7919 * (task + 1)
+        )
         if not torch.isfinite(fisher).all():
             raise RuntimeError(f"the Fisher estimate of task {task} is not finite (NaN loss?)")
         used = self.target.used_by_head(head) if self.reg_outputs == "used" else None
@@ -519,17 +531,11 @@ class EWC(_SingleNetwork):
         return 0.5 * self.lam * (self.fisher * (self.flat - self.anchor).pow(2)).sum()
 
     def end_task(self, task: int, data) -> None:
-        g = torch.Generator().manual_seed(self.seed + 7919 * (task + 1))
-        n = min(self.fisher_samples, len(data.train))
-        idx = torch.randperm(len(data.train), generator=g)[:n]
-        fisher = torch.zeros_like(self.flat)
-        for i in idx:
-            x, y = data.train.batch(i.view(1))
-            logits = self.target.head(self.target(x, self.flat), task)
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y), self.flat)
-            fisher += grad.pow(2)
+        fisher = _empirical_fisher(
+            self.target, self.flat, task, data, self.fisher_samples, self.seed + 7919 * (task + 1)
+        )
         with torch.no_grad():
-            self.fisher.mul_(self.gamma).add_(fisher / n)
+            self.fisher.mul_(self.gamma).add_(fisher)
             self.anchor.copy_(self.flat)
 
     def config(self) -> dict:

@@ -9,10 +9,15 @@ from pathlib import Path
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "continual.py"
 
 
-def test_example_writes_table_json_and_png(tmp_path):
+def load_example():
     spec = importlib.util.spec_from_file_location("continual_example", EXAMPLE)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_example_writes_table_json_and_png(tmp_path):
+    mod = load_example()
     out = tmp_path / "run"
     argv = ["--stream", "split-digits", "--num-tasks", "2", "--methods", "rnn,ewc"]
     argv += ["--seeds", "0,1", "--iterations", "5", "--out", str(out)]
@@ -32,9 +37,7 @@ def test_example_writes_table_json_and_png(tmp_path):
 
 
 def test_example_validation_split_and_regulariser_flags(tmp_path):
-    spec = importlib.util.spec_from_file_location("continual_example", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_example()
     out = tmp_path / "val"
     argv = ["--stream", "permuted-digits", "--num-tasks", "2", "--methods", "rnn,chunked"]
     argv += ["--seeds", "0", "--iterations", "3", "--validation", "0.2", "--out", str(out)]
