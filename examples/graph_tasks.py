@@ -2,11 +2,18 @@
 of the paper's qualitative orderings.
 
 Every cell is :class:`~graphseq.nn.gsm.GSM` with no local encoder (``local="none"``, so the
-tokenization is the only source of structure), one block, the given global encoder
-(``transformer`` / ``ssm`` / ``hybrid``) and tokenization (``none`` = nodes in storage order,
-i.e. "w/o PE"; ``random``; ``hac_dfs``; ``khop`` (k = 2); ``hac_bfs``), trained by
-:func:`graphseq.train.fit`; a GIN row is the MPNN anchor. Graph generators and task definitions:
-:mod:`graphseq.datasets.graph_tasks`.
+tokenization and the positional encoding are the only sources of structure), one block, the
+given global encoder (``transformer`` / ``ssm`` / ``hybrid``) and tokenization, trained by
+:func:`graphseq.train.fit`. The tokenizations are the paper's rows: ``none`` = nodes in storage
+order *without* positional encoding ("w/o PE"); ``random`` = node tokens in random order
+("Node"); ``hac_dfs``; ``khop`` (k = 2); ``hac_bfs``. Every row but ``none`` adds a 6-dimensional
+Laplacian eigenvector PE (``lap_pe``, random sign flips while training). Graph pooling is the
+mean (``--pool``), so a count must come from the sequence model, not the readout — the setting
+of the paper's counting theorem. A GIN row (sum pooling, as in the GIN paper) is the MPNN anchor.
+Graph generators and task definitions: :mod:`graphseq.datasets.graph_tasks`.
+
+Runs are resumable (:func:`graphseq.train.fit` skips a finished cell), so a grid can be split
+over processes by ``--tasks`` and the tables rebuilt by rerunning the whole command.
 
 Orderings checked (paper, Tables 1–2):
 
@@ -14,7 +21,7 @@ Orderings checked (paper, Tables 1–2):
 2. colour counting without PE: ``ssm`` ≫ ``transformer`` (tokenization ``none``);
 3. connectivity: ``hac_dfs`` ≥ ``random`` node order, for ``ssm`` and ``hybrid``.
 
-    python examples/graph_tasks.py                                  # the full grid (hours)
+    python examples/graph_tasks.py --epochs 20                      # the full grid (hours)
     python examples/graph_tasks.py --grid reduced --sizes 300 150 150 --epochs 10 --seeds 0 \\
         --hidden 32                                                   # what fits a 2-core CPU
 """
@@ -33,7 +40,7 @@ import torch
 
 import graphseq.models.gsm  # noqa: F401  (registers gsm)
 from graphseq.datasets.graph_tasks import GRAPH_TASKS
-from graphseq.train.benchmarks_gsm import graph_tasks_task
+from graphseq.train.benchmarks_gsm import LAP_PE_DIM, graph_tasks_task
 from graphseq.train.trainer import TrainConfig, fit
 
 TOKENIZATIONS = ("none", "random", "hac_dfs", "khop", "hac_bfs")
@@ -62,17 +69,26 @@ def main() -> None:
         default="full",
         help="reduced: the cells of REDUCED only (overrides --tasks etc.)",
     )
+    parser.add_argument(
+        "--pool",
+        choices=["mean", "sum"],
+        default="mean",
+        help="graph pooling of the sequence models (GIN always sums)",
+    )
     parser.add_argument("--out", default="runs/graph_tasks")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.grid == "reduced":
         args.tasks = list(REDUCED)
     cells: dict[str, dict[str, float]] = {}
+    spread: dict[str, dict[str, float]] = {}
+    params: dict[str, dict[str, int]] = {}
     higher: dict[str, bool] = {}
     for task_name in args.tasks:
         task = graph_tasks_task(task_name, tuple(args.sizes), seed=0)
         higher[task_name] = task.higher_is_better
-        runs = [("gin", "gin", {"hidden": args.hidden, "layers": 2, "dropout": 0.0})]
+        runs = [("gin", "gin", {"hidden": args.hidden, "layers": 2, "dropout": 0.0,
+                                "pool": "sum"})]  # fmt: skip
         runs = [] if args.no_gin else runs
         grid = (
             REDUCED[task_name]
@@ -80,9 +96,11 @@ def main() -> None:
             else [(bb, tok) for tok in args.tokenizations for bb in args.backbones]
         )
         for bb, tok in grid:
+            pe = {} if tok == "none" else {"pe": "lap_pe", "pe_dim": LAP_PE_DIM,
+                                            "pe_sign_flip": True}  # fmt: skip
             runs.append((f"{bb}/{tok}", "gsm", {
                 "hidden": args.hidden, "layers": 1, "seq_layers": 2, "tokenization": tok,
-                "local": "none", "global_": bb,
+                "local": "none", "global_": bb, "pool": args.pool, **pe,
             }))  # fmt: skip
         for label, model, model_args in runs:
             scores = []
@@ -93,27 +111,36 @@ def main() -> None:
                     threads=1, progress=False,
                 )  # fmt: skip
                 folder = Path(args.out) / task_name / label.replace("/", "_") / f"seed{seed}"
-                scores.append(fit(task, config, folder)["best"]["test"])
+                result = fit(task, config, folder)
+                scores.append(result["best"]["test"])
             cells.setdefault(task_name, {})[label] = statistics.fmean(scores)
-            print(f"{task_name:18s} {label:22s} test {task.metric} {cells[task_name][label]:.4f}",
-                  flush=True)  # fmt: skip
+            spread.setdefault(task_name, {})[label] = (
+                statistics.stdev(scores) if len(scores) > 1 else 0.0
+            )
+            params.setdefault(task_name, {})[label] = result["num_parameters"]
+            print(f"{task_name:18s} {label:22s} test {task.metric} {cells[task_name][label]:.4f}"
+                  f" ± {spread[task_name][label]:.4f} ({len(scores)} seeds, "
+                  f"{result['num_parameters']:,} parameters)", flush=True)  # fmt: skip
     print()
     for task_name, row in cells.items():
         print(f"### {task_name} ({'higher' if higher[task_name] else 'lower'} is better)")
         print("| tokenization | " + " | ".join(args.backbones) + " |")
         print("|---|" + "---:|" * len(args.backbones))
+        sd = spread[task_name]
         for tok in args.tokenizations:
-            vals = [row.get(f"{bb}/{tok}") for bb in args.backbones]
-            print(f"| {tok} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + " |")
+            keys = [f"{bb}/{tok}" for bb in args.backbones]
+            vals = ["-" if k not in row else f"{row[k]:.3f} ± {sd[k]:.3f}" for k in keys]
+            print(f"| {tok} | " + " | ".join(vals) + " |")
         if "gin" in row:
-            print(f"| GIN (MPNN anchor) | {row['gin']:.3f} |")
+            print(f"| GIN (MPNN anchor) | {row['gin']:.3f} ± {sd['gin']:.3f} |")
         print()
     checks = _orderings(cells, args.backbones)
     for line in checks:
         print(line)
     out = Path(args.out) / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"cells": cells, "checks": checks, "args": vars(args)}, indent=2))
+    out.write_text(json.dumps({"cells": cells, "std": spread, "parameters": params,
+                               "checks": checks, "args": vars(args)}, indent=2))  # fmt: skip
 
 
 def _orderings(cells: dict, backbones) -> list[str]:

@@ -256,12 +256,16 @@ def gsm(
     dropout: float = 0.0,
     pool: str = "mean",
     token_sizes: bool = True,
+    pe: str | None = None,
+    pe_dim: int = 0,
+    pe_sign_flip: bool = False,
 ) -> GSM:
     node_dim, edge_dim = _dense_only(spec, "gsm")
     return GSM(
         node_dim, hidden, spec.out_dim, tokenization=tokenization, local=local, global_=global_,
         layers=layers, seq_layers=seq_layers, heads=heads, level=spec.level, edge_dim=edge_dim,
         hpe=hpe, hpe_levels=hpe_levels, pool=pool, dropout=dropout, token_sizes=token_sizes,
+        pe=pe, pe_dim=pe_dim, pe_sign_flip=pe_sign_flip,
     )  # fmt: skip
 
 

@@ -6,7 +6,7 @@
   Benchmarking-GNNs SBM tasks regenerated offline, class-weighted cross-entropy, class-balanced
   accuracy (``acc_sbm``).
 * ``graph-<task>`` for the six algorithmic tasks of :mod:`graphseq.datasets.graph_tasks`
-  (1,000 / 500 / 500 graphs).
+  (1,000 / 500 / 500 graphs), each graph with a Laplacian positional encoding ``lap_pe``.
 
 Every loader applies the GSM tokenizers (:class:`~graphseq.nn.gsm.HACTokenizer`, a
 :class:`~graphseq.nn.gsm.KHopTokenizer` and the node orders) so that ``gsm`` / ``gsm++`` and the
@@ -37,6 +37,10 @@ def gsm_transform(k: int = 2, levels: int = 16, orders: tuple[str, ...] = ("degr
     return T.Compose(
         [HACTokenizer(levels=levels), KHopTokenizer(k), *(NodeTokenizer(o) for o in orders)]
     )
+
+
+#: Width of the Laplacian positional encoding the algorithmic tasks attach (``lap_pe``).
+LAP_PE_DIM = 6
 
 
 def weighted_cross_entropy(out: Tensor, y: Tensor) -> Tensor:
@@ -147,20 +151,38 @@ def graph_tasks_task(
     sizes: tuple[int, int, int] = (1000, 500, 500),
     seed: int = 0,
     transform: Callable | None = None,
+    lap_pe: int = LAP_PE_DIM,
     **generator_args: Any,
 ) -> Task:
     """One of the six algorithmic tasks, tokenized; split ``j`` is drawn with seed
-    ``3 * seed + j + 1`` (:func:`graphseq.datasets.graph_tasks.graph_task`)."""
-    from graphseq.datasets.graph_tasks import exact_match, graph_task, task_info
+    ``3 * seed + j + 1`` (:func:`graphseq.datasets.graph_tasks.graph_task`).
+
+    With ``lap_pe > 0`` every graph also carries ``lap_pe``: the first ``lap_pe`` non-trivial
+    eigenvectors of its symmetric-normalised Laplacian (PyG's
+    :class:`~torch_geometric.transforms.AddLaplacianEigenvectorPE`, its random signs drawn from
+    a generator seeded by ``seed``), the positional encoding of the GSM paper's node-token rows.
+    The generators' graphs have at least 7 nodes, so ``lap_pe <= 6`` always fits."""
+    from graphseq.datasets.graph_tasks import MIN_NODES, exact_match, graph_task, task_info
 
     info = task_info(task, **{k: v for k, v in generator_args.items()
                               if k in ("max_degree", "num_colours")})  # fmt: skip
+    if isinstance(lap_pe, bool) or not isinstance(lap_pe, int) or not 0 <= lap_pe < MIN_NODES:
+        raise ValueError(
+            f"graph_tasks_task: lap_pe must be an int in [0, {MIN_NODES}), got {lap_pe!r}"
+        )
     if transform is None:
         transform = gsm_transform(k=2, orders=("degree", "random", "bfs"))
-    splits = {
-        name: [transform(g) for g in graph_task(task, int(n), 3 * seed + j + 1, **generator_args)]
-        for j, (name, n) in enumerate(zip(("train", "valid", "test"), sizes, strict=True))
-    }
+    if lap_pe:
+        transform = T.Compose(
+            [transform, T.AddLaplacianEigenvectorPE(lap_pe, "lap_pe", is_undirected=True)]
+        )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the eigenvectors' random signs
+        splits = {
+            name: [transform(g) for g in graph_task(task, int(n), 3 * seed + j + 1,
+                                                    **generator_args)]
+            for j, (name, n) in enumerate(zip(("train", "valid", "test"), sizes, strict=True))
+        }  # fmt: skip
     evaluate = exact_match if task == "colour_counting" else make_evaluator(info["metric"])
     return Task(
         f"graph-{task}", "graph", info["task_type"], info["metric"],

@@ -5,7 +5,7 @@ import torch
 
 import graphseq.models.gsm  # noqa: F401
 from graphseq.train.benchmarks import get_benchmark
-from graphseq.train.benchmarks_gsm import graph_tasks_task, heterophilous_task, sbm_task
+from graphseq.train.benchmarks_gsm import LAP_PE_DIM, graph_tasks_task, heterophilous_task, sbm_task
 from graphseq.train.metrics import HIGHER_IS_BETTER, accuracy_sbm, make_evaluator
 from graphseq.train.trainer import TrainConfig, fit
 
@@ -57,6 +57,33 @@ def test_graph_task_benchmark_fits():
                          model_args={"hidden": 8, "layers": 1, "heads": 2, "local": "none",
                                      "global_": "ssm", "tokenization": "none"})  # fmt: skip
     assert 0 <= fit(task, config)["best"]["test"] <= 1
+
+
+def test_graph_task_laplacian_pe_is_deterministic_and_feeds_gsm():
+    a = graph_tasks_task("connectivity", (6, 3, 3), seed=2)
+    b = graph_tasks_task("connectivity", (6, 3, 3), seed=2)
+    for ga, gb in zip(a.splits["train"], b.splits["train"], strict=True):
+        assert ga.lap_pe.shape == (ga.num_nodes, LAP_PE_DIM)
+        torch.testing.assert_close(ga.lap_pe, gb.lap_pe)
+    # the columns are eigenvectors of the symmetric-normalised Laplacian, up to sign
+    g = a.splits["train"][0]
+    lap = torch.eye(g.num_nodes, dtype=torch.float64)
+    adj = torch.zeros(g.num_nodes, g.num_nodes, dtype=torch.float64)
+    adj[g.edge_index[0], g.edge_index[1]] = 1.0
+    dinv = adj.sum(1).clamp(min=1e-12).rsqrt() * (adj.sum(1) > 0)
+    lap = lap - dinv[:, None] * adj * dinv[None, :]
+    pe = g.lap_pe.double()
+    lam = (pe * (lap @ pe)).sum(0) / (pe * pe).sum(0)
+    torch.testing.assert_close(lap @ pe, pe * lam, atol=1e-5, rtol=0)  # stored in float32
+    assert "lap_pe" not in graph_tasks_task("node_degree", (4, 2, 2), lap_pe=0).splits["train"][0]
+    with pytest.raises(ValueError, match="lap_pe"):
+        graph_tasks_task("node_degree", (4, 2, 2), lap_pe=7)
+    config = TrainConfig(benchmark=a.name, model="gsm", epochs=1, batch_size=4, progress=False,
+                         model_args={"hidden": 8, "layers": 1, "heads": 2, "local": "none",
+                                     "global_": "hybrid", "tokenization": "hac_dfs",
+                                     "pe": "lap_pe", "pe_dim": LAP_PE_DIM,
+                                     "pe_sign_flip": True})  # fmt: skip
+    assert 0 <= fit(task=a, config=config)["best"]["test"] <= 1
 
 
 def test_heterophilous_task_needs_the_file(tmp_path, monkeypatch):

@@ -261,10 +261,19 @@ class GSM(_Base):
         token_sizes (bool): add a learned projection of ``log(1 + |subgraph|)`` to every
             subgraph token (a mean alone cannot tell a degree-2 from a degree-9 node when the
             features are equal). (default: ``True``)
+        pe (str, optional): name of a node attribute holding a positional encoding (e.g.
+            ``"lap_pe"`` from PyG's :class:`~torch_geometric.transforms.AddLaplacianEigenvectorPE`
+            with ``attr_name="lap_pe"``); a linear map of it is added to :math:`h^{(0)}`.
+            (default: ``None``)
+        pe_dim (int): its width, required with ``pe``. (default: ``0``)
+        pe_sign_flip (bool): while training, multiply each PE column by a random sign per
+            batch (the Laplacian eigenvectors' sign is arbitrary; GraphGPS's augmentation).
+            Only for sign-ambiguous encodings. (default: ``False``)
 
     Shapes:
         - **input:** a PyG ``Data``/``Batch`` with ``x`` :math:`(N, F)`, ``edge_index``,
-          optionally ``batch``/``ptr`` and ``edge_attr``, plus the tokenization's attributes.
+          optionally ``batch``/``ptr`` and ``edge_attr``, plus the tokenization's attributes
+          (and ``pe`` :math:`(N, \text{pe\_dim})` when set).
         - **output:** :math:`(N, \text{out})` (node level) or :math:`(G, \text{out})`.
     """
 
@@ -286,6 +295,9 @@ class GSM(_Base):
         pool: str = "mean",
         dropout: float = 0.0,
         token_sizes: bool = True,
+        pe: str | None = None,
+        pe_dim: int = 0,
+        pe_sign_flip: bool = False,
     ) -> None:
         super().__init__()
         cls = type(self).__name__
@@ -295,6 +307,14 @@ class GSM(_Base):
             check_positive_int(cls, name, v)
         check_choice(cls, "level", level, ("node", "graph"))
         check_choice(cls, "pool", pool, ("mean", "sum"))
+        if pe is not None:
+            if not isinstance(pe, str) or not pe:
+                raise ValueError(f"{cls}: pe must be a non-empty attribute name, got {pe!r}")
+            check_positive_int(cls, "pe_dim", pe_dim)
+        elif pe_dim:
+            raise ValueError(f"{cls}: pe_dim={pe_dim!r} given without pe")
+        self.pe_attr, self.pe_dim, self.pe_sign_flip = pe, pe_dim, bool(pe_sign_flip)
+        self.pe_proj = nn.Linear(pe_dim, hidden) if pe is not None else None
         self.tokenization = resolve_tokenization(tokenization, cls)
         self.pattern = global_pattern(global_, seq_layers)
         self.in_channels, self.hidden, self.out_channels = in_channels, hidden, out_channels
@@ -322,7 +342,22 @@ class GSM(_Base):
         if self.pe is not None:
             _require(batch, "hac_dfs", type(self).__name__)
             h = h + self.pe(batch.hac_child, batch.hac_size)
+        if self.pe_proj is not None:
+            h = h + self.pe_proj(self._node_pe(batch, x.size(0)).to(h.dtype))
         return h
+
+    def _node_pe(self, batch, n: int) -> Tensor:
+        cls = type(self).__name__
+        pe = getattr(batch, self.pe_attr, None)
+        if not isinstance(pe, Tensor):
+            raise ValueError(f"{cls}: pe={self.pe_attr!r} but the input has no such attribute")
+        if pe.shape != (n, self.pe_dim):
+            raise ValueError(
+                f"{cls}: {self.pe_attr} must have shape ({n}, {self.pe_dim}), got {tuple(pe.shape)}"
+            )
+        if self.training and self.pe_sign_flip:
+            pe = pe * (torch.randint(0, 2, (self.pe_dim,), device=pe.device) * 2 - 1)
+        return pe
 
     def _global(self, encoder, batch, h, node_batch, ptr, tokenization) -> Tensor:
         cls = type(self).__name__
@@ -350,7 +385,9 @@ class GSM(_Base):
         return (
             f"{type(self).__name__}({self.in_channels}, {self.hidden}, {self.out_channels}, "
             f"tokenization={self.tokenization!r}, local={self.local!r}, "
-            f"global_={self.global_!r}, layers={self.layers})"
+            f"global_={self.global_!r}, layers={self.layers}"
+            + (f", pe={self.pe_attr!r}, pe_dim={self.pe_dim}" if self.pe_attr else "")
+            + ")"
         )
 
 

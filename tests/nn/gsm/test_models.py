@@ -264,3 +264,70 @@ def test_gsm_plus_plus_defaults_keep_the_published_layout():
 def test_gsm_plus_plus_bad_local_and_global_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GSMPlusPlus(3, 8, 2, **kwargs)
+
+
+def _with_pe(graphs, dim=3, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for g in graphs:
+        g = g.clone()
+        g.lap_pe = torch.randn(g.num_nodes, dim, generator=gen)
+        out.append(g)
+    return out
+
+
+def test_gsm_positional_encoding_is_read_added_and_sign_flipped_only_in_training():
+    graphs = _with_pe(GRAPHS)
+    batch = Batch.from_data_list(graphs)
+    kwargs = dict(tokenization="random", global_="ssm", local="none", heads=2, level="node")
+    torch.manual_seed(0)
+    model = GSM(3, 8, 2, pe="lap_pe", pe_dim=3, pe_sign_flip=True, **kwargs).eval()
+    torch.manual_seed(0)
+    plain = GSM(3, 8, 2, **kwargs).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "pe_proj" not in k})
+    # h0 = W x + W_pe pe: zeroing the PE map gives the model without PE
+    with torch.no_grad():
+        model.pe_proj.weight.zero_()
+        model.pe_proj.bias.zero_()
+    torch.testing.assert_close(model(batch), plain(batch))
+    model.reset_parameters()
+    out = model(batch)
+    assert not torch.allclose(out, plain(batch))
+    # evaluation is deterministic (no flip); the PE of one node moves its own output
+    torch.testing.assert_close(model(batch), out)
+    batch2 = batch.clone()
+    batch2.lap_pe = batch.lap_pe.clone()
+    batch2.lap_pe[0] += 1.0
+    assert not torch.allclose(model(batch2)[0], out[0])
+    # training flips the sign of whole PE columns: the embedding equals one of the 2^3 choices
+    model.train()
+    pe = batch.lap_pe
+    emb = model._embed(batch, batch.x)
+    base = model.encoder(batch.x)
+    signs = torch.tensor([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)])
+    options = [base + model.pe_proj(pe * s) for s in signs.float()]
+    assert any(torch.allclose(emb, o) for o in options)
+    assert "pe='lap_pe'" in repr(model)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"pe": "lap_pe"}, "pe_dim"),
+        ({"pe": "lap_pe", "pe_dim": 0}, "pe_dim"),
+        ({"pe_dim": 3}, "without pe"),
+        ({"pe": "", "pe_dim": 3}, "pe must be"),
+    ],
+)
+def test_gsm_positional_encoding_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GSM(3, 8, 2, **kwargs)
+
+
+def test_gsm_positional_encoding_bad_input():
+    model = GSM(3, 8, 2, tokenization="random", local="none", pe="lap_pe", pe_dim=3)
+    with pytest.raises(ValueError, match="no such attribute"):
+        model(BATCH)
+    batch = Batch.from_data_list(_with_pe(GRAPHS, dim=2))
+    with pytest.raises(ValueError, match=r"lap_pe must have shape \(20, 3\)"):
+        model(batch)
