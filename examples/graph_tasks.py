@@ -13,7 +13,9 @@ of the paper's counting theorem. A GIN row (sum pooling, as in the GIN paper) is
 Graph generators and task definitions: :mod:`graphseq.datasets.graph_tasks`.
 
 Runs are resumable (:func:`graphseq.train.fit` skips a finished cell), so a grid can be split
-over processes by ``--tasks`` and the tables rebuilt by rerunning the whole command.
+over processes by ``--tasks`` and the tables rebuilt by rerunning the whole command with the
+same ``--out`` (a folder written with other settings, e.g. by a version before the PE, is
+refused by ``fit``: use a fresh ``--out``).
 
 Orderings checked (paper, Tables 1–2):
 
@@ -115,12 +117,12 @@ def main() -> None:
                 scores.append(result["best"]["test"])
             cells.setdefault(task_name, {})[label] = statistics.fmean(scores)
             spread.setdefault(task_name, {})[label] = (
-                statistics.stdev(scores) if len(scores) > 1 else 0.0
+                statistics.stdev(scores) if len(scores) > 1 else None  # one seed: no spread
             )
             params.setdefault(task_name, {})[label] = result["num_parameters"]
-            print(f"{task_name:18s} {label:22s} test {task.metric} {cells[task_name][label]:.4f}"
-                  f" ± {spread[task_name][label]:.4f} ({len(scores)} seeds, "
-                  f"{result['num_parameters']:,} parameters)", flush=True)  # fmt: skip
+            print(f"{task_name:18s} {label:22s} test {task.metric} "
+                  f"{_cell(cells[task_name][label], spread[task_name][label])} ({len(scores)} "
+                  f"seeds, {result['num_parameters']:,} parameters)", flush=True)  # fmt: skip
     print()
     for task_name, row in cells.items():
         print(f"### {task_name} ({'higher' if higher[task_name] else 'lower'} is better)")
@@ -129,10 +131,10 @@ def main() -> None:
         sd = spread[task_name]
         for tok in args.tokenizations:
             keys = [f"{bb}/{tok}" for bb in args.backbones]
-            vals = ["-" if k not in row else f"{row[k]:.3f} ± {sd[k]:.3f}" for k in keys]
+            vals = ["-" if k not in row else _cell(row[k], sd[k]) for k in keys]
             print(f"| {tok} | " + " | ".join(vals) + " |")
         if "gin" in row:
-            print(f"| GIN (MPNN anchor) | {row['gin']:.3f} ± {sd['gin']:.3f} |")
+            print(f"| GIN (MPNN anchor) | {_cell(row['gin'], sd['gin'])} |")
         print()
     checks = _orderings(cells, args.backbones)
     for line in checks:
@@ -141,6 +143,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"cells": cells, "std": spread, "parameters": params,
                                "checks": checks, "args": vars(args)}, indent=2))  # fmt: skip
+
+
+def _cell(mean: float, std: float | None) -> str:
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
 def _orderings(cells: dict, backbones) -> list[str]:

@@ -17,6 +17,7 @@ graphs (PATTERN, CLUSTER, node degree) are mini-batched like graph-level tasks
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,13 @@ from graphseq.nn.gsm import HACTokenizer, KHopTokenizer, NodeTokenizer
 from graphseq.train.benchmarks import Benchmark, Task, register_benchmark
 from graphseq.train.metrics import make_evaluator
 
-__all__ = ["gsm_transform", "heterophilous_task", "sbm_task", "weighted_cross_entropy"]
+__all__ = [
+    "LAP_PE_DIM",
+    "gsm_transform",
+    "heterophilous_task",
+    "sbm_task",
+    "weighted_cross_entropy",
+]
 
 
 def gsm_transform(k: int = 2, levels: int = 16, orders: tuple[str, ...] = ("degree",)) -> T.Compose:
@@ -157,11 +164,14 @@ def graph_tasks_task(
     """One of the six algorithmic tasks, tokenized; split ``j`` is drawn with seed
     ``3 * seed + j + 1`` (:func:`graphseq.datasets.graph_tasks.graph_task`).
 
-    With ``lap_pe > 0`` every graph also carries ``lap_pe``: the first ``lap_pe`` non-trivial
-    eigenvectors of its symmetric-normalised Laplacian (PyG's
-    :class:`~torch_geometric.transforms.AddLaplacianEigenvectorPE`, its random signs drawn from
-    a generator seeded by ``seed``), the positional encoding of the GSM paper's node-token rows.
-    The generators' graphs have at least 7 nodes, so ``lap_pe <= 6`` always fits."""
+    With ``lap_pe > 0`` every graph also carries ``lap_pe``: eigenvectors 2 .. ``lap_pe + 1``
+    by ascending eigenvalue of its symmetric-normalised Laplacian (PyG's
+    :class:`~torch_geometric.transforms.AddLaplacianEigenvectorPE` convention: only the first
+    is dropped, so a disconnected graph keeps some of its zero-eigenvalue vectors), the
+    positional encoding of the GSM paper's node-token rows. The eigenvectors come from a dense
+    ``eigh`` at every size and their random signs from a torch generator seeded by ``seed``, so
+    the same arguments give the same encoding. The generators' graphs have at least 7 nodes,
+    so ``lap_pe <= 6`` always fits."""
     from graphseq.datasets.graph_tasks import MIN_NODES, exact_match, graph_task, task_info
 
     info = task_info(task, **{k: v for k, v in generator_args.items()
@@ -173,11 +183,13 @@ def graph_tasks_task(
     if transform is None:
         transform = gsm_transform(k=2, orders=("degree", "random", "bfs"))
     if lap_pe:
-        transform = T.Compose(
-            [transform, T.AddLaplacianEigenvectorPE(lap_pe, "lap_pe", is_undirected=True)]
-        )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)  # the eigenvectors' random signs
+        add_pe = T.AddLaplacianEigenvectorPE(lap_pe, "lap_pe", is_undirected=True)
+        # PyG switches to scipy's eigsh from 100 nodes, whose start vector is unseeded: keep
+        # the dense solver (the generated graphs are small) so the encoding is reproducible
+        add_pe.SPARSE_THRESHOLD = sys.maxsize
+        transform = T.Compose([transform, add_pe])
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)  # the eigenvectors' random signs
         splits = {
             name: [transform(g) for g in graph_task(task, int(n), 3 * seed + j + 1,
                                                     **generator_args)]
@@ -189,7 +201,8 @@ def graph_tasks_task(
         InputSpec(info["level"], info["out_dim"], "dense", info["node_dim"], None), splits,
         evaluate,
         info={"sizes": {k: len(v) for k, v in splits.items()}, "seed": seed,
-              "source": "graphseq.datasets.graph_tasks", "generator_args": generator_args},
+              "source": "graphseq.datasets.graph_tasks", "generator_args": generator_args,
+              "lap_pe": lap_pe},
     )  # fmt: skip
 
 

@@ -60,7 +60,9 @@ def test_graph_task_benchmark_fits():
 
 
 def test_graph_task_laplacian_pe_is_deterministic_and_feeds_gsm():
+    state = torch.get_rng_state()
     a = graph_tasks_task("connectivity", (6, 3, 3), seed=2)
+    assert torch.equal(state, torch.get_rng_state())  # the global generator is left alone
     b = graph_tasks_task("connectivity", (6, 3, 3), seed=2)
     for ga, gb in zip(a.splits["train"], b.splits["train"], strict=True):
         assert ga.lap_pe.shape == (ga.num_nodes, LAP_PE_DIM)
@@ -75,6 +77,12 @@ def test_graph_task_laplacian_pe_is_deterministic_and_feeds_gsm():
     pe = g.lap_pe.double()
     lam = (pe * (lap @ pe)).sum(0) / (pe * pe).sum(0)
     torch.testing.assert_close(lap @ pe, pe * lam, atol=1e-5, rtol=0)  # stored in float32
+    # graphs of 100+ nodes (where PyG would use an unseeded sparse solver) are reproducible too
+    big = [graph_tasks_task("node_degree", (2, 1, 1), seed=0, min_nodes=100, max_nodes=104)
+           for _ in range(2)]  # fmt: skip
+    for ga, gb in zip(big[0].splits["train"], big[1].splits["train"], strict=True):
+        assert ga.num_nodes >= 100
+        torch.testing.assert_close(ga.lap_pe, gb.lap_pe)
     assert "lap_pe" not in graph_tasks_task("node_degree", (4, 2, 2), lap_pe=0).splits["train"][0]
     with pytest.raises(ValueError, match="lap_pe"):
         graph_tasks_task("node_degree", (4, 2, 2), lap_pe=7)

@@ -234,12 +234,15 @@ class GSM(_Base):
     tokenization, local encoding, global encoding, then a node or graph head.
 
     .. math::
-        h^{(0)} = \mathbf{W}_{in} x, \qquad
+        h^{(0)} = \mathbf{W}_{in} x \;\big[+\, \mathbf{W}_{pe} (s \odot p)\big], \qquad
         h^{(l)} = \tilde h + \Psi^{(l)}\big(T(\tilde h)\big),\;
         \tilde h = \phi^{(l)}_{Local}(h^{(l-1)}) \quad (l = 1..L)
 
-    where :math:`T` reads the tokenization stored by a tokenizer transform and
-    :math:`\Psi` is a :class:`SequenceEncoder` (``"transformer"``, ``"ssm"`` or ``"hybrid"``).
+    where :math:`T` reads the tokenization stored by a tokenizer transform,
+    :math:`\Psi` is a :class:`SequenceEncoder` (``"transformer"``, ``"ssm"`` or ``"hybrid"``),
+    and the bracket is present with ``pe``: :math:`p` the node positional encoding,
+    :math:`s \in \{\pm 1\}^{\text{pe\_dim}}` drawn per batch while training with
+    ``pe_sign_flip``, else all ones.
 
     Args:
         in_channels (int): node feature width.
@@ -311,8 +314,8 @@ class GSM(_Base):
             if not isinstance(pe, str) or not pe:
                 raise ValueError(f"{cls}: pe must be a non-empty attribute name, got {pe!r}")
             check_positive_int(cls, "pe_dim", pe_dim)
-        elif pe_dim:
-            raise ValueError(f"{cls}: pe_dim={pe_dim!r} given without pe")
+        elif pe_dim or pe_sign_flip:
+            raise ValueError(f"{cls}: pe_dim / pe_sign_flip given without pe")
         self.pe_attr, self.pe_dim, self.pe_sign_flip = pe, pe_dim, bool(pe_sign_flip)
         self.pe_proj = nn.Linear(pe_dim, hidden) if pe is not None else None
         self.tokenization = resolve_tokenization(tokenization, cls)
@@ -382,12 +385,13 @@ class GSM(_Base):
         return self.head(h)
 
     def __repr__(self) -> str:
+        pe = ""
+        if self.pe_attr:
+            pe = f", pe={self.pe_attr!r}, pe_dim={self.pe_dim}, pe_sign_flip={self.pe_sign_flip}"
         return (
             f"{type(self).__name__}({self.in_channels}, {self.hidden}, {self.out_channels}, "
             f"tokenization={self.tokenization!r}, local={self.local!r}, "
-            f"global_={self.global_!r}, layers={self.layers}"
-            + (f", pe={self.pe_attr!r}, pe_dim={self.pe_dim}" if self.pe_attr else "")
-            + ")"
+            f"global_={self.global_!r}, layers={self.layers}{pe})"
         )
 
 
