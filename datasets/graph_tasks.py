@@ -108,15 +108,30 @@ def _random_tree(rng: np.random.Generator, n: int) -> nx.Graph:
     return nx.relabel_nodes(g, {i: int(perm[i]) for i in range(n)})
 
 
-def _to_data(g: nx.Graph, x: np.ndarray, y) -> Data:
+def _to_data(
+    g: nx.Graph, x: np.ndarray, y: Tensor, rng: np.random.Generator, node_level: bool = False
+) -> Data:
+    """``g`` as a ``Data`` with its nodes stored in a random order: node ``i`` becomes
+    ``perm[i]`` (its features and a node-level ``y`` move with it). networkx numbers an SBM's
+    nodes block by block and a Barabási–Albert graph's hubs first, so the storage order would
+    otherwise leak the answer to an order-reading model (the "w/o PE" rows). ``node_level``:
+    ``y`` has one row per node."""
+    n = x.shape[0]
+    perm = rng.permutation(n)
     edges = np.array(list(g.edges()), dtype=np.int64).reshape(-1, 2)
-    edges = edges[edges[:, 0] != edges[:, 1]]
+    edges = perm[edges[edges[:, 0] != edges[:, 1]]]
     ei = np.concatenate([edges, edges[:, ::-1]]).T
+    x_new = np.empty_like(x)
+    x_new[perm] = x
+    if node_level:
+        y_new = torch.empty_like(y)
+        y_new[torch.from_numpy(perm)] = y
+        y = y_new
     return Data(
-        x=torch.from_numpy(x.astype(np.float32)),
+        x=torch.from_numpy(x_new.astype(np.float32)),
         edge_index=torch.from_numpy(np.ascontiguousarray(ei)),
         y=y,
-        num_nodes=x.shape[0],
+        num_nodes=n,
     )
 
 
@@ -169,7 +184,7 @@ def graph_task(
             g = _random_graph(rng, n)
             deg = np.array([g.degree(v) for v in range(n)])
             y = torch.from_numpy(np.minimum(deg, max_degree).astype(np.int64))
-            out.append(_to_data(g, np.ones((n, 1)), y))
+            out.append(_to_data(g, np.ones((n, 1)), y, rng, node_level=True))
         elif task == "cycle_check":
             g = _random_tree(rng, n)
             label = i % 2
@@ -180,7 +195,7 @@ def graph_task(
                 extra = int(rng.integers(1, 4))
                 pick = rng.choice(len(non_edges), size=min(extra, len(non_edges)), replace=False)
                 g.add_edges_from(non_edges[j] for j in pick)
-            out.append(_to_data(g, np.ones((n, 1)), torch.tensor([label])))
+            out.append(_to_data(g, np.ones((n, 1)), torch.tensor([label]), rng))
         elif task == "triangle_counting":
             if family == "er":
                 g = nx.gnp_random_graph(n, rng.uniform(0.1, 0.3), seed=_seed(rng))
@@ -190,7 +205,7 @@ def graph_task(
                     d = 4
                 g = nx.random_regular_graph(d, n, seed=_seed(rng))
             tri = sum(nx.triangles(g).values()) // 3
-            out.append(_to_data(g, np.ones((n, 1)), torch.tensor([[float(tri)]])))
+            out.append(_to_data(g, np.ones((n, 1)), torch.tensor([[float(tri)]]), rng))
         elif task == "connectivity":
             g = _sbm(rng, n, rng.uniform(0.2, 0.5), 0.0 if rng.random() < 0.5 else 0.02)
             comp = np.empty(n, dtype=np.int64)
@@ -203,13 +218,13 @@ def graph_task(
             pool = same if (want and same.size) or not other.size else other
             t = int(rng.choice(pool))
             label = int(comp[s] == comp[t])
-            out.append(_to_data(g, _query_x(n, s, t), torch.tensor([label])))
+            out.append(_to_data(g, _query_x(n, s, t), torch.tensor([label]), rng))
         elif task == "colour_counting":
             g = nx.gnp_random_graph(n, rng.uniform(0.1, 0.4), seed=_seed(rng))
             colour = rng.integers(0, num_colours, n)
             x = np.eye(num_colours)[colour]
             counts = np.bincount(colour, minlength=num_colours).astype(np.float32)
-            out.append(_to_data(g, x, torch.from_numpy(counts).view(1, -1)))
+            out.append(_to_data(g, x, torch.from_numpy(counts).view(1, -1), rng))
         else:  # shortest_path
             g = _random_graph(rng, n)
             s = int(rng.integers(0, n))
@@ -221,5 +236,5 @@ def graph_task(
                 lengths = nx.single_source_shortest_path_length(g, s)
                 reach = [v for v in lengths if v != s]
             t = int(rng.choice(reach))
-            out.append(_to_data(g, _query_x(n, s, t), torch.tensor([[float(lengths[t])]])))
+            out.append(_to_data(g, _query_x(n, s, t), torch.tensor([[float(lengths[t])]]), rng))
     return out

@@ -97,3 +97,28 @@ def test_smallest_allowed_graphs_are_generated_with_correct_sizes(task):
         if task == "cycle_check":  # label 1 exactly when the graph has a cycle
             for d in data:
                 assert int(d.y) == int(d.edge_index.shape[1] // 2 >= d.num_nodes)
+
+
+def _contiguous_components(graphs) -> tuple[int, int]:
+    """(graphs whose every component is a run of consecutive node ids, graphs with >1 one)"""
+    runs = multi = 0
+    for d in graphs:
+        comps = list(nx.connected_components(_nx(d)))
+        if len(comps) > 1:
+            multi += 1
+            runs += all(max(c) - min(c) + 1 == len(c) for c in comps)
+    return runs, multi
+
+
+def test_storage_order_does_not_leak_the_structure():
+    # networkx numbers an SBM block by block: unshuffled, a disconnected connectivity graph
+    # has its components in runs of consecutive ids, an answer an order-reading model can use
+    runs, multi = _contiguous_components(graph_task("connectivity", 200, seed=0))
+    assert multi >= 50 and runs <= 0.1 * multi
+    # Barabási–Albert numbers its hubs first: degree and node id must not be correlated
+    ids, degs = [], []
+    for d in graph_task("node_degree", 300, seed=0):
+        ids.append(torch.arange(d.num_nodes, dtype=torch.float) / d.num_nodes)
+        degs.append(d.y.float() / d.y.float().mean().clamp(min=1e-9))
+    corr = torch.corrcoef(torch.stack([torch.cat(ids), torch.cat(degs)]))[0, 1]
+    assert abs(float(corr)) < 0.05
