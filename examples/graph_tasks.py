@@ -27,9 +27,14 @@ Orderings checked (paper, Tables 1–2):
 2. colour counting without PE: ``ssm`` ≫ ``transformer`` (tokenization ``none``);
 3. connectivity: ``hac_dfs`` ≥ ``random`` node order, for ``ssm`` and ``hybrid``.
 
-    python examples/graph_tasks.py --epochs 20                      # the full grid (hours)
+    python examples/graph_tasks.py --epochs 20        # the full grid, 3 seeds: 288 + 18 runs
+    python examples/graph_tasks.py --epochs 20 --tasks node_degree cycle_check triangle_counting
+    python examples/graph_tasks.py --epochs 20 --tasks connectivity colour_counting shortest_path
     python examples/graph_tasks.py --grid reduced --sizes 300 150 150 --epochs 10 --seeds 0 \\
-        --hidden 32                                                   # what fits a 2-core CPU
+        --hidden 32                                   # the cells the checks read, minutes
+
+(The full grid took 80 min wall as the two ``--tasks`` halves, one process per core of a
+2-core CPU, plus 15 min for the GSM++ rows; see BENCHMARKS.md.)
 """
 
 from __future__ import annotations
