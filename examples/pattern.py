@@ -6,11 +6,23 @@ the HAC, 1-hop and degree-order tokenizers, plus an 8-step random-walk PE (``rw_
 ``AddRandomWalkPE``; cheaper than LapPE on a 2-core CPU) that GPS reads (GSM++ uses its
 hierarchical PE instead). GPS is built first; GSM++'s width is then the even width (4 heads,
 or 2 when the width is not a multiple of 4) closest to GPS's parameter count (reported, within
-±10%). Both train with Adam, batch 32, the class-weighted cross-entropy of GraphGPS, and report
-test accuracy-SBM at the best validation epoch.
+±10%). Both train with Adam (lr 5e-4, weight decay 1e-5), batch 32, the class-weighted
+cross-entropy of GraphGPS and, by default, GraphGPS's cosine learning-rate schedule with a
+linear warm-up (2 of 20 epochs), and report test accuracy-SBM at the best validation epoch.
 
-    python examples/pattern.py --sizes 2000 500 500 --epochs 30 --seeds 0 1 2
-    python examples/pattern.py --sizes 600 200 200 --epochs 10 --seeds 0   # a CPU-sized run
+The schedule matters for a fair anchor: at a constant rate the validation score of the GPS
+baseline swung between 0.50 and 0.88 from one epoch to the next while its training loss fell
+smoothly: on the same weights it scored 0.68 in evaluation mode against 0.86 in training mode
+(batch statistics, dropout on), so the batch-norm running statistics, gathered under attention
+dropout 0.5 from weights that keep moving, were off; a decaying rate lets them settle.
+
+    python examples/pattern.py --sizes 2000 500 500 --seeds 0 1 2        # the protocol
+    python examples/pattern.py --models gps --seeds 0 1                  # split over processes,
+    python examples/pattern.py --models gsm++ --seeds 0 1 2              # then the first line
+    python examples/pattern.py --sizes 600 200 200 --epochs 10 --seeds 0  # a CPU-sized run
+
+Finished seeds are read back from ``--out``, so the first command after the split ones prints
+the table without training again.
 """
 
 from __future__ import annotations
@@ -35,7 +47,12 @@ from graphseq.train.trainer import TrainConfig, count_parameters, fit
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs=3, default=[2000, 500, 500])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument(
+        "--schedule", choices=["cosine", "constant"], default="cosine",
+        help="learning rate over epochs (cosine: GraphGPS's cosine with linear warm-up)",
+    )  # fmt: skip
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up epochs of the cosine")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--gps-hidden", type=int, default=48)
     parser.add_argument("--gps-layers", type=int, default=4)
@@ -45,6 +62,13 @@ def main() -> None:
         "--no-token-sizes",
         action="store_true",
         help="GSM++ without the subgraph-size feature (as in the reported run)",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=["gsm++", "gps"],
+        default=["gsm++", "gps"],
+        help="run only these (e.g. one per process); finished seeds are read back from --out",
     )
     parser.add_argument("--out", default="runs/pattern")
     args = parser.parse_args()
@@ -70,13 +94,17 @@ def main() -> None:
     )
     if not 0.9 <= ratio <= 1.1:
         raise SystemExit("no GSM++ width within ±10% of GPS's parameter count; change the layers")
+    warmup = args.warmup if args.schedule == "cosine" else 0
     summary = {}
     for model, model_args in (("gsm++", gsm_args), ("gps", gps_args)):
+        if model not in args.models:
+            continue
         scores = []
         for seed in args.seeds:
             config = TrainConfig(
                 benchmark=task.name, model=model, model_args=model_args, epochs=args.epochs,
                 batch_size=32, lr=args.lr, weight_decay=1e-5, seed=seed, device="cpu",
+                schedule=args.schedule, warmup_epochs=warmup,
                 threads=1, progress=False,
             )  # fmt: skip
             res = fit(task, config, Path(args.out) / model / f"seed{seed}")
@@ -93,9 +121,12 @@ def main() -> None:
     print("| model | params | test acc-SBM (%) |\n|---|---:|---|")
     for model, s in summary.items():
         print(f"| {model} | {s['params']:,} | {s['mean']:.2f} ± {s['std']:.2f} |")
-    diff = summary["gsm++"]["mean"] - summary["gps"]["mean"]
-    print(f"GSM++ - GPS = {diff:+.2f} points (bar: >= +0.3)")
-    out = Path(args.out) / "summary.json"
+    if len(summary) == 2:
+        diff = summary["gsm++"]["mean"] - summary["gps"]["mean"]
+        print(f"GSM++ - GPS = {diff:+.2f} points (bar: >= +0.3)")
+    out = Path(args.out) / (
+        "summary.json" if len(summary) == 2 else f"summary_{args.models[0]}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
 

@@ -133,7 +133,8 @@ def sbm_task(
     )  # fmt: skip
 
 
-_SBM = {"epochs": 30, "batch_size": 32, "lr": 5e-4, "seeds": 3,
+_SBM = {"epochs": 20, "batch_size": 32, "lr": 5e-4, "weight_decay": 1e-5, "seeds": 3,
+        "schedule": "cosine", "warmup_epochs": 2,
         "model": {"hidden": 48, "layers": 4}}  # fmt: skip
 register_benchmark(
     Benchmark("pattern-small", "PATTERN (SBM), 2,000/500/500 graphs, regenerated", "graph",

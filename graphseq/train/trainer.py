@@ -66,6 +66,12 @@ class TrainConfig:
         progress: show a tqdm progress bar (rank 0 only).
         tensorboard: also write TensorBoard logs to ``<out_dir>/tensorboard``.
         eval_train: also score the training set each epoch (slower; OGB's examples do).
+        schedule: learning-rate schedule over epochs: ``"constant"`` (``lr`` throughout) or
+            ``"cosine"`` (GraphGPS's cosine with linear warm-up): epoch ``e`` (1-based) uses
+            ``lr * e / (warmup_epochs + 1)`` for ``e <= warmup_epochs``, then
+            ``lr * (1 + cos(pi * (e - 1 - warmup_epochs) / (epochs - warmup_epochs))) / 2``.
+            The rate is a function of the epoch alone, so a resumed run continues it exactly.
+        warmup_epochs: linear warm-up epochs of the cosine schedule (``< epochs``).
     """
 
     benchmark: str
@@ -82,8 +88,20 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     eval_train: bool = False
+    schedule: str = "constant"
+    warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(
+                f"TrainConfig: schedule must be 'constant' or 'cosine', got {self.schedule!r}"
+            )
+        if self.warmup_epochs < 0 or (self.warmup_epochs and self.warmup_epochs >= self.epochs):
+            raise ValueError(
+                f"TrainConfig: warmup_epochs must be in [0, epochs), got {self.warmup_epochs}"
+            )
+        if self.warmup_epochs and self.schedule == "constant":
+            raise ValueError("TrainConfig: warmup_epochs needs schedule='cosine'")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
@@ -96,7 +114,18 @@ class TrainConfig:
         """The settings that determine the result (what a resumed run must match)."""
         keep = ("benchmark", "model", "model_args", "epochs", "batch_size", "lr", "weight_decay",
                 "patience", "seed", "eval_train")  # fmt: skip
+        if self.schedule != "constant":  # older results (constant rate) keep their digest
+            keep += ("schedule", "warmup_epochs")
         return {k: getattr(self, k) for k in keep}
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of (1-based) ``epoch`` under ``schedule``."""
+        if self.schedule == "constant":
+            return self.lr
+        if epoch <= self.warmup_epochs:
+            return self.lr * epoch / (self.warmup_epochs + 1)
+        progress = (epoch - 1 - self.warmup_epochs) / (self.epochs - self.warmup_epochs)
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def digest(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, default=str).encode()
@@ -352,6 +381,8 @@ def _fit(task, config, env, out, results_path, ckpt_path, digest, model_factory,
                 stopped_early = True
                 break
             torch.manual_seed(config.seed * 100_003 + epoch)  # dropout: reproducible on resume
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr_at(epoch)
             t0 = time.perf_counter()
             if task.level == "graph":
                 loss = _train_epoch_graph(task, model, optimizer, sampler, config, env, epoch)

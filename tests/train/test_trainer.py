@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -95,6 +97,49 @@ def test_kill_and_resume_gives_the_same_run(fake_graph, tmp_path, monkeypatch):
     for a, b in zip(full["history"], resumed["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["valid_rocauc"] == pytest.approx(b["valid_rocauc"], rel=1e-5)
+
+
+def test_cosine_schedule_values_and_validation():
+    cfg = _config(epochs=6, lr=0.1, schedule="cosine", warmup_epochs=2)
+    lrs = [cfg.lr_at(e) for e in range(1, 7)]
+    # warm-up 0.1 * e / 3, then a half cosine over the last 4 epochs, never reaching 0
+    assert lrs[:3] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1])
+    assert lrs[3:] == pytest.approx([0.1 * (1 + math.cos(math.pi * k / 4)) / 2 for k in (1, 2, 3)])
+    assert all(a > b for a, b in itertools.pairwise(lrs[2:])) and lrs[-1] > 0
+    assert _config(lr=0.1).lr_at(3) == 0.1  # constant
+    # the constant schedule keeps the digest of results written before schedules existed
+    assert "schedule" not in _config().identity()
+    assert _config(schedule="cosine").digest() != _config().digest()
+    for kw, match in (
+        ({"schedule": "linear"}, "schedule must be"),
+        ({"schedule": "cosine", "warmup_epochs": 4}, "warmup_epochs must be"),
+        ({"schedule": "cosine", "warmup_epochs": -1}, "warmup_epochs must be"),
+        ({"warmup_epochs": 1}, "needs schedule='cosine'"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            _config(**kw)
+
+
+def test_cosine_schedule_reaches_the_optimizer_and_survives_resume(
+    fake_graph, tmp_path, monkeypatch
+):
+    cfg = _config(epochs=4, lr=0.05, schedule="cosine", warmup_epochs=1)
+    seen = []
+    real_epoch = trainer_module._train_epoch_graph
+
+    def record(task, model, optimizer, sampler, config, env, epoch):
+        seen.append(optimizer.param_groups[0]["lr"])
+        if epoch == 3 and len(seen) == 3:
+            raise KeyboardInterrupt  # killed once, at the start of epoch 3
+        return real_epoch(task, model, optimizer, sampler, config, env, epoch)
+
+    monkeypatch.setattr(trainer_module, "_train_epoch_graph", record)
+    with pytest.raises(KeyboardInterrupt):
+        fit(fake_graph, cfg, tmp_path)
+    r = fit(fake_graph, cfg, tmp_path)
+    assert r["epochs_run"] == 4 and r["config"]["schedule"] == "cosine"
+    want = [cfg.lr_at(e) for e in (1, 2, 3, 3, 4)]
+    assert seen == pytest.approx(want) and want[0] == pytest.approx(0.025)
 
 
 def test_corrupted_checkpoint_is_a_clear_error(fake_graph, tmp_path):
