@@ -7,8 +7,9 @@ the HAC, 1-hop and degree-order tokenizers, plus an 8-step random-walk PE (``rw_
 hierarchical PE instead). GPS is built first; GSM++'s width is then the even width (4 heads,
 or 2 when the width is not a multiple of 4) closest to GPS's parameter count (reported, within
 ±10%). Both train with Adam (lr 5e-4, weight decay 1e-5), batch 32, the class-weighted
-cross-entropy of GraphGPS and, by default, GraphGPS's cosine learning-rate schedule with a
-linear warm-up (2 of 20 epochs), and report test accuracy-SBM at the best validation epoch.
+cross-entropy of GraphGPS and, by default, a cosine learning-rate decay after a linear
+warm-up (2 of 20 epochs; GraphGPS trains PATTERN with such a schedule), and report test
+accuracy-SBM at the best validation epoch.
 
 The schedule matters for a fair anchor: at a constant rate the validation score of the GPS
 baseline swung between 0.50 and 0.88 from one epoch to the next while its training loss fell
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument(
         "--schedule", choices=["cosine", "constant"], default="cosine",
-        help="learning rate over epochs (cosine: GraphGPS's cosine with linear warm-up)",
+        help="learning rate over epochs (cosine: cosine decay after a linear warm-up)",
     )  # fmt: skip
     parser.add_argument("--warmup", type=int, default=2, help="warm-up epochs of the cosine")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -67,8 +67,8 @@ class TrainConfig:
         tensorboard: also write TensorBoard logs to ``<out_dir>/tensorboard``.
         eval_train: also score the training set each epoch (slower; OGB's examples do).
         schedule: learning-rate schedule over epochs: ``"constant"`` (``lr`` throughout) or
-            ``"cosine"`` (GraphGPS's cosine with linear warm-up): epoch ``e`` (1-based) uses
-            ``lr * e / (warmup_epochs + 1)`` for ``e <= warmup_epochs``, then
+            ``"cosine"`` (cosine decay after a linear warm-up, as GraphGPS trains): epoch ``e``
+            (1-based) uses ``lr * e / (warmup_epochs + 1)`` for ``e <= warmup_epochs``, then
             ``lr * (1 + cos(pi * (e - 1 - warmup_epochs) / (epochs - warmup_epochs))) / 2``.
             The rate is a function of the epoch alone, so a resumed run continues it exactly.
         warmup_epochs: linear warm-up epochs of the cosine schedule (``< epochs``).
