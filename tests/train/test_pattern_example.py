@@ -1,0 +1,38 @@
+"""examples/pattern.py end to end on a tiny budget: models split over two invocations, then the
+combined table from the finished seeds (read back, not retrained), with the cosine schedule."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pattern.py"
+
+
+def test_pattern_example_split_then_summary(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("pattern_example", EXAMPLE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "pattern"
+    base = ["--sizes", "6", "3", "3", "--epochs", "3", "--warmup", "1", "--seeds", "0",
+            "--gps-hidden", "32", "--gps-layers", "2", "--gsm-layers", "1",
+            "--out", str(out)]  # fmt: skip
+    mod.main([*base, "--models", "gps"])
+    assert json.loads((out / "summary_gps.json").read_text()).keys() == {"gps"}
+    gps = json.loads((out / "gps" / "seed0" / "results.json").read_text())
+    assert gps["config"]["schedule"] == "cosine" and gps["config"]["warmup_epochs"] == 1
+    assert gps["epochs_run"] == 3
+    mod.main([*base, "--models", "gsm++"])
+    first = (out / "gps" / "seed0" / "results.json").stat().st_mtime_ns
+    capsys.readouterr()
+    mod.main(base)  # both models: finished seeds are read back
+    assert (out / "gps" / "seed0" / "results.json").stat().st_mtime_ns == first
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"gsm++", "gps"}
+    ratio = summary["gsm++"]["params"] / summary["gps"]["params"]
+    assert 0.9 <= ratio <= 1.1  # equal parameter count, as the bar asks
+    for s in summary.values():
+        assert len(s["scores"]) == 1 and 0.0 <= s["mean"] <= 100.0 and s["std"] == 0.0
+    printed = capsys.readouterr().out
+    assert "GSM++ - GPS = " in printed and "| gps |" in printed
