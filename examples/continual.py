@@ -163,7 +163,9 @@ def reg_options(p: dict, args) -> dict:
     """The output regulariser's options: the command line's, else the preset's."""
     weighting = args.reg_weighting or p.get("reg_weighting", "uniform")
     floor = args.fisher_floor if args.fisher_floor is not None else p.get("fisher_floor", 0.1)
-    return {"reg_outputs": args.reg_outputs, "reg_weighting": weighting, "fisher_floor": floor}
+    old = args.train_old_embeddings or p.get("train_old_embeddings", False)
+    return {"reg_outputs": args.reg_outputs, "reg_weighting": weighting, "fisher_floor": floor,
+            "train_old_embeddings": old}  # fmt: skip
 
 
 def build(method: str, preset: dict, num_tasks: int, seed: int, args):
@@ -333,6 +335,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--fisher-floor", type=float, default=None,
         help="with Fisher weighting: added to the normalised Fisher (default: the preset's)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--train-old-embeddings", action="store_true",
+        help="hypernetworks: keep training the old tasks' embeddings under the regulariser "
+        "(as posterior-replay-cl does; default: the preset's, else frozen)",
     )  # fmt: skip
     ap.add_argument(
         "--validation", type=float, default=None, metavar="FRACTION",

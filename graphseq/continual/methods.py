@@ -215,6 +215,12 @@ class HypernetworkMethod(ContinualMethod):
         growth_threshold: accuracy in ``[0, 1]`` under which the hypernetwork grows.
         max_growths: growth steps allowed per task.
         seed: seeds the task-embedding draws and the regulariser's task subsets.
+        train_old_embeddings: also train the old tasks' own parameters (embeddings, per-task
+            chunk or step embeddings) while a new task is learned, as posterior-replay-cl's
+            deterministic hypernetwork runs do (its optimiser holds every ``hnet`` parameter):
+            the regulariser then pins each old task's *generated weights*, and its embedding is
+            free to move so that they stay put while the shared parameters change. ``False``
+            (default, von Oswald et al.'s code): old embeddings are frozen.
 
     :meth:`weights_and_penalty` generates the current and the regularised old tasks' weights
     in one batched hypernetwork call (``hnet.generate_with_old``) and compares the old ones
@@ -239,6 +245,7 @@ class HypernetworkMethod(ContinualMethod):
         growth_threshold: float = 0.0,
         max_growths: int = 1,
         seed: int = 0,
+        train_old_embeddings: bool = False,
     ) -> None:
         super().__init__(target)
         if not isinstance(hnet, HyperNetwork):
@@ -280,6 +287,11 @@ class HypernetworkMethod(ContinualMethod):
             raise ValueError(f"growth_threshold must be in [0, 1], got {growth_threshold!r}")
         self.growth_threshold = float(growth_threshold)
         self.max_growths = int(max_growths)
+        if not isinstance(train_old_embeddings, bool):
+            raise ValueError(
+                f"train_old_embeddings must be a bool, got {type(train_old_embeddings).__name__}"
+            )
+        self.train_old_embeddings = train_old_embeddings
         self.seed = int(seed)
         self._gen = torch.Generator().manual_seed(self.seed)
         self._targets: Tensor | None = None
@@ -369,8 +381,12 @@ class HypernetworkMethod(ContinualMethod):
         self._fisher = fisher
 
     def trainable(self, task: int) -> list[nn.Parameter]:
-        # the shared hypernetwork and this task's own parameters; older embeddings stay fixed
-        return self.hnet.shared_parameters() + self.hnet.task_parameters(task)
+        # the shared hypernetwork and this task's own parameters (and, with
+        # train_old_embeddings, the older tasks' too; otherwise those stay fixed)
+        own = range(task + 1) if self.train_old_embeddings else (task,)
+        return self.hnet.shared_parameters() + [
+            p for t in own for p in self.hnet.task_parameters(t)
+        ]
 
     def penalty(self, task: int) -> Tensor | None:
         if self._targets is None:
@@ -439,6 +455,7 @@ class HypernetworkMethod(ContinualMethod):
             "growth_threshold": self.growth_threshold,
             "max_growths": self.max_growths,
             "seed": self.seed,
+            "train_old_embeddings": self.train_old_embeddings,
         }
 
 

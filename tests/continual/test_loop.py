@@ -66,6 +66,39 @@ def test_output_regulariser_by_hand():
     assert id(m.hnet.task_embeddings[1]) in names and id(m.hnet.task_embeddings[0]) not in names
 
 
+def test_train_old_embeddings_moves_them_under_the_regulariser(stream, tmp_path):
+    target = small_target()
+    frozen = rnn_method(target, beta=0.5)
+    free = rnn_method(small_target(), beta=0.5, train_old_embeddings=True)
+    for m in (frozen, free):
+        for t in range(3):
+            m.begin_task(t)
+    ids = lambda m, t: {id(p) for p in m.trainable(t)}  # noqa: E731
+    own = lambda m, t: {id(p) for p in m.hnet.task_parameters(t)}  # noqa: E731
+    shared = {id(p) for p in free.hnet.shared_parameters()}
+    assert ids(free, 2) == shared | own(free, 0) | own(free, 1) | own(free, 2)
+    assert ids(frozen, 2) == {id(p) for p in frozen.hnet.shared_parameters()} | own(frozen, 2)
+    # in the loop: task 0's embedding moves after task 0 only with the option; both keep
+    # task 0 learned
+    results = {}
+    for name, kw in (("frozen", {}), ("free", {"train_old_embeddings": True})):
+        m = rnn_method(small_target(), beta=0.05, **kw)
+        first = train_continual(m, list(stream)[:1], CFG, task_inferred=False)
+        e0 = m.hnet.task_embeddings[0].detach().clone()
+        res = train_continual(m, stream, CFG, start_task=1, previous=first)
+        moved = (m.hnet.task_embeddings[0].detach() - e0).abs().max().item()
+        results[name] = (m, res, moved)
+    assert results["frozen"][2] == 0.0 and results["free"][2] > 1e-4
+    for name, (_, res, _) in results.items():
+        assert res.R[-1][0] > 0.8, (name, res.R)
+    # the option survives a checkpoint
+    save_method(tmp_path / "m.pt", results["free"][0])
+    back, _ = load_method(tmp_path / "m.pt")
+    assert back.train_old_embeddings and back.config()["train_old_embeddings"] is True
+    with pytest.raises(ValueError, match="train_old_embeddings"):
+        rnn_method(small_target(), train_old_embeddings=1)
+
+
 def test_hidden_regulariser_and_subsets():
     target = small_target()
     m = rnn_method(target, beta=1.0, hidden_beta=2.0, reg_batch_size=1)
