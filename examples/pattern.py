@@ -18,7 +18,7 @@ smoothly: on the same weights it scored 0.68 in evaluation mode against 0.86 in 
 dropout 0.5 from weights that keep moving, were off; a decaying rate lets them settle.
 
     python examples/pattern.py --sizes 2000 500 500 --seeds 0 1 2        # the protocol
-    python examples/pattern.py --models gps --seeds 0 1                  # split over processes,
+    python examples/pattern.py --models gps --seeds 0 1 2                # split over processes,
     python examples/pattern.py --models gsm++ --seeds 0 1 2              # then the first line
     python examples/pattern.py --sizes 600 200 200 --epochs 10 --seeds 0  # a CPU-sized run
 
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", default="runs/pattern")
     args = parser.parse_args(argv)
+    if args.schedule == "cosine" and not 0 <= args.warmup < args.epochs:
+        parser.error(f"--warmup must be in [0, --epochs={args.epochs}), got {args.warmup}")
     torch.set_num_threads(1)
     transform = T.Compose([gsm_transform(k=1), T.AddRandomWalkPE(8, attr_name="rw_pe")])
     torch.manual_seed(0)  # the PE's random sign flips

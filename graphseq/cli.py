@@ -37,6 +37,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="maximum epochs (default: the benchmark's)")
     p.add_argument("--batch-size", type=int, help="graphs per batch and process")
     p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument(
+        "--weight-decay", type=float, help="Adam weight decay (default: the benchmark's)"
+    )
+    p.add_argument(
+        "--schedule", choices=("constant", "cosine"),
+        help="learning rate over epochs (default: the benchmark's): constant, or cosine decay "
+        "after a linear warm-up",
+    )  # fmt: skip
+    p.add_argument("--warmup-epochs", type=int, help="warm-up epochs of --schedule cosine")
     p.add_argument("--hidden", type=int, help="model width (model argument 'hidden')")
     p.add_argument("--layers", type=int, help="number of layers (model argument 'layers')")
     p.add_argument("--dropout", type=float, help="dropout (model argument 'dropout')")
@@ -124,7 +133,9 @@ def _run(args: argparse.Namespace, submit: bool) -> int:
         threads = 1 if select_device(args.device).type == "cpu" else None
     kwargs = dict(
         data_dir=args.data_dir, cache_dir=args.cache_dir, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, model_args=model_args, patience=args.patience,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        schedule=args.schedule, warmup_epochs=args.warmup_epochs, model_args=model_args,
+        patience=args.patience,
         device=args.device, threads=threads, progress=not args.no_progress,
         tensorboard=args.tensorboard, out_dir=args.out,
     )  # fmt: skip

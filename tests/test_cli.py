@@ -138,3 +138,26 @@ def test_submit_survives_sigkill(tmp_path):
     assert "seed 0: finished earlier, skipped" in out.stdout
     assert "seed 1: done" in out.stdout and "seed 2: done" in out.stdout
     assert seed0.read_bytes() == before
+
+
+def test_run_schedule_flags_and_a_default_warmup_shortened_to_fit(capsys, tmp_path, monkeypatch):
+    argv = ["run", "fake-graph", "--seeds", "1", "--out", str(tmp_path / "a"), *FAST]
+    assert cli.main([*argv, "--schedule", "cosine", "--warmup-epochs", "1",
+                     "--weight-decay", "1e-4"]) == 0  # fmt: skip
+    cfg = json.loads((tmp_path / "a/fake-graph/gin/seed0/results.json").read_text())["config"]
+    assert (cfg["schedule"], cfg["warmup_epochs"], cfg["weight_decay"]) == ("cosine", 1, 1e-4)
+    assert "(cosine, warm-up 1), weight decay 0.0001" in capsys.readouterr().out
+    # a benchmark whose default warm-up (5) does not fit a 2-epoch run gets epochs - 1
+    from graphseq.train import get_benchmark
+
+    defaults = get_benchmark("fake-graph").defaults
+    monkeypatch.setitem(defaults, "schedule", "cosine")
+    monkeypatch.setitem(defaults, "warmup_epochs", 5)
+    argv[argv.index(str(tmp_path / "a"))] = str(tmp_path / "b")
+    assert cli.main(argv) == 0
+    cfg = json.loads((tmp_path / "b/fake-graph/gin/seed0/results.json").read_text())["config"]
+    assert (cfg["schedule"], cfg["warmup_epochs"], cfg["epochs"]) == ("cosine", 1, 2)
+    # an explicit warm-up that does not fit is an error naming it
+    capsys.readouterr()
+    assert cli.main([*argv, "--warmup-epochs", "2"]) == 2
+    assert "warmup_epochs must be an int in [0, epochs=2), got 2" in capsys.readouterr().err

@@ -104,6 +104,9 @@ def run_benchmark(
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
+    weight_decay: float | None = None,
+    schedule: str | None = None,
+    warmup_epochs: int | None = None,
     model_args: dict[str, Any] | None = None,
     patience: int | None = None,
     device: str = "auto",
@@ -117,7 +120,8 @@ def run_benchmark(
     """Run ``model`` on ``benchmark`` for several seeds; benchmark defaults fill unset options.
 
     Results go to ``<out_dir>/<benchmark>/<model>/seed<k>/`` and ``summary.json``; finished seeds
-    are skipped on a rerun. Returns ``(per-seed results, summary)``.
+    are skipped on a rerun. Returns ``(per-seed results, summary)``. A benchmark's default
+    warm-up is shortened to ``epochs - 1`` when ``epochs`` leaves no room for it.
     """
     bench = get_benchmark(benchmark)
     missing = bench.missing_requirements()
@@ -136,16 +140,21 @@ def run_benchmark(
         raise ValueError("seeds: need at least one seed")
     margs = {k: v for k, v in d.get("model", {}).items() if k in entry.hyperparameters()}
     margs.update(model_args or {})
+    n_epochs = epochs if epochs is not None else int(d.get("epochs", 100))
+    schedule = schedule if schedule is not None else str(d.get("schedule", "constant"))
+    if warmup_epochs is None:
+        warmup_epochs = int(d.get("warmup_epochs", 0)) if schedule == "cosine" else 0
+        warmup_epochs = max(0, min(warmup_epochs, n_epochs - 1))
     base = TrainConfig(
         benchmark=benchmark,
         model=model,
         model_args=margs,
-        epochs=epochs if epochs is not None else int(d.get("epochs", 100)),
+        epochs=n_epochs,
         batch_size=batch_size if batch_size is not None else int(d.get("batch_size", 32)),
         lr=lr if lr is not None else float(d.get("lr", 1e-3)),
-        weight_decay=float(d.get("weight_decay", 0.0)),
-        schedule=str(d.get("schedule", "constant")),
-        warmup_epochs=int(d.get("warmup_epochs", 0)),
+        weight_decay=weight_decay if weight_decay is not None else float(d.get("weight_decay", 0)),
+        schedule=schedule,
+        warmup_epochs=warmup_epochs,
         patience=patience,
         device=device,
         threads=threads,
@@ -177,7 +186,14 @@ def run_benchmark(
                 f"check, {build['dropped_smiles']} unparsable and dropped (see the results JSON)"
             )
         say(
-            f"model {model} {margs}, {base.epochs} epochs, batch {base.batch_size}, lr {base.lr}, "
+            f"model {model} {margs}, {base.epochs} epochs, batch {base.batch_size}, lr {base.lr}"
+            + (
+                f" ({base.schedule}, warm-up {base.warmup_epochs})"
+                if base.schedule != "constant"
+                else ""
+            )
+            + (f", weight decay {base.weight_decay}" if base.weight_decay else "")
+            + ", "
             f"seeds {seed_list}, world size {env.world_size}, device {env.device}; "
             f"writing to {folder}"
         )

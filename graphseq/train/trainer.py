@@ -67,7 +67,7 @@ class TrainConfig:
         tensorboard: also write TensorBoard logs to ``<out_dir>/tensorboard``.
         eval_train: also score the training set each epoch (slower; OGB's examples do).
         schedule: learning-rate schedule over epochs: ``"constant"`` (``lr`` throughout) or
-            ``"cosine"`` (cosine decay after a linear warm-up, as GraphGPS trains): epoch ``e``
+            ``"cosine"`` (GraphGPS-like cosine decay after a linear warm-up): epoch ``e``
             (1-based) uses ``lr * e / (warmup_epochs + 1)`` for ``e <= warmup_epochs``, then
             ``lr * (1 + cos(pi * (e - 1 - warmup_epochs) / (epochs - warmup_epochs))) / 2``.
             The rate is a function of the epoch alone, so a resumed run continues it exactly.
@@ -92,19 +92,20 @@ class TrainConfig:
     warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(
                 f"TrainConfig: schedule must be 'constant' or 'cosine', got {self.schedule!r}"
             )
-        if self.warmup_epochs < 0 or (self.warmup_epochs and self.warmup_epochs >= self.epochs):
+        w = self.warmup_epochs
+        if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w < self.epochs:
             raise ValueError(
-                f"TrainConfig: warmup_epochs must be in [0, epochs), got {self.warmup_epochs}"
+                f"TrainConfig: warmup_epochs must be an int in [0, epochs={self.epochs}), got {w!r}"
             )
-        if self.warmup_epochs and self.schedule == "constant":
+        if w and self.schedule == "constant":
             raise ValueError("TrainConfig: warmup_epochs needs schedule='cosine'")
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig: lr must be > 0, got {self.lr}")
         if self.patience is not None and self.patience < 1:
@@ -120,6 +121,8 @@ class TrainConfig:
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of (1-based) ``epoch`` under ``schedule``."""
+        if not 1 <= epoch <= self.epochs:
+            raise ValueError(f"lr_at: epoch must be in [1, {self.epochs}], got {epoch}")
         if self.schedule == "constant":
             return self.lr
         if epoch <= self.warmup_epochs:

@@ -107,14 +107,22 @@ def test_cosine_schedule_values_and_validation():
     assert lrs[3:] == pytest.approx([0.1 * (1 + math.cos(math.pi * k / 4)) / 2 for k in (1, 2, 3)])
     assert all(a > b for a, b in itertools.pairwise(lrs[2:])) and lrs[-1] > 0
     assert _config(lr=0.1).lr_at(3) == 0.1  # constant
+    for epoch in (0, 7):
+        with pytest.raises(ValueError, match="epoch must be in"):
+            cfg.lr_at(epoch)
     # the constant schedule keeps the digest of results written before schedules existed
+    # (this value is the digest the same settings had before the option was added)
     assert "schedule" not in _config().identity()
+    assert _config().digest() == "3d234ff767d62272"
     assert _config(schedule="cosine").digest() != _config().digest()
     for kw, match in (
         ({"schedule": "linear"}, "schedule must be"),
         ({"schedule": "cosine", "warmup_epochs": 4}, "warmup_epochs must be"),
         ({"schedule": "cosine", "warmup_epochs": -1}, "warmup_epochs must be"),
         ({"warmup_epochs": 1}, "needs schedule='cosine'"),
+        ({"schedule": "cosine", "warmup_epochs": 1.5}, "warmup_epochs must be an int"),
+        ({"schedule": "cosine", "warmup_epochs": True}, "warmup_epochs must be an int"),
+        ({"epochs": 0, "schedule": "cosine", "warmup_epochs": 1}, "epochs must be >= 1"),
     ):
         with pytest.raises(ValueError, match=match):
             _config(**kw)
