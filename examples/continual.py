@@ -179,7 +179,9 @@ def build(method: str, preset: dict, num_tasks: int, seed: int, args):
         p = preset["rnn"]
         hnet = RNNHyperNetwork(
             spec, p["chunk_size"], p["embedding_dim"], p["hidden_size"],
-            step_signal="learned" if method == "rnn" else "none", step_dim=p["step_dim"],
+            step_signal="learned" if method == "rnn" else "none",
+            step_dim=args.task_step_embeddings or p["step_dim"],
+            conditional_step_embeddings=bool(args.task_step_embeddings) and method == "rnn",
         )  # fmt: skip
         beta = args.beta if args.beta is not None else p["beta"]
         return HypernetworkMethod(
@@ -335,6 +337,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--fisher-floor", type=float, default=None,
         help="with Fisher weighting: added to the normalised Fisher (default: the preset's)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--task-step-embeddings", type=int, default=0, metavar="DIM",
+        help="rnn: per-task learned step vectors of DIM numbers (the RNN's counterpart of "
+        "conditional chunk embeddings) instead of the preset's shared ones",
     )  # fmt: skip
     ap.add_argument(
         "--train-old-embeddings", action="store_true",

@@ -42,6 +42,7 @@ def test_example_validation_split_and_regulariser_flags(tmp_path):
     argv = ["--stream", "permuted-digits", "--num-tasks", "2", "--methods", "rnn,chunked"]
     argv += ["--seeds", "0", "--iterations", "3", "--validation", "0.2", "--out", str(out)]
     argv += ["--reg-weighting", "fisher", "--fisher-floor", "0.5", "--reg-outputs", "all"]
+    argv += ["--train-old-embeddings", "--task-step-embeddings", "4"]
     assert mod.main(argv) == 0
     data = json.loads((out / "results.json").read_text())
     for run in data["runs"]:
@@ -51,6 +52,11 @@ def test_example_validation_split_and_regulariser_flags(tmp_path):
             0.5,
             "all",
         )
+        assert cfg["train_old_embeddings"] is True
+        # per-task step vectors of 4 numbers for the RNN only (the chunked one has none)
+        rnn = run["method"] == "rnn"
+        assert cfg["hnet"].get("conditional_step_embeddings", False) is rnn
+        assert cfg["hnet"].get("step_dim", 4) == 4
     assert "Validation split" in (out / "results.md").read_text()
     # a method's preset may set its own learning rate; --lr overrides it
     preset = {"train": {"lr": 5e-4}, "rnn": {"lr": 1e-3}}
