@@ -74,9 +74,12 @@ PRESETS = {
         "target": {"in": 784, "hidden": (100, 100), "classes": 10},
         "train": {"iterations": 5000, "batch_size": 128, "lr": 5e-4, "clip_grad_norm": 1.0},
         # chosen on a validation split (--validation 0.1667; BENCHMARKS.md): Fisher-weighted
-        # output regulariser, beta 0.03, lr 1e-3 (the other methods keep the stream's 5e-4)
+        # output regulariser, beta 0.03, lr 1e-3 (the other methods keep the stream's 5e-4),
+        # per-task step vectors of 16 numbers, old tasks' embeddings trained (val 94.70,
+        # against 94.11 with shared step vectors and frozen embeddings)
         "rnn": {"chunk_size": 750, "embedding_dim": 32, "hidden_size": 64, "step_dim": 32,
-                "beta": 0.03, "reg_weighting": "fisher", "fisher_floor": 0.1, "lr": 1e-3},
+                "beta": 0.03, "reg_weighting": "fisher", "fisher_floor": 0.1, "lr": 1e-3,
+                "task_step_embeddings": 16, "train_old_embeddings": True},
         "chunked": {"chunk_size": 750, "embedding_dim": 32, "chunk_embedding_dim": 16,
                     "hidden": (100, 100), "conditional": True, "beta": 250.0 / 60_000},
         "chunked-eq": {"chunk_size": 750, "embedding_dim": 32, "chunk_embedding_dim": 16,
@@ -163,7 +166,9 @@ def reg_options(p: dict, args) -> dict:
     """The output regulariser's options: the command line's, else the preset's."""
     weighting = args.reg_weighting or p.get("reg_weighting", "uniform")
     floor = args.fisher_floor if args.fisher_floor is not None else p.get("fisher_floor", 0.1)
-    old = args.train_old_embeddings or p.get("train_old_embeddings", False)
+    old = args.train_old_embeddings
+    if old is None:
+        old = p.get("train_old_embeddings", False)
     return {"reg_outputs": args.reg_outputs, "reg_weighting": weighting, "fisher_floor": floor,
             "train_old_embeddings": old}  # fmt: skip
 
@@ -177,11 +182,14 @@ def build(method: str, preset: dict, num_tasks: int, seed: int, args):
     spec = target.param_spec
     if method in ("rnn", "rnn-nostep"):
         p = preset["rnn"]
+        task_steps = args.task_step_embeddings
+        if task_steps is None:
+            task_steps = p.get("task_step_embeddings", 0)
         hnet = RNNHyperNetwork(
             spec, p["chunk_size"], p["embedding_dim"], p["hidden_size"],
             step_signal="learned" if method == "rnn" else "none",
-            step_dim=args.task_step_embeddings or p["step_dim"],
-            conditional_step_embeddings=bool(args.task_step_embeddings) and method == "rnn",
+            step_dim=task_steps or p["step_dim"],
+            conditional_step_embeddings=bool(task_steps) and method == "rnn",
         )  # fmt: skip
         beta = args.beta if args.beta is not None else p["beta"]
         return HypernetworkMethod(
@@ -339,12 +347,12 @@ def main(argv=None) -> int:
         help="with Fisher weighting: added to the normalised Fisher (default: the preset's)",
     )  # fmt: skip
     ap.add_argument(
-        "--task-step-embeddings", type=int, default=0, metavar="DIM",
+        "--task-step-embeddings", type=int, default=None, metavar="DIM",
         help="rnn: per-task learned step vectors of DIM numbers (the RNN's counterpart of "
-        "conditional chunk embeddings) instead of the preset's shared ones",
+        "conditional chunk embeddings); 0: shared step vectors (default: the preset's)",
     )  # fmt: skip
     ap.add_argument(
-        "--train-old-embeddings", action="store_true",
+        "--train-old-embeddings", action=argparse.BooleanOptionalAction, default=None,
         help="hypernetworks: keep training the old tasks' embeddings under the regulariser "
         "(as posterior-replay-cl does; default: the preset's, else frozen)",
     )  # fmt: skip

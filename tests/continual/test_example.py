@@ -64,3 +64,25 @@ def test_example_validation_split_and_regulariser_flags(tmp_path):
     assert mod.method_lr(preset, "rnn-nostep", None) == 1e-3
     assert mod.method_lr(preset, "ewc", None) == 5e-4
     assert mod.method_lr(preset, "rnn", 2e-3) == 2e-3
+
+
+def test_permuted_mnist_rnn_preset_and_its_overrides():
+    from argparse import Namespace
+
+    mod = load_example()
+    preset = mod.PRESETS["permuted-mnist"]
+    base = {"reg_outputs": "used", "reg_weighting": None, "fisher_floor": None, "beta": None,
+            "hidden_beta": 0.0, "growth_units": 0, "growth_threshold": 0.0}  # fmt: skip
+
+    def config(**kw):
+        args = Namespace(**base, train_old_embeddings=None, task_step_embeddings=None)
+        for k, v in kw.items():
+            setattr(args, k, v)
+        return mod.build("rnn", preset, 10, 0, args).config()
+
+    cfg = config()  # the preset chosen on the validation split
+    assert cfg["train_old_embeddings"] is True and cfg["reg_weighting"] == "fisher"
+    assert cfg["hnet"]["conditional_step_embeddings"] and cfg["hnet"]["step_dim"] == 16
+    cfg = config(train_old_embeddings=False, task_step_embeddings=0)  # the flags turn both off
+    assert cfg["train_old_embeddings"] is False
+    assert not cfg["hnet"]["conditional_step_embeddings"] and cfg["hnet"]["step_dim"] == 32
