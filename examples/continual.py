@@ -185,11 +185,13 @@ def build(method: str, preset: dict, num_tasks: int, seed: int, args):
         task_steps = args.task_step_embeddings
         if task_steps is None:
             task_steps = p.get("task_step_embeddings", 0)
+        if method != "rnn":  # rnn-nostep has no step vectors to make per-task
+            task_steps = 0
         hnet = RNNHyperNetwork(
             spec, p["chunk_size"], p["embedding_dim"], p["hidden_size"],
             step_signal="learned" if method == "rnn" else "none",
             step_dim=task_steps or p["step_dim"],
-            conditional_step_embeddings=bool(task_steps) and method == "rnn",
+            conditional_step_embeddings=bool(task_steps),
         )  # fmt: skip
         beta = args.beta if args.beta is not None else p["beta"]
         return HypernetworkMethod(
