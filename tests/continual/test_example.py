@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "continual.py"
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("continual_example", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_example_writes_table_json_and_png(tmp_path):
-    mod = load_example()
+def test_example_writes_table_json_and_png(tmp_path, load_example):
+    mod = load_example("continual")
     out = tmp_path / "run"
     argv = ["--stream", "split-digits", "--num-tasks", "2", "--methods", "rnn,ewc"]
     argv += ["--seeds", "0,1", "--iterations", "5", "--out", str(out)]
@@ -36,8 +25,8 @@ def test_example_writes_table_json_and_png(tmp_path):
     assert (merged / "results.md").read_text().count("| rnn | 2 |") == 1
 
 
-def test_example_validation_split_and_regulariser_flags(tmp_path):
-    mod = load_example()
+def test_example_validation_split_and_regulariser_flags(tmp_path, load_example):
+    mod = load_example("continual")
     out = tmp_path / "val"
     argv = ["--stream", "permuted-digits", "--num-tasks", "2", "--methods", "rnn,chunked"]
     argv += ["--seeds", "0", "--iterations", "3", "--validation", "0.2", "--out", str(out)]
@@ -66,10 +55,10 @@ def test_example_validation_split_and_regulariser_flags(tmp_path):
     assert mod.method_lr(preset, "rnn", 2e-3) == 2e-3
 
 
-def test_permuted_mnist_rnn_preset_and_its_overrides():
+def test_permuted_mnist_rnn_preset_and_its_overrides(load_example):
     from argparse import Namespace
 
-    mod = load_example()
+    mod = load_example("continual")
     preset = mod.PRESETS["permuted-mnist"]
     base = {"reg_outputs": "used", "reg_weighting": None, "fisher_floor": None, "beta": None,
             "hidden_beta": 0.0, "growth_units": 0, "growth_threshold": 0.0}  # fmt: skip

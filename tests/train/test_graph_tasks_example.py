@@ -3,17 +3,11 @@ means, spreads, parameter counts and the ordering checks, and a rerun reads the 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "graph_tasks.py"
 
 
-def test_graph_tasks_example_summary(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("graph_tasks_example", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_graph_tasks_example_summary(tmp_path, capsys, load_example):
+    mod = load_example("graph_tasks")
     out = tmp_path / "grid"
     argv = ["--tasks", "colour_counting", "--tokenizations", "none", "random", "--backbones",
             "ssm", "transformer", "--sizes", "12", "6", "6", "--epochs", "1", "--seeds", "0",

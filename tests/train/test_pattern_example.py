@@ -3,17 +3,11 @@ combined table from the finished seeds (read back, not retrained), with the cosi
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pattern.py"
 
 
-def test_pattern_example_split_then_summary(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("pattern_example", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_pattern_example_split_then_summary(tmp_path, capsys, load_example):
+    mod = load_example("pattern")
     out = tmp_path / "pattern"
     base = ["--sizes", "6", "3", "3", "--epochs", "3", "--warmup", "1", "--seeds", "0",
             "--gps-hidden", "32", "--gps-layers", "2", "--gsm-layers", "1",
