@@ -331,6 +331,11 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=None, help="override the preset")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None, help="Adam learning rate (all methods)")
+    ap.add_argument(
+        "--schedule", choices=("constant", "cosine"), default=None,
+        help="learning rate within each task: constant, or cosine decay to 0 (default: the "
+        "preset's, else constant)",
+    )  # fmt: skip
     ap.add_argument("--beta", type=float, default=None, help="RNN hypernetwork beta")
     ap.add_argument("--chunked-beta", type=float, default=None)
     ap.add_argument("--hidden-beta", type=float, default=0.0)
@@ -395,6 +400,8 @@ def main(argv=None) -> int:
         train["batch_size"] = args.batch_size
     if args.lr is not None:
         train["lr"] = args.lr
+    if args.schedule is not None:
+        train["schedule"] = args.schedule
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--gps-hidden", type=int, default=48)
     parser.add_argument("--gps-layers", type=int, default=4)
-    parser.add_argument("--gsm-layers", type=int, default=2)
+    parser.add_argument("--gsm-layers", type=int, default=2, help="GSM++ blocks")
+    parser.add_argument(
+        "--gsm-local-layers", type=int, default=1, help="GatedGCN layers in each GSM++ block"
+    )
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument(
         "--no-token-sizes",
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         heads = 4 if hidden % 4 == 0 else 2
         gsm_args = {"hidden": hidden, "layers": args.gsm_layers, "scan_layers": 1, "heads": heads,
                     "token_sizes": not args.no_token_sizes}  # fmt: skip
+        if args.gsm_local_layers != 1:  # keeps the earlier runs' settings (and digests)
+            gsm_args["local_layers"] = args.gsm_local_layers
         n = count_parameters(build_model("gsm++", task.spec, **gsm_args))
         if best is None or abs(n - target) < abs(best[1] - target):
             best = (gsm_args, n)

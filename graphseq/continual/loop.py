@@ -54,7 +54,11 @@ class ContinualConfig:
     Args:
         iterations: optimiser steps per task.
         batch_size: training examples per step (drawn with replacement).
-        lr: Adam learning rate.
+        lr: Adam learning rate (the peak rate under ``schedule="cosine"``).
+        schedule: ``"constant"``, or ``"cosine"``: within each task (and each growth phase,
+            over its own steps) the rate decays from ``lr`` to 0 along a half cosine,
+            ``lr * (1 + cos(pi * step / steps)) / 2``; a fresh Adam starts every task either
+            way.
         clip_grad_norm: clip the gradient norm of the trainable parameters (``None`` = off).
         eval_batch_size: examples per evaluation batch.
         growth_iterations: extra steps after a network-growth event.
@@ -64,6 +68,7 @@ class ContinualConfig:
     iterations: int = 500
     batch_size: int = 32
     lr: float = 1e-3
+    schedule: str = "constant"
     clip_grad_norm: float | None = None
     eval_batch_size: int = 1000
     growth_iterations: int = 0
@@ -76,10 +81,22 @@ class ContinualConfig:
                 raise ValueError(f"ContinualConfig: {name} must be a positive int, got {v!r}")
         if not self.lr > 0:
             raise ValueError(f"ContinualConfig: lr must be > 0, got {self.lr!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(
+                f"ContinualConfig: schedule must be 'constant' or 'cosine', got {self.schedule!r}"
+            )
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(
                 f"ContinualConfig: clip_grad_norm must be > 0, got {self.clip_grad_norm!r}"
             )
+
+    def lr_at(self, step: int, steps: int) -> float:
+        """The learning rate of optimiser step ``step`` (0-based) of a phase of ``steps``."""
+        if not 0 <= step < steps:
+            raise ValueError(f"step must be in [0, steps={steps}), got {step}")
+        if self.schedule == "constant":
+            return self.lr
+        return self.lr * (1 + math.cos(math.pi * step / steps)) / 2
 
 
 @dataclass
@@ -162,6 +179,9 @@ def _train_steps(method, task_id, task, config, steps, gen, log) -> None:
     opt = torch.optim.Adam(params, lr=config.lr)
     n = len(task.train)
     for step in range(steps):
+        if config.schedule != "constant":
+            for group in opt.param_groups:
+                group["lr"] = config.lr_at(step, steps)
         idx = torch.randint(n, (config.batch_size,), generator=gen)
         x, y = task.train.batch(idx)
         weights, reg = method.weights_and_penalty(task_id)

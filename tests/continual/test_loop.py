@@ -282,7 +282,30 @@ def test_loop_checks(stream, tmp_path):
         ContinualConfig(iterations=0)
     with pytest.raises(ValueError, match="lr"):
         ContinualConfig(lr=0.0)
+    with pytest.raises(ValueError, match="schedule"):
+        ContinualConfig(schedule="linear")
+    with pytest.raises(ValueError, match="step"):
+        ContinualConfig().lr_at(5, 5)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"bad\.pt"):
         load_method(bad)
+
+
+def test_cosine_schedule_within_each_task(stream, monkeypatch):
+    cfg = ContinualConfig(iterations=8, batch_size=8, lr=0.2, schedule="cosine")
+    assert cfg.lr_at(0, 8) == pytest.approx(0.2)
+    assert cfg.lr_at(4, 8) == pytest.approx(0.1)
+    assert ContinualConfig(lr=0.2).lr_at(7, 8) == 0.2
+    seen = []
+
+    class Spy(torch.optim.Adam):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "Adam", Spy)
+    train_continual(FineTune(small_target()), stream[:2], cfg, task_inferred=False)
+    # a fresh decay per task: 0.2 at each task's first step, falling to near 0 at its last
+    expected = [0.1 * (1 + math.cos(math.pi * s / 8)) for s in range(8)]
+    assert seen == pytest.approx(expected * 2)

@@ -30,3 +30,22 @@ def test_pattern_example_split_then_summary(tmp_path, capsys, load_example):
         assert len(s["scores"]) == 1 and 0.0 <= s["mean"] <= 100.0 and s["std"] == 0.0
     printed = capsys.readouterr().out
     assert "GSM++ - GPS = " in printed and "| gps |" in printed
+
+
+def test_pattern_example_gsm_local_layers(tmp_path, load_example):
+    mod = load_example("pattern")
+    out = tmp_path / "pattern"
+    base = ["--sizes", "6", "3", "3", "--epochs", "1", "--warmup", "0", "--seeds", "0",
+            "--gps-hidden", "32", "--gps-layers", "2", "--gsm-layers", "1",
+            "--models", "gsm++"]  # fmt: skip
+    mod.main([*base, "--gsm-local-layers", "2", "--out", str(out)])
+    gsm = json.loads((out / "summary_gsm++.json").read_text())["gsm++"]
+    assert gsm["model_args"]["local_layers"] == 2
+    run = json.loads((out / "gsm++" / "seed0" / "results.json").read_text())
+    assert run["config"]["model_args"]["local_layers"] == 2
+    # the default (one GatedGCN layer per block) keeps the reported runs' model arguments
+    mod.main([*base, "--out", str(tmp_path)])
+    assert (
+        "local_layers"
+        not in json.loads((tmp_path / "summary_gsm++.json").read_text())["gsm++"]["model_args"]
+    )
