@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", default="runs/pattern")
     args = parser.parse_args(argv)
+    for flag in ("gsm_layers", "gsm_local_layers"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.schedule == "cosine" and not 0 <= args.warmup < args.epochs:
         parser.error(f"--warmup must be in [0, --epochs={args.epochs}), got {args.warmup}")
     torch.set_num_threads(1)

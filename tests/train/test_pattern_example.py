@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_pattern_example_split_then_summary(tmp_path, capsys, load_example):
     mod = load_example("pattern")
@@ -45,6 +47,8 @@ def test_pattern_example_gsm_local_layers(tmp_path, load_example):
     assert run["config"]["model_args"]["local_layers"] == 2
     # one GatedGCN layer per block keeps the eighth session's model arguments
     mod.main([*base, "--gsm-local-layers", "1", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        mod.main([*base, "--gsm-local-layers", "0", "--out", str(tmp_path)])
     assert (
         "local_layers"
         not in json.loads((tmp_path / "summary_gsm++.json").read_text())["gsm++"]["model_args"]
