@@ -68,11 +68,11 @@ class ContinualConfig:
     iterations: int = 500
     batch_size: int = 32
     lr: float = 1e-3
-    schedule: str = "constant"
     clip_grad_norm: float | None = None
     eval_batch_size: int = 1000
     growth_iterations: int = 0
     seed: int = 0
+    schedule: str = "constant"  # last, so positional calls written before it keep working
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "eval_batch_size"):
