@@ -34,7 +34,7 @@ def test_pattern_example_split_then_summary(tmp_path, capsys, load_example):
     assert "GSM++ - GPS = " in printed and "| gps |" in printed
 
 
-def test_pattern_example_gsm_local_layers(tmp_path, load_example):
+def test_pattern_example_gsm_local_layers(tmp_path, capsys, load_example):
     mod = load_example("pattern")
     out = tmp_path / "pattern"
     base = ["--sizes", "6", "3", "3", "--epochs", "1", "--warmup", "0", "--seeds", "0",
@@ -47,8 +47,10 @@ def test_pattern_example_gsm_local_layers(tmp_path, load_example):
     assert run["config"]["model_args"]["local_layers"] == 2
     # one GatedGCN layer per block keeps the eighth session's model arguments
     mod.main([*base, "--gsm-local-layers", "1", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit):
-        mod.main([*base, "--gsm-local-layers", "0", "--out", str(tmp_path)])
+    for flag, value in (("--gsm-local-layers", "0"), ("--gsm-layers", "-1")):
+        with pytest.raises(SystemExit):
+            mod.main([*base, flag, value, "--out", str(tmp_path)])
+        assert f"{flag} must be >= 1" in capsys.readouterr().err
     assert (
         "local_layers"
         not in json.loads((tmp_path / "summary_gsm++.json").read_text())["gsm++"]["model_args"]
