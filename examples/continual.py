@@ -332,8 +332,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None, help="Adam learning rate (all methods)")
     ap.add_argument(
-        "--schedule", choices=("constant", "cosine"), default=None,
-        help="learning rate within each task: constant (default), or cosine decay towards 0",
+        "--schedule", choices=("constant", "cosine"), default="constant",
+        help="learning rate within each task: constant, or cosine decay towards 0",
     )  # fmt: skip
     ap.add_argument("--beta", type=float, default=None, help="RNN hypernetwork beta")
     ap.add_argument("--chunked-beta", type=float, default=None)
@@ -399,7 +399,7 @@ def main(argv=None) -> int:
         train["batch_size"] = args.batch_size
     if args.lr is not None:
         train["lr"] = args.lr
-    train["schedule"] = args.schedule or "constant"  # recorded in every run's "train"
+    train["schedule"] = args.schedule  # recorded in every run's "train"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]

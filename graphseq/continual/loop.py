@@ -55,14 +55,13 @@ class ContinualConfig:
         iterations: optimiser steps per task.
         batch_size: training examples per step (drawn with replacement).
         lr: Adam learning rate (the peak rate under ``schedule="cosine"``).
-        schedule: ``"constant"``, or ``"cosine"``: within each task (and each growth phase,
-            over its own steps) the rate decays from ``lr`` to 0 along a half cosine,
-            ``lr * (1 + cos(pi * step / steps)) / 2``; a fresh Adam starts every task either
-            way.
         clip_grad_norm: clip the gradient norm of the trainable parameters (``None`` = off).
         eval_batch_size: examples per evaluation batch.
         growth_iterations: extra steps after a network-growth event.
         seed: seeds the batch draws.
+        schedule: ``"constant"``, or ``"cosine"``: within each task (and each growth phase,
+            over its own steps) step ``s`` of ``S`` uses ``lr * (1 + cos(pi * s / S)) / 2``,
+            from ``lr`` down towards 0; a fresh Adam starts every task either way.
     """
 
     iterations: int = 500
