@@ -872,15 +872,13 @@ def _gather_block(block: Tensor, rows: Tensor, heads: int, channels: bool = Fals
 
 
 class _ChunkRows(NamedTuple):
-    """A chunk of a bucket (:func:`_chunk_bounds`) with the flat block positions of its
-    entries for ``H`` heads (:func:`_block_rows`, flattened): where its nodes sit in the
-    ``[b, H, W]`` blocks, its edges' sources and targets in the ``[b, H, W, F]`` ones and its
-    line-graph edges in the ``[b, H, F, F]`` one."""
+    """A chunk of a bucket (:func:`_chunk_bounds`) with the flat block positions of its edge
+    entries for ``H`` heads (:func:`_block_rows`, flattened): its edges' sources and targets
+    in the ``[b, H, W, F]`` blocks and its line-graph edges in the ``[b, H, F, F]`` one."""
 
     lo: int  # its graphs lo .. hi - 1 of the bucket
     hi: int
     ranges: tuple[tuple[int, int], ...]  # its runs of the bucket's node, edge and lg entries
-    node: Tensor
     source: Tensor
     target: Tensor
     lg: Tensor
@@ -892,7 +890,6 @@ def _chunk_rows(bucket: GraphBucket, lo: int, hi: int, ranges, heads: Tensor) ->
         lo,
         hi,
         ranges,
-        _block_rows(bucket.node_slot, W, heads).flatten(),
         _block_rows(bucket.source_slot, W * F, heads).flatten(),
         _block_rows(bucket.target_slot, W * F, heads).flatten(),
         _block_rows(bucket.lg_slot, F * F, heads).flatten(),
@@ -903,19 +900,21 @@ def _bucket_outputs(
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    d: Tensor,
     source: Tensor,
     transition: Tensor,
     mark: Tensor,
-    direct: Tensor,
     bucket: GraphBucket,
     rows: _ChunkRows,
-) -> tuple[Tensor, tuple[Tensor | None, ...]]:
-    r"""``h`` for one bucket (or a chunk of its graphs) by ``"paths"``, as a ``[B, H, W, V]``
-    block, and the intermediates :func:`_bucket_grads` reads.
+    out: Tensor,
+) -> tuple[Tensor | None, ...]:
+    r"""``h`` of one bucket (or a chunk of its graphs) by ``"paths"``, written into ``out``
+    ``[B, H, W, V]``; returns the intermediates :func:`_bucket_grads` reads.
 
-    Inputs: the bucket's ``q, k, v`` blocks ``[B, H, W, C]`` (padding slots zero), its rows of
-    ``source`` ``[e, H]``, ``transition`` ``[l, H]``, ``mark`` ``[e, H]`` and ``direct``
-    ``[n, H]`` (in the layout's order), and the block positions of its entries.
+    Inputs: the chunk's ``q, k, v`` blocks ``[B, H, W, C]`` and ``direct`` block ``d``
+    ``[B, H, W]`` (views of the path form's node arenas, padding slots zero), its rows of
+    ``source`` ``[e, H]``, ``transition`` ``[l, H]`` and ``mark`` ``[e, H]`` (in the
+    layout's order), and the block positions of those rows.
 
     Per graph and head, with ``A[e, e'] = T_{e'e}`` (strictly lower triangular in the edge
     slots' topological order), ``X[e, m] = S_e [m = src(e)]`` and ``R[e, n] = M_e [n = dst(e)]``:
@@ -925,12 +924,12 @@ def _bucket_outputs(
     the state form). Padding slots have zero rows and columns in ``G`` and zero ``D``.
     """
     B, W, F = bucket.num_graphs, bucket.width, bucket.edge_width
-    H = direct.shape[1]
-    d = _scatter_block(direct, rows.node, (B, H, W))  # [B, H, W]
+    H = d.shape[1]
     qk = (q * k).sum(-1)  # [B, H, W]
-    out = (d * qk).unsqueeze(-1) * v  # [B, H, W, V] the direct term
+    dqk = d * qk  # the direct term's coefficient
     if not F:
-        return out, (d, qk, None, None, None, None, None)
+        torch.mul(dqk.unsqueeze(-1), v, out=out)
+        return qk, dqk, None, None, None, None, None, None
     # A and X are built transposed, so the solve gets them in LAPACK's column-major order
     neg_a = _scatter_block(-transition, rows.lg, (B, H, F, F)).mT  # -A
     x = _scatter_block(source, rows.source, (B, H, W, F)).mT  # X [B, H, F, W]
@@ -938,21 +937,26 @@ def _bucket_outputs(
     reads_t = _scatter_block(mark, rows.target, (B, H, W, F))  # R^T
     gating = reads_t @ paths  # [B, H, W, W] sum_{e in in(n)} M_e P_e[m]
     scores = q @ k.mT  # [B, H, W, W]
-    out = out + (scores * gating) @ v
-    return out, (d, qk, neg_a, paths, reads_t, gating, scores)
+    masked = scores * gating
+    torch.matmul(masked, v, out=out)
+    out.addcmul_(dqk.unsqueeze(-1), v)
+    return qk, dqk, neg_a, paths, reads_t, gating, scores, masked
 
 
 def _bucket_grads(
     q: Tensor,
     k: Tensor,
     v: Tensor,
+    d: Tensor,
     rows: _ChunkRows,
     saved: tuple[Tensor | None, ...],
     dout: Tensor,
-) -> tuple[Tensor, ...]:
+    grads: tuple[Tensor, Tensor, Tensor, Tensor],
+) -> tuple[Tensor, Tensor, Tensor]:
     r"""The backward of :func:`_bucket_outputs` for the output gradient ``dout``
-    ``[B, H, W, V]``, from its saved intermediates: ``dq, dk, dv`` blocks ``[B, H, W, C]`` and
-    the gradients of ``source, transition, mark, direct`` in the bucket's row order.
+    ``[B, H, W, V]``, from its saved intermediates: writes ``dq, dk, dv`` ``[B, H, W, C]`` and
+    ``ddirect`` ``[B, H, W]`` into the blocks ``grads`` (views of the gradient arenas) and
+    returns the gradients of ``source, transition, mark`` in the bucket's row order.
 
     With :math:`\Sigma = q k^T` and :math:`\bar h` the output gradient:
     :math:`\mathrm{d}(\Sigma \odot G) = \bar h v^T`, so :math:`\mathrm{d}\Sigma = (\bar h v^T)
@@ -961,29 +965,34 @@ def _bucket_grads(
     :math:`\mathrm{d}X = (I - A)^{-T} \mathrm{d}P` (one transposed triangular solve) and
     :math:`\mathrm{d}A = \mathrm{d}X\,P^T`, each read at the entries its gate was scattered to.
     """
-    d, qk, neg_a, paths, reads_t, gating, scores = saved
+    qk, dqk, neg_a, paths, reads_t, gating, scores, masked = saved
+    dq, dk, dv, ddirect = grads
     H = d.shape[1]
     dov = (dout * v).sum(-1)  # [B, H, W]
-    ddirect = _gather_block(qk * dov, rows.node, H)  # [n, H]
-    dqk = (d * dov).unsqueeze(-1)
-    dq, dk = dqk * k, dqk * q
-    dv = (d * qk).unsqueeze(-1) * dout
+    torch.mul(qk, dov, out=ddirect)
+    c = (d * dov).unsqueeze(-1)  # d(q . k) per channel of q and k
     if neg_a is None:  # no edges
+        torch.mul(c, k, out=dq)
+        torch.mul(c, q, out=dk)
+        torch.mul(dqk.unsqueeze(-1), dout, out=dv)
         empty = dout.new_zeros(0, H)
-        return dq, dk, dv, empty, empty, empty, ddirect
-    dv = dv + (scores * gating).mT @ dout
+        return empty, empty, empty
+    torch.matmul(masked.mT, dout, out=dv)
+    dv.addcmul_(dqk.unsqueeze(-1), dout)
     dmasked = dout @ v.mT  # [B, H, W, W]
     dscores = dmasked * gating
-    dgating = dmasked * scores
-    dq = dq + dscores @ k
-    dk = dk + dscores.mT @ q
+    dgating = dmasked.mul_(scores)  # dmasked is not read again
+    torch.matmul(dscores, k, out=dq)
+    dq.addcmul_(c, k)
+    torch.matmul(dscores.mT, q, out=dk)
+    dk.addcmul_(c, q)
     dmark = _gather_block(dgating @ paths.mT, rows.target, H)
     dpaths = reads_t.mT @ dgating  # [B, H, F, W]
     dx = torch.linalg.solve_triangular(neg_a.mT, dpaths, upper=True, unitriangular=True)
     dsource = _gather_block(dx.mT, rows.source, H)
     # T_{e'e} = A[e, e'] sits at (e', e) of the transposed block it was scattered to
     dtransition = _gather_block((dx @ paths.mT).mT, rows.lg, H)
-    return dq, dk, dv, dsource, dtransition, dmark, ddirect
+    return dsource, dtransition, dmark
 
 
 def _chunk_bounds(bucket: GraphBucket, heads: int, itemsize: int) -> list[int]:
@@ -1013,20 +1022,16 @@ def _chunk(
     )
 
 
-def _bucket_plan(bucket: GraphBucket, heads: int, itemsize: int) -> tuple:
-    """``(rows, chunks)`` of a bucket for ``heads`` heads: the flat positions of its nodes in
-    its ``[B, H, W]`` blocks, and its chunks of graphs (:func:`_chunk_bounds`) as
-    ``(sub_bucket, _ChunkRows)`` (a bucket's entries are grouped by graph slot, so a chunk's
-    entries are contiguous runs)."""
+def _bucket_chunks(bucket: GraphBucket, heads: Tensor, itemsize: int) -> list[tuple]:
+    """A bucket's chunks of graphs (:func:`_chunk_bounds`) as ``(sub_bucket, _ChunkRows)``
+    (a bucket's entries are grouped by graph slot, so a chunk's entries are contiguous runs)."""
     W, F, B = bucket.width, bucket.edge_width, bucket.num_graphs
-    ids = torch.arange(heads, device=bucket.node_slot.device)
-    bounds = _chunk_bounds(bucket, heads, itemsize)
+    bounds = _chunk_bounds(bucket, heads.numel(), itemsize)
     counts = (bucket.node_slot.numel(), bucket.source_slot.numel(), bucket.lg_slot.numel())
     if len(bounds) <= 2:
         ranges = tuple((0, c) for c in counts)
-        rows = _chunk_rows(bucket, 0, B, ranges, ids)
-        return rows.node, [(bucket, rows)]
-    at = torch.tensor(bounds, device=ids.device)
+        return [(bucket, _chunk_rows(bucket, 0, B, ranges, heads))]
+    at = torch.tensor(bounds, device=heads.device)
     cuts = [  # [chunks + 1] entry boundaries of the node, edge and line-graph entries
         torch.searchsorted(slot // size, at).tolist()
         for slot, size in (
@@ -1039,128 +1044,203 @@ def _bucket_plan(bucket: GraphBucket, heads: int, itemsize: int) -> tuple:
     for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         ranges = tuple((c[i], c[i + 1]) for c in cuts)
         sub = _chunk(bucket, lo, hi, ranges)
-        chunks.append((sub, _chunk_rows(sub, lo, hi, ranges, ids)))
-    return _block_rows(bucket.node_slot, W, ids).flatten(), chunks
+        chunks.append((sub, _chunk_rows(sub, lo, hi, ranges, heads)))
+    return chunks
 
 
-def _layout_plan(layout: GraphLayout, heads: int, itemsize: int) -> list[tuple]:
-    """:func:`_bucket_plan` of every bucket, cached on the layout per ``(heads, itemsize)``
-    and chunk budget (:data:`PATH_BLOCK_BYTES`)."""
-    key = (heads, itemsize, PATH_BLOCK_BYTES)
-    if key not in layout.plans:
-        layout.plans[key] = [_bucket_plan(b, heads, itemsize) for b in layout.buckets]
-    return layout.plans[key]
+class _PathPlan(NamedTuple):
+    """The path form's schedule of a :class:`GraphLayout` for ``H`` heads.
+
+    Every bucket's ``[B, H, W]`` node block is a run of rows of one **node arena** of ``rows``
+    rows (bucket after bucket, at ``offset``), so ``q, k, v`` enter all blocks with one
+    ``index_copy_`` and ``h`` leaves them with one ``index_select``, whatever the number of
+    buckets; ``[3 * rows, C]`` holds ``q``, ``k`` and ``v`` one after the other.
+    """
+
+    rows: int
+    buckets: tuple[tuple[int, list[tuple]], ...]  # per bucket: (offset, its chunks)
+    node_rows: Tensor  # [m * H] the arena row of each (node, head) of ``nodes``
+    nodes: Tensor | None  # [m] the nodes in buckets, increasing; None if that is every node
+    qkv_rows: Tensor  # [m * 3 * H] the rows in the [3 * rows, C] arena of a [m, 3, H, C] qkv
+
+
+def _layout_plan(layout: GraphLayout, heads: int, itemsize: int, num_nodes: int) -> _PathPlan:
+    """The :class:`_PathPlan` of ``layout``, cached on it per ``(heads, itemsize, N)`` and
+    chunk budget (:data:`PATH_BLOCK_BYTES`)."""
+    key = (heads, itemsize, PATH_BLOCK_BYTES, num_nodes)
+    plan = layout.plans.get(key)
+    if plan is not None:
+        return plan
+    ids = torch.arange(heads, device=layout.node.device)
+    offsets, rows, chunks, total = [], [], [], 0
+    for bucket in layout.buckets:
+        offsets.append(total)
+        rows.append(_block_rows(bucket.node_slot, bucket.width, ids) + total)  # [n, H]
+        chunks.append(_bucket_chunks(bucket, ids, itemsize))
+        total += bucket.num_graphs * heads * bucket.width
+    order = torch.argsort(layout.node)
+    node_rows = torch.cat(rows).index_select(0, order) if rows else ids.new_zeros(0, heads)
+    nodes = layout.node.index_select(0, order)
+    qkv_rows = node_rows.unsqueeze(1) + total * torch.arange(3, device=ids.device).view(1, 3, 1)
+    plan = _PathPlan(
+        total,
+        tuple(zip(offsets, chunks)),
+        node_rows.flatten(),
+        None if nodes.numel() == num_nodes else nodes,
+        qkv_rows.flatten(),
+    )
+    layout.plans[key] = plan
+    return plan
+
+
+def _chunk_blocks(arena: Tensor, rows: int, start: int, shape: tuple[int, ...]) -> tuple:
+    """The ``[b, H, W, C]`` blocks at rows ``start ..`` of the three parts of a ``[3 * rows, C]``
+    arena (views)."""
+    size = math.prod(shape)
+    return tuple(
+        arena[i * rows + start : i * rows + start + size].view(*shape, arena.shape[1])
+        for i in range(3)
+    )
 
 
 def _path_form(
     layout: GraphLayout,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
+    qkv: Tensor,
+    scale: float,
     source: Tensor,
     transition: Tensor,
     mark: Tensor,
     direct: Tensor,
     keep: bool,
-) -> tuple[Tensor, list]:
-    """``h`` ``[N, H, V]`` of the nodes of ``layout.buckets`` by the path form (zero rows for
-    the other nodes), one dense block per bucket in chunks of graphs, and, with ``keep``, what
-    :class:`_PathForm`'s backward reads: per bucket its blocks and, for a bucket that runs in
+) -> tuple[Tensor, tuple | None]:
+    """``h`` ``[N, H, C]`` of the nodes of ``layout.buckets`` by the path form (zero rows for
+    the other nodes) from ``qkv`` ``[N, 3, H, C]`` (``q`` multiplied by ``scale`` here), one
+    dense block per bucket in chunks of graphs, and, with ``keep``, what :class:`_PathForm`'s
+    backward reads: the node arenas and, per bucket, its gates and, for a bucket that runs in
     one chunk, the chunk's intermediates (a bucket of several chunks has them recomputed in
     the backward, so that only one chunk's ``[b, H, ., .]`` blocks are alive at a time)."""
     N, H = direct.shape
-    acc = torch.promote_types(q.dtype, torch.float32)
+    C = qkv.shape[-1]
+    acc = torch.promote_types(qkv.dtype, torch.float32)
+    plan = _layout_plan(layout, H, torch.empty((), dtype=acc).element_size(), N)
+    R = plan.rows
+    qkv, direct = qkv.to(acc), direct.to(acc)
+    if plan.nodes is not None:
+        qkv, direct = qkv.index_select(0, plan.nodes), direct.index_select(0, plan.nodes)
+    arena = qkv.new_zeros(3 * R, C).index_copy_(0, plan.qkv_rows, qkv.reshape(-1, C))
+    if scale != 1.0:
+        arena[:R].mul_(scale)
+    d_arena = direct.new_zeros(R).index_copy_(0, plan.node_rows, direct.reshape(-1))
+    out = arena.new_empty(R, C)
     buckets = layout.buckets
-    plan = _layout_plan(layout, H, torch.empty((), dtype=acc).element_size())
-    n = [b.node_slot.numel() for b in buckets]
     e = [b.source_slot.numel() for b in buckets]
     m = [b.lg_slot.numel() for b in buckets]
-    # every input gathered in the layout's order once, then split by bucket (views)
     per_bucket = zip(
         buckets,
-        plan,
-        *(t.index_select(0, layout.node).to(acc).split(n) for t in (q, k, v, direct)),
+        plan.buckets,
         *(t.index_select(0, layout.edge).to(acc).split(e) for t in (source, mark)),
         transition.index_select(0, layout.lg).to(acc).split(m),
     )
-    outs, saved = [], []
-    for bucket, (rows, chunks), qn, kn, vn, d, s, mk, t in per_bucket:
-        shape = (bucket.num_graphs, H, bucket.width)
-        qkv = tuple(_scatter_block(x, rows, (*shape, x.shape[-1])) for x in (qn, kn, vn))
-        pieces, caches = [], []
+    saved = []
+    for bucket, (offset, chunks), s, mk, t in per_bucket:
+        caches = []
         for sub, cr in chunks:
-            (n0, n1), (e0, e1), (l0, l1) = cr.ranges
-            out, cache = _bucket_outputs(
-                *(x[cr.lo : cr.hi] for x in qkv), s[e0:e1], t[l0:l1], mk[e0:e1], d[n0:n1], sub, cr
+            start, shape = offset + cr.lo * H * bucket.width, (cr.hi - cr.lo, H, bucket.width)
+            q, k, v = _chunk_blocks(arena, R, start, shape)
+            d = d_arena[start : start + math.prod(shape)].view(shape)
+            (_, _), (e0, e1), (l0, l1) = cr.ranges
+            cache = _bucket_outputs(
+                q, k, v, d, s[e0:e1], t[l0:l1], mk[e0:e1], sub, cr,
+                out[start : start + math.prod(shape)].view(*shape, C),
             )  # fmt: skip
-            pieces.append(out)
             caches.append(cache if keep and len(chunks) == 1 else None)
-        block = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-        outs.append(_gather_block(block, rows, H, channels=True))  # [n, H, V]
         if keep:
-            saved.append((bucket, rows, chunks, qkv, (s, t, mk, d), caches))
-    h = v.new_zeros(N, H, v.shape[-1], dtype=acc)
-    h.index_copy_(0, layout.node, torch.cat(outs))
-    return h.to(v.dtype), saved
+            saved.append(((s, t, mk), caches))
+    h = out.index_select(0, plan.node_rows).view(-1, H, C)
+    if plan.nodes is not None:
+        h = out.new_zeros(N, H, C).index_copy_(0, plan.nodes, h)
+    return h, ((plan, arena, d_arena, saved) if keep else None)
 
 
 class _PathForm(torch.autograd.Function):
     """:func:`_path_form` with the hand-written backward of :func:`_bucket_grads`. Autograd
     through the blocks would record a dozen small ops per bucket and send each gathered
-    input's gradient back through a serial ``index_add``; here a block's gradient is read
-    back with a gather, since every node, edge and line-graph edge has exactly one slot.
-    Once differentiable."""
+    input's gradient back through a serial ``index_add``; here the output gradient enters the
+    blocks with one ``index_copy_``, every block's gradients are written into gradient arenas
+    laid out as the node arenas, and each input's gradient leaves them with one
+    ``index_select`` (every node, edge and line-graph edge has exactly one slot). Once
+    differentiable."""
 
     @staticmethod
-    def forward(ctx, layout, q, k, v, source, transition, mark, direct):
-        h, ctx.saved = _path_form(layout, q, k, v, source, transition, mark, direct, keep=True)
-        ctx.layout = layout
-        ctx.inputs = [(t.shape, t.dtype) for t in (q, k, v, source, transition, mark, direct)]
-        return h
+    def forward(ctx, layout, scale, qkv, source, transition, mark, direct):
+        h, ctx.saved = _path_form(layout, qkv, scale, source, transition, mark, direct, keep=True)
+        ctx.layout, ctx.scale = layout, scale
+        ctx.inputs = [(t.shape, t.dtype) for t in (qkv, source, transition, mark, direct)]
+        return h.to(qkv.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dh):
         layout = ctx.layout
-        H = ctx.inputs[6][0][1]  # direct is [N, H]
-        dh = dh.to(torch.promote_types(ctx.inputs[0][1], torch.float32))
-        dh_nodes = dh.index_select(0, layout.node)
-        parts: list[list[Tensor]] = [[] for _ in range(7)]  # per input, per bucket
-        start = 0
-        for bucket, rows, chunks, qkv, gates, caches in ctx.saved:
-            n = bucket.node_slot.numel()
-            shape = (bucket.num_graphs, H, bucket.width, dh.shape[-1])
-            dout = _scatter_block(dh_nodes[start : start + n], rows, shape)
-            start += n
-            per_chunk = []
+        plan, arena, d_arena, saved = ctx.saved
+        R, C = plan.rows, arena.shape[1]
+        N, H = ctx.inputs[4][0]  # direct is [N, H]
+        dh = dh.to(arena.dtype)
+        if plan.nodes is not None:
+            dh = dh.index_select(0, plan.nodes)
+        dout = dh.new_zeros(R, C).index_copy_(0, plan.node_rows, dh.reshape(-1, C))
+        dqkv = arena.new_empty(3 * R, C)
+        ddirect = arena.new_empty(R)
+        parts: list[list[Tensor]] = [[], [], []]  # source, transition, mark; per chunk
+        for bucket, (offset, chunks), (gates, caches) in zip(layout.buckets, plan.buckets, saved):
             for (sub, cr), cache in zip(chunks, caches):
-                qc, kc, vc = (x[cr.lo : cr.hi] for x in qkv)
+                start, shape = offset + cr.lo * H * bucket.width, (cr.hi - cr.lo, H, bucket.width)
+                size = math.prod(shape)
+                q, k, v = _chunk_blocks(arena, R, start, shape)
+                d = d_arena[start : start + size].view(shape)
                 if cache is None:  # recompute the chunk's intermediates
-                    s, t, mk, d = gates
-                    (n0, n1), (e0, e1), (l0, l1) = cr.ranges
-                    args = (s[e0:e1], t[l0:l1], mk[e0:e1], d[n0:n1], sub, cr)
-                    _, cache = _bucket_outputs(qc, kc, vc, *args)
-                per_chunk.append(_bucket_grads(qc, kc, vc, cr, cache, dout[cr.lo : cr.hi]))
-            grads = [g[0] if len(g) == 1 else torch.cat(g) for g in zip(*per_chunk)]
-            for i in range(3):  # q, k, v blocks back to node rows
-                grads[i] = _gather_block(grads[i], rows, H, channels=True)
-            for part, g in zip(parts, grads):
-                part.append(g)
-        # grads in the order dq, dk, dv, dsource, dtransition, dmark, ddirect
-        ids = (layout.node,) * 3 + (layout.edge, layout.lg, layout.edge, layout.node)
-        out = []
-        for needed, (shape, dtype), index, part in zip(
-            ctx.needs_input_grad[1:], ctx.inputs, ids, parts
+                    s, t, mk = gates
+                    (_, _), (e0, e1), (l0, l1) = cr.ranges
+                    scratch = arena.new_empty(*shape, C)
+                    cache = _bucket_outputs(
+                        q, k, v, d, s[e0:e1], t[l0:l1], mk[e0:e1], sub, cr, scratch
+                    )
+                grads = (
+                    *_chunk_blocks(dqkv, R, start, shape),
+                    ddirect[start : start + size].view(shape),
+                )
+                dout_block = dout[start : start + size].view(*shape, C)
+                for part, g in zip(parts, _bucket_grads(q, k, v, d, cr, cache, dout_block, grads)):
+                    part.append(g)
+        if ctx.scale != 1.0:
+            dqkv[:R].mul_(ctx.scale)
+        dqkv = dqkv.index_select(0, plan.qkv_rows).view(-1, 3, H, C)
+        ddirect = ddirect.index_select(0, plan.node_rows).view(-1, H)
+        if plan.nodes is not None:
+            dqkv = dqkv.new_zeros(N, 3, H, C).index_copy_(0, plan.nodes, dqkv)
+            ddirect = ddirect.new_zeros(N, H).index_copy_(0, plan.nodes, ddirect)
+        grads = [dqkv]
+        for (shape, _), index, part in zip(
+            ctx.inputs[1:4], (layout.edge, layout.lg, layout.edge), parts
         ):
-            grad = dh.new_zeros(shape).index_copy_(0, index, torch.cat(part)) if needed else None
-            out.append(None if grad is None else grad.to(dtype))
-        return None, *out
+            grads.append(dh.new_zeros(shape).index_copy_(0, index, torch.cat(part)))
+        grads.append(ddirect)
+        out = [
+            g.to(dtype) if needed else None
+            for g, needed, (_, dtype) in zip(grads, ctx.needs_input_grad[2:], ctx.inputs)
+        ]
+        return None, None, *out
+
+
+def _split_qkv(qkv: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``q`` (times ``scale``), ``k``, ``v`` ``[N, H, C]`` of a ``[N, 3, H, C]`` ``qkv``."""
+    q, k, v = qkv.unbind(1)
+    return (q * scale if scale != 1.0 else q), k, v
 
 
 def _layout_recurrence(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
+    qkv: Tensor,
+    scale: float,
     source: Tensor,
     transition: Tensor,
     mark: Tensor,
@@ -1168,32 +1248,34 @@ def _layout_recurrence(
     edge_index: Tensor,
     layout: GraphLayout,
 ) -> Tensor:
-    """``h`` ``[N, H, V]``: the graphs of ``layout.buckets`` by the path form
+    """``h`` ``[N, H, C]``: the graphs of ``layout.buckets`` by the path form
     (:class:`_PathForm`), and those of ``layout.large`` by the state form (on the DAG edges
     ``edge_index``). Every node must be in one of them."""
-    inputs = (q, k, v, source, transition, mark, direct)
+    inputs = (qkv, source, transition, mark, direct)
     if not layout.buckets:
-        h = v.new_zeros(v.shape)
+        N, _, H, C = qkv.shape
+        h = qkv.new_zeros(N, H, C)
     elif torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        h = _PathForm.apply(layout, *inputs)
+        h = _PathForm.apply(layout, scale, *inputs)
     else:
-        h = _path_form(layout, *inputs, keep=False)[0]
+        h = _path_form(layout, qkv, scale, source, transition, mark, direct, keep=False)[0]
+        h = h.to(qkv.dtype)
     large = layout.large
     if large is not None:
         s_l, t_l, m_l = source[large.edge], transition[large.lg], mark[large.edge]
         large_edges = edge_index[:, large.edge]
         h_large = _state_form(
-            q, k, v, s_l, t_l, m_l, direct, large_edges, large.lg_edge_index, large.plan
-        )
+            *_split_qkv(qkv, scale), s_l, t_l, m_l, direct, large_edges, large.lg_edge_index,
+            large.plan,
+        )  # fmt: skip
         h = h.index_copy(0, large.node, h_large[large.node].to(h.dtype))
     return h
 
 
 def _recurrence(
     op: str,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
+    qkv: Tensor,
+    scale: float,
     source: Tensor,
     transition: Tensor,
     mark: Tensor,
@@ -1202,12 +1284,15 @@ def _recurrence(
     batch: Tensor | None,
     algorithm: str,
 ) -> Tensor:
-    """:meth:`PLSTMGraph.recurrence` on checked arguments (``batch`` int64 or ``None``)."""
+    """:meth:`PLSTMGraph.recurrence` on checked arguments (``batch`` int64 or ``None``), with
+    ``q, k, v`` packed as ``qkv`` ``[N, 3, H, C]`` and ``q`` still to be multiplied by
+    ``scale``."""
     if algorithm == "states":
+        q, k, v = _split_qkv(qkv, scale)
         return _state_form(q, k, v, source, transition, mark, direct, structure.edge_index,
                            structure.lg_edge_index, structure.plan)  # fmt: skip
     layout = _layout_for(op, structure, batch, algorithm)
-    return _layout_recurrence(q, k, v, source, transition, mark, direct, structure.edge_index,
+    return _layout_recurrence(qkv, scale, source, transition, mark, direct, structure.edge_index,
                               layout)  # fmt: skip
 
 
@@ -1453,9 +1538,16 @@ class PLSTMGraph(torch.nn.Module):
         """``q`` (scaled by :math:`K^{-1/2}`), ``k``, ``v`` ``[N, H, K]``, and the gates
         ``S, M`` ``[E, H]`` (per DAG edge), ``T`` ``[L, H]`` (per line-graph edge, normalised
         or squashed), ``D`` ``[N, H]``."""
+        qkv, *gates = self._packed_gates(x, structure, edge_attr)
+        return *_split_qkv(qkv, 1.0 / math.sqrt(self.head_channels)), *gates
+
+    def _packed_gates(
+        self, x: Tensor, structure: DagStructure, edge_attr: Tensor | None
+    ) -> tuple[Tensor, ...]:
+        """:meth:`gates` with ``q, k, v`` packed as the ``[N, 3, H, K]`` output of the
+        ``qkv`` map, ``q`` not yet scaled (the path form scales it inside its blocks)."""
         H, C = self.heads, self.head_channels
-        q, k, v = self.qkv(x).unflatten(-1, (3, H, C)).unbind(-3)  # [N, H, C] each
-        q = q * (1.0 / math.sqrt(C))
+        qkv = self.qkv(x).unflatten(-1, (3, H, C))  # [N, 3, H, C]
         src, dst = structure.edge_index
         lg_src, lg_dst = structure.lg_edge_index
         # the node gates' five linear maps as one matrix product (one pass over x)
@@ -1474,11 +1566,14 @@ class PLSTMGraph(torch.nn.Module):
             + ends[dst[lg_dst], 1]  # the far end w of e = (n -> w)
         )  # [L, H]
         if edge_attr is not None:
-            a = edge_attr[structure.input_edge]  # [E, F_e]
+            # map the input edges' features first, then pick the DAG edges' rows (a gather of
+            # 4H numbers per edge rather than of F_e)
             edge_gates = [self.source_edge, self.mark_edge, self.transition_edge]
-            s_a, m_a, ta = torch.nn.functional.linear(
-                a, torch.cat([lin.weight for lin in edge_gates])
-            ).split([H, H, 2 * H], -1)
+            s_a, m_a, ta = (
+                torch.nn.functional.linear(edge_attr, torch.cat([lin.weight for lin in edge_gates]))
+                .index_select(0, structure.input_edge)
+                .split([H, H, 2 * H], -1)
+            )
             s_pre = s_pre + s_a
             m_pre = m_pre + m_a
             ta = ta.unflatten(-1, (2, H))  # [E, 2, H]
@@ -1487,7 +1582,7 @@ class PLSTMGraph(torch.nn.Module):
             T = pmode_normalize(t_pre, lg_src, structure.num_edges)
         else:
             T = torch.tanh(TRANSITION_FACTOR * t_pre)
-        return q, k, v, torch.sigmoid(s_pre), T, torch.sigmoid(m_pre), torch.sigmoid(d_x)
+        return qkv, torch.sigmoid(s_pre), T, torch.sigmoid(m_pre), torch.sigmoid(d_x)
 
     @staticmethod
     def recurrence(
@@ -1514,8 +1609,21 @@ class PLSTMGraph(torch.nn.Module):
         check_choice(op, "algorithm", algorithm, _ALGORITHMS)
         if batch is not None:
             batch = _check_batch(op, batch, structure.num_nodes)
-        return _recurrence(op, q, k, v, source, transition, mark, direct, structure, batch,
-                           algorithm)  # fmt: skip
+        if q.dim() != 3 or k.shape != q.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
+            raise ValueError(
+                f"{op}: q and k must have one shape [N, H, K] and v [N, H, V], got "
+                f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            )
+        if algorithm == "states":
+            return _state_form(q, k, v, source, transition, mark, direct, structure.edge_index,
+                               structure.lg_edge_index, structure.plan)  # fmt: skip
+        K, V = q.shape[-1], v.shape[-1]
+        if K != V:  # zero channels: q . k and the masked attention keep their values
+            q, k, v = (torch.nn.functional.pad(t, (0, max(K, V) - t.shape[-1])) for t in (q, k, v))
+        qkv = torch.stack((q, k, v), 1)  # [N, 3, H, C]
+        h = _recurrence(op, qkv, 1.0, source, transition, mark, direct, structure, batch,
+                        algorithm)  # fmt: skip
+        return h[..., :V] if K != V else h
 
     def forward(
         self,
@@ -1570,6 +1678,7 @@ class PLSTMGraph(torch.nn.Module):
                     f"{got}, but this call needs {wanted}"
                 )
             _check_structure_edges(cls, structure, edge_index)
-        gates = self.gates(x, structure, edge_attr)
-        h = _recurrence(cls, *gates, structure, batch, self.algorithm)  # [N, H, V]
+        qkv, *gates = self._packed_gates(x, structure, edge_attr)
+        scale = 1.0 / math.sqrt(self.head_channels)
+        h = _recurrence(cls, qkv, scale, *gates, structure, batch, self.algorithm)  # [N, H, V]
         return self.out_proj(self.norm(h).flatten(-2))

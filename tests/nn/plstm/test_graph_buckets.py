@@ -501,3 +501,61 @@ def test_structure_to_device_moves_every_field_and_cached_layout():
     assert [bk.width for bk in copy.buckets] == [bk.width for bk in layout.buckets]
     assert torch.equal(copy.buckets[0].lg_slot, layout.buckets[0].lg_slot)
     assert torch.equal(conv(x, b.edge_index, b.batch, structure=moved), want)
+
+
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_auto_with_a_large_graph_has_the_reference_gradients(mode):
+    """The path form on only some of the nodes (the others run by the state form): its
+    gradients reach every input at the right rows, and zero at the large graph's rows."""
+    gen = torch.Generator().manual_seed(24)
+    b, _ = mixed_batch([5, PATH_FORM_MAX_NODES + 2, 1, 9], gen, chords=4)
+    conv = layer(mode)
+    x = torch.randn(b.num_nodes, 6, generator=gen, dtype=torch.float64).to(DEVICE)
+    st = conv.prepare(b.edge_index, b.num_nodes, b.batch)
+    assert st.layout("auto").large is not None
+    gates = tuple(g.detach().requires_grad_() for g in conv.gates(x, st))
+    ref = plstm_graph_reference(*gates, st.edge_index, st.lg_edge_index)
+    dy = torch.randn_like(ref)
+    want = torch.autograd.grad((ref * dy).sum(), gates)
+    h = PLSTMGraph.recurrence(*gates, st, algorithm="auto")
+    assert (h - ref).abs().max().item() <= 1e-12
+    got = torch.autograd.grad((h * dy).sum(), gates)
+    for name, a, w in zip(("q", "k", "v", "S", "T", "M", "D"), got, want):
+        torch.testing.assert_close(a, w, atol=1e-12, rtol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("algorithm", ["paths", "auto", "states"])
+@pytest.mark.parametrize("value_channels", [2, 7])
+def test_recurrence_with_values_of_another_width(algorithm, value_channels):
+    """``v`` ``[N, H, V]`` with ``V`` other than ``q``'s and ``k``'s ``K`` (the reference
+    allows it; the path form packs ``q, k, v`` into one block, zero-padded to ``max(K, V)``)."""
+    gen = torch.Generator().manual_seed(25)
+    b, _ = mixed_batch([5, 1, 9, -2], gen, chords=2)
+    conv = layer("P")
+    x = torch.randn(b.num_nodes, 6, generator=gen, dtype=torch.float64).to(DEVICE)
+    st = conv.prepare(b.edge_index, b.num_nodes, b.batch)
+    q, k, _, *gates = conv.gates(x, st)
+    v = torch.randn(b.num_nodes, 2, value_channels, generator=gen, dtype=torch.float64)
+    inputs = [t.detach().requires_grad_() for t in (q, k, v.to(DEVICE), *gates)]
+    ref = plstm_graph_reference(*inputs, st.edge_index, st.lg_edge_index)
+    h = PLSTMGraph.recurrence(*inputs, st, algorithm=algorithm)
+    assert h.shape == (b.num_nodes, 2, value_channels)
+    assert (h - ref).abs().max().item() <= 1e-12
+    dy = torch.randn_like(ref)
+    want = torch.autograd.grad((ref * dy).sum(), inputs)
+    got = torch.autograd.grad((h * dy).sum(), inputs)
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w, atol=1e-12, rtol=1e-10)
+
+
+def test_recurrence_refuses_q_k_v_of_mismatched_shapes():
+    gen = torch.Generator().manual_seed(26)
+    b, _ = mixed_batch([4, 3], gen, chords=1)
+    conv = layer("P")
+    x = torch.randn(b.num_nodes, 6, generator=gen, dtype=torch.float64).to(DEVICE)
+    st = conv.prepare(b.edge_index, b.num_nodes, b.batch)
+    q, k, v, *gates = conv.gates(x, st)
+    with pytest.raises(ValueError, match="q and k must have one shape"):
+        PLSTMGraph.recurrence(q, k[:, :, :3], v, *gates, st, algorithm="paths")
+    with pytest.raises(ValueError, match="q and k must have one shape"):
+        PLSTMGraph.recurrence(q, k, v[:-1], *gates, st, algorithm="paths")
