@@ -4,8 +4,9 @@ Molecules are the first ``--molecules`` SMILES of a MoleculeNet CSV (default ``h
 by ``ogb.utils.smiles2graph``, both bond directions). One layer, ``D = --dim`` channels,
 ``--heads`` heads, bond features embedded to ``D`` (the paper's pLSTMGraphEdgeLayer setting:
 D = 96, 4 heads). Every time is forward + backward of one layer (sum of the output as loss),
-median of ``--repeats`` runs after a warm-up (the loops' runs too), divided by the number of
-molecules:
+median of ``--repeats`` rounds after a warm-up round, divided by the number of molecules; each
+round runs every variant below once, in turn (so a change of the machine's speed during the
+run touches all of them alike):
 
 * ``graphseq, batched``: :class:`~graphseq.nn.plstm.graph.PLSTMGraph` on the whole PyG batch;
 * ``graphseq, one molecule at a time``: the same layer on batches of one molecule;
@@ -25,8 +26,9 @@ for each batch size next to the loops' per-molecule times (measured once, on the
 Graph preprocessing (graphseq: orientation, line graph, pruning, levels, vectorised;
 released: networkx) depends on the graph only and is timed separately for both (a model
 shares it between its layers); speed-ups are given without and with it. Both loops run on the
-first ``--loop-molecules`` of the same molecules. The speed-up is loop time / graphseq batched
-time per molecule, measured in the same process.
+same molecules as the batched layer (or on the first ``--loop-molecules`` of them, which makes
+the per-molecule times of different molecule sets: the script says so). The speed-up is loop
+time / graphseq batched time per molecule, measured in the same process.
 
     python examples/bench_plstm_graph.py --molecules 64 --threads 1
     python examples/bench_plstm_graph.py --batch-sizes 64 256 1024 --loop-molecules 16
@@ -55,13 +57,29 @@ from graphseq.nn.plstm.graph import PLSTMGraph, plstm_graph_reference
 
 def timeit(fn, repeats: int) -> float:
     """Median wall time of ``fn()`` in seconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return interleaved({"fn": fn}, repeats)["fn"]
+
+
+def interleaved(fns: dict, repeats: int, warm: tuple = ()) -> dict:
+    """Median wall time in seconds of each of ``fns`` (name -> callable), after one warm-up
+    round: every round runs each function once, in turn, so that a change in the machine's
+    speed during the run (other processes, clock) reaches all of them alike and their ratios
+    stay comparable. The functions named in ``warm`` are called once more, untimed, right
+    before their timed call in every round: a single call of a layer on a batch would
+    otherwise be timed cold (caches and allocator just churned by the seconds-long loops
+    before it), unlike a training loop's back-to-back steps; a loop over molecules warms up
+    on its own first molecules."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if name in warm:
+                fn()
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def load_molecules(data_dir: Path, csv_name: str, count: int):
@@ -136,14 +154,7 @@ def bench_mode(mode: str, args, graphs, batch, released) -> dict:
             out = plstm_graph_reference(*gates, st.edge_index, st.lg_edge_index)
             out.sum().backward()
 
-    t_prep = timeit(prepare_batch, args.repeats) / len(graphs)
-    t_batch = timeit(run_batched, args.repeats) / len(graphs)
-    t_single = timeit(run_single, args.repeats) / len(graphs)
-    t_loop = timeit(run_loop, args.repeats) / len(loop_graphs)
-    row = {"graphseq_batched_ms": 1e3 * t_batch, "graphseq_prepare_ms": 1e3 * t_prep,
-           "graphseq_single_ms": 1e3 * t_single, "loop_reference_ms": 1e3 * t_loop,
-           "speedup_vs_loop": t_loop / t_batch,
-           "speedup_vs_loop_with_prepare": t_loop / (t_batch + t_prep)}  # fmt: skip
+    fns = {"prep": prepare_batch, "batch": run_batched, "single": run_single, "loop": run_loop}
     if released is not None:
         nx, PreparedGraph, Layer, Config = released
         cfg = Config(mode=mode, input_dim=args.dim, num_heads=args.heads,
@@ -167,7 +178,17 @@ def bench_mode(mode: str, args, graphs, batch, released) -> dict:
                 e = g.e[::2]
                 layer(h, e, pg).sum().backward()
 
-        t_rel = timeit(run_released, args.repeats) / len(loop_graphs)
+        fns["released"] = run_released
+    # all timed in turn, round after round (see interleaved)
+    t = interleaved(fns, args.repeats, warm=("prep", "batch"))
+    t_prep, t_batch, t_single = (t[k] / len(graphs) for k in ("prep", "batch", "single"))
+    t_loop = t["loop"] / len(loop_graphs)
+    row = {"graphseq_batched_ms": 1e3 * t_batch, "graphseq_prepare_ms": 1e3 * t_prep,
+           "graphseq_single_ms": 1e3 * t_single, "loop_reference_ms": 1e3 * t_loop,
+           "speedup_vs_loop": t_loop / t_batch,
+           "speedup_vs_loop_with_prepare": t_loop / (t_batch + t_prep)}  # fmt: skip
+    if released is not None:
+        t_rel = t["released"] / len(loop_graphs)
         row.update({"released_ms": 1e3 * t_rel, "released_prepare_ms": 1e3 * t_rel_prep,
                     "speedup_vs_released": t_rel / t_batch,
                     "speedup_vs_released_with_prepare":
@@ -253,14 +274,17 @@ def main(argv=None) -> int:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--modes", default="PD", help="layer modes to time (P, D or PD)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--loop-molecules", type=int, default=16,
-                   help="molecules for the slow per-edge loops (the first ones)")  # fmt: skip
+    p.add_argument("--loop-molecules", type=int, default=None,
+                   help="time the slow per-edge loops on the first ones only (default: all "
+                        "--molecules, so that both sides run the same molecules)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--plstm-src", default=None, help="path of ml-jku/plstm's src folder")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B",
                    help="also time the batched layer on the first B molecules, each B")  # fmt: skip
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
+    if args.loop_molecules is None:
+        args.loop_molecules = args.molecules
     for name in ("molecules", "repeats", "loop_molecules", "threads", "dim", "heads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -294,6 +318,10 @@ def main(argv=None) -> int:
           f"torch {torch.__version__}, threads {args.threads}")  # fmt: skip
     print(f"{len(graphs)} molecules from {args.csv}: {min(nodes)}-{max(nodes)} atoms, "
           f"mean {sum(nodes) / len(nodes):.1f}; D={args.dim}, heads={args.heads}")  # fmt: skip
+    if args.loop_molecules < len(graphs):
+        few = nodes[: args.loop_molecules]
+        print(f"loops on the first {len(few)} only (mean {sum(few) / len(few):.1f} atoms): "
+              "their per-molecule time is of other molecules than the batched one's")  # fmt: skip
 
     released = None
     if args.plstm_src:
