@@ -919,28 +919,28 @@ def _bucket_outputs(
     Per graph and head, with ``A[e, e'] = T_{e'e}`` (strictly lower triangular in the edge
     slots' topological order), ``X[e, m] = S_e [m = src(e)]`` and ``R[e, n] = M_e [n = dst(e)]``:
     the path weights are ``P = (I - A)^{-1} X`` (one batched triangular solve), the gating
-    matrix of the paper's Eq. 7 without its diagonal ``G = R^T P``, and
-    ``h = ((q k^T) * G) v + D (q . k) v`` (masked linear attention plus the direct term, as in
-    the state form). Padding slots have zero rows and columns in ``G`` and zero ``D``.
+    matrix of the paper's Eq. 7 ``G = R^T P + diag(D)`` (``R^T P`` has a zero diagonal: no
+    path leads from a node back to itself in a DAG), and ``h = ((q k^T) * G) v``, a masked
+    linear attention whose diagonal is the state form's direct term ``D (q . k) v``. Padding
+    slots have zero rows and columns in ``G``.
     """
     B, W, F = bucket.num_graphs, bucket.width, bucket.edge_width
     H = d.shape[1]
-    qk = (q * k).sum(-1)  # [B, H, W]
-    dqk = d * qk  # the direct term's coefficient
-    if not F:
-        torch.mul(dqk.unsqueeze(-1), v, out=out)
-        return qk, dqk, None, None, None, None, None, None
+    if not F:  # G = diag(D)
+        qk = (q * k).sum(-1)  # [B, H, W]
+        torch.mul((d * qk).unsqueeze(-1), v, out=out)
+        return qk, None, None, None, None, None
     # A and X are built transposed, so the solve gets them in LAPACK's column-major order
     neg_a = _scatter_block(-transition, rows.lg, (B, H, F, F)).mT  # -A
     x = _scatter_block(source, rows.source, (B, H, W, F)).mT  # X [B, H, F, W]
     paths = torch.linalg.solve_triangular(neg_a, x, upper=False, unitriangular=True)
     reads_t = _scatter_block(mark, rows.target, (B, H, W, F))  # R^T
     gating = reads_t @ paths  # [B, H, W, W] sum_{e in in(n)} M_e P_e[m]
+    gating.diagonal(dim1=-2, dim2=-1).add_(d)
     scores = q @ k.mT  # [B, H, W, W]
     masked = scores * gating
     torch.matmul(masked, v, out=out)
-    out.addcmul_(dqk.unsqueeze(-1), v)
-    return qk, dqk, neg_a, paths, reads_t, gating, scores, masked
+    return neg_a, paths, reads_t, gating, scores, masked
 
 
 def _bucket_grads(
@@ -960,38 +960,40 @@ def _bucket_grads(
 
     With :math:`\Sigma = q k^T` and :math:`\bar h` the output gradient:
     :math:`\mathrm{d}(\Sigma \odot G) = \bar h v^T`, so :math:`\mathrm{d}\Sigma = (\bar h v^T)
-    \odot G` and :math:`\mathrm{d}G = (\bar h v^T) \odot \Sigma`; :math:`\mathrm{d}R^T =
-    \mathrm{d}G\,P^T`, :math:`\mathrm{d}P = R\,\mathrm{d}G`; from :math:`(I - A) P = X`:
+    \odot G` and :math:`\mathrm{d}G = (\bar h v^T) \odot \Sigma`; :math:`\mathrm{d}D` is the
+    diagonal of :math:`\mathrm{d}G`; :math:`\mathrm{d}R^T = \mathrm{d}G\,P^T`,
+    :math:`\mathrm{d}P = R\,\mathrm{d}G`; from :math:`(I - A) P = X`:
     :math:`\mathrm{d}X = (I - A)^{-T} \mathrm{d}P` (one transposed triangular solve) and
     :math:`\mathrm{d}A = \mathrm{d}X\,P^T`, each read at the entries its gate was scattered to.
     """
-    qk, dqk, neg_a, paths, reads_t, gating, scores, masked = saved
     dq, dk, dv, ddirect = grads
     H = d.shape[1]
-    dov = (dout * v).sum(-1)  # [B, H, W]
-    torch.mul(qk, dov, out=ddirect)
-    c = (d * dov).unsqueeze(-1)  # d(q . k) per channel of q and k
-    if neg_a is None:  # no edges
+    if saved[1] is None:  # no edges: h = D (q . k) v
+        qk = saved[0]
+        dov = (dout * v).sum(-1)  # [B, H, W]
+        torch.mul(qk, dov, out=ddirect)
+        c = (d * dov).unsqueeze(-1)  # d(q . k) per channel of q and k
         torch.mul(c, k, out=dq)
         torch.mul(c, q, out=dk)
-        torch.mul(dqk.unsqueeze(-1), dout, out=dv)
+        torch.mul((d * qk).unsqueeze(-1), dout, out=dv)
         empty = dout.new_zeros(0, H)
         return empty, empty, empty
+    neg_a, paths, reads_t, gating, scores, masked = saved
     torch.matmul(masked.mT, dout, out=dv)
-    dv.addcmul_(dqk.unsqueeze(-1), dout)
     dmasked = dout @ v.mT  # [B, H, W, W]
     dscores = dmasked * gating
     dgating = dmasked.mul_(scores)  # dmasked is not read again
+    ddirect.copy_(dgating.diagonal(dim1=-2, dim2=-1))
     torch.matmul(dscores, k, out=dq)
-    dq.addcmul_(c, k)
     torch.matmul(dscores.mT, q, out=dk)
-    dk.addcmul_(c, q)
     dmark = _gather_block(dgating @ paths.mT, rows.target, H)
-    dpaths = reads_t.mT @ dgating  # [B, H, F, W]
+    # dP [B, H, F, W] built transposed (column-major, as the solve reads it: no copy)
+    dpaths = (dgating.mT @ reads_t).mT
     dx = torch.linalg.solve_triangular(neg_a.mT, dpaths, upper=True, unitriangular=True)
-    dsource = _gather_block(dx.mT, rows.source, H)
-    # T_{e'e} = A[e, e'] sits at (e', e) of the transposed block it was scattered to
-    dtransition = _gather_block((dx @ paths.mT).mT, rows.lg, H)
+    dsource = _gather_block(dx.mT, rows.source, H)  # dx comes back column-major: a view
+    # T_{e'e} = A[e, e'] sits at (e', e) of the transposed block it was scattered to, so
+    # read dA^T = P dX^T (contiguous) rather than dA = dX P^T
+    dtransition = _gather_block(paths @ dx.mT, rows.lg, H)
     return dsource, dtransition, dmark
 
 
