@@ -410,10 +410,11 @@ class GraphLayout:
         large: the graphs ``"auto"`` runs by the state form (above
             :data:`PATH_FORM_MAX_NODES` nodes or :data:`PATH_FORM_MAX_EDGES` DAG edges) as a
             :class:`StateGroup`; ``None`` if there are none (always for ``"paths"``).
-        plans: a cache the path form fills on first use: the block positions of every
-            bucket's entries and its chunks, per head count, float size and
-            :data:`PATH_BLOCK_BYTES` (integer tensors of the size of ``node``, ``edge``
-            and ``lg`` per key).
+        plans: a cache the path form fills on first use: per head count, float size, node
+            count and :data:`PATH_BLOCK_BYTES`, a ``_PathPlan`` (the arena rows of every
+            node and head, of every ``q, k, v`` entry (``3 H`` per node), and every bucket's
+            chunks with the block positions of their edge entries: integer tensors of about
+            ``3 H`` times the size of ``node``, and ``H`` times that of ``edge`` and ``lg``).
     """
 
     graph_sizes: Tensor
@@ -922,7 +923,8 @@ def _bucket_outputs(
     matrix of the paper's Eq. 7 ``G = R^T P + diag(D)`` (``R^T P`` has a zero diagonal: no
     path leads from a node back to itself in a DAG), and ``h = ((q k^T) * G) v``, a masked
     linear attention whose diagonal is the state form's direct term ``D (q . k) v``. Padding
-    slots have zero rows and columns in ``G``.
+    slots have zero rows and columns in ``G``. Kept for the backward: ``P``, ``R^T``, ``G``,
+    ``q k^T`` and the masked scores, four ``[B, H, W, W]``-sized blocks and ``-A``.
     """
     B, W, F = bucket.num_graphs, bucket.width, bucket.edge_width
     H = d.shape[1]
@@ -1115,6 +1117,22 @@ def _path_form(
     direct: Tensor,
     keep: bool,
 ) -> tuple[Tensor, tuple | None]:
+    """:func:`_path_form_blocks` with autocast off: the path form picks its own working dtype
+    (float32 or wider), and autocast would hand its ``out=`` products operands of another."""
+    with torch.autocast(qkv.device.type, enabled=False):
+        return _path_form_blocks(layout, qkv, scale, source, transition, mark, direct, keep)
+
+
+def _path_form_blocks(
+    layout: GraphLayout,
+    qkv: Tensor,
+    scale: float,
+    source: Tensor,
+    transition: Tensor,
+    mark: Tensor,
+    direct: Tensor,
+    keep: bool,
+) -> tuple[Tensor, tuple | None]:
     """``h`` ``[N, H, C]`` of the nodes of ``layout.buckets`` by the path form (zero rows for
     the other nodes) from ``qkv`` ``[N, 3, H, C]`` (``q`` multiplied by ``scale`` here), one
     dense block per bucket in chunks of graphs, and, with ``keep``, what :class:`_PathForm`'s
@@ -1183,55 +1201,59 @@ class _PathForm(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dh):
-        layout = ctx.layout
-        plan, arena, d_arena, saved = ctx.saved
-        R, C = plan.rows, arena.shape[1]
-        N, H = ctx.inputs[4][0]  # direct is [N, H]
-        dh = dh.to(arena.dtype)
-        if plan.nodes is not None:
-            dh = dh.index_select(0, plan.nodes)
-        dout = dh.new_zeros(R, C).index_copy_(0, plan.node_rows, dh.reshape(-1, C))
-        dqkv = arena.new_empty(3 * R, C)
-        ddirect = arena.new_empty(R)
-        parts: list[list[Tensor]] = [[], [], []]  # source, transition, mark; per chunk
-        for bucket, (offset, chunks), (gates, caches) in zip(layout.buckets, plan.buckets, saved):
-            for (sub, cr), cache in zip(chunks, caches):
-                start, shape = offset + cr.lo * H * bucket.width, (cr.hi - cr.lo, H, bucket.width)
-                size = math.prod(shape)
-                q, k, v = _chunk_blocks(arena, R, start, shape)
-                d = d_arena[start : start + size].view(shape)
-                if cache is None:  # recompute the chunk's intermediates
-                    s, t, mk = gates
-                    (_, _), (e0, e1), (l0, l1) = cr.ranges
-                    scratch = arena.new_empty(*shape, C)
-                    cache = _bucket_outputs(
-                        q, k, v, d, s[e0:e1], t[l0:l1], mk[e0:e1], sub, cr, scratch
-                    )
-                grads = (
-                    *_chunk_blocks(dqkv, R, start, shape),
-                    ddirect[start : start + size].view(shape),
-                )
-                dout_block = dout[start : start + size].view(*shape, C)
-                for part, g in zip(parts, _bucket_grads(q, k, v, d, cr, cache, dout_block, grads)):
-                    part.append(g)
-        if ctx.scale != 1.0:
-            dqkv[:R].mul_(ctx.scale)
-        dqkv = dqkv.index_select(0, plan.qkv_rows).view(-1, 3, H, C)
-        ddirect = ddirect.index_select(0, plan.node_rows).view(-1, H)
-        if plan.nodes is not None:
-            dqkv = dqkv.new_zeros(N, 3, H, C).index_copy_(0, plan.nodes, dqkv)
-            ddirect = ddirect.new_zeros(N, H).index_copy_(0, plan.nodes, ddirect)
-        grads = [dqkv]
-        for (shape, _), index, part in zip(
-            ctx.inputs[1:4], (layout.edge, layout.lg, layout.edge), parts
-        ):
-            grads.append(dh.new_zeros(shape).index_copy_(0, index, torch.cat(part)))
-        grads.append(ddirect)
-        out = [
-            g.to(dtype) if needed else None
-            for g, needed, (_, dtype) in zip(grads, ctx.needs_input_grad[2:], ctx.inputs)
-        ]
-        return None, None, *out
+        with torch.autocast(dh.device.type, enabled=False):  # as in _path_form
+            return _path_form_backward(ctx, dh)
+
+
+def _path_form_backward(ctx, dh: Tensor) -> tuple[Tensor | None, ...]:
+    """:meth:`_PathForm.backward` (autocast off)."""
+    layout = ctx.layout
+    plan, arena, d_arena, saved = ctx.saved
+    R, C = plan.rows, arena.shape[1]
+    N, H = ctx.inputs[4][0]  # direct is [N, H]
+    dh = dh.to(arena.dtype)
+    if plan.nodes is not None:
+        dh = dh.index_select(0, plan.nodes)
+    dout = dh.new_zeros(R, C).index_copy_(0, plan.node_rows, dh.reshape(-1, C))
+    dqkv = arena.new_empty(3 * R, C)
+    ddirect = arena.new_empty(R)
+    parts: list[list[Tensor]] = [[], [], []]  # source, transition, mark; per chunk
+    for bucket, (offset, chunks), (gates, caches) in zip(layout.buckets, plan.buckets, saved):
+        for (sub, cr), cache in zip(chunks, caches):
+            start, shape = offset + cr.lo * H * bucket.width, (cr.hi - cr.lo, H, bucket.width)
+            size = math.prod(shape)
+            q, k, v = _chunk_blocks(arena, R, start, shape)
+            d = d_arena[start : start + size].view(shape)
+            if cache is None:  # recompute the chunk's intermediates
+                s, t, mk = gates
+                (_, _), (e0, e1), (l0, l1) = cr.ranges
+                scratch = arena.new_empty(*shape, C)
+                cache = _bucket_outputs(q, k, v, d, s[e0:e1], t[l0:l1], mk[e0:e1], sub, cr, scratch)
+            grads = (
+                *_chunk_blocks(dqkv, R, start, shape),
+                ddirect[start : start + size].view(shape),
+            )
+            dout_block = dout[start : start + size].view(*shape, C)
+            for part, g in zip(parts, _bucket_grads(q, k, v, d, cr, cache, dout_block, grads)):
+                part.append(g)
+    if ctx.scale != 1.0:
+        dqkv[:R].mul_(ctx.scale)
+    dqkv = dqkv.index_select(0, plan.qkv_rows).view(-1, 3, H, C)
+    ddirect = ddirect.index_select(0, plan.node_rows).view(-1, H)
+    if plan.nodes is not None:
+        dqkv = dqkv.new_zeros(N, 3, H, C).index_copy_(0, plan.nodes, dqkv)
+        ddirect = ddirect.new_zeros(N, H).index_copy_(0, plan.nodes, ddirect)
+    grads = [dqkv]
+    for (shape, _), index, part in zip(
+        ctx.inputs[1:4], (layout.edge, layout.lg, layout.edge), parts
+    ):
+        grads.append(dh.new_zeros(shape).index_copy_(0, index, torch.cat(part)))
+    grads.append(ddirect)
+    out = [
+        g.to(dtype) if needed else None
+        for g, needed, (_, dtype) in zip(grads, ctx.needs_input_grad[2:], ctx.inputs)
+    ]
+    return None, None, *out
 
 
 def _split_qkv(qkv: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:

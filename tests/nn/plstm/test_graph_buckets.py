@@ -559,3 +559,24 @@ def test_recurrence_refuses_q_k_v_of_mismatched_shapes():
         PLSTMGraph.recurrence(q, k[:, :, :3], v, *gates, st, algorithm="paths")
     with pytest.raises(ValueError, match="q and k must have one shape"):
         PLSTMGraph.recurrence(q, k, v[:-1], *gates, st, algorithm="paths")
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_path_form_under_autocast(grad):
+    """Under CPU autocast (bfloat16 linear maps) the path form runs in its own float32 and the
+    layer stays close to its float32 result, forward and (with ``grad``) backward."""
+    gen = torch.Generator().manual_seed(27)
+    b, _ = mixed_batch([5, 9, 1, -2, 12], gen, chords=2)
+    torch.manual_seed(1)
+    conv = PLSTMGraph(6, 8, heads=2, mode="P", gate_weight_std=0.7, algorithm="paths")
+    x = torch.randn(b.num_nodes, 6, generator=gen)
+    st = conv.prepare(b.edge_index, b.num_nodes, b.batch)
+    want = conv(x, b.edge_index, b.batch, structure=st)
+    xs = x.clone().requires_grad_(grad)
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = conv(xs, b.edge_index, b.batch, structure=st)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.1)
+    if grad:
+        got.float().sum().backward()
+        assert xs.grad is not None and torch.isfinite(xs.grad).all()
