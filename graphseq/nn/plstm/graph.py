@@ -855,20 +855,15 @@ def _block_rows(slot: Tensor, size: int, heads: Tensor) -> Tensor:
 
 
 def _scatter_block(values: Tensor, rows: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """A zero block of ``shape`` with ``values`` (``[m, H]`` or ``[m, H, C]``) at the flat
-    positions ``rows`` (``[m * H]``) of its ``[B, H, ...]`` entries (of its rows of ``C``
-    channels when ``values`` has them)."""
-    inner = values.shape[2:]
-    out = values.new_zeros(math.prod(shape) // math.prod(inner), *inner)
-    return out.index_copy_(0, rows, values.reshape(-1, *inner)).view(shape)
+    """A zero block of ``shape`` with ``values`` ``[m, H]`` at the flat positions ``rows``
+    (``[m * H]``) of its ``[B, H, ...]`` entries."""
+    out = values.new_zeros(math.prod(shape))
+    return out.index_copy_(0, rows, values.reshape(-1)).view(shape)
 
 
-def _gather_block(block: Tensor, rows: Tensor, heads: int, channels: bool = False) -> Tensor:
-    """The inverse of :func:`_scatter_block`: the entries (``channels``: the rows of the last
-    dimension) of ``block`` at the flat positions ``rows`` ``[m * H]``, as ``[m, H(, C)]``."""
-    if channels:
-        C = block.shape[-1]
-        return block.reshape(-1, C).index_select(0, rows).view(-1, heads, C)
+def _gather_block(block: Tensor, rows: Tensor, heads: int) -> Tensor:
+    """The inverse of :func:`_scatter_block`: the entries of ``block`` at the flat positions
+    ``rows`` ``[m * H]``, as ``[m, H]``."""
     return block.reshape(-1).index_select(0, rows).view(-1, heads)
 
 
