@@ -63,11 +63,6 @@ import torch
 from graphseq.nn.plstm.graph import PLSTMGraph, plstm_graph_reference
 
 
-def timeit(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` in seconds, after one warm-up call."""
-    return interleaved({"fn": fn}, repeats)["fn"]
-
-
 def interleaved(fns: dict, repeats: int, warm: tuple = ()) -> dict:
     """Median wall time in seconds of each of ``fns`` (name -> callable), after one warm-up
     round: every round runs each function once, in turn, so that a change in the machine's
