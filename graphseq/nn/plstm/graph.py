@@ -1092,12 +1092,18 @@ def _layout_plan(layout: GraphLayout, heads: int, itemsize: int, num_nodes: int)
     return plan
 
 
-def _chunk_blocks(arena: Tensor, rows: int, start: int, shape: tuple[int, ...]) -> tuple:
-    """The ``[b, H, W, C]`` blocks at rows ``start ..`` of the three parts of a ``[3 * rows, C]``
+def _chunk_span(offset: int, rows: _ChunkRows, heads: int, width: int) -> tuple[slice, tuple]:
+    """The node-arena rows of a chunk's ``[b, H, W]`` block (its bucket at ``offset``), and
+    that shape."""
+    start, shape = offset + rows.lo * heads * width, (rows.hi - rows.lo, heads, width)
+    return slice(start, start + math.prod(shape)), shape
+
+
+def _chunk_blocks(arena: Tensor, rows: int, span: slice, shape: tuple[int, ...]) -> tuple:
+    """The ``[b, H, W, C]`` blocks at rows ``span`` of the three parts of a ``[3 * rows, C]``
     arena (views)."""
-    size = math.prod(shape)
     return tuple(
-        arena[i * rows + start : i * rows + start + size].view(*shape, arena.shape[1])
+        arena[i * rows + span.start : i * rows + span.stop].view(*shape, arena.shape[1])
         for i in range(3)
     )
 
@@ -1112,69 +1118,55 @@ def _path_form(
     direct: Tensor,
     keep: bool,
 ) -> tuple[Tensor, tuple | None]:
-    """:func:`_path_form_blocks` with autocast off: the path form picks its own working dtype
-    (float32 or wider), and autocast would hand its ``out=`` products operands of another."""
-    with torch.autocast(qkv.device.type, enabled=False):
-        return _path_form_blocks(layout, qkv, scale, source, transition, mark, direct, keep)
-
-
-def _path_form_blocks(
-    layout: GraphLayout,
-    qkv: Tensor,
-    scale: float,
-    source: Tensor,
-    transition: Tensor,
-    mark: Tensor,
-    direct: Tensor,
-    keep: bool,
-) -> tuple[Tensor, tuple | None]:
     """``h`` ``[N, H, C]`` of the nodes of ``layout.buckets`` by the path form (zero rows for
     the other nodes) from ``qkv`` ``[N, 3, H, C]`` (``q`` multiplied by ``scale`` here), one
     dense block per bucket in chunks of graphs, and, with ``keep``, what :class:`_PathForm`'s
     backward reads: the node arenas and, per bucket, its gates and, for a bucket that runs in
     one chunk, the chunk's intermediates (a bucket of several chunks has them recomputed in
-    the backward, so that only one chunk's ``[b, H, ., .]`` blocks are alive at a time)."""
-    N, H = direct.shape
-    C = qkv.shape[-1]
-    acc = torch.promote_types(qkv.dtype, torch.float32)
-    plan = _layout_plan(layout, H, torch.empty((), dtype=acc).element_size(), N)
-    R = plan.rows
-    qkv, direct = qkv.to(acc), direct.to(acc)
-    if plan.nodes is not None:
-        qkv, direct = qkv.index_select(0, plan.nodes), direct.index_select(0, plan.nodes)
-    arena = qkv.new_zeros(3 * R, C).index_copy_(0, plan.qkv_rows, qkv.reshape(-1, C))
-    if scale != 1.0:
-        arena[:R].mul_(scale)
-    d_arena = direct.new_zeros(R).index_copy_(0, plan.node_rows, direct.reshape(-1))
-    out = arena.new_empty(R, C)
-    buckets = layout.buckets
-    e = [b.source_slot.numel() for b in buckets]
-    m = [b.lg_slot.numel() for b in buckets]
-    per_bucket = zip(
-        buckets,
-        plan.buckets,
-        *(t.index_select(0, layout.edge).to(acc).split(e) for t in (source, mark)),
-        transition.index_select(0, layout.lg).to(acc).split(m),
-    )
-    saved = []
-    for bucket, (offset, chunks), s, mk, t in per_bucket:
-        caches = []
-        for sub, cr in chunks:
-            start, shape = offset + cr.lo * H * bucket.width, (cr.hi - cr.lo, H, bucket.width)
-            q, k, v = _chunk_blocks(arena, R, start, shape)
-            d = d_arena[start : start + math.prod(shape)].view(shape)
-            (_, _), (e0, e1), (l0, l1) = cr.ranges
-            cache = _bucket_outputs(
-                q, k, v, d, s[e0:e1], t[l0:l1], mk[e0:e1], sub, cr,
-                out[start : start + math.prod(shape)].view(*shape, C),
-            )  # fmt: skip
-            caches.append(cache if keep and len(chunks) == 1 else None)
-        if keep:
-            saved.append(((s, t, mk), caches))
-    h = out.index_select(0, plan.node_rows).view(-1, H, C)
-    if plan.nodes is not None:
-        h = out.new_zeros(N, H, C).index_copy_(0, plan.nodes, h)
-    return h, ((plan, arena, d_arena, saved) if keep else None)
+    the backward, so that only one chunk's ``[b, H, ., .]`` blocks are alive at a time).
+    Runs with autocast off: the path form picks its own working dtype (float32 or wider),
+    and autocast would hand its ``out=`` products operands of another."""
+    with torch.autocast(qkv.device.type, enabled=False):
+        N, H = direct.shape
+        C = qkv.shape[-1]
+        acc = torch.promote_types(qkv.dtype, torch.float32)
+        plan = _layout_plan(layout, H, torch.empty((), dtype=acc).element_size(), N)
+        R = plan.rows
+        qkv, direct = qkv.to(acc), direct.to(acc)
+        if plan.nodes is not None:
+            qkv, direct = qkv.index_select(0, plan.nodes), direct.index_select(0, plan.nodes)
+        arena = qkv.new_zeros(3 * R, C).index_copy_(0, plan.qkv_rows, qkv.reshape(-1, C))
+        if scale != 1.0:
+            arena[:R].mul_(scale)
+        d_arena = direct.new_zeros(R).index_copy_(0, plan.node_rows, direct.reshape(-1))
+        out = arena.new_empty(R, C)
+        buckets = layout.buckets
+        e = [b.source_slot.numel() for b in buckets]
+        m = [b.lg_slot.numel() for b in buckets]
+        per_bucket = zip(
+            buckets,
+            plan.buckets,
+            *(t.index_select(0, layout.edge).to(acc).split(e) for t in (source, mark)),
+            transition.index_select(0, layout.lg).to(acc).split(m),
+        )
+        saved = []
+        for bucket, (offset, chunks), s, mk, t in per_bucket:
+            caches = []
+            for sub, cr in chunks:
+                span, shape = _chunk_span(offset, cr, H, bucket.width)
+                q, k, v = _chunk_blocks(arena, R, span, shape)
+                (_, _), (e0, e1), (l0, l1) = cr.ranges
+                cache = _bucket_outputs(
+                    q, k, v, d_arena[span].view(shape), s[e0:e1], t[l0:l1], mk[e0:e1], sub, cr,
+                    out[span].view(*shape, C),
+                )  # fmt: skip
+                caches.append(cache if keep and len(chunks) == 1 else None)
+            if keep:
+                saved.append(((s, t, mk), caches))
+        h = out.index_select(0, plan.node_rows).view(-1, H, C)
+        if plan.nodes is not None:
+            h = out.new_zeros(N, H, C).index_copy_(0, plan.nodes, h)
+        return h, ((plan, arena, d_arena, saved) if keep else None)
 
 
 class _PathForm(torch.autograd.Function):
@@ -1215,20 +1207,16 @@ def _path_form_backward(ctx, dh: Tensor) -> tuple[Tensor | None, ...]:
     parts: list[list[Tensor]] = [[], [], []]  # source, transition, mark; per chunk
     for bucket, (offset, chunks), (gates, caches) in zip(layout.buckets, plan.buckets, saved):
         for (sub, cr), cache in zip(chunks, caches):
-            start, shape = offset + cr.lo * H * bucket.width, (cr.hi - cr.lo, H, bucket.width)
-            size = math.prod(shape)
-            q, k, v = _chunk_blocks(arena, R, start, shape)
-            d = d_arena[start : start + size].view(shape)
+            span, shape = _chunk_span(offset, cr, H, bucket.width)
+            q, k, v = _chunk_blocks(arena, R, span, shape)
+            d = d_arena[span].view(shape)
             if cache is None:  # recompute the chunk's intermediates
                 s, t, mk = gates
                 (_, _), (e0, e1), (l0, l1) = cr.ranges
                 scratch = arena.new_empty(*shape, C)
                 cache = _bucket_outputs(q, k, v, d, s[e0:e1], t[l0:l1], mk[e0:e1], sub, cr, scratch)
-            grads = (
-                *_chunk_blocks(dqkv, R, start, shape),
-                ddirect[start : start + size].view(shape),
-            )
-            dout_block = dout[start : start + size].view(*shape, C)
+            grads = (*_chunk_blocks(dqkv, R, span, shape), ddirect[span].view(shape))
+            dout_block = dout[span].view(*shape, C)
             for part, g in zip(parts, _bucket_grads(q, k, v, d, cr, cache, dout_block, grads)):
                 part.append(g)
     if ctx.scale != 1.0:
