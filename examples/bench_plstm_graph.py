@@ -25,11 +25,15 @@ time from the main measurement and their ratio. Where ``B`` differs from ``--mol
 two sides of that ratio ran different molecules and at different times: the main
 measurement's speed-up is the fair one.
 
-The path form's per-head index plan (integer bookkeeping, about a twentieth of the batched
-time on HIV molecules) is built on the layer's first call and cached on the layout, like the
-layout itself for a model that keeps its structures; it is in neither timing. The batched
-layer is timed warm (an untimed call right before each timed one), the loops are not (each
-warms up on its own first molecules).
+On CPU the batched layer's path form runs by the compiled kernel of
+:func:`graphseq.kernels.dag_attention.dag_attention` when it can be built (the script says
+which); ``--no-native`` times the bucketed PyTorch path form instead (the GPU path, and the
+CPU one without a C compiler). Its graph plan (:meth:`DagStructure.native_layout`) is part of
+the timed preprocessing. For the bucketed form, the per-head index plan (integer bookkeeping,
+about a twentieth of the batched time on HIV molecules) is built on the layer's first call and
+cached on the layout, like the layout itself for a model that keeps its structures; it is in
+neither timing. The batched layer is timed warm (an untimed call right before each timed one),
+the loops are not (each warms up on its own first molecules).
 
 Graph preprocessing (graphseq: orientation, line graph, pruning, levels, vectorised;
 released: networkx) depends on the graph only and is timed separately for both (a model
@@ -60,6 +64,8 @@ from pathlib import Path
 
 import torch
 
+import graphseq.nn.plstm.graph as graph_module
+from graphseq.kernels.dag_attention import native_available
 from graphseq.nn.plstm.graph import PLSTMGraph, plstm_graph_reference
 
 
@@ -118,12 +124,20 @@ def load_molecules(data_dir: Path, csv_name: str, count: int):
     return graphs
 
 
+def native_in_use() -> bool:
+    """Whether PLSTMGraph's path form runs by the compiled kernel here (CPU tensors)."""
+    return graph_module.NATIVE_PATHS and native_available()
+
+
 def prepare_with_layout(conv: PLSTMGraph, batch):
     """``conv``'s preprocessing of a PyG batch, including the graph layout its algorithm
     uses (otherwise built lazily on the first forward, outside the timed preprocessing)."""
     structure = conv.prepare(batch.edge_index, batch.num_nodes, batch.batch)
     if conv.algorithm != "states":
-        structure.layout(conv.algorithm)
+        if native_in_use():
+            structure.native_layout(conv.algorithm)
+        else:
+            structure.layout(conv.algorithm)
     return structure
 
 
@@ -287,6 +301,11 @@ def main(argv=None) -> int:
                    help="time the slow per-edge loops on the first ones only (default: all "
                         "--molecules, so that both sides run the same molecules)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--no-native",
+        action="store_true",
+        help="run the bucketed PyTorch path form, not the compiled CPU kernel",
+    )
     p.add_argument("--plstm-src", default=None, help="path of ml-jku/plstm's src folder")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, metavar="B",
                    help="also time the batched layer on the first B molecules, each B")  # fmt: skip
@@ -303,6 +322,8 @@ def main(argv=None) -> int:
         p.error("--heads must divide --dim")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.no_native:
+        graph_module.NATIVE_PATHS = False
     repo = Path(__file__).resolve().parents[1]
     data_dir = Path(
         args.data_dir or os.environ.get("GRAPHSEQ_DATA") or repo.parent / "shared" / "data"
@@ -327,6 +348,9 @@ def main(argv=None) -> int:
           f"torch {torch.__version__}, threads {args.threads}")  # fmt: skip
     print(f"{len(graphs)} molecules from {args.csv}: {min(nodes)}-{max(nodes)} atoms, "
           f"mean {sum(nodes) / len(nodes):.1f}; D={args.dim}, heads={args.heads}")  # fmt: skip
+    path_form = ("compiled CPU kernel (graphseq.kernels.dag_attention)" if native_in_use()
+                 else "bucketed PyTorch blocks")  # fmt: skip
+    print(f"graphseq path form: {path_form}")
     if args.loop_molecules < len(graphs):
         few = nodes[: args.loop_molecules]
         print(f"loops on the first {len(few)} only (mean {sum(few) / len(few):.1f} atoms): "
@@ -344,6 +368,7 @@ def main(argv=None) -> int:
 
     results = {"molecules": len(graphs), "loop_molecules": min(args.loop_molecules, len(graphs)),
                "dim": args.dim, "heads": args.heads, "threads": args.threads, "csv": args.csv,
+               "native": native_in_use(),
                "machine": platform.processor() or platform.machine(), "modes": {}}  # fmt: skip
     for mode in args.modes:
         results["modes"][mode] = bench_mode(mode, args, graphs, batch, released)

@@ -11,11 +11,17 @@ Ops: :func:`linear_scan`, :func:`chunked_matrix_scan`, :func:`segment_tree_reduc
 pLSTM recurrence). ``dag_scan`` and ``grid_scan_2d`` have no Triton path yet: their ``backend``
 accepts ``"torch"`` and ``"reference"`` and raises for anything else.
 
+One op departs from that anatomy: :func:`dag_attention` (the path form of pLSTM on graphs)
+has a reference and a compiled C kernel for CPUs (``native.c``, built on first use with the
+system's C compiler); its PyTorch path (dense blocks of graphs of similar size) stays in
+:class:`graphseq.nn.plstm.PLSTMGraph`, which runs it on GPUs and where no compiler is found.
+
 This package depends on torch only (Triton optional).
 """
 
 from ._backend import BACKENDS, HAS_TRITON
 from .chunked_matrix_scan import chunked_matrix_scan
+from .dag_attention import DagAttentionPlan, dag_attention
 from .dag_scan import DagCycleError, DagScanPlan, dag_scan
 from .grid_scan_2d import grid_scan_2d
 from .linear_scan import linear_scan
@@ -31,11 +37,13 @@ __all__ = [
     "BACKENDS",
     "HAS_TRITON",
     "NAMED_COMBINES",
+    "DagAttentionPlan",
     "DagCycleError",
     "DagScanPlan",
     "SegmentPlan",
     "SegmentScanPlan",
     "chunked_matrix_scan",
+    "dag_attention",
     "dag_scan",
     "grid_scan_2d",
     "linear_scan",

@@ -21,6 +21,7 @@ def test_kernels_public_api_is_locked():
     assert sorted(graphseq.kernels.__all__) == sorted(
         [
             "BACKENDS",
+            "DagAttentionPlan",
             "DagCycleError",
             "DagScanPlan",
             "HAS_TRITON",
@@ -28,6 +29,7 @@ def test_kernels_public_api_is_locked():
             "SegmentPlan",
             "SegmentScanPlan",
             "chunked_matrix_scan",
+            "dag_attention",
             "dag_scan",
             "grid_scan_2d",
             "linear_scan",

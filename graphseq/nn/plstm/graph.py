@@ -13,12 +13,15 @@ integer ops (no networkx, no Python loop over edges or nodes):
 4. **topological levels** (:class:`~graphseq.kernels.DagScanPlan`), the wavefront schedule
    of :func:`~graphseq.kernels.dag_scan`;
 5. **graph layout** (:class:`GraphLayout`): the graphs of a batch grouped by size into
-   buckets, each a dense block of the ``"paths"`` algorithm padded to its own widths.
+   buckets, each a dense block of the ``"paths"`` algorithm padded to its own widths; on CPU,
+   where the compiled path form runs, its :class:`NativeLayout` instead (every graph on its
+   own, :class:`~graphseq.kernels.dag_attention.DagAttentionPlan`).
 
 :func:`prepare_dag` runs the first four and returns a :class:`DagStructure`, which depends on
 the graph only: build it once (per batch, or per graph and keep it) and pass it to every layer
 of the same mode and direction. The fifth is built from it on first use by a ``"paths"`` or
-``"auto"`` layer (:meth:`DagStructure.layout`) and cached on it.
+``"auto"`` layer (:meth:`DagStructure.layout`, :meth:`DagStructure.native_layout`) and cached
+on it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from torch.autograd.function import once_differentiable
 
 from graphseq.kernels._index import exclusive_cumsum as _exclusive_cumsum
 from graphseq.kernels._index import ranges as _ranges
+from graphseq.kernels.dag_attention import DagAttentionPlan, dag_attention, native_available
 from graphseq.kernels.dag_scan import DagCycleError, DagScanPlan, dag_scan
 
 from ..seq.base import check_choice, check_positive_int
@@ -50,6 +54,7 @@ from .gates import (
 
 __all__ = [
     "BUCKET_OVERHEAD",
+    "NATIVE_PATHS",
     "PATH_BLOCK_BYTES",
     "PATH_FORM_MAX_EDGES",
     "PATH_FORM_MAX_NODES",
@@ -57,6 +62,7 @@ __all__ = [
     "DagStructure",
     "GraphBucket",
     "GraphLayout",
+    "NativeLayout",
     "PLSTMGraph",
     "StateGroup",
     "line_graph",
@@ -87,6 +93,11 @@ PATH_FORM_MAX_EDGES = 2 * PATH_FORM_MAX_NODES
 #: graph above it is run alone). The backward recomputes the blocks of such a bucket chunk by
 #: chunk, so that they are not all kept alive (a bucket of one chunk keeps its blocks).
 PATH_BLOCK_BYTES = 64 * 2**20
+#: On CPU, ``algorithm="paths"`` / ``"auto"`` run the path form by the compiled kernel of
+#: :func:`graphseq.kernels.dag_attention.dag_attention` (graph by graph, no padding) when it
+#: can be built (a C compiler; see :mod:`graphseq.kernels.dag_attention.native`); ``False``
+#: runs the bucketed PyTorch path form there too (as on GPUs, and where there is no compiler).
+NATIVE_PATHS = True
 #: Cost of one more bucket in :func:`_bucket_bounds`'s model, in the units of
 #: :func:`_padded_cost` (the fixed cost of a block's dozen tensor ops).
 BUCKET_OVERHEAD = 4096.0
@@ -297,6 +308,9 @@ class DagStructure:
     _layouts: dict[str, GraphLayout] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _native: dict[str, NativeLayout] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def num_edges(self) -> int:
@@ -323,8 +337,19 @@ class DagStructure:
                 self._layouts.setdefault("auto", layout)
         return layout
 
+    def native_layout(self, algorithm: str = "auto") -> NativeLayout:
+        """The :class:`NativeLayout` of ``algorithm`` (``"auto"`` or ``"paths"``) for
+        :attr:`batch`, built on first call and cached: what the compiled path form runs on
+        CPU instead of :meth:`layout`'s buckets (see :class:`PLSTMGraph`, "Algorithms")."""
+        check_choice("DagStructure.native_layout", "algorithm", algorithm, ("auto", "paths"))
+        native = self._native.get(algorithm)
+        if native is None:
+            native = _native_layout(self, self.batch, algorithm == "auto")
+            self._native[algorithm] = native
+        return native
+
     def to(self, device: torch.device | str) -> DagStructure:
-        """A copy with every tensor (and every layout built so far) on ``device``."""
+        """A copy with every tensor (and every bucket layout built so far) on ``device``."""
         out = _to_device(self, device)
         moved: dict[int, GraphLayout] = {}  # a layout cached under both keys is moved once
         for key, layout in self._layouts.items():
@@ -430,6 +455,26 @@ class GraphLayout:
         return _to_device(self, device)
 
 
+@dataclass(frozen=True)
+class NativeLayout:
+    """The schedule of ``algorithm="paths"`` / ``"auto"`` for the compiled CPU kernel
+    (:func:`graphseq.kernels.dag_attention.dag_attention`), built by
+    :meth:`DagStructure.native_layout`: no buckets, no padding, every graph on its own.
+
+    Attributes:
+        plan: the :class:`~graphseq.kernels.dag_attention.DagAttentionPlan` of the graphs run
+            by the path form.
+        large: as :attr:`GraphLayout.large`, the graphs ``"auto"`` runs by the state form.
+    """
+
+    plan: DagAttentionPlan
+    large: StateGroup | None
+
+    def to(self, device: torch.device | str) -> NativeLayout:
+        """A copy with every tensor on ``device``."""
+        return _to_device(self, device)
+
+
 def _padded_cost(width: int, edge_width: int) -> float:
     """Work of one graph padded to ``width`` nodes and ``edge_width`` edges, per head and
     channel: the masked attention (``W^2``) and the triangular solve (``F^2 W``, per channel
@@ -513,28 +558,20 @@ def _sub_plan(plan: DagScanPlan, edge: Tensor, lg: Tensor, position: Tensor) -> 
     )
 
 
-def _graph_layout(structure: DagStructure, batch: Tensor | None, auto: bool) -> GraphLayout:
-    """Group the graphs of ``batch`` (checked by the caller; one graph when ``None``) by size:
-    the :class:`GraphLayout` of ``"auto"`` (``auto=True``) or ``"paths"``.
-
-    The graphs the path form runs (all for ``"paths"``; for ``"auto"`` those of at most
-    :data:`PATH_FORM_MAX_NODES` nodes and :data:`PATH_FORM_MAX_EDGES` DAG edges) are split
-    into buckets of contiguous node-count ranges chosen by :func:`_bucket_bounds`; the others
-    form a :class:`StateGroup` on a plan filtered from ``structure.plan``. Slots come from one
-    stable sort of the graphs by bucket and one sort each of the nodes, DAG edges (by graph,
-    then topological level of the line graph) and line-graph edges: O((N + E + L) log) integer
-    work plus the O(k^2) choice of ranges over the ``k`` distinct sizes of those graphs.
-    """
+def _split_graphs(structure: DagStructure, batch: Tensor | None, auto: bool) -> tuple:
+    """The graphs of ``batch`` (``None``: one graph) the path form runs (all non-empty ones;
+    with ``auto`` those of at most :data:`PATH_FORM_MAX_NODES` nodes and
+    :data:`PATH_FORM_MAX_EDGES` DAG edges) and the others as a :class:`StateGroup` (or
+    ``None``). Returns ``batch, sizes, edge_graph, edge_counts, path, large``."""
     edge_index, lg_edge_index, plan = structure.edge_index, structure.lg_edge_index, structure.plan
     num_nodes = structure.num_nodes
     dev = edge_index.device
     if batch is None:
         batch = torch.zeros(num_nodes, dtype=torch.long, device=dev)
-    src, dst = edge_index
-    lg_src, lg_dst = lg_edge_index
+    src = edge_index[0]
+    lg_dst = lg_edge_index[1]
     sizes = torch.bincount(batch) if num_nodes else batch.new_zeros(0)  # [G]
     G = sizes.numel()
-    node_start = _exclusive_cumsum(sizes)  # [G]
     edge_graph = batch[src]  # [E]
     lg_graph = edge_graph[lg_dst]  # [L]
     edge_counts = torch.bincount(edge_graph, minlength=G)  # [G]
@@ -555,6 +592,40 @@ def _graph_layout(structure: DagStructure, batch: Tensor | None, auto: bool) -> 
                 position[lg_edge_index[:, lg]],
                 _sub_plan(plan, edge, lg, position),
             )
+    return batch, sizes, edge_graph, edge_counts, path, large
+
+
+def _native_layout(structure: DagStructure, batch: Tensor | None, auto: bool) -> NativeLayout:
+    """The :class:`NativeLayout` of ``"auto"`` (``auto=True``) or ``"paths"`` for ``batch``
+    (checked by the caller): O((N + E + L) log) integer work, no per-graph Python step."""
+    batch, *_, path, large = _split_graphs(structure, batch, auto)
+    plan = DagAttentionPlan.from_graph(
+        structure.edge_index, structure.lg_edge_index, structure.num_nodes, batch, path,
+        structure.plan.level,
+    )  # fmt: skip
+    return NativeLayout(plan, large)
+
+
+def _graph_layout(structure: DagStructure, batch: Tensor | None, auto: bool) -> GraphLayout:
+    """Group the graphs of ``batch`` (checked by the caller; one graph when ``None``) by size:
+    the :class:`GraphLayout` of ``"auto"`` (``auto=True``) or ``"paths"``.
+
+    The graphs the path form runs (all for ``"paths"``; for ``"auto"`` those of at most
+    :data:`PATH_FORM_MAX_NODES` nodes and :data:`PATH_FORM_MAX_EDGES` DAG edges) are split
+    into buckets of contiguous node-count ranges chosen by :func:`_bucket_bounds`; the others
+    form a :class:`StateGroup` on a plan filtered from ``structure.plan``. Slots come from one
+    stable sort of the graphs by bucket and one sort each of the nodes, DAG edges (by graph,
+    then topological level of the line graph) and line-graph edges: O((N + E + L) log) integer
+    work plus the O(k^2) choice of ranges over the ``k`` distinct sizes of those graphs.
+    """
+    edge_index, lg_edge_index, plan = structure.edge_index, structure.lg_edge_index, structure.plan
+    dev = edge_index.device
+    batch, sizes, edge_graph, edge_counts, path, large = _split_graphs(structure, batch, auto)
+    src, dst = edge_index
+    lg_src, lg_dst = lg_edge_index
+    G = sizes.numel()
+    node_start = _exclusive_cumsum(sizes)  # [G]
+    lg_graph = edge_graph[lg_dst]  # [L]
     empty = batch.new_zeros(0)
     bounds = _bucket_bounds(sizes * path, edge_counts, structure.bucket_overhead)
     nb = len(bounds)
@@ -813,15 +884,16 @@ def _check_structure_edges(cls: str, structure: DagStructure, edge_index: Tensor
 
 
 def _layout_for(
-    op: str, structure: DagStructure, batch: Tensor | None, algorithm: str
-) -> GraphLayout:
-    """The structure's cached :class:`GraphLayout` of ``algorithm``, or, when ``batch``
-    (already checked) describes other graphs than the structure's ``batch``, one grouped from
-    ``batch`` for this call."""
+    op: str, structure: DagStructure, batch: Tensor | None, algorithm: str, native: bool = False
+) -> GraphLayout | NativeLayout:
+    """The structure's cached :class:`GraphLayout` (with ``native``: :class:`NativeLayout`) of
+    ``algorithm``, or, when ``batch`` (already checked) describes other graphs than the
+    structure's ``batch``, one built from ``batch`` for this call."""
     if batch is None or (structure.batch is not None and torch.equal(batch, structure.batch)):
-        return structure.layout(algorithm)
+        return structure.native_layout(algorithm) if native else structure.layout(algorithm)
     _check_batch_edges(op, batch, structure.edge_index)
-    return _graph_layout(structure, batch, algorithm == "auto")
+    build = _native_layout if native else _graph_layout
+    return build(structure, batch, algorithm == "auto")
 
 
 def _state_form(
@@ -1267,16 +1339,49 @@ def _layout_recurrence(
     else:
         h = _path_form(layout, qkv, scale, source, transition, mark, direct, keep=False)[0]
         h = h.to(qkv.dtype)
-    large = layout.large
-    if large is not None:
-        s_l, t_l, m_l = source[large.edge], transition[large.lg], mark[large.edge]
-        large_edges = edge_index[:, large.edge]
-        h_large = _state_form(
-            *_split_qkv(qkv, scale), s_l, t_l, m_l, direct, large_edges, large.lg_edge_index,
-            large.plan,
-        )  # fmt: skip
-        h = h.index_copy(0, large.node, h_large[large.node].to(h.dtype))
-    return h
+    return _large_graphs(h, qkv, scale, source, transition, mark, direct, edge_index, layout.large)
+
+
+def _large_graphs(
+    h: Tensor,
+    qkv: Tensor,
+    scale: float,
+    source: Tensor,
+    transition: Tensor,
+    mark: Tensor,
+    direct: Tensor,
+    edge_index: Tensor,
+    large: StateGroup | None,
+) -> Tensor:
+    """``h`` with the rows of the graphs of ``large`` replaced by the state form's."""
+    if large is None:
+        return h
+    s_l, t_l, m_l = source[large.edge], transition[large.lg], mark[large.edge]
+    large_edges = edge_index[:, large.edge]
+    h_large = _state_form(
+        *_split_qkv(qkv, scale), s_l, t_l, m_l, direct, large_edges, large.lg_edge_index,
+        large.plan,
+    )  # fmt: skip
+    return h.index_copy(0, large.node, h_large[large.node].to(h.dtype))
+
+
+def _native_recurrence(
+    qkv: Tensor,
+    scale: float,
+    source: Tensor,
+    transition: Tensor,
+    mark: Tensor,
+    direct: Tensor,
+    edge_index: Tensor,
+    native: NativeLayout,
+) -> Tensor:
+    """``h`` ``[N, H, C]``: the graphs of ``native.plan`` by the compiled path form
+    (:func:`graphseq.kernels.dag_attention.dag_attention`), those of ``native.large`` by the
+    state form."""
+    h = dag_attention(
+        qkv, source, transition, mark, direct, native.plan, scale=scale, backend="native"
+    ).to(qkv.dtype)
+    return _large_graphs(h, qkv, scale, source, transition, mark, direct, edge_index, native.large)
 
 
 def _recurrence(
@@ -1298,6 +1403,10 @@ def _recurrence(
         q, k, v = _split_qkv(qkv, scale)
         return _state_form(q, k, v, source, transition, mark, direct, structure.edge_index,
                            structure.lg_edge_index, structure.plan)  # fmt: skip
+    if NATIVE_PATHS and qkv.device.type == "cpu" and native_available():
+        native = _layout_for(op, structure, batch, algorithm, native=True)
+        return _native_recurrence(qkv, scale, source, transition, mark, direct,
+                                  structure.edge_index, native)  # fmt: skip
     layout = _layout_for(op, structure, batch, algorithm)
     return _layout_recurrence(qkv, scale, source, transition, mark, direct, structure.edge_index,
                               layout)  # fmt: skip
@@ -1369,7 +1478,15 @@ class PLSTMGraph(torch.nn.Module):
       :data:`PATH_BLOCK_BYTES` unless one graph's own block does (then that graph is a chunk
       of its own); when autograd records and a bucket has several chunks, the backward
       recomputes each chunk's blocks: about one more forward, but only one chunk's blocks held
-      at a time. Its backward is written by hand (once differentiable: no double backward);
+      at a time. Its backward is written by hand (once differentiable: no double backward).
+      **On CPU** the same sums run by the compiled kernel of
+      :func:`graphseq.kernels.dag_attention.dag_attention` instead (when a C compiler is
+      there to build it on first use; :data:`NATIVE_PATHS`): graph by graph without padding
+      or buckets, :math:`P` by forward substitution over the sparse line graph, and the
+      attention over :math:`G`'s structural support only (work
+      :math:`O(H (L_g W_g + \text{pairs}_g\, C))` per graph, no :math:`F \times F` block;
+      :meth:`DagStructure.native_layout`, cached like the layout). The bucketed PyTorch
+      form runs on GPUs and where the kernel cannot be built;
     * ``"auto"`` (default) runs by ``"paths"`` the graphs of at most
       :data:`PATH_FORM_MAX_NODES` nodes **and** at most :data:`PATH_FORM_MAX_EDGES` DAG
       edges (molecules and other sparse small graphs), and the others by ``"states"`` (on a
@@ -1380,9 +1497,11 @@ class PLSTMGraph(torch.nn.Module):
     only :math:`m` and its descendants in the DAG (in P-mode also the descendants of
     :math:`m`'s parents: the normalisation of a transition through a parent sums over all
     of the parent's outgoing edges); under ``"paths"`` (and for the graphs ``"auto"`` runs
-    by it) it reaches every node of :math:`m`'s graph (the products
-    :math:`0 \cdot \mathrm{NaN}` of the masked attention and of the triangular solve).
-    Under every algorithm it stays inside its own graph of the batch.
+    by it) on GPUs, or without the compiled kernel, it reaches every node of :math:`m`'s
+    graph (the products :math:`0 \cdot \mathrm{NaN}` of the masked attention and of the
+    triangular solve); the compiled CPU kernel multiplies over :math:`G`'s structural
+    support only, so there it spreads as under ``"states"``. Under every algorithm it stays
+    inside its own graph of the batch.
 
     The graph preprocessing (:func:`prepare_dag`) is vectorised integer work; pass its
     :class:`DagStructure` as ``structure`` to share it between layers of the same mode and

@@ -1,6 +1,10 @@
 """PLSTMGraph's bucketed "paths" algorithm: graphs grouped by size (GraphLayout), exactness
 against the loop reference on batches mixing sizes, gradients, batching invariance, the
-per-graph routing of "auto", chunked buckets, the lazily built layout, NaN spread, bad input."""
+per-graph routing of "auto", chunked buckets, the lazily built layout, NaN spread, bad input.
+
+The bucketed PyTorch form runs on GPUs and on CPUs without a C compiler; on CPU the layer
+otherwise runs the compiled kernel (test_graph_native.py), so every test here switches it off.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,11 @@ from graphseq.nn.plstm.graph import (
     prepare_dag,
 )
 from graphseq.testing import DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _bucketed_path_form(monkeypatch):
+    monkeypatch.setattr(graph_module, "NATIVE_PATHS", False)
 
 
 def tree_with_chords(n: int, chords: int, gen: torch.Generator) -> torch.Tensor:
@@ -273,6 +282,7 @@ def test_a_bucket_runs_in_chunks_of_graphs(monkeypatch):
             assert (spy.run(conv, gates, st, "paths") - ref).abs().max().item() <= 1e-12
         assert len(spy.widths) == chunks
         monkeypatch.undo()
+        monkeypatch.setattr(graph_module, "NATIVE_PATHS", False)  # undone with the rest
 
 
 @pytest.mark.parametrize("mode", ["P", "D"])

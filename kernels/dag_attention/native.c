@@ -1,0 +1,344 @@
+/* dag_attention: the path-gated linear attention of pLSTM on DAGs, one graph at a time.
+ *
+ * Compiled at first use by native.py (plain C, no Python or torch headers), once with
+ * -DREAL=float and once with -DREAL=double; called through ctypes. The math, the plan
+ * arrays and the backward are in README.md of this folder; the readable reference with the
+ * same signature is reference.py.
+ *
+ * Per graph (W nodes, F DAG edges in a topological order of the line graph) and head:
+ *
+ *   P[p] = S_p e_{src(p)} + sum_{p' -> p} T_{p'p} P[p']       (F x W path weights)
+ *   G[n] = sum_{p : dst(p) = n} M_p P[p]  + D_n e_n           (W x W gating, Eq. 7)
+ *   h_n  = sum_{m in reach(n)} (q_n . k_m) G[n][m] v_m
+ *
+ * reach(n) is n and the nodes with a line-graph path into n (G's structural support); the
+ * products run over it only, so the work is O(H (L W + F W + pairs C)) per graph, with
+ * "pairs" the number of (ancestor, descendant) node pairs, instead of the dense
+ * O(H (F^2 W + W^2 C)). Every graph writes only its own nodes', edges' and line-graph
+ * edges' entries, so graphs run in parallel without locks.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef REAL
+#define REAL float
+#endif
+typedef REAL real;
+typedef int64_t i64;
+
+/* The plan of a batch: G graphs; graph g has nodes node[node_ptr[g] .. node_ptr[g+1]) and
+ * DAG edges at positions edge_ptr[g] .. edge_ptr[g+1] of edge/esrc/edst (esrc, edst: local
+ * node positions); the line-graph edges into the edge at position p are
+ * lg_ptr[p] .. lg_ptr[p+1] of lg_id (their column, for T and dT) and lg_pred (the local
+ * position of their source edge, always < the local position of p). */
+typedef struct {
+    i64 num_graphs;
+    const i64 *node_ptr, *node, *edge_ptr, *edge, *esrc, *edst, *lg_ptr, *lg_id, *lg_pred;
+} Plan;
+
+/* Scratch of one graph. */
+typedef struct {
+    i64 W, F, C;
+    unsigned char *edge_reach; /* F x W */
+    unsigned char *node_reach; /* W x W */
+    i64 *pair_ptr;             /* W + 1 */
+    i64 *pair_m;               /* <= W x W */
+    real *P, *dP;              /* F x W */
+    real *Gm, *dG;             /* W x W */
+    real *q, *k, *v, *dh;      /* H x W x C: every head's rows, gathered once per graph */
+    real *dq, *dk, *dv;        /* H x W x C (the forward's output goes to dq) */
+} Scratch;
+
+static int scratch_alloc(Scratch *s, i64 W, i64 F, i64 H, i64 C, int backward) {
+    memset(s, 0, sizeof(*s));
+    s->W = W;
+    s->F = F;
+    s->C = C;
+    i64 fw = F * W > 0 ? F * W : 1, ww = W * W, wc = H * W * C;
+    s->edge_reach = malloc((size_t)fw);
+    s->node_reach = malloc((size_t)ww);
+    s->pair_ptr = malloc(sizeof(i64) * (size_t)(W + 1));
+    s->pair_m = malloc(sizeof(i64) * (size_t)ww);
+    s->P = malloc(sizeof(real) * (size_t)fw);
+    s->Gm = malloc(sizeof(real) * (size_t)ww);
+    s->q = malloc(sizeof(real) * (size_t)wc);
+    s->k = malloc(sizeof(real) * (size_t)wc);
+    s->v = malloc(sizeof(real) * (size_t)wc);
+    s->dq = malloc(sizeof(real) * (size_t)wc);
+    int ok = s->edge_reach && s->node_reach && s->pair_ptr && s->pair_m && s->P && s->Gm &&
+             s->q && s->k && s->v && s->dq;
+    if (backward) {
+        s->dP = malloc(sizeof(real) * (size_t)fw);
+        s->dG = malloc(sizeof(real) * (size_t)ww);
+        s->dh = malloc(sizeof(real) * (size_t)wc);
+        s->dk = malloc(sizeof(real) * (size_t)wc);
+        s->dv = malloc(sizeof(real) * (size_t)wc);
+        ok = ok && s->dP && s->dG && s->dh && s->dk && s->dv;
+    }
+    return ok;
+}
+
+static void scratch_free(Scratch *s) {
+    free(s->edge_reach);
+    free(s->node_reach);
+    free(s->pair_ptr);
+    free(s->pair_m);
+    free(s->P);
+    free(s->Gm);
+    free(s->q);
+    free(s->k);
+    free(s->v);
+    free(s->dP);
+    free(s->dG);
+    free(s->dh);
+    free(s->dq);
+    free(s->dk);
+    free(s->dv);
+}
+
+/* The structural support of G: for every local node n, the nodes m with G[n][m] possibly
+ * non-zero (m = n, or a line-graph path from an edge leaving m into an edge entering n),
+ * as CSR pair_ptr / pair_m, increasing m. Head-independent: built once per graph. */
+static void graph_pairs(Scratch *s, const Plan *pl, i64 e0) {
+    const i64 W = s->W, F = s->F;
+    memset(s->node_reach, 0, (size_t)(W * W));
+    for (i64 p = 0; p < F; ++p) {
+        unsigned char *row = s->edge_reach + p * W;
+        memset(row, 0, (size_t)W);
+        row[pl->esrc[e0 + p]] = 1;
+        for (i64 j = pl->lg_ptr[e0 + p]; j < pl->lg_ptr[e0 + p + 1]; ++j) {
+            const unsigned char *pred = s->edge_reach + pl->lg_pred[j] * W;
+            for (i64 m = 0; m < W; ++m) row[m] |= pred[m];
+        }
+        unsigned char *into = s->node_reach + pl->edst[e0 + p] * W;
+        for (i64 m = 0; m < W; ++m) into[m] |= row[m];
+    }
+    i64 count = 0;
+    s->pair_ptr[0] = 0;
+    for (i64 n = 0; n < W; ++n) {
+        s->node_reach[n * W + n] = 1;
+        for (i64 m = 0; m < W; ++m)
+            if (s->node_reach[n * W + m]) s->pair_m[count++] = m;
+        s->pair_ptr[n + 1] = count;
+    }
+}
+
+/* q (times scale), k, v of every head of the graph's nodes into H x W x C blocks: one
+ * sequential read of each node's [3, H, C] row (a read per head would stride through it). */
+static void gather_qkv(Scratch *s, const Plan *pl, i64 n0, const real *qkv, i64 H,
+                       real scale) {
+    const i64 W = s->W, C = s->C;
+    for (i64 i = 0; i < W; ++i) {
+        const real *row = qkv + pl->node[n0 + i] * 3 * H * C;
+        for (i64 h = 0; h < H; ++h) {
+            const real *q = row + h * C, *k = row + (H + h) * C, *v = row + (2 * H + h) * C;
+            real *sq = s->q + (h * W + i) * C, *sk = s->k + (h * W + i) * C;
+            real *sv = s->v + (h * W + i) * C;
+            for (i64 c = 0; c < C; ++c) {
+                sq[c] = scale * q[c];
+                sk[c] = k[c];
+                sv[c] = v[c];
+            }
+        }
+    }
+}
+
+/* rows [H, C] of node n of a [N, H, C] tensor <-> H x W x C block, for every head */
+static void gather_heads(real *restrict block, const real *restrict x, const Plan *pl, i64 n0,
+                         i64 W, i64 H, i64 C) {
+    for (i64 i = 0; i < W; ++i)
+        for (i64 h = 0; h < H; ++h)
+            memcpy(block + (h * W + i) * C, x + (pl->node[n0 + i] * H + h) * C,
+                   sizeof(real) * (size_t)C);
+}
+
+static void scatter_heads(real *restrict x, const real *restrict block, const Plan *pl, i64 n0,
+                          i64 W, i64 H, i64 C) {
+    for (i64 i = 0; i < W; ++i)
+        for (i64 h = 0; h < H; ++h)
+            memcpy(x + (pl->node[n0 + i] * H + h) * C, block + (h * W + i) * C,
+                   sizeof(real) * (size_t)C);
+}
+
+/* P (path weights) and G (gating) of head h. */
+static void paths_and_gating(Scratch *s, const Plan *pl, i64 n0, i64 e0, i64 H, i64 h,
+                             const real *S, const real *T, const real *M, const real *D) {
+    const i64 W = s->W, F = s->F;
+    for (i64 p = 0; p < F; ++p) {
+        real *row = s->P + p * W;
+        memset(row, 0, sizeof(real) * (size_t)W);
+        row[pl->esrc[e0 + p]] = S[pl->edge[e0 + p] * H + h];
+        for (i64 j = pl->lg_ptr[e0 + p]; j < pl->lg_ptr[e0 + p + 1]; ++j) {
+            const real t = T[pl->lg_id[j] * H + h];
+            const real *pred = s->P + pl->lg_pred[j] * W;
+            for (i64 m = 0; m < W; ++m) row[m] += t * pred[m];
+        }
+    }
+    memset(s->Gm, 0, sizeof(real) * (size_t)(W * W));
+    for (i64 p = 0; p < F; ++p) {
+        const real mk = M[pl->edge[e0 + p] * H + h];
+        const real *row = s->P + p * W;
+        real *into = s->Gm + pl->edst[e0 + p] * W;
+        for (i64 m = 0; m < W; ++m) into[m] += mk * row[m];
+    }
+    for (i64 i = 0; i < W; ++i) s->Gm[i * W + i] += D[pl->node[n0 + i] * H + h];
+}
+
+/* (the simd pragma lets the compiler reassociate the sum into vector lanes; it needs
+ * -fopenmp or -fopenmp-simd, without them it is ignored and the loop stays scalar) */
+static inline real dot(const real *restrict a, const real *restrict b, i64 C) {
+    real acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (i64 c = 0; c < C; ++c) acc += a[c] * b[c];
+    return acc;
+}
+
+static inline void axpy(real a, const real *restrict x, real *restrict y, i64 C) {
+#pragma omp simd
+    for (i64 c = 0; c < C; ++c) y[c] += a * x[c];
+}
+
+/* h [N, H, C] for the plan's nodes from qkv [N, 3, H, C] (contiguous), S, M [E, H],
+ * T [L, H], D [N, H]. Returns the number of graphs whose scratch could not be allocated
+ * (their outputs are left untouched; the caller raises). */
+i64 dag_attention_forward(i64 num_graphs, const i64 *node_ptr, const i64 *node,
+                          const i64 *edge_ptr, const i64 *edge, const i64 *esrc,
+                          const i64 *edst, const i64 *lg_ptr, const i64 *lg_id,
+                          const i64 *lg_pred, const real *qkv, i64 H, i64 C, double scale,
+                          const real *S, const real *T, const real *M, const real *D, real *out,
+                          int num_threads) {
+    const Plan pl = {num_graphs, node_ptr, node, edge_ptr, edge, esrc, edst, lg_ptr, lg_id,
+                     lg_pred};
+    i64 failed = 0;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads) reduction(+ : failed)
+    for (i64 g = 0; g < num_graphs; ++g) {
+        const i64 n0 = node_ptr[g], W = node_ptr[g + 1] - n0;
+        const i64 e0 = edge_ptr[g], F = edge_ptr[g + 1] - e0;
+        if (W == 0) continue;
+        Scratch s;
+        if (!scratch_alloc(&s, W, F, H, C, 0)) {
+            scratch_free(&s);
+            failed += 1;
+            continue;
+        }
+        graph_pairs(&s, &pl, e0);
+        gather_qkv(&s, &pl, n0, qkv, H, (real)scale);
+        memset(s.dq, 0, sizeof(real) * (size_t)(H * W * C));
+        for (i64 h = 0; h < H; ++h) {
+            paths_and_gating(&s, &pl, n0, e0, H, h, S, T, M, D);
+            const real *q = s.q + h * W * C, *k = s.k + h * W * C, *v = s.v + h * W * C;
+            for (i64 i = 0; i < W; ++i) {
+                real *o = s.dq + (h * W + i) * C;
+                for (i64 r = s.pair_ptr[i]; r < s.pair_ptr[i + 1]; ++r) {
+                    const i64 m = s.pair_m[r];
+                    const real w = dot(q + i * C, k + m * C, C) * s.Gm[i * W + m];
+                    axpy(w, v + m * C, o, C);
+                }
+            }
+        }
+        scatter_heads(out, s.dq, &pl, n0, W, H, C);
+        scratch_free(&s);
+    }
+    return failed;
+}
+
+/* The backward of dag_attention_forward for dh [N, H, C]: writes dqkv [N, 3, H, C] (the
+ * gradient with respect to the unscaled q), dS, dM [E, H], dT [L, H], dD [N, H] at the
+ * plan's entries (the caller zero-fills the others). P and G are recomputed (O(L W + F W)
+ * per graph and head, small against the products). */
+i64 dag_attention_backward(i64 num_graphs, const i64 *node_ptr, const i64 *node,
+                           const i64 *edge_ptr, const i64 *edge, const i64 *esrc,
+                           const i64 *edst, const i64 *lg_ptr, const i64 *lg_id,
+                           const i64 *lg_pred, const real *qkv, i64 H, i64 C, double scale,
+                           const real *S, const real *T, const real *M, const real *D,
+                           const real *dh, real *dqkv, real *dS, real *dT, real *dM, real *dD,
+                           int num_threads) {
+    const Plan pl = {num_graphs, node_ptr, node, edge_ptr, edge, esrc, edst, lg_ptr, lg_id,
+                     lg_pred};
+    i64 failed = 0;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads) reduction(+ : failed)
+    for (i64 g = 0; g < num_graphs; ++g) {
+        const i64 n0 = node_ptr[g], W = node_ptr[g + 1] - n0;
+        const i64 e0 = edge_ptr[g], F = edge_ptr[g + 1] - e0;
+        if (W == 0) continue;
+        Scratch s;
+        if (!scratch_alloc(&s, W, F, H, C, 1)) {
+            scratch_free(&s);
+            failed += 1;
+            continue;
+        }
+        graph_pairs(&s, &pl, e0);
+        gather_qkv(&s, &pl, n0, qkv, H, (real)scale);
+        gather_heads(s.dh, dh, &pl, n0, W, H, C);
+        memset(s.dq, 0, sizeof(real) * (size_t)(H * W * C));
+        memset(s.dk, 0, sizeof(real) * (size_t)(H * W * C));
+        memset(s.dv, 0, sizeof(real) * (size_t)(H * W * C));
+        for (i64 h = 0; h < H; ++h) {
+            paths_and_gating(&s, &pl, n0, e0, H, h, S, T, M, D);
+            const i64 off = h * W * C;
+            const real *q = s.q + off, *k = s.k + off, *v = s.v + off, *dhh = s.dh + off;
+            real *dq = s.dq + off, *dk = s.dk + off, *dv = s.dv + off;
+            memset(s.dG, 0, sizeof(real) * (size_t)(W * W));
+            /* the masked attention: score = q_i . k_m, weight = score * G[i][m] */
+            for (i64 i = 0; i < W; ++i) {
+                const real *restrict qi = q + i * C, *restrict dhi = dhh + i * C;
+                real *restrict dqi = dq + i * C;
+                for (i64 r = s.pair_ptr[i]; r < s.pair_ptr[i + 1]; ++r) {
+                    const i64 m = s.pair_m[r];
+                    const real *restrict km = k + m * C, *restrict vm = v + m * C;
+                    real *restrict dkm = dk + m * C, *restrict dvm = dv + m * C;
+                    const real g_im = s.Gm[i * W + m];
+                    real score = 0, dweight = 0; /* q_i . k_m and dh_i . v_m, one pass */
+#pragma omp simd reduction(+ : score, dweight)
+                    for (i64 c = 0; c < C; ++c) {
+                        score += qi[c] * km[c];
+                        dweight += dhi[c] * vm[c];
+                    }
+                    const real weight = score * g_im, dscore = dweight * g_im;
+#pragma omp simd
+                    for (i64 c = 0; c < C; ++c) {
+                        dvm[c] += weight * dhi[c];
+                        dqi[c] += dscore * km[c];
+                        dkm[c] += dscore * qi[c];
+                    }
+                    s.dG[i * W + m] = dweight * score;
+                }
+            }
+            for (i64 i = 0; i < W; ++i) dD[pl.node[n0 + i] * H + h] = s.dG[i * W + i];
+            /* G[n] = sum_{dst(p) = n} M_p P[p]: dM_p = dG[n] . P[p], dP[p] = M_p dG[n] */
+            for (i64 p = 0; p < F; ++p) {
+                const i64 e = pl.edge[e0 + p];
+                const real *dgn = s.dG + pl.edst[e0 + p] * W, *row = s.P + p * W;
+                real *drow = s.dP + p * W;
+                const real mk = M[e * H + h];
+                dM[e * H + h] = dot(dgn, row, W);
+                for (i64 m = 0; m < W; ++m) drow[m] = mk * dgn[m];
+            }
+            /* P[p] = S_p e_src + sum T_{p'p} P[p'], in reverse topological order */
+            for (i64 p = F - 1; p >= 0; --p) {
+                const real *drow = s.dP + p * W;
+                dS[pl.edge[e0 + p] * H + h] = drow[pl.esrc[e0 + p]];
+                for (i64 j = pl.lg_ptr[e0 + p]; j < pl.lg_ptr[e0 + p + 1]; ++j) {
+                    const i64 pp = pl.lg_pred[j];
+                    dT[pl.lg_id[j] * H + h] = dot(drow, s.P + pp * W, W);
+                    axpy(T[pl.lg_id[j] * H + h], drow, s.dP + pp * W, W);
+                }
+            }
+        }
+        for (i64 i = 0; i < W; ++i) {
+            real *row = dqkv + pl.node[n0 + i] * 3 * H * C;
+            for (i64 h = 0; h < H; ++h) {
+                const real *dq = s.dq + (h * W + i) * C, *dk = s.dk + (h * W + i) * C;
+                const real *dv = s.dv + (h * W + i) * C;
+                for (i64 c = 0; c < C; ++c) {
+                    row[h * C + c] = (real)scale * dq[c];
+                    row[(H + h) * C + c] = dk[c];
+                    row[(2 * H + h) * C + c] = dv[c];
+                }
+            }
+        }
+        scratch_free(&s);
+    }
+    return failed;
+}

@@ -1,0 +1,229 @@
+"""dag_attention: the compiled kernel against the dense reference and against an edge-state
+loop (the recurrence it stands for), gradients (float64 gradcheck), plans of a subset of
+graphs, empty inputs, thread-count invariance and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graphseq.kernels.dag_attention import DagAttentionPlan, dag_attention, native
+from graphseq.kernels.dag_scan import DagCycleError
+
+needs_native = pytest.mark.skipif(
+    not native.available(), reason=f"no C compiler: {native.unavailable_reason()}"
+)
+
+
+def random_batch(sizes, gen, density=0.35, prune=False):
+    """A batch of random DAGs (edges from lower to higher node index) and their line graphs
+    (``e' -> e`` whenever ``e'`` enters the node ``e`` leaves; with ``prune`` a random half of
+    them, as D-mode's multitree pruning keeps a subset)."""
+    edges, batch, start = [], [], 0
+    for g, n in enumerate(sizes):
+        for i in range(n):
+            for j in range(i + 1, n):
+                if torch.rand((), generator=gen) < density:
+                    edges.append((start + i, start + j))
+        batch += [g] * n
+        start += n
+    edge_index = torch.tensor(edges, dtype=torch.long).t().reshape(2, -1)
+    src, dst = edge_index
+    pairs = torch.nonzero(dst.unsqueeze(1) == src.unsqueeze(0))  # [l, 2]: (e', e)
+    lg = pairs.t().contiguous()
+    if prune and lg.shape[1]:
+        lg = lg[:, torch.rand(lg.shape[1], generator=gen) < 0.5]
+    return edge_index, lg, torch.tensor(batch, dtype=torch.long), start
+
+
+def random_inputs(N, E, L, H, C, gen, dtype=torch.float64):
+    qkv = torch.randn(N, 3, H, C, generator=gen, dtype=dtype)
+    source, mark = (torch.rand(E, H, generator=gen, dtype=dtype) for _ in range(2))
+    transition = torch.rand(L, H, generator=gen, dtype=dtype) * 2 - 1  # negative gates too
+    if L:
+        transition[0] = 0.0  # and an exact zero
+    direct = torch.rand(N, H, generator=gen, dtype=dtype)
+    return qkv, source, transition, mark, direct
+
+
+def edge_state_loop(qkv, source, transition, mark, direct, edge_index, lg, scale):
+    """C_e = sum_{e' -> e} T C_e' + S_e k v^T, h_n = sum_{e in in(n)} M_e q_n^T C_e +
+    D_n (q_n . k_n) v_n, one edge at a time in a topological order of the line graph."""
+    q, k, v = qkv.double().unbind(1)
+    q = q * scale
+    src, dst = edge_index.tolist()
+    h = direct.double()[..., None] * (q * k).sum(-1, keepdim=True) * v
+    E = edge_index.shape[1]
+    preds = [[] for _ in range(E)]
+    for j, (a, b) in enumerate(lg.t().tolist()):
+        preds[b].append((j, a))
+    done, C = [False] * E, [None] * E
+    while not all(done):
+        for e in range(E):
+            if done[e] or not all(done[a] for _, a in preds[e]):
+                continue
+            c = source[e].double()[:, None, None] * k[src[e]][:, :, None] * v[src[e]][:, None, :]
+            for j, a in preds[e]:
+                c = c + transition[j].double()[:, None, None] * C[a]
+            C[e], done[e] = c, True
+            h[dst[e]] += mark[e].double()[:, None] * torch.einsum("hk,hkv->hv", q[dst[e]], c)
+    return h
+
+
+SIZES = [5, 1, 9, 2, 13, 3, 7]
+
+
+@needs_native
+@pytest.mark.parametrize("prune", [False, True])
+@pytest.mark.parametrize("H,C", [(1, 1), (3, 5), (2, 17)])
+def test_native_matches_reference_and_edge_state_loop(prune, H, C):
+    gen = torch.Generator().manual_seed(H * 31 + C + prune)
+    edge_index, lg, batch, N = random_batch(SIZES, gen, prune=prune)
+    inputs = random_inputs(N, edge_index.shape[1], lg.shape[1], H, C, gen)
+    plan = DagAttentionPlan.from_graph(edge_index, lg, N, batch)
+    loop = edge_state_loop(*inputs, edge_index, lg, 0.7)
+    ref = dag_attention(*inputs, plan, scale=0.7, backend="reference")
+    got = dag_attention(*inputs, plan, scale=0.7, backend="native")
+    assert got.dtype == torch.float64
+    assert (ref - loop).abs().max().item() <= 1e-12
+    assert (got - loop).abs().max().item() <= 1e-12
+    # float32 inputs run in float32
+    got32 = dag_attention(*(t.float() for t in inputs), plan, scale=0.7, backend="native")
+    assert got32.dtype == torch.float32
+    torch.testing.assert_close(got32.double(), loop, atol=1e-4, rtol=1e-4)
+
+
+@needs_native
+@pytest.mark.parametrize("prune", [False, True])
+def test_native_gradcheck_every_input(prune):
+    gen = torch.Generator().manual_seed(3 + prune)
+    edge_index, lg, batch, N = random_batch([4, 1, 6, 3], gen, density=0.5, prune=prune)
+    inputs = random_inputs(N, edge_index.shape[1], lg.shape[1], 2, 3, gen)
+    plan = DagAttentionPlan.from_graph(edge_index, lg, N, batch)
+    inputs = tuple(t.requires_grad_() for t in inputs)
+    assert torch.autograd.gradcheck(
+        lambda *a: dag_attention(*a, plan, scale=0.5, backend="native"), inputs, fast_mode=False
+    )
+
+
+@needs_native
+def test_native_gradients_match_reference_float32():
+    gen = torch.Generator().manual_seed(5)
+    edge_index, lg, batch, N = random_batch(SIZES, gen)
+    inputs = random_inputs(N, edge_index.shape[1], lg.shape[1], 3, 8, gen)
+    plan = DagAttentionPlan.from_graph(edge_index, lg, N, batch)
+    dy = torch.randn(N, 3, 8, generator=gen, dtype=torch.float64)
+    ref_in = tuple(t.clone().requires_grad_() for t in inputs)
+    ref = dag_attention(*ref_in, plan, scale=0.3, backend="reference")
+    want = torch.autograd.grad((ref * dy).sum(), ref_in)
+    got_in = tuple(t.float().requires_grad_() for t in inputs)
+    got = dag_attention(*got_in, plan, scale=0.3, backend="native")
+    grads = torch.autograd.grad((got * dy.float()).sum(), got_in)
+    for g, w in zip(grads, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), w, atol=2e-4, rtol=2e-4)
+
+
+@needs_native
+def test_plan_of_a_subset_of_graphs_leaves_the_others_zero():
+    gen = torch.Generator().manual_seed(8)
+    edge_index, lg, batch, N = random_batch(SIZES, gen)
+    inputs = tuple(
+        t.requires_grad_() for t in random_inputs(N, edge_index.shape[1], lg.shape[1], 2, 4, gen)
+    )
+    graphs = torch.tensor([True, False, True, True, False, True, False])
+    plan = DagAttentionPlan.from_graph(edge_index, lg, N, batch, graphs)
+    full = DagAttentionPlan.from_graph(edge_index, lg, N, batch)
+    got = dag_attention(*inputs, plan, backend="native")
+    want = dag_attention(*inputs, full, backend="native")
+    kept = graphs[batch]
+    assert torch.equal(got[kept], want[kept]) and not got[~kept].any()
+    dy = torch.randn_like(got)
+    grads = torch.autograd.grad((got * dy).sum(), inputs)
+    assert not grads[0][~kept].any() and not grads[4][~kept].any()
+    edge_kept = kept[edge_index[0]]
+    assert not grads[1][~edge_kept].any() and not grads[3][~edge_kept].any()
+    assert not grads[2][~edge_kept[lg[1]]].any()
+    # the planned graphs' gradients are those of the full plan
+    want_grads = torch.autograd.grad((want * dy).sum(), inputs)
+    torch.testing.assert_close(grads[0][kept], want_grads[0][kept], atol=1e-12, rtol=0)
+
+
+@needs_native
+def test_threads_give_the_same_bits():
+    gen = torch.Generator().manual_seed(9)
+    edge_index, lg, batch, N = random_batch(SIZES * 3, gen)
+    inputs = random_inputs(N, edge_index.shape[1], lg.shape[1], 2, 6, gen, torch.float32)
+    plan = DagAttentionPlan.from_graph(edge_index, lg, N, batch)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = dag_attention(*inputs, plan, backend="native")
+        torch.set_num_threads(2)
+        two = dag_attention(*inputs, plan, backend="native")
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+@needs_native
+@pytest.mark.parametrize("sizes", [[], [1], [3, 1], [4]])
+def test_empty_and_edgeless_inputs(sizes):
+    gen = torch.Generator().manual_seed(10)
+    edge_index, lg, batch, N = random_batch(sizes, gen, density=0.0 if sizes == [4] else 0.35)
+    inputs = tuple(
+        t.requires_grad_() for t in random_inputs(N, edge_index.shape[1], lg.shape[1], 2, 3, gen)
+    )
+    plan = DagAttentionPlan.from_graph(edge_index, lg, N, batch if N else None)
+    got = dag_attention(*inputs, plan, backend="native")
+    want = dag_attention(*inputs, plan, backend="reference")
+    assert got.shape == (N, 2, 3)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    got.sum().backward()
+    assert inputs[0].grad is not None and inputs[0].grad.shape == inputs[0].shape
+
+
+def test_plan_checks_its_arguments():
+    ei = torch.tensor([[0, 1], [1, 2]])
+    lg = torch.tensor([[0], [1]])
+    with pytest.raises(ValueError, match="edge of edge_index joins two graphs"):
+        DagAttentionPlan.from_graph(ei, lg, 3, torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match="batch must have shape"):
+        DagAttentionPlan.from_graph(ei, lg, 3, torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="graphs must be a bool tensor"):
+        DagAttentionPlan.from_graph(ei, lg, 3, None, torch.tensor([1]))
+    with pytest.raises(ValueError, match="level must have shape"):
+        DagAttentionPlan.from_graph(ei, lg, 3, level=torch.zeros(5, dtype=torch.long))
+    with pytest.raises(DagCycleError):
+        DagAttentionPlan.from_graph(ei, torch.tensor([[0, 1], [1, 0]]), 3)
+
+
+def test_op_checks_its_arguments():
+    ei = torch.tensor([[0, 1], [1, 2]])
+    lg = torch.tensor([[0], [1]])
+    plan = DagAttentionPlan.from_graph(ei, lg, 3)
+    gen = torch.Generator().manual_seed(0)
+    qkv, s, t, m, d = random_inputs(3, 2, 1, 2, 4, gen)
+    with pytest.raises(ValueError, match=r"qkv must have shape \[N, 3, H, C\]"):
+        dag_attention(qkv[:, :2], s, t, m, d, plan)
+    with pytest.raises(ValueError, match="qkv has 2 nodes but the plan 3"):
+        dag_attention(qkv[:2], s, t, m, d[:2], plan)
+    with pytest.raises(ValueError, match=r"transition must have shape \[1, 2\]"):
+        dag_attention(qkv, s, t[:, :1], m, d, plan)
+    with pytest.raises(ValueError, match=r"mark must have shape \[2, 2\]"):
+        dag_attention(qkv, s, t, m[:1], d, plan)
+    with pytest.raises(TypeError, match="direct must be a floating-point tensor"):
+        dag_attention(qkv, s, t, m, d.long(), plan)
+    with pytest.raises(TypeError, match=r"qkv must be a torch\.Tensor"):
+        dag_attention(qkv.tolist(), s, t, m, d, plan)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        dag_attention(qkv, s, t, m, d, plan, backend="torch")
+
+
+def test_missing_compiler_is_reported_not_raised(monkeypatch, tmp_path):
+    """Without a C compiler the library cannot be built: _compile raises OSError naming the
+    compiler (which _library turns into unavailable_reason, and callers into a fallback)."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("GRAPHSEQ_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(OSError, match="no-such-cc"):
+        native._compile("float")
