@@ -132,14 +132,12 @@ static void gather_qkv(Scratch *s, const Plan *pl, i64 n0, const real *qkv, i64 
     for (i64 i = 0; i < W; ++i) {
         const real *row = qkv + pl->node[n0 + i] * 3 * H * C;
         for (i64 h = 0; h < H; ++h) {
-            const real *q = row + h * C, *k = row + (H + h) * C, *v = row + (2 * H + h) * C;
-            real *sq = s->q + (h * W + i) * C, *sk = s->k + (h * W + i) * C;
-            real *sv = s->v + (h * W + i) * C;
-            for (i64 c = 0; c < C; ++c) {
-                sq[c] = scale * q[c];
-                sk[c] = k[c];
-                sv[c] = v[c];
-            }
+            const real *restrict q = row + h * C;
+            real *restrict sq = s->q + (h * W + i) * C;
+#pragma omp simd
+            for (i64 c = 0; c < C; ++c) sq[c] = scale * q[c];
+            memcpy(s->k + (h * W + i) * C, row + (H + h) * C, sizeof(real) * (size_t)C);
+            memcpy(s->v + (h * W + i) * C, row + (2 * H + h) * C, sizeof(real) * (size_t)C);
         }
     }
 }
@@ -329,13 +327,12 @@ i64 dag_attention_backward(i64 num_graphs, const i64 *node_ptr, const i64 *node,
         for (i64 i = 0; i < W; ++i) {
             real *row = dqkv + pl.node[n0 + i] * 3 * H * C;
             for (i64 h = 0; h < H; ++h) {
-                const real *dq = s.dq + (h * W + i) * C, *dk = s.dk + (h * W + i) * C;
-                const real *dv = s.dv + (h * W + i) * C;
-                for (i64 c = 0; c < C; ++c) {
-                    row[h * C + c] = (real)scale * dq[c];
-                    row[(H + h) * C + c] = dk[c];
-                    row[(2 * H + h) * C + c] = dv[c];
-                }
+                const real *restrict dq = s.dq + (h * W + i) * C;
+                real *restrict out_q = row + h * C;
+#pragma omp simd
+                for (i64 c = 0; c < C; ++c) out_q[c] = (real)scale * dq[c];
+                memcpy(row + (H + h) * C, s.dk + (h * W + i) * C, sizeof(real) * (size_t)C);
+                memcpy(row + (2 * H + h) * C, s.dv + (h * W + i) * C, sizeof(real) * (size_t)C);
             }
         }
         scratch_free(&s);
