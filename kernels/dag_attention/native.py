@@ -53,20 +53,45 @@ def _cache_dir() -> Path:
 
 
 def _cpu_id() -> str:
-    """The CPU model (the build uses ``-march=native``: a library built on one CPU must not
-    be loaded on another from a shared home folder)."""
+    """The CPU model and its instruction-set flags (the build uses ``-march=native``: a
+    library built on one CPU must not be loaded on another from a shared home folder)."""
+    lines = []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(("model name", "flags", "Features")):
-                    return line
+                if line.startswith(("model name", "flags", "Features")) and line not in lines:
+                    lines.append(line)
+                if not line.strip() and lines:  # the first processor's block is enough
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return "".join(lines) or platform.processor() or platform.machine()
+
+
+def _compiler_id(cc: str) -> str:
+    """``cc --version`` (part of the cache key: a compiler upgrade rebuilds)."""
+    try:
+        run = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise OSError(f"{cc}: {err}") from None  # no compiler
+    return run.stdout
+
+
+def _load(lib: Path) -> ctypes.CDLL | None:
+    """The cached library ``lib``; ``None`` (and the file removed, to be rebuilt) if it is
+    there but cannot be loaded (truncated, or from another machine)."""
+    if not lib.exists():
+        return None
+    try:
+        return ctypes.CDLL(str(lib))
+    except OSError:
+        lib.unlink(missing_ok=True)
+        return None
 
 
 def _writable_folder() -> Path:
-    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"graphseq-{os.getuid()}"):
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"graphseq-{user}"):
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError:
@@ -81,6 +106,7 @@ def _compile(real: str) -> ctypes.CDLL:
     first of the flag sets that compiles (no ``-march=native``, no OpenMP as fallbacks)."""
     cc = os.environ.get("CC", "cc")
     source = _SOURCE.read_bytes()
+    machine = (_compiler_id(cc) + _cpu_id()).encode()
     folder = _writable_folder()
     errors = []
     for flags in (
@@ -91,11 +117,12 @@ def _compile(real: str) -> ctypes.CDLL:
     ):
         flags = [*flags, *_REASSOCIATE, "-std=c11", "-fPIC", "-shared", f"-DREAL={real}"]
         key = hashlib.sha256(
-            b"\0".join([source, " ".join([cc, *flags]).encode(), _cpu_id().encode()])
+            b"\0".join([source, " ".join([cc, *flags]).encode(), machine])
         ).hexdigest()[:20]
         lib = folder / f"dag_attention_{real}_{key}.so"
-        if lib.exists():
-            return ctypes.CDLL(str(lib))
+        cached = _load(lib)
+        if cached is not None:
+            return cached
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
         os.close(fd)
         try:

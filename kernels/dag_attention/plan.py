@@ -79,22 +79,38 @@ class DagAttentionPlan:
                 ``None`` (a cycle raises :class:`~graphseq.kernels.dag_scan.DagCycleError`).
 
         Raises:
-            ValueError: if an edge or a line-graph edge joins two graphs of ``batch``, or
-                ``graphs`` or ``level`` has the wrong size.
+            ValueError: if an edge or a line-graph edge joins two graphs of ``batch``; if
+                ``batch`` is not sorted; if an id is out of range; if ``graphs`` or ``level``
+                has the wrong size, or ``level`` is no topological order of ``lg_edge_index``.
         """
         op = "DagAttentionPlan.from_graph"
         dev = edge_index.device
         edge_index, lg_edge_index = edge_index.long(), lg_edge_index.long()
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            raise ValueError(
+                f"{op}: edge_index must have shape [2, E], got {list(edge_index.shape)}"
+            )
+        if lg_edge_index.dim() != 2 or lg_edge_index.shape[0] != 2:
+            raise ValueError(
+                f"{op}: lg_edge_index must have shape [2, L], got {list(lg_edge_index.shape)}"
+            )
         E, L = edge_index.shape[1], lg_edge_index.shape[1]
+        if E and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
+            raise ValueError(f"{op}: edge_index must hold node ids in [0, {num_nodes})")
+        if L and (int(lg_edge_index.min()) < 0 or int(lg_edge_index.max()) >= E):
+            raise ValueError(f"{op}: lg_edge_index must hold edge ids in [0, {E})")
         if batch is None:
             batch = torch.zeros(num_nodes, dtype=torch.long, device=dev)
         batch = batch.long()
         if batch.shape != (num_nodes,):
             raise ValueError(f"{op}: batch must have shape [{num_nodes}], got {list(batch.shape)}")
+        if num_nodes and (bool((batch[1:] < batch[:-1]).any()) or int(batch[0]) < 0):
+            raise ValueError(f"{op}: batch must be sorted and >= 0 (PyG batches are)")
         if level is None:
             level = DagScanPlan.from_edge_index(lg_edge_index, E).level
         if level.shape != (E,):
             raise ValueError(f"{op}: level must have shape [E] = [{E}], got {list(level.shape)}")
+        level = level.long()
         src, dst = edge_index
         edge_graph = batch[src]
         if E and not torch.equal(edge_graph, batch[dst]):
@@ -130,6 +146,13 @@ class DagAttentionPlan:
         per_edge = torch.bincount(position[lg_dst[lg_id]], minlength=edge.numel())
         lg_ptr = torch.cat([lg_id.new_zeros(1), torch.cumsum(per_edge, 0)])
         lg_pred = local[lg_src[lg_id]]
+        # the kernels compute an edge's path weights from its predecessors': these must come
+        # first in the graph's order, which a level that is no topological order breaks
+        if bool((lg_pred >= local[lg_dst[lg_id]]).any()):
+            raise ValueError(
+                f"{op}: level is not a topological order of lg_edge_index (a line-graph edge "
+                "goes from a level to the same or a lower one)"
+            )
         return cls(num_nodes, E, L, node_ptr, node, edge_ptr, edge, esrc, edst, lg_ptr,
                    lg_id, lg_pred)  # fmt: skip
 

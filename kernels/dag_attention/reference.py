@@ -35,7 +35,7 @@ def dag_attention(
             for p in range(F)
             for j in range(int(plan.lg_ptr[e0 + p]), int(plan.lg_ptr[e0 + p + 1]))
         ]
-        rows = torch.arange(F)
+        rows = torch.arange(F, device=qkv.device)
         for h in range(H):
             A = qkv.new_zeros(F, F)
             for p, pred, j in lg:
@@ -44,7 +44,7 @@ def dag_attention(
             X[rows, plan.esrc[e0:e1]] = S[edges, h]
             R = qkv.new_zeros(F, W)
             R[rows, plan.edst[e0:e1]] = M[edges, h]
-            P = torch.linalg.solve(torch.eye(F, dtype=A.dtype) - A, X)
+            P = torch.linalg.solve(torch.eye(F, dtype=A.dtype, device=A.device) - A, X)
             gating = R.T @ P + torch.diag(D[nodes, h])
             q, k, v = (qkv[nodes, i, h] for i in range(3))
             out[nodes, h] = ((scale * q @ k.T) * gating) @ v

@@ -4,6 +4,10 @@ graphs, empty inputs, thread-count invariance and bad input."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
+
 import pytest
 import torch
 
@@ -196,6 +200,19 @@ def test_plan_checks_its_arguments():
         DagAttentionPlan.from_graph(ei, lg, 3, level=torch.zeros(5, dtype=torch.long))
     with pytest.raises(DagCycleError):
         DagAttentionPlan.from_graph(ei, torch.tensor([[0, 1], [1, 0]]), 3)
+    # what the kernel relies on and would otherwise read or write out of bounds
+    with pytest.raises(ValueError, match="batch must be sorted"):
+        DagAttentionPlan.from_graph(torch.tensor([[0], [2]]), lg[:, :0], 3, torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match=r"edge_index must hold node ids in \[0, 3\)"):
+        DagAttentionPlan.from_graph(torch.tensor([[0], [3]]), lg[:, :0], 3)
+    with pytest.raises(ValueError, match=r"edge_index must hold node ids in \[0, 3\)"):
+        DagAttentionPlan.from_graph(torch.tensor([[-1], [2]]), lg[:, :0], 3)
+    with pytest.raises(ValueError, match=r"lg_edge_index must hold edge ids in \[0, 2\)"):
+        DagAttentionPlan.from_graph(ei, torch.tensor([[0], [2]]), 3)
+    with pytest.raises(ValueError, match=r"edge_index must have shape \[2, E\]"):
+        DagAttentionPlan.from_graph(ei[0], lg, 3)
+    with pytest.raises(ValueError, match="level is not a topological order"):
+        DagAttentionPlan.from_graph(ei, lg, 3, level=torch.tensor([1, 0]))
 
 
 def test_op_checks_its_arguments():
@@ -227,3 +244,15 @@ def test_missing_compiler_is_reported_not_raised(monkeypatch, tmp_path):
     monkeypatch.setenv("GRAPHSEQ_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(OSError, match="no-such-cc"):
         native._compile("float")
+
+
+@needs_native
+def test_a_cached_library_that_cannot_be_loaded_is_rebuilt(monkeypatch, tmp_path):
+    monkeypatch.setenv("GRAPHSEQ_CACHE_DIR", str(tmp_path))
+    # built in another process: this one must not have it loaded (dlopen reuses a loaded path)
+    code = "from graphseq.kernels.dag_attention import native; native._compile('double')"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tempfile.gettempdir())
+    (lib,) = tmp_path.glob("dag_attention_double_*.so")
+    lib.write_bytes(b"")  # truncated
+    assert native._compile("double") is not None
+    assert lib.stat().st_size > 0

@@ -1726,10 +1726,11 @@ class PLSTMGraph(torch.nn.Module):
         """:func:`plstm_graph_reference`'s recurrence: ``h`` ``[N, H, V]`` from the outputs of
         :meth:`gates`, by ``algorithm`` (see the class docstring, "Algorithms").
 
-        ``"paths"`` and ``"auto"`` use ``structure.layout(algorithm)`` (the graphs grouped by
-        size, built on first use and cached on the structure); when ``batch`` is given and
-        differs from the structure's (e.g. a structure prepared without ``batch``), the graphs
-        are grouped for this call from ``batch``.
+        ``"paths"`` and ``"auto"`` use ``structure.native_layout(algorithm)`` on CPU where the
+        compiled kernel runs, else ``structure.layout(algorithm)`` (the graphs grouped by
+        size); both are built on first use and cached on the structure. When ``batch`` is
+        given and differs from the structure's (e.g. a structure prepared without ``batch``),
+        the graphs are laid out for this call from ``batch``.
         """
         op = "PLSTMGraph.recurrence"
         check_choice(op, "algorithm", algorithm, _ALGORITHMS)
