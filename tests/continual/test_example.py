@@ -55,6 +55,15 @@ def test_example_validation_split_and_regulariser_flags(tmp_path, load_example):
     assert mod.method_lr(preset, "rnn", 2e-3) == 2e-3
 
 
+def test_split_mnist_rnn_preset_trains_longer_than_the_published_methods(load_example):
+    mod = load_example("continual")
+    preset = mod.PRESETS["split-mnist"]
+    assert mod.method_iterations(preset, "rnn", None) == 10_000
+    assert mod.method_iterations(preset, "chunked", None) == 5000  # PR-CL's published setting
+    assert mod.method_iterations(preset, "rnn", 300) == 300  # --iterations wins
+    assert mod.method_lr(preset, "rnn", None) == 1e-3 and mod.method_lr(preset, "ewc", None) == 5e-4
+
+
 def test_permuted_mnist_rnn_preset_and_its_overrides(load_example):
     from argparse import Namespace
 
