@@ -52,3 +52,28 @@ def assert_close(
         equal_nan=False,
         msg=(lambda m: f"{msg}\n{m}") if msg else None,
     )
+
+
+def tree_with_chords(n: int, chords: int, gen: torch.Generator) -> torch.Tensor:
+    """``edge_index`` of a random tree on ``n`` nodes plus ``chords`` extra edges, both
+    directions stored (molecule-like graphs for the DAG layers' tests)."""
+    if n < 2:
+        return torch.zeros(2, 0, dtype=torch.long)
+    parent = torch.tensor([int(torch.randint(i, (1,), generator=gen)) for i in range(1, n)])
+    src = torch.cat([parent, torch.randint(n, (chords,), generator=gen)])
+    dst = torch.cat([torch.arange(1, n), torch.randint(n, (chords,), generator=gen)])
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    return torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
+
+
+def mixed_batch(sizes, gen: torch.Generator, chords: int = 3, device=DEVICE):
+    """A PyG batch (on ``device``) of :func:`tree_with_chords` graphs of the given sizes
+    (``-n``: ``n`` nodes and no edges), and the list of its graphs."""
+    from torch_geometric.data import Batch, Data
+
+    graphs = []
+    for n in sizes:
+        ei = tree_with_chords(n, chords, gen) if n > 0 else torch.zeros(2, 0, dtype=torch.long)
+        graphs.append(Data(edge_index=ei, num_nodes=abs(n)))
+    return Batch.from_data_list(graphs).to(device), graphs

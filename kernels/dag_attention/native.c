@@ -197,6 +197,23 @@ static inline void axpy(real a, const real *restrict x, real *restrict y, i64 C)
     for (i64 c = 0; c < C; ++c) y[c] += a * x[c];
 }
 
+/* Start graph g: its scratch, G's support pairs and every head's q, k, v rows. Returns 0
+ * for a graph without nodes (nothing to do), -1 when the scratch cannot be allocated, else 1
+ * (the caller frees the scratch). */
+static int graph_begin(Scratch *s, const Plan *pl, i64 g, i64 H, i64 C, const real *qkv,
+                       real scale, int backward) {
+    const i64 n0 = pl->node_ptr[g], W = pl->node_ptr[g + 1] - n0;
+    const i64 e0 = pl->edge_ptr[g], F = pl->edge_ptr[g + 1] - e0;
+    if (W == 0) return 0;
+    if (!scratch_alloc(s, W, F, H, C, backward)) {
+        scratch_free(s);
+        return -1;
+    }
+    graph_pairs(s, pl, e0);
+    gather_qkv(s, pl, n0, qkv, H, scale);
+    return 1;
+}
+
 /* h [N, H, C] for the plan's nodes from qkv [N, 3, H, C] (contiguous), S, M [E, H],
  * T [L, H], D [N, H]. Returns the number of graphs whose scratch could not be allocated
  * (their outputs are left untouched; the caller raises). */
@@ -211,17 +228,11 @@ i64 dag_attention_forward(i64 num_graphs, const i64 *node_ptr, const i64 *node,
     i64 failed = 0;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads) reduction(+ : failed)
     for (i64 g = 0; g < num_graphs; ++g) {
-        const i64 n0 = node_ptr[g], W = node_ptr[g + 1] - n0;
-        const i64 e0 = edge_ptr[g], F = edge_ptr[g + 1] - e0;
-        if (W == 0) continue;
         Scratch s;
-        if (!scratch_alloc(&s, W, F, H, C, 0)) {
-            scratch_free(&s);
-            failed += 1;
-            continue;
-        }
-        graph_pairs(&s, &pl, e0);
-        gather_qkv(&s, &pl, n0, qkv, H, (real)scale);
+        const int started = graph_begin(&s, &pl, g, H, C, qkv, (real)scale, 0);
+        failed += started < 0;
+        if (started <= 0) continue;
+        const i64 n0 = node_ptr[g], e0 = edge_ptr[g], W = s.W;
         memset(s.dq, 0, sizeof(real) * (size_t)(H * W * C));
         for (i64 h = 0; h < H; ++h) {
             paths_and_gating(&s, &pl, n0, e0, H, h, S, T, M, D);
@@ -257,17 +268,11 @@ i64 dag_attention_backward(i64 num_graphs, const i64 *node_ptr, const i64 *node,
     i64 failed = 0;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads) reduction(+ : failed)
     for (i64 g = 0; g < num_graphs; ++g) {
-        const i64 n0 = node_ptr[g], W = node_ptr[g + 1] - n0;
-        const i64 e0 = edge_ptr[g], F = edge_ptr[g + 1] - e0;
-        if (W == 0) continue;
         Scratch s;
-        if (!scratch_alloc(&s, W, F, H, C, 1)) {
-            scratch_free(&s);
-            failed += 1;
-            continue;
-        }
-        graph_pairs(&s, &pl, e0);
-        gather_qkv(&s, &pl, n0, qkv, H, (real)scale);
+        const int started = graph_begin(&s, &pl, g, H, C, qkv, (real)scale, 1);
+        failed += started < 0;
+        if (started <= 0) continue;
+        const i64 n0 = node_ptr[g], e0 = edge_ptr[g], W = s.W, F = s.F;
         gather_heads(s.dh, dh, &pl, n0, W, H, C);
         memset(s.dq, 0, sizeof(real) * (size_t)(H * W * C));
         memset(s.dk, 0, sizeof(real) * (size_t)(H * W * C));

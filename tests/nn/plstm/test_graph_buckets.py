@@ -21,35 +21,12 @@ from graphseq.nn.plstm.graph import (
     plstm_graph_reference,
     prepare_dag,
 )
-from graphseq.testing import DEVICE
+from graphseq.testing import DEVICE, mixed_batch, tree_with_chords
 
 
 @pytest.fixture(autouse=True)
 def _bucketed_path_form(monkeypatch):
     monkeypatch.setattr(graph_module, "NATIVE_PATHS", False)
-
-
-def tree_with_chords(n: int, chords: int, gen: torch.Generator) -> torch.Tensor:
-    """A random tree on ``n`` nodes plus ``chords`` extra edges, both directions stored."""
-    if n < 2:
-        return torch.zeros(2, 0, dtype=torch.long)
-    parent = torch.tensor([int(torch.randint(i, (1,), generator=gen)) for i in range(1, n)])
-    src = torch.cat([parent, torch.randint(n, (chords,), generator=gen)])
-    dst = torch.cat([torch.arange(1, n), torch.randint(n, (chords,), generator=gen)])
-    keep = src != dst
-    src, dst = src[keep], dst[keep]
-    return torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
-
-
-def mixed_batch(sizes, gen: torch.Generator, chords: int = 3):
-    """A PyG batch of graphs of the given sizes (``-n``: ``n`` nodes and no edges)."""
-    from torch_geometric.data import Batch, Data
-
-    graphs = []
-    for n in sizes:
-        ei = tree_with_chords(n, chords, gen) if n > 0 else torch.zeros(2, 0, dtype=torch.long)
-        graphs.append(Data(edge_index=ei, num_nodes=abs(n)))
-    return Batch.from_data_list(graphs).to(DEVICE), graphs
 
 
 # a 2-node graph, a 40-node graph, an isolated node, a graph with no edges, and others

@@ -16,33 +16,15 @@ from graphseq.nn.plstm.graph import (
     plstm_graph_reference,
     prepare_dag,
 )
+from graphseq.testing import mixed_batch, tree_with_chords
 
 pytestmark = pytest.mark.skipif(
     not native.available(), reason=f"no C compiler: {native.unavailable_reason()}"
 )
 
 
-def tree_with_chords(n: int, chords: int, gen: torch.Generator) -> torch.Tensor:
-    """A random tree on ``n`` nodes plus ``chords`` extra edges, both directions stored."""
-    if n < 2:
-        return torch.zeros(2, 0, dtype=torch.long)
-    parent = torch.tensor([int(torch.randint(i, (1,), generator=gen)) for i in range(1, n)])
-    src = torch.cat([parent, torch.randint(n, (chords,), generator=gen)])
-    dst = torch.cat([torch.arange(1, n), torch.randint(n, (chords,), generator=gen)])
-    keep = src != dst
-    src, dst = src[keep], dst[keep]
-    return torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
-
-
 def batch_of(sizes, gen, chords=3):
-    from torch_geometric.data import Batch, Data
-
-    graphs = [
-        Data(edge_index=tree_with_chords(n, chords, gen) if n > 0 else torch.zeros(2, 0).long(),
-             num_nodes=abs(n))
-        for n in sizes
-    ]  # fmt: skip
-    return Batch.from_data_list(graphs)
+    return mixed_batch(sizes, gen, chords, device="cpu")[0]  # the kernel runs on CPU
 
 
 def layer(mode: str, **kw) -> PLSTMGraph:
