@@ -10,6 +10,12 @@ released code is not on PyPI and is never copied into graphseq: export it yourse
     pip install --target DEPS compoconf einops             # its dependencies, kept apart
     python examples/bench_plstm.py --plstm-src PLSTM_SRC/src --extra-path DEPS
 
+``--paths`` instead times graphseq's two small-grid paths of ``PLSTM2D`` against each other in
+one process, round after round (the compiled ``dag_attention`` kernel, and the dense PyTorch
+path it replaces; ``graphseq.nn.plstm.plstm2d.NATIVE_GRID`` switched in turn):
+
+    python examples/bench_plstm.py --paths --dim 32 --heads 4 --depth 1 --batch 64
+
 Without ``--plstm-src`` only graphseq is timed. ``--extra-path`` adds folders to ``sys.path``
 (for example where compoconf/einops were installed with ``pip --target``). Writes
 ``<out>/bench_plstm.json`` with the timings, the ratio and the machine.
@@ -18,12 +24,14 @@ Without ``--plstm-src`` only graphseq is timed. ``--extra-path`` adds folders to
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+import graphseq.nn.plstm.plstm2d as plstm2d
 from graphseq.nn.plstm import PLSTMVision
 from graphseq.train.io import machine_info, write_json
 
@@ -40,6 +48,28 @@ def fwd_bwd_seconds(model, images, reps):
         if reps == 1 or i > 0:
             times.append((time.perf_counter() - t0, time.process_time() - c0))
     return min(t[0] for t in times), min(t[1] for t in times)
+
+
+def compare_paths(model, images, rounds):
+    """Median CPU and wall seconds of a forward+backward with each small-grid path, timed in
+    turn round after round (each after one untimed call of its own), so that a drift of the
+    machine's speed hits both alike."""
+    times = {"native": [], "dense": []}
+    for _ in range(rounds):
+        for name in times:
+            plstm2d.NATIVE_GRID = name == "native"
+            for timed in (False, True):
+                model.zero_grad(set_to_none=True)
+                t0, c0 = time.perf_counter(), time.process_time()
+                model(images).float().square().mean().backward()
+                if timed:
+                    times[name].append((time.perf_counter() - t0, time.process_time() - c0))
+    plstm2d.NATIVE_GRID = True
+    return {
+        name: {"wall": statistics.median(t[0] for t in v),
+               "cpu": statistics.median(t[1] for t in v)}
+        for name, v in times.items()
+    }  # fmt: skip
 
 
 def released_model(src: str, args):
@@ -74,6 +104,11 @@ def main(argv=None):
     p.add_argument("--ref-reps", type=int, default=1, help="timed repetitions, released code")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/bench_plstm")
+    p.add_argument(
+        "--paths",
+        action="store_true",
+        help="only compare PLSTM2D's compiled and dense small-grid paths (--reps rounds)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     sys.path[:0] = args.extra_path
@@ -82,6 +117,21 @@ def main(argv=None):
 
     ours = PLSTMVision(args.image, args.patch, 2, dim=args.dim, heads=args.heads, depth=args.depth)
     result = {"args": vars(args), "machine": machine_info()}
+    if args.paths:
+        if not plstm2d.native_available():
+            raise SystemExit("the compiled dag_attention kernel cannot be built here")
+        result["paths"] = paths = compare_paths(ours, images, args.reps)
+        grid = args.image // args.patch
+        for name, t in paths.items():
+            print(f"{name}: {t['cpu']:.3f} s CPU, {t['wall']:.3f} s wall per forward+backward "
+                  f"({grid}x{grid} grid, batch {args.batch}, dim {args.dim}, {args.heads} heads, "
+                  f"{2 * args.depth} pLSTM layers)", flush=True)  # fmt: skip
+        ratio = paths["dense"]["cpu"] / paths["native"]["cpu"]
+        print(f"native over dense: {ratio:.2f}x faster (CPU time)", flush=True)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "bench_plstm_paths.json", result)
+        return
     result["graphseq_params"] = sum(q.numel() for q in ours.parameters())
     result["graphseq_seconds"], result["graphseq_cpu_seconds"] = fwd_bwd_seconds(
         ours, images, args.reps

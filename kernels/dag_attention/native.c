@@ -44,6 +44,7 @@ typedef struct {
     unsigned char *node_reach; /* W x W */
     i64 *pair_ptr;             /* W + 1 */
     i64 *pair_m;               /* <= W x W */
+    i64 *lo, *hi;              /* F: P[p] is zero outside local nodes lo[p] .. hi[p]-1 */
     real *P, *dP;              /* F x W */
     real *Gm, *dG;             /* W x W */
     real *q, *k, *v, *dh;      /* H x W x C: every head's rows, gathered once per graph */
@@ -60,13 +61,16 @@ static int scratch_alloc(Scratch *s, i64 W, i64 F, i64 H, i64 C, int backward) {
     s->node_reach = malloc((size_t)ww);
     s->pair_ptr = malloc(sizeof(i64) * (size_t)(W + 1));
     s->pair_m = malloc(sizeof(i64) * (size_t)ww);
+    s->lo = malloc(sizeof(i64) * (size_t)(F > 0 ? F : 1));
+    s->hi = malloc(sizeof(i64) * (size_t)(F > 0 ? F : 1));
     s->P = malloc(sizeof(real) * (size_t)fw);
     s->Gm = malloc(sizeof(real) * (size_t)ww);
     s->q = malloc(sizeof(real) * (size_t)wc);
     s->k = malloc(sizeof(real) * (size_t)wc);
     s->v = malloc(sizeof(real) * (size_t)wc);
     s->dq = malloc(sizeof(real) * (size_t)wc);
-    int ok = s->edge_reach && s->node_reach && s->pair_ptr && s->pair_m && s->P && s->Gm &&
+    int ok = s->edge_reach && s->node_reach && s->pair_ptr && s->pair_m && s->lo && s->hi &&
+             s->P && s->Gm &&
              s->q && s->k && s->v && s->dq;
     if (backward) {
         s->dP = malloc(sizeof(real) * (size_t)fw);
@@ -84,6 +88,8 @@ static void scratch_free(Scratch *s) {
     free(s->node_reach);
     free(s->pair_ptr);
     free(s->pair_m);
+    free(s->lo);
+    free(s->hi);
     free(s->P);
     free(s->Gm);
     free(s->q);
@@ -99,20 +105,32 @@ static void scratch_free(Scratch *s) {
 
 /* The structural support of G: for every local node n, the nodes m with G[n][m] possibly
  * non-zero (m = n, or a line-graph path from an edge leaving m into an edge entering n),
- * as CSR pair_ptr / pair_m, increasing m. Head-independent: built once per graph. */
+ * as CSR pair_ptr / pair_m, increasing m; and every edge's span lo[p] .. hi[p]-1, the
+ * smallest range of local nodes holding the support of P[p] (the loops over a row of P or
+ * dP run over it only: on a grid in row-major order it is half a row on average).
+ * Head-independent: built once per graph. */
 static void graph_pairs(Scratch *s, const Plan *pl, i64 e0) {
     const i64 W = s->W, F = s->F;
     memset(s->node_reach, 0, (size_t)(W * W));
     for (i64 p = 0; p < F; ++p) {
         unsigned char *row = s->edge_reach + p * W;
-        memset(row, 0, (size_t)W);
+        i64 lo = pl->esrc[e0 + p], hi = lo + 1;
+        for (i64 j = pl->lg_ptr[e0 + p]; j < pl->lg_ptr[e0 + p + 1]; ++j) {
+            const i64 pp = pl->lg_pred[j];
+            lo = s->lo[pp] < lo ? s->lo[pp] : lo;
+            hi = s->hi[pp] > hi ? s->hi[pp] : hi;
+        }
+        s->lo[p] = lo;
+        s->hi[p] = hi;
+        memset(row + lo, 0, (size_t)(hi - lo));
         row[pl->esrc[e0 + p]] = 1;
         for (i64 j = pl->lg_ptr[e0 + p]; j < pl->lg_ptr[e0 + p + 1]; ++j) {
-            const unsigned char *pred = s->edge_reach + pl->lg_pred[j] * W;
-            for (i64 m = 0; m < W; ++m) row[m] |= pred[m];
+            const i64 pp = pl->lg_pred[j];
+            const unsigned char *pred = s->edge_reach + pp * W;
+            for (i64 m = s->lo[pp]; m < s->hi[pp]; ++m) row[m] |= pred[m];
         }
         unsigned char *into = s->node_reach + pl->edst[e0 + p] * W;
-        for (i64 m = 0; m < W; ++m) into[m] |= row[m];
+        for (i64 m = lo; m < hi; ++m) into[m] |= row[m];
     }
     i64 count = 0;
     s->pair_ptr[0] = 0;
@@ -165,12 +183,14 @@ static void paths_and_gating(Scratch *s, const Plan *pl, i64 n0, i64 e0, i64 H, 
     const i64 W = s->W, F = s->F;
     for (i64 p = 0; p < F; ++p) {
         real *row = s->P + p * W;
-        memset(row, 0, sizeof(real) * (size_t)W);
+        memset(row + s->lo[p], 0, sizeof(real) * (size_t)(s->hi[p] - s->lo[p]));
         row[pl->esrc[e0 + p]] = S[pl->edge[e0 + p] * H + h];
         for (i64 j = pl->lg_ptr[e0 + p]; j < pl->lg_ptr[e0 + p + 1]; ++j) {
+            const i64 pp = pl->lg_pred[j];
             const real t = T[pl->lg_id[j] * H + h];
-            const real *pred = s->P + pl->lg_pred[j] * W;
-            for (i64 m = 0; m < W; ++m) row[m] += t * pred[m];
+            const real *pred = s->P + pp * W;
+#pragma omp simd
+            for (i64 m = s->lo[pp]; m < s->hi[pp]; ++m) row[m] += t * pred[m];
         }
     }
     memset(s->Gm, 0, sizeof(real) * (size_t)(W * W));
@@ -178,7 +198,8 @@ static void paths_and_gating(Scratch *s, const Plan *pl, i64 n0, i64 e0, i64 H, 
         const real mk = M[pl->edge[e0 + p] * H + h];
         const real *row = s->P + p * W;
         real *into = s->Gm + pl->edst[e0 + p] * W;
-        for (i64 m = 0; m < W; ++m) into[m] += mk * row[m];
+#pragma omp simd
+        for (i64 m = s->lo[p]; m < s->hi[p]; ++m) into[m] += mk * row[m];
     }
     for (i64 i = 0; i < W; ++i) s->Gm[i * W + i] += D[pl->node[n0 + i] * H + h];
 }
@@ -312,20 +333,24 @@ i64 dag_attention_backward(i64 num_graphs, const i64 *node_ptr, const i64 *node,
             /* G[n] = sum_{dst(p) = n} M_p P[p]: dM_p = dG[n] . P[p], dP[p] = M_p dG[n] */
             for (i64 p = 0; p < F; ++p) {
                 const i64 e = pl.edge[e0 + p];
-                const real *dgn = s.dG + pl.edst[e0 + p] * W, *row = s.P + p * W;
-                real *drow = s.dP + p * W;
+                const i64 lo = s.lo[p], len = s.hi[p] - lo;
+                const real *dgn = s.dG + pl.edst[e0 + p] * W + lo, *row = s.P + p * W + lo;
+                real *drow = s.dP + p * W + lo;
                 const real mk = M[e * H + h];
-                dM[e * H + h] = dot(dgn, row, W);
-                for (i64 m = 0; m < W; ++m) drow[m] = mk * dgn[m];
+                dM[e * H + h] = dot(dgn, row, len);
+#pragma omp simd
+                for (i64 m = 0; m < len; ++m) drow[m] = mk * dgn[m];
             }
             /* P[p] = S_p e_src + sum T_{p'p} P[p'], in reverse topological order */
             for (i64 p = F - 1; p >= 0; --p) {
                 const real *drow = s.dP + p * W;
                 dS[pl.edge[e0 + p] * H + h] = drow[pl.esrc[e0 + p]];
                 for (i64 j = pl.lg_ptr[e0 + p]; j < pl.lg_ptr[e0 + p + 1]; ++j) {
-                    const i64 pp = pl.lg_pred[j];
-                    dT[pl.lg_id[j] * H + h] = dot(drow, s.P + pp * W, W);
-                    axpy(T[pl.lg_id[j] * H + h], drow, s.dP + pp * W, W);
+                    /* P[pp] and the part of dP[pp] that matters live in pp's span, which
+                     * lies inside p's */
+                    const i64 pp = pl.lg_pred[j], lo = s.lo[pp], len = s.hi[pp] - lo;
+                    dT[pl.lg_id[j] * H + h] = dot(drow + lo, s.P + pp * W + lo, len);
+                    axpy(T[pl.lg_id[j] * H + h], drow + lo, s.dP + pp * W + lo, len);
                 }
             }
         }

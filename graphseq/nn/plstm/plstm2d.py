@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import Tensor
 
-from graphseq.kernels.grid_scan_2d import METHODS, grid_scan_2d
+from graphseq.kernels.dag_attention import DagAttentionPlan, dag_attention, native_available
+from graphseq.kernels.grid_scan_2d import METHODS as SCAN_METHODS
+from graphseq.kernels.grid_scan_2d import grid_scan_2d
 from graphseq.kernels.grid_scan_2d.dense import diagonal_order, gating_rows
 
 from ..seq.base import FLOAT_DTYPES, check_choice, check_positive_int
@@ -22,7 +25,7 @@ from .gates import (
     small_init_,
 )
 
-__all__ = ["CORNERS", "DENSE_MAX_CELLS", "PLSTM2D"]
+__all__ = ["CORNERS", "DENSE_MAX_CELLS", "METHODS", "NATIVE_GRID", "PLSTM2D"]
 
 #: The four corner orientations: the grid dims flipped before the scan (and after it).
 CORNERS: tuple[tuple[int, ...], ...] = ((), (1,), (2,), (1, 2))
@@ -34,11 +37,105 @@ CORNERS: tuple[tuple[int, ...], ...] = ((), (1,), (2,), (1, 2))
 #: memory grows as ``B H N^2``.
 DENSE_MAX_CELLS = 576
 
+#: Whether small grids on CPU run the compiled ``dag_attention`` kernel (the four corners as
+#: four DAGs per image, :func:`grid_dag_layout`) instead of the dense PyTorch path when it can
+#: be built; ``GRAPHSEQ_NATIVE=0`` also switches it off. Same results, about twice as fast on
+#: a 12 x 12 grid (BENCHMARKS.md).
+NATIVE_GRID = True
+
+#: The exact computations of :meth:`PLSTM2D.recurrence`, forced with ``method=``: the grid
+#: scan's paths, ``"dense"`` and ``"native"`` (the compiled kernel, CPU only).
+METHODS = (*SCAN_METHODS, "native")
+
 
 def _flip(t: Tensor | None, dims: tuple[int, ...]) -> Tensor | None:
     if t is None or not dims:
         return t
     return t.flip(dims)
+
+
+#: the transitions of a cell, in the order of the stacked gates: (incoming kind, outgoing
+#: kind) with kind 0 the state along x ("r") and 1 the state along y ("d")
+_TRANSITIONS = (("t_rl", 0, 0), ("t_ru", 1, 0), ("t_du", 1, 1), ("t_dl", 0, 1))
+
+
+@functools.lru_cache(maxsize=8)
+def grid_dag_layout(
+    B: int, X: int, Y: int, with_t_dl: bool, device: str = "cpu"
+) -> tuple[DagAttentionPlan, Tensor, Tensor, Tensor]:
+    """The four corner orientations of ``B`` grids of ``X x Y`` cells as ``4 B`` DAGs for
+    :func:`~graphseq.kernels.dag_attention.dag_attention` (cached for the last few shapes).
+
+    Graph ``4 b + o`` is image ``b`` seen from corner ``o`` of :data:`CORNERS`; its nodes are
+    the image's cells in row-major order (node ``(4 b + o) X Y + x Y + y``), its edges go
+    from every cell to its neighbour one step away from the corner along x (an "r" edge) and
+    along y (a "d" edge), and its line-graph edges are the transitions of
+    :func:`~graphseq.kernels.grid_scan_2d.grid_scan_2d` at the cell between them (``t_dl``
+    left out when ``with_t_dl`` is false: D-mode). States that would leave the grid have no
+    edge (they reach no output).
+
+    Returns:
+        ``(plan, source_index, mark_index, transition_index)``: the plan, and for every DAG
+        edge and line-graph edge the row it reads of the gates stacked as
+        ``torch.stack([s_r, s_d])``, ``torch.stack([m_l, m_u])`` and
+        ``torch.stack([t_rl, t_ru, t_du(, t_dl)])`` (each ``[B, X, Y, 4, H]``) flattened to
+        ``[-1, H]``: a source is read at the edge's first cell, a mark at its last, a
+        transition at the cell it passes.
+    """
+    n_c, N = len(CORNERS), X * Y
+    cell = torch.arange(N).view(X, Y)
+    xs, ys = cell // Y, cell % Y
+    transitions = _TRANSITIONS if with_t_dl else _TRANSITIONS[:3]
+    parts = []  # per corner: local edges, their gate rows and the line graph, for image 0
+    for dims in CORNERS:
+        step = (-1 if 1 in dims else 1, -1 if 2 in dims else 1)
+        # the anti-diagonal of a cell counted from the corner: a topological level
+        diag = (X - 1 - xs if 1 in dims else xs) + (Y - 1 - ys if 2 in dims else ys)
+        src, dst, kind = [], [], []
+        for k, (pos, size, sign, stride) in enumerate(((xs, X, step[0], Y), (ys, Y, step[1], 1))):
+            ok = (pos + sign >= 0) & (pos + sign < size)  # the neighbour is on the grid
+            src.append(cell[ok])
+            dst.append(cell[ok] + sign * stride)
+            kind.append(torch.full((int(ok.sum()),), k))
+        src, dst, kind = torch.cat(src), torch.cat(dst), torch.cat(kind)
+        into = torch.full((2, N), -1)  # the edge of each kind entering / leaving every cell
+        out = torch.full((2, N), -1)
+        ids = torch.arange(src.numel())
+        into[kind, dst] = ids
+        out[kind, src] = ids
+        lg_src, lg_dst, lg_row = [], [], []
+        for t, (_, k_in, k_out) in enumerate(transitions):
+            c = torch.nonzero((into[k_in] >= 0) & (out[k_out] >= 0)).flatten()
+            lg_src.append(into[k_in, c])
+            lg_dst.append(out[k_out, c])
+            lg_row.append(t * B * N + c)  # row of the stacked gate, image 0, before x 4 + o
+        parts.append((src, dst, kind, diag.flatten()[src],
+                      torch.cat(lg_src), torch.cat(lg_dst), torch.cat(lg_row)))  # fmt: skip
+
+    E = [p[0].numel() for p in parts]
+    e_start = torch.tensor([0, *E]).cumsum(0)[:-1].tolist()
+    # one image's four graphs, then the same shifted for every image
+    edge_index = torch.cat(
+        [torch.stack([p[0], p[1]]) + o * N for o, p in enumerate(parts)], 1
+    )  # [2, E4]
+    lg = torch.cat([torch.stack([p[4], p[5]]) + e_start[o] for o, p in enumerate(parts)], 1)
+    level = torch.cat([p[3] for p in parts])
+    source = torch.cat([(p[2] * B * N + p[0]) * n_c + o for o, p in enumerate(parts)])
+    mark = torch.cat([(p[2] * B * N + p[1]) * n_c + o for o, p in enumerate(parts)])
+    trans = torch.cat([p[6] * n_c + o for o, p in enumerate(parts)])
+    E4 = edge_index.shape[1]
+    b = torch.arange(B)
+    edge_index = (edge_index[:, None, :] + (b * n_c * N)[:, None]).reshape(2, -1)
+    lg = (lg[:, None, :] + (b * E4)[:, None]).reshape(2, -1)
+    image_rows = (b * N * n_c)[:, None]  # an image's first gate row
+    source = (source[None] + image_rows).flatten()
+    mark = (mark[None] + image_rows).flatten()
+    trans = (trans[None] + image_rows).flatten()
+    batch = torch.arange(B * n_c).repeat_interleave(N)
+    plan = DagAttentionPlan.from_graph(
+        edge_index, lg, B * n_c * N, batch, level=level.repeat(B)
+    )  # fmt: skip
+    return plan.to(device), source.to(device), mark.to(device), trans.to(device)
 
 
 class PLSTM2D(torch.nn.Module):
@@ -75,13 +172,19 @@ class PLSTM2D(torch.nn.Module):
     code's chirality "L"): the line graph becomes a multitree, so :math:`|T| \le 1` bounds
     every path.
 
-    Two exact computations, for any grid size (no padding): on small grids (at most
-    :data:`DENSE_MAX_CELLS` cells, the default ``method=None`` picks it) the four corners'
-    scalar path-sum gating matrices are summed into one ``N x N`` matrix :math:`G` (``N = X
-    Y``, :math:`D` on the diagonal) and :math:`h = (G \odot q k^\top) v` per head, like
-    masked linear attention: time :math:`O(B H N^2 (K + V))`, memory :math:`O(B H N^2)`. On
-    larger grids :func:`~graphseq.kernels.grid_scan_2d.grid_scan_2d` runs the four corners
-    with cost linear in the number of cells.
+    Exact computations, for any grid size (no padding). On small grids (at most
+    :data:`DENSE_MAX_CELLS` cells; the default ``method=None`` picks them) the output is
+    masked linear attention :math:`h = (G \odot q k^\top) v` per head, :math:`G` the sum of
+    the four corners' scalar path-sum gating matrices (``N = X Y`` cells, :math:`D` on the
+    diagonal): on CPU the compiled
+    :func:`~graphseq.kernels.dag_attention.dag_attention` kernel runs every image's four
+    corners as four DAGs (``"native"``: products over each corner's (ancestor, cell) pairs
+    only, hand-written backward, OpenMP over images and corners; :data:`NATIVE_GRID`), else
+    PyTorch builds :math:`G` one anti-diagonal at a time (``"dense"``); time
+    :math:`O(B H N^2 (K + V))`, memory :math:`O(B H N^2)` for ``"dense"`` and
+    :math:`O(N^2)` per thread for ``"native"``. On larger grids
+    :func:`~graphseq.kernels.grid_scan_2d.grid_scan_2d` runs the four corners with cost
+    linear in the number of cells.
 
     Args:
         channels (int): input and output size :math:`D`.
@@ -191,16 +294,29 @@ class PLSTM2D(torch.nn.Module):
             raise ValueError(
                 f"{type(self).__name__}: method must be one of {METHODS} or None, got {method!r}"
             )
+        cls = type(self).__name__
         H, C = self.heads, self.head_channels
-        q, k, v = self.qkv(x).unflatten(-1, (3, H, C)).unbind(-3)  # [B, X, Y, H, C]
-        q = q * (1.0 / math.sqrt(C))
+        qkv = self.qkv(x).unflatten(-1, (3, H, C))  # [B, X, Y, 3, H, C]
         gates = self.corner_gates(x)
         d = self.direct(x)  # [B, X, Y, H]
         X, Y = x.shape[1], x.shape[2]
+        native_ok = NATIVE_GRID and x.device.type == "cpu" and native_available()
         if method is None and backend in (None, "torch"):
-            method = "dense" if X * Y <= DENSE_MAX_CELLS else None
+            if X * Y <= DENSE_MAX_CELLS:
+                method = "native" if native_ok else "dense"
+        if method == "native" and backend != "reference":
+            if x.device.type != "cpu" or not native_available():
+                raise ValueError(
+                    f"{cls}: method='native' needs CPU tensors and the compiled dag_attention "
+                    f"kernel (x is on {x.device}; kernel available: {native_available()})"
+                )
+            return self._native(qkv, gates, d)
+        q, k, v = qkv.unbind(-3)  # [B, X, Y, H, C]
+        q = q * (1.0 / math.sqrt(C))
         if method == "dense" and backend != "reference":
             return self._dense(q, k, v, gates, d)
+        if method == "native":  # with backend="reference": the loop
+            method = None
 
         # all four corners in one scan: corner o is batch block o of the flipped inputs
         def stack(t: Tensor | None, per_corner: bool) -> Tensor | None:
@@ -224,6 +340,33 @@ class PLSTM2D(torch.nn.Module):
         h = sum(_flip(part, dims) for part, dims in zip(h.chunk(len(CORNERS), 0), CORNERS))
         direct = d * (q * k).sum(-1)  # [B, X, Y, H], added once
         return h + direct[..., None] * v
+
+    def _native(self, qkv: Tensor, gates: dict, d: Tensor) -> Tensor:
+        """The compiled path: every image's four corners as four DAGs of
+        :func:`grid_dag_layout` through :func:`~graphseq.kernels.dag_attention.dag_attention`
+        (C, OpenMP over the ``4 B`` graphs, hand-written backward), summed; :math:`D` enters
+        through the first corner's graph only. Work ``O(B H N^2 (1 + C))`` like the dense
+        path, but only over each corner's (ancestor, cell) pairs and without autograd
+        through per-diagonal steps."""
+        B, X, Y, _, H, C = qkv.shape
+        N, n_c = X * Y, len(CORNERS)
+        if B * N == 0:
+            return qkv.new_zeros(B, X, Y, H, C)
+        with_t_dl = gates["t_dl"] is not None
+        plan, source_row, mark_row, trans_row = grid_dag_layout(
+            B, X, Y, with_t_dl, str(qkv.device)
+        )  # fmt: skip
+        names = ("t_rl", "t_ru", "t_du", "t_dl") if with_t_dl else ("t_rl", "t_ru", "t_du")
+        source = torch.stack([gates["s_r"], gates["s_d"]]).reshape(-1, H)[source_row]
+        mark = torch.stack([gates["m_l"], gates["m_u"]]).reshape(-1, H)[mark_row]
+        transition = torch.stack([gates[n] for n in names]).reshape(-1, H)[trans_row]
+        direct = torch.cat([d.reshape(B, 1, N, H), d.new_zeros(B, n_c - 1, N, H)], 1)
+        qkv = qkv.reshape(B, 1, N, 3, H, C).expand(B, n_c, N, 3, H, C)
+        h = dag_attention(
+            qkv.reshape(B * n_c * N, 3, H, C), source, transition, mark,
+            direct.reshape(B * n_c * N, H), plan, scale=C**-0.5, backend="native",
+        )  # fmt: skip
+        return h.view(B, n_c, X, Y, H, C).sum(1).to(qkv.dtype)
 
     def _dense(self, q: Tensor, k: Tensor, v: Tensor, gates: dict, d: Tensor) -> Tensor:
         """Dense path, ``O(B H N^2 (K + V))`` time and ``O(B H N^2)`` memory (``N = X Y``).
@@ -285,8 +428,9 @@ class PLSTM2D(torch.nn.Module):
     def forward(self, x: Tensor, backend: str | None = None, method: str | None = None) -> Tensor:
         """``x`` ``[B, X, Y, D]`` -> ``[B, X, Y, D]``.
 
-        ``backend`` (``"reference"`` loop or ``"torch"``) and ``method`` (``"dense"``,
-        ``"wavefront"``, ``"tiled"`` or ``None``: automatic, dense for grids of at most
+        ``backend`` (``"reference"`` loop or ``"torch"``) and ``method`` (``"native"``,
+        ``"dense"``, ``"wavefront"``, ``"tiled"`` or ``None``: automatic, ``"native"`` on CPU
+        where the kernel can be built and ``"dense"`` elsewhere for grids of at most
         :data:`DENSE_MAX_CELLS` cells) force a path; all paths give the same result."""
         cls = type(self).__name__
         if not isinstance(x, Tensor):

@@ -5,9 +5,14 @@ from functools import partial
 import pytest
 import torch
 
+import graphseq.nn.plstm.plstm2d as plstm2d
+from graphseq.kernels.dag_attention import native_available
 from graphseq.nn.plstm import PLSTM2D
-from graphseq.nn.plstm.plstm2d import CORNERS
+from graphseq.nn.plstm.plstm2d import CORNERS, grid_dag_layout
 from graphseq.testing import assert_close
+
+NATIVE = ["native"] if native_available() else []
+needs_native = pytest.mark.skipif(not native_available(), reason="no C compiler")
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +75,7 @@ def test_four_corner_sum_matches_loop(mode, shape):
     expect = layer_loop(layer, x)
     for backend in ("torch", "reference"):
         assert_close(layer.recurrence(x, backend=backend), expect)
-    for method in ("dense", "wavefront", "tiled"):
+    for method in ("dense", "wavefront", "tiled", *NATIVE):
         assert_close(layer.recurrence(x, method=method), expect, msg=method)
         assert_close(layer(x, method=method), layer(x), msg=method)
     y = layer(x)
@@ -138,7 +143,7 @@ def test_every_corner_contributes(mode):
         assert grad[0, x0, y0].abs().sum() > 1e-8, (mode, (x0, y0), (x1, y1))
 
 
-@pytest.mark.parametrize("method", ["dense", "wavefront"])
+@pytest.mark.parametrize("method", ["dense", "wavefront", *NATIVE])
 def test_layer_gradcheck(method):
     torch.manual_seed(4)
     x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
@@ -154,12 +159,13 @@ def test_dense_gradients_match_the_linear_paths():
     x = torch.randn(2, 5, 4, 8, dtype=torch.float64, requires_grad=True)
     leaves = [x, *layer.parameters()]
     grads = []
-    for method in ("dense", "wavefront"):
+    for method in ("wavefront", "dense", *NATIVE):
         y = layer(x, method=method)
         w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
         grads.append(torch.autograd.grad((y * w).sum(), leaves))
-    for a, b in zip(*grads):
-        assert_close(a, b)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            assert_close(a, b)
 
 
 def test_large_heads_use_the_tiled_path_and_agree():
@@ -201,6 +207,81 @@ def test_bad_input():
         layer(torch.randn(2, 3, 3, 8, dtype=torch.float64))
     with pytest.raises(ValueError, match="method must be one of"):
         layer(torch.randn(2, 3, 3, 8), method="fused")
-    for method in (None, "dense", "wavefront"):
+    for method in (None, "dense", "wavefront", *NATIVE):
         assert layer(torch.randn(0, 3, 3, 8), method=method).shape == (0, 3, 3, 8)
         assert layer(torch.randn(2, 0, 3, 8), method=method).shape == (2, 0, 3, 8)
+
+
+# --- the compiled path: the four corners as DAGs through dag_attention ------------------------
+
+
+@needs_native
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_native_is_the_default_on_cpu_and_agrees(mode, monkeypatch):
+    """Small CPU grids run the compiled kernel by default; switched off (NATIVE_GRID, or no
+    kernel) they run the dense path, with the same result; larger ones the grid scans."""
+    torch.manual_seed(7)
+    layer = PLSTM2D(12, heads=3, mode=mode, gate_weight_std=0.5).double()
+    x = torch.randn(3, 6, 5, 12, dtype=torch.float64)
+    expect = layer.recurrence(x, backend="reference")
+    calls = []
+    native, dense = PLSTM2D._native, PLSTM2D._dense
+    monkeypatch.setattr(PLSTM2D, "_native", lambda *a: calls.append("native") or native(*a))
+    monkeypatch.setattr(PLSTM2D, "_dense", lambda *a: calls.append("dense") or dense(*a))
+    assert_close(layer.recurrence(x), expect)
+    monkeypatch.setattr(plstm2d, "NATIVE_GRID", False)
+    assert_close(layer.recurrence(x), expect)
+    monkeypatch.setattr(plstm2d, "NATIVE_GRID", True)
+    monkeypatch.setattr(plstm2d, "native_available", lambda: False)
+    assert_close(layer.recurrence(x), expect)
+    assert calls == ["native", "dense", "dense"]
+    with pytest.raises(ValueError, match="method='native' needs"):
+        layer.recurrence(x, method="native")
+    monkeypatch.setattr(plstm2d, "DENSE_MAX_CELLS", 20)  # 30 cells: the linear-cost scans
+    assert_close(layer.recurrence(x), expect)
+    assert calls == ["native", "dense", "dense"]
+
+
+@needs_native
+def test_native_grid_layout():
+    """Four DAGs per image, every grid edge once, the transitions of every inner cell."""
+    B, X, Y = 2, 4, 3
+    for with_t_dl, per_cell in ((True, 4), (False, 3)):
+        plan, source, mark, trans = grid_dag_layout(B, X, Y, with_t_dl)
+        edges = 2 * X * Y - X - Y  # one grid's edges, each corner's orientation
+        assert plan.num_graphs == 4 * B and plan.num_nodes == 4 * B * X * Y
+        assert plan.num_edges == 4 * B * edges == source.numel() == mark.numel()
+        # a transition per (incoming, outgoing) edge pair of every cell, seen from the
+        # top-left corner (the others are its mirror images): r in from x - 1, out to x + 1
+        pairs = 0
+        for x in range(X):
+            for y in range(Y):
+                r_in, r_out, d_in, d_out = x > 0, x < X - 1, y > 0, y < Y - 1
+                pairs += r_in * r_out + d_in * r_out + d_in * d_out + with_t_dl * r_in * d_out
+        assert plan.num_lg == 4 * B * pairs == trans.numel()
+        # gate rows are distinct where they must be: a source per edge, a mark per edge
+        assert source.unique().numel() == source.numel()
+        assert mark.unique().numel() == mark.numel()
+        assert int(trans.max()) < per_cell * B * X * Y * 4
+
+
+@needs_native
+def test_native_threads_half_dtypes_and_odd_grids():
+    torch.manual_seed(8)
+    layer = PLSTM2D(10, heads=2, mode="P", gate_weight_std=0.5)
+    x = torch.randn(5, 7, 3, 10)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = layer(x, method="native")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(layer(x, method="native"), two)  # graphs never share an output row
+    assert_close(layer(x, method="native"), layer(x, method="dense"))
+    for dtype in (torch.bfloat16, torch.float16):
+        low = PLSTM2D(10, heads=2, mode="D", gate_weight_std=0.5)
+        y32 = low(x, method="native")
+        low = low.to(dtype)
+        y = low(x.to(dtype), method="native")
+        assert y.dtype == dtype
+        torch.testing.assert_close(y.float(), y32, atol=0.1, rtol=0.1)
