@@ -19,6 +19,15 @@ needs_native = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True, params=["pairs", "rows"])
+def form(request, monkeypatch):
+    """Every test runs the kernel's two forms of the products: pair by pair (the default for
+    sparse graphs) and by rows (the default for graphs with many pairs per node, e.g. grids;
+    forced here on small graphs, so C = 8 also runs its compiled-constant row kernels)."""
+    monkeypatch.setattr(native, "DENSE_ROWS", 1 << 40 if request.param == "pairs" else 0)
+    return request.param
+
+
 def random_batch(sizes, gen, density=0.35, prune=False):
     """A batch of random DAGs (edges from lower to higher node index) and their line graphs
     (``e' -> e`` whenever ``e'`` enters the node ``e`` leaves; with ``prune`` a random half of
@@ -79,7 +88,7 @@ SIZES = [5, 1, 9, 2, 13, 3, 7]
 
 @needs_native
 @pytest.mark.parametrize("prune", [False, True])
-@pytest.mark.parametrize("H,C", [(1, 1), (3, 5), (2, 17)])
+@pytest.mark.parametrize("H,C", [(1, 1), (3, 5), (2, 8), (2, 17)])
 def test_native_matches_reference_and_edge_state_loop(prune, H, C):
     gen = torch.Generator().manual_seed(H * 31 + C + prune)
     edge_index, lg, batch, N = random_batch(SIZES, gen, prune=prune)
@@ -99,10 +108,11 @@ def test_native_matches_reference_and_edge_state_loop(prune, H, C):
 
 @needs_native
 @pytest.mark.parametrize("prune", [False, True])
-def test_native_gradcheck_every_input(prune):
+@pytest.mark.parametrize("C", [3, 4])  # 4: a head size the row kernels compile as a constant
+def test_native_gradcheck_every_input(prune, C):
     gen = torch.Generator().manual_seed(3 + prune)
     edge_index, lg, batch, N = random_batch([4, 1, 6, 3], gen, density=0.5, prune=prune)
-    inputs = random_inputs(N, edge_index.shape[1], lg.shape[1], 2, 3, gen)
+    inputs = random_inputs(N, edge_index.shape[1], lg.shape[1], 2, C, gen)
     plan = DagAttentionPlan.from_graph(edge_index, lg, N, batch)
     inputs = tuple(t.requires_grad_() for t in inputs)
     assert torch.autograd.gradcheck(
