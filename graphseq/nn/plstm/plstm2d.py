@@ -74,6 +74,9 @@ def grid_dag_layout(
     left out when ``with_t_dl`` is false: D-mode). States that would leave the grid have no
     edge (they reach no output).
 
+    Built outside any ``torch.inference_mode()`` (cached tensors made inside it could not be
+    saved for a later training call's backward).
+
     Returns:
         ``(plan, source_index, mark_index, transition_index)``: the plan, and for every DAG
         edge and line-graph edge the row it reads of the gates stacked as
@@ -82,6 +85,11 @@ def grid_dag_layout(
         ``[-1, H]``: a source is read at the edge's first cell, a mark at its last, a
         transition at the cell it passes.
     """
+    with torch.inference_mode(False):
+        return _grid_dag_layout(B, X, Y, with_t_dl, device)
+
+
+def _grid_dag_layout(B, X, Y, with_t_dl, device):
     n_c, N = len(CORNERS), X * Y
     cell = torch.arange(N).view(X, Y)
     xs, ys = cell // Y, cell % Y
@@ -182,7 +190,9 @@ class PLSTM2D(torch.nn.Module):
     only, hand-written backward, OpenMP over images and corners; :data:`NATIVE_GRID`), else
     PyTorch builds :math:`G` one anti-diagonal at a time (``"dense"``); time
     :math:`O(B H N^2 (K + V))`, memory :math:`O(B H N^2)` for ``"dense"`` and
-    :math:`O(N^2)` per thread for ``"native"``. On larger grids
+    :math:`O(N^2)` per thread for ``"native"``; the compiled path's backward is
+    once-differentiable (double backward, e.g. a gradient penalty, needs ``method="dense"``
+    or :data:`NATIVE_GRID` ``= False``). On larger grids
     :func:`~graphseq.kernels.grid_scan_2d.grid_scan_2d` runs the four corners with cost
     linear in the number of cells.
 
@@ -300,10 +310,9 @@ class PLSTM2D(torch.nn.Module):
         gates = self.corner_gates(x)
         d = self.direct(x)  # [B, X, Y, H]
         X, Y = x.shape[1], x.shape[2]
-        native_ok = NATIVE_GRID and x.device.type == "cpu" and native_available()
-        if method is None and backend in (None, "torch"):
-            if X * Y <= DENSE_MAX_CELLS:
-                method = "native" if native_ok else "dense"
+        if method is None and backend in (None, "torch") and X * Y <= DENSE_MAX_CELLS:
+            native_ok = NATIVE_GRID and x.device.type == "cpu" and native_available()
+            method = "native" if native_ok else "dense"
         if method == "native" and backend != "reference":
             if x.device.type != "cpu" or not native_available():
                 raise ValueError(
@@ -431,7 +440,8 @@ class PLSTM2D(torch.nn.Module):
         ``backend`` (``"reference"`` loop or ``"torch"``) and ``method`` (``"native"``,
         ``"dense"``, ``"wavefront"``, ``"tiled"`` or ``None``: automatic, ``"native"`` on CPU
         where the kernel can be built and ``"dense"`` elsewhere for grids of at most
-        :data:`DENSE_MAX_CELLS` cells) force a path; all paths give the same result."""
+        :data:`DENSE_MAX_CELLS` cells) force a path; all paths give the same result (and
+        gradients; ``"native"``'s backward cannot itself be differentiated)."""
         cls = type(self).__name__
         if not isinstance(x, Tensor):
             raise TypeError(f"{cls}: x must be a torch.Tensor, got {type(x).__name__}")

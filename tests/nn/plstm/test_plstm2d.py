@@ -285,3 +285,32 @@ def test_native_threads_half_dtypes_and_odd_grids():
         y = low(x.to(dtype), method="native")
         assert y.dtype == dtype
         torch.testing.assert_close(y.float(), y32, atol=0.1, rtol=0.1)
+
+
+@needs_native
+def test_native_layout_made_in_inference_mode_serves_training():
+    """A first call under inference_mode (an evaluation before training) caches the grid
+    layout; a later training call of the same shape must still differentiate."""
+    grid_dag_layout.cache_clear()
+    layer = PLSTM2D(8, heads=2, mode="D", gate_weight_std=0.5)
+    x = torch.randn(2, 4, 5, 8)
+    with torch.inference_mode():
+        y_eval = layer(x)
+    y = layer(x)
+    y.square().sum().backward()
+    assert layer.qkv.weight.grad is not None
+    assert_close(y.detach(), y_eval)
+
+
+@needs_native
+def test_native_backward_is_once_differentiable_dense_is_not():
+    """Double backward (a gradient penalty) needs the dense path, as documented."""
+    torch.manual_seed(9)
+    layer = PLSTM2D(8, heads=2, gate_weight_std=0.5).double()
+    x = torch.randn(1, 3, 3, 8, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="differentiate"):
+        (g,) = torch.autograd.grad(layer(x, method="native").sum(), x, create_graph=True)
+        g.square().sum().backward()
+    (g,) = torch.autograd.grad(layer(x, method="dense").sum(), x, create_graph=True)
+    g.square().sum().backward()
+    assert layer.qkv.weight.grad is not None
