@@ -70,8 +70,9 @@ def n_params(model: nn.Module) -> int:
 
 def build_models(args):
     plstm = PLSTMVision(
-        args.train_resolution, args.patch, 2, dim=args.dim, heads=args.heads, depth=args.depth
-    )
+        args.train_resolution, args.patch, 2, dim=args.dim, heads=args.heads, depth=args.depth,
+        gate_weight_std=args.gate_std, pooling=args.pooling,
+    )  # fmt: skip
     target = n_params(plstm)
     best = None
     for mlp_dim in range(args.dim, 16 * args.dim + 1, 4):
@@ -228,6 +229,10 @@ def main(argv=None):
     p.add_argument("--vit-heads", type=int, default=4)
     p.add_argument("--depth", type=int, default=1, help="PD block pairs (2 layers each)")
     p.add_argument("--patch", type=int, default=8)
+    p.add_argument("--pooling", default="corners", choices=["corners", "mean"],
+                   help="PLSTMVision's pooling (the paper's: corners)")  # fmt: skip
+    p.add_argument("--gate-std", type=float, default=0.0,
+                   help="PLSTMVision's gate_weight_std (0: the paper's zero init)")  # fmt: skip
     p.add_argument("--train-resolution", type=int, default=96)
     p.add_argument("--test-resolutions", type=int, nargs="+", default=[96, 144, 192, 288])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

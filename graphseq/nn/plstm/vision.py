@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..seq.base import check_positive_int
+from ..seq.base import check_choice, check_positive_int
 from .plstm2d import PLSTM2D
 
 __all__ = ["PLSTMVision", "PLSTMVisionBlock"]
@@ -61,7 +61,8 @@ class PLSTMVision(torch.nn.Module):
     :class:`PLSTMVisionBlock` (the first in P-mode, the second in D-mode: the paper's "PD"
     block), a final RMS norm, and **corner pooling**: the tokens of the four grid corners are
     concatenated (:math:`4D`) and mapped to the classes by a linear head (each corner token has
-    seen the whole image through the orientation that ends there).
+    seen the whole image through the orientation that ends there); ``pooling="mean"`` averages
+    all tokens instead (:math:`D`).
 
     The positional embedding is learnt on the ``image_size / patch_size`` grid and bicubically
     interpolated for other resolutions, so the model runs on any image size divisible by
@@ -79,6 +80,8 @@ class PLSTMVision(torch.nn.Module):
         mlp_ratio (int, optional): MLP expansion. (default: :obj:`4`)
         use_pos_embed (bool, optional): learnable positional embedding. (default: :obj:`True`)
         gate_weight_std (float, optional): see :class:`PLSTM2D`. (default: :obj:`0.0`)
+        pooling (str, optional): ``"corners"`` (the paper's) or ``"mean"``.
+            (default: :obj:`"corners"`)
 
     Shapes:
         - **input:** :math:`(B, C_{in}, H_{img}, W_{img})`, both sides divisible by
@@ -98,9 +101,11 @@ class PLSTMVision(torch.nn.Module):
         mlp_ratio: int = 4,
         use_pos_embed: bool = True,
         gate_weight_std: float = 0.0,
+        pooling: str = "corners",
     ) -> None:
         super().__init__()
         cls = type(self).__name__
+        check_choice(cls, "pooling", pooling, ("corners", "mean"))
         for name, value in (
             ("image_size", image_size), ("patch_size", patch_size),
             ("num_classes", num_classes), ("in_channels", in_channels), ("dim", dim),
@@ -120,6 +125,7 @@ class PLSTMVision(torch.nn.Module):
         self.depth = depth
         self.mlp_ratio = mlp_ratio
         self.use_pos_embed = bool(use_pos_embed)
+        self.pooling = pooling
         self.grid = image_size // patch_size
 
         self.patch_embed = torch.nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
@@ -133,7 +139,7 @@ class PLSTMVision(torch.nn.Module):
             for mode in ("P", "D")
         )
         self.norm = torch.nn.RMSNorm(dim, eps=1e-5)
-        self.head = torch.nn.Linear(4 * dim, num_classes)
+        self.head = torch.nn.Linear((4 if pooling == "corners" else 1) * dim, num_classes)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -151,7 +157,9 @@ class PLSTMVision(torch.nn.Module):
         return (
             f"{type(self).__name__}(image_size={self.image_size}, patch_size={self.patch_size}, "
             f"num_classes={self.num_classes}, dim={self.dim}, heads={self.heads}, "
-            f"depth={self.depth})"
+            f"depth={self.depth}"
+            + ("" if self.pooling == "corners" else f", pooling={self.pooling!r}")
+            + ")"
         )
 
     def embed(self, images: Tensor) -> Tensor:
@@ -186,5 +194,7 @@ class PLSTMVision(torch.nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
+        if self.pooling == "mean":
+            return self.head(x.mean((1, 2)))
         corners = torch.cat([x[:, 0, 0], x[:, 0, -1], x[:, -1, 0], x[:, -1, -1]], -1)
         return self.head(corners)

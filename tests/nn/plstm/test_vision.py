@@ -58,6 +58,23 @@ def test_corner_pooling_reads_the_four_corners():
     torch.testing.assert_close(captured["x"], expected)
 
 
+def test_mean_pooling_reads_every_token():
+    torch.manual_seed(3)
+    model = PLSTMVision(32, 8, 2, dim=8, heads=2, depth=1, pooling="mean")
+    assert repr(model).endswith("depth=1, pooling='mean')")
+    assert model.head.in_features == 8
+    captured = {}
+    model.head.register_forward_hook(lambda m, i, o: captured.setdefault("x", i[0]))
+    images = torch.randn(2, 3, 32, 48)
+    model(images)
+    x = model.embed(images)
+    for block in model.blocks:
+        x = block(x)
+    torch.testing.assert_close(captured["x"], model.norm(x).mean((1, 2)))
+    with pytest.raises(ValueError, match="pooling"):
+        PLSTMVision(32, 8, 2, pooling="max")
+
+
 def test_learns_a_toy_task():
     """Is the bright square in the top-left or the bottom-right quadrant?"""
     torch.manual_seed(2)
