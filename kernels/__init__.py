@@ -13,8 +13,11 @@ accepts ``"torch"`` and ``"reference"`` and raises for anything else.
 
 One op departs from that anatomy: :func:`dag_attention` (the path form of pLSTM on graphs)
 has a reference and a compiled C kernel for CPUs (``native.c``, built on first use with the
-system's C compiler); its PyTorch path (dense blocks of graphs of similar size) stays in
-:class:`graphseq.nn.plstm.PLSTMGraph`, which runs it on GPUs and where no compiler is found.
+system's C compiler); its PyTorch paths stay in the layers that call it and run on GPUs and
+where no compiler is found: dense blocks of graphs of similar size in
+:class:`graphseq.nn.plstm.PLSTMGraph`, the dense four-corner gating matrix in
+:class:`graphseq.nn.plstm.PLSTM2D` (which hands its small grids to the kernel as four corner
+DAGs per image).
 
 This package depends on torch only (Triton optional).
 """
