@@ -294,49 +294,33 @@ static void paths_and_gating(Scratch *s, const Plan *pl, i64 n0, i64 e0, i64 H, 
 #endif
 #define MAX_FIXED_C 64
 
-/* o += sum over the pairs r0 .. r1-1 of (sc[m] g[m]) v_m */
+/* o[0 .. C) += sum over the pairs r0 .. r1-1 of (sc[m] g[m]) v_m[0 .. C), rows of v ld apart
+ * (C <= MAX_FIXED_C: a column block of the head when ld > C) */
 static ALWAYS_INLINE void row_forward_c(const real *restrict sc, const real *restrict g,
                                         const i64 *restrict pm, i64 r0, i64 r1,
-                                        const real *restrict v, real *restrict o, const i64 C) {
+                                        const real *restrict v, real *restrict o, const i64 ld,
+                                        const i64 C) {
     real acc[MAX_FIXED_C];
     for (i64 c = 0; c < C; ++c) acc[c] = 0;
     for (i64 r = r0; r < r1; ++r) {
         const i64 m = pm[r];
         const real w = sc[m] * g[m];
 #pragma omp simd
-        for (i64 c = 0; c < C; ++c) acc[c] += w * v[m * C + c];
+        for (i64 c = 0; c < C; ++c) acc[c] += w * v[m * ld + c];
     }
     for (i64 c = 0; c < C; ++c) o[c] += acc[c];
 }
 
-static void row_forward(const real *restrict sc, const real *restrict g,
-                        const i64 *restrict pm, i64 r0, i64 r1, const real *restrict v,
-                        real *restrict o, i64 C) {
-    switch (C) {
-    case 4: row_forward_c(sc, g, pm, r0, r1, v, o, 4); return;
-    case 8: row_forward_c(sc, g, pm, r0, r1, v, o, 8); return;
-    case 16: row_forward_c(sc, g, pm, r0, r1, v, o, 16); return;
-    case 24: row_forward_c(sc, g, pm, r0, r1, v, o, 24); return;
-    case 32: row_forward_c(sc, g, pm, r0, r1, v, o, 32); return;
-    case 48: row_forward_c(sc, g, pm, r0, r1, v, o, 48); return;
-    case 64: row_forward_c(sc, g, pm, r0, r1, v, o, 64); return;
-    default:
-        for (i64 r = r0; r < r1; ++r) {
-            const i64 m = pm[r];
-            axpy(sc[m] * g[m], v + m * C, o, C);
-        }
-    }
-}
-
-/* the backward of row_forward for the row's pairs, with score = sc[m] = q_i . k_m and
- * dweight = dw[m] = dh_i . v_m: dv_m += score g[m] dh_i, dq_i += dweight g[m] k_m,
- * dk_m += dweight g[m] q_i, dg[m] = dweight score */
+/* the backward of row_forward_c, with score = sc[m] = q_i . k_m and dweight = dw[m] =
+ * dh_i . v_m: dv_m += score g[m] dh_i, dq_i += dweight g[m] k_m, dk_m += dweight g[m] q_i,
+ * dg[m] = dweight score (rewritten with the same value by every column block) */
 static ALWAYS_INLINE void row_backward_c(const real *restrict sc, const real *restrict dw,
                                          const real *restrict g, real *restrict dg,
                                          const i64 *restrict pm, i64 r0, i64 r1,
                                          const real *restrict k, const real *restrict qi,
                                          const real *restrict dhi, real *restrict dk,
-                                         real *restrict dv, real *restrict dqi, const i64 C) {
+                                         real *restrict dv, real *restrict dqi, const i64 ld,
+                                         const i64 C) {
     real acc[MAX_FIXED_C];
     for (i64 c = 0; c < C; ++c) acc[c] = 0;
     for (i64 r = r0; r < r1; ++r) {
@@ -345,13 +329,38 @@ static ALWAYS_INLINE void row_backward_c(const real *restrict sc, const real *re
         const real weight = score * g[m], dscore = dweight * g[m];
 #pragma omp simd
         for (i64 c = 0; c < C; ++c) {
-            dv[m * C + c] += weight * dhi[c];
-            acc[c] += dscore * k[m * C + c];
-            dk[m * C + c] += dscore * qi[c];
+            dv[m * ld + c] += weight * dhi[c];
+            acc[c] += dscore * k[m * ld + c];
+            dk[m * ld + c] += dscore * qi[c];
         }
         dg[m] = dweight * score;
     }
     for (i64 c = 0; c < C; ++c) dqi[c] += acc[c];
+}
+
+/* Calls BODY(cc) with cc the head size C as a compile-time constant for the common sizes,
+ * else once per column block of at most MAX_FIXED_C columns (c0 its first column). */
+#define FOR_HEAD_SIZE(C, BODY)                                                    \
+    switch (C) {                                                                  \
+    case 4: { const i64 c0 = 0; BODY(4); break; }                                 \
+    case 8: { const i64 c0 = 0; BODY(8); break; }                                 \
+    case 16: { const i64 c0 = 0; BODY(16); break; }                               \
+    case 24: { const i64 c0 = 0; BODY(24); break; }                               \
+    case 32: { const i64 c0 = 0; BODY(32); break; }                               \
+    case 48: { const i64 c0 = 0; BODY(48); break; }                               \
+    case 64: { const i64 c0 = 0; BODY(64); break; }                               \
+    default:                                                                      \
+        for (i64 c0 = 0; c0 < (C); c0 += MAX_FIXED_C) {                           \
+            BODY((C) - c0 < MAX_FIXED_C ? (C) - c0 : MAX_FIXED_C);                \
+        }                                                                         \
+    }
+
+static void row_forward(const real *restrict sc, const real *restrict g,
+                        const i64 *restrict pm, i64 r0, i64 r1, const real *restrict v,
+                        real *restrict o, i64 C) {
+#define FORWARD(cc) row_forward_c(sc, g, pm, r0, r1, v + c0, o + c0, C, cc)
+    FOR_HEAD_SIZE(C, FORWARD)
+#undef FORWARD
 }
 
 static void row_backward(const real *restrict sc, const real *restrict dw,
@@ -359,32 +368,11 @@ static void row_backward(const real *restrict sc, const real *restrict dw,
                          i64 r0, i64 r1, const real *restrict k, const real *restrict qi,
                          const real *restrict dhi, real *restrict dk, real *restrict dv,
                          real *restrict dqi, i64 C) {
-#define ROW_BACKWARD(CC) \
-    row_backward_c(sc, dw, g, dg, pm, r0, r1, k, qi, dhi, dk, dv, dqi, CC); \
-    return
-    switch (C) {
-    case 4: ROW_BACKWARD(4);
-    case 8: ROW_BACKWARD(8);
-    case 16: ROW_BACKWARD(16);
-    case 24: ROW_BACKWARD(24);
-    case 32: ROW_BACKWARD(32);
-    case 48: ROW_BACKWARD(48);
-    case 64: ROW_BACKWARD(64);
-    default:
-        for (i64 r = r0; r < r1; ++r) {
-            const i64 m = pm[r];
-            const real score = sc[m], dweight = dw[m];
-            const real weight = score * g[m], dscore = dweight * g[m];
-#pragma omp simd
-            for (i64 c = 0; c < C; ++c) {
-                dv[m * C + c] += weight * dhi[c];
-                dqi[c] += dscore * k[m * C + c];
-                dk[m * C + c] += dscore * qi[c];
-            }
-            dg[m] = dweight * score;
-        }
-    }
-#undef ROW_BACKWARD
+#define BACKWARD(cc)                                                                    \
+    row_backward_c(sc, dw, g, dg, pm, r0, r1, k + c0, qi + c0, dhi + c0, dk + c0, dv + c0, \
+                   dqi + c0, C, cc)
+    FOR_HEAD_SIZE(C, BACKWARD)
+#undef BACKWARD
 }
 
 /* Start graph g: its scratch, G's support pairs and every head's q, k, v rows. Returns 0

@@ -88,7 +88,8 @@ SIZES = [5, 1, 9, 2, 13, 3, 7]
 
 @needs_native
 @pytest.mark.parametrize("prune", [False, True])
-@pytest.mark.parametrize("H,C", [(1, 1), (3, 5), (2, 8), (2, 17)])
+# C = 70: more than the row kernels' 64-column block, so two blocks
+@pytest.mark.parametrize("H,C", [(1, 1), (3, 5), (2, 8), (2, 17), (1, 70)])
 def test_native_matches_reference_and_edge_state_loop(prune, H, C):
     gen = torch.Generator().manual_seed(H * 31 + C + prune)
     edge_index, lg, batch, N = random_batch(SIZES, gen, prune=prune)

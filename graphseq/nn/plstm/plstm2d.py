@@ -365,7 +365,7 @@ class PLSTM2D(torch.nn.Module):
         plan, source_row, mark_row, trans_row = grid_dag_layout(
             B, X, Y, with_t_dl, str(qkv.device)
         )  # fmt: skip
-        names = ("t_rl", "t_ru", "t_du", "t_dl") if with_t_dl else ("t_rl", "t_ru", "t_du")
+        names = [name for name, _, _ in _TRANSITIONS[: 4 if with_t_dl else 3]]  # layout's order
         source = torch.stack([gates["s_r"], gates["s_d"]]).reshape(-1, H)[source_row]
         mark = torch.stack([gates["m_l"], gates["m_u"]]).reshape(-1, H)[mark_row]
         transition = torch.stack([gates[n] for n in names]).reshape(-1, H)[trans_row]
