@@ -43,19 +43,24 @@ def test_positional_embedding_is_interpolated():
     assert no_pos.pos_embed is None
 
 
-def test_corner_pooling_reads_the_four_corners():
-    torch.manual_seed(1)
-    model = PLSTMVision(32, 8, 2, dim=8, heads=2, depth=1)
+def _head_input_and_tokens(model, images):
+    """What the model's head receives, and the normed token grid computed step by step."""
     captured = {}
-    model.head.register_forward_hook(lambda m, i, o: captured.setdefault("x", i[0]))
-    images = torch.randn(1, 3, 32, 32)
+    hook = model.head.register_forward_hook(lambda m, i, o: captured.setdefault("x", i[0]))
     model(images)
+    hook.remove()
     x = model.embed(images)
     for block in model.blocks:
         x = block(x)
-    x = model.norm(x)
+    return captured["x"], model.norm(x)
+
+
+def test_corner_pooling_reads_the_four_corners():
+    torch.manual_seed(1)
+    model = PLSTMVision(32, 8, 2, dim=8, heads=2, depth=1)
+    head_input, x = _head_input_and_tokens(model, torch.randn(1, 3, 32, 32))
     expected = torch.cat([x[:, 0, 0], x[:, 0, -1], x[:, -1, 0], x[:, -1, -1]], -1)
-    torch.testing.assert_close(captured["x"], expected)
+    torch.testing.assert_close(head_input, expected)
 
 
 def test_mean_pooling_reads_every_token():
@@ -63,14 +68,8 @@ def test_mean_pooling_reads_every_token():
     model = PLSTMVision(32, 8, 2, dim=8, heads=2, depth=1, pooling="mean")
     assert repr(model).endswith("depth=1, pooling='mean')")
     assert model.head.in_features == 8
-    captured = {}
-    model.head.register_forward_hook(lambda m, i, o: captured.setdefault("x", i[0]))
-    images = torch.randn(2, 3, 32, 48)
-    model(images)
-    x = model.embed(images)
-    for block in model.blocks:
-        x = block(x)
-    torch.testing.assert_close(captured["x"], model.norm(x).mean((1, 2)))
+    head_input, x = _head_input_and_tokens(model, torch.randn(2, 3, 32, 48))
+    torch.testing.assert_close(head_input, x.mean((1, 2)))
     with pytest.raises(ValueError, match="pooling"):
         PLSTMVision(32, 8, 2, pooling="max")
 
