@@ -195,7 +195,10 @@ def build(method: str, preset: dict, num_tasks: int, seed: int, args):
     if t.get("gnn"):
         target = GNNTarget(4, t["hidden"], 2, t["classes"], num_heads=num_tasks)
     else:
-        target = MLPTarget(t["in"], t["hidden"], t["classes"], num_heads=num_tasks)
+        own = preset.get("rnn" if method.startswith("rnn") else method, {})
+        dropout = args.dropout if args.dropout is not None else own.get("dropout", 0.0)
+        target = MLPTarget(t["in"], t["hidden"], t["classes"], num_heads=num_tasks,
+                           dropout=dropout)  # fmt: skip
     spec = target.param_spec
     if method in ("rnn", "rnn-nostep"):
         p = preset["rnn"]
@@ -351,6 +354,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--schedule", choices=("constant", "cosine"), default="constant",
         help="learning rate within each task: constant, or cosine decay towards 0",
+    )  # fmt: skip
+    ap.add_argument(
+        "--dropout", type=float, default=None,
+        help="MLP targets: dropout on the hidden units while training, every method "
+        "(default: the method's preset, else 0)",
     )  # fmt: skip
     ap.add_argument("--beta", type=float, default=None, help="RNN hypernetwork beta")
     ap.add_argument("--chunked-beta", type=float, default=None)

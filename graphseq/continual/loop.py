@@ -199,6 +199,7 @@ def _train_steps(method, task_id, task, config, steps, gen, log) -> None:
 
 
 def _train_accuracy(method, task_id, task, config, gen) -> float:
+    """Accuracy on up to 2,000 training examples, in evaluation mode (no dropout)."""
     n = min(len(task.train), 2000)
     idx = torch.randperm(len(task.train), generator=gen)[:n]
 
@@ -209,7 +210,11 @@ def _train_accuracy(method, task_id, task, config, gen) -> float:
         def batch(self, i):
             return task.train.batch(idx[i])
 
-    return evaluate_task_incremental(method, task_id, _Sub(), config.eval_batch_size)
+    method.eval()
+    try:
+        return evaluate_task_incremental(method, task_id, _Sub(), config.eval_batch_size)
+    finally:
+        method.train()
 
 
 def train_continual(
@@ -273,8 +278,8 @@ def train_continual(
             if log is not None:
                 log(f"  task {t}: grew the hypernetwork ({growths[t]})")
             _train_steps(method, t, task, config, config.growth_iterations, gen, log)
+        method.eval()  # Fisher estimates and consolidation see the deterministic network
         method.end_task(t, task)
-        method.eval()
         seconds[t] = time.perf_counter() - t0
         for j in range(t + 1):
             R[t][j] = evaluate_task_incremental(method, j, stream[j].test, config.eval_batch_size)

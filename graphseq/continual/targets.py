@@ -222,7 +222,7 @@ class MLPTarget(TargetNetwork):
     r"""Multi-layer perceptron with functional weights.
 
     .. math::
-        h_0 = x,\quad h_{l} = \mathrm{ReLU}(W_l h_{l-1} + b_l),\quad
+        h_0 = x,\quad h_{l} = \mathrm{Dropout}_p(\mathrm{ReLU}(W_l h_{l-1} + b_l)),\quad
         y = W_{L} h_{L-1} + b_L
 
     Args:
@@ -230,6 +230,9 @@ class MLPTarget(TargetNetwork):
         hidden: hidden widths, e.g. ``(100, 100)``.
         classes_per_head: logits per head.
         num_heads: output heads (``1`` for a single shared head).
+        dropout: probability :math:`p` of zeroing a hidden unit in training mode (inverted
+            dropout, as :func:`torch.nn.functional.dropout`); ``0`` (default) turns it off. In
+            evaluation mode the network is deterministic.
 
     Shapes:
         x ``[B, *]`` with ``in_features`` numbers per row; weights ``[P]``;
@@ -242,8 +245,14 @@ class MLPTarget(TargetNetwork):
         hidden: Sequence[int] = (100, 100),
         classes_per_head: int = 10,
         num_heads: int = 1,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+            raise ValueError(f"MLPTarget: dropout must be a number in [0, 1), got {dropout!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"MLPTarget: dropout must be in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
         self.in_features = _positive_int("MLPTarget", "in_features", in_features)
         self.hidden = tuple(_positive_int("MLPTarget", "hidden", h) for h in hidden)
         self.classes_per_head = _positive_int("MLPTarget", "classes_per_head", classes_per_head)
@@ -265,6 +274,8 @@ class MLPTarget(TargetNetwork):
             h = F.linear(h, tensors[2 * i], tensors[2 * i + 1])
             if i < n - 1:
                 h = F.relu(h)
+                if self.dropout > 0:
+                    h = F.dropout(h, self.dropout, training=self.training)
         return h
 
     def config(self) -> dict:
@@ -274,12 +285,14 @@ class MLPTarget(TargetNetwork):
             "hidden": list(self.hidden),
             "classes_per_head": self.classes_per_head,
             "num_heads": self.num_heads,
+            "dropout": self.dropout,
         }
 
     def extra_repr(self) -> str:
+        drop = f", dropout={self.dropout:g}" if self.dropout > 0 else ""
         return (
             f"{self.in_features}, hidden={self.hidden}, heads={self.num_heads}x"
-            f"{self.classes_per_head}, P={self.param_spec.numel}"
+            f"{self.classes_per_head}{drop}, P={self.param_spec.numel}"
         )
 
 

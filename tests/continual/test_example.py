@@ -74,11 +74,15 @@ def test_permuted_mnist_rnn_preset_and_its_overrides(load_example):
     base = {"reg_outputs": "used", "reg_weighting": None, "fisher_floor": None, "beta": None,
             "hidden_beta": 0.0, "growth_units": 0, "growth_threshold": 0.0}  # fmt: skip
 
-    def config(**kw):
-        args = Namespace(**base, train_old_embeddings=None, task_step_embeddings=None)
+    def method(**kw):
+        args = Namespace(**base, train_old_embeddings=None, task_step_embeddings=None,
+                         dropout=None)  # fmt: skip
         for k, v in kw.items():
             setattr(args, k, v)
-        return mod.build("rnn", preset, 10, 0, args).config()
+        return mod.build("rnn", preset, 10, 0, args)
+
+    def config(**kw):
+        return method(**kw).config()
 
     cfg = config()  # the preset chosen on the validation split
     assert cfg["train_old_embeddings"] is True and cfg["reg_weighting"] == "fisher"
@@ -88,6 +92,7 @@ def test_permuted_mnist_rnn_preset_and_its_overrides(load_example):
     cfg = config(train_old_embeddings=False, task_step_embeddings=0)  # the flags turn both off
     assert cfg["train_old_embeddings"] is False
     assert not cfg["hnet"]["conditional_step_embeddings"] and cfg["hnet"]["step_dim"] == 32
+    assert method().target.dropout == 0.0 and method(dropout=0.2).target.dropout == 0.2
 
 
 @pytest.mark.parametrize("stream", ["permuted-mnist", "split-mnist"])
@@ -104,7 +109,7 @@ def test_rnn_preset_has_no_more_hypernetwork_parameters_than_the_chunked_baselin
     args = Namespace(
         reg_outputs="used", reg_weighting=None, fisher_floor=None, beta=None, chunked_beta=None,
         hidden_beta=0.0, growth_units=0, growth_threshold=0.0, train_old_embeddings=None,
-        task_step_embeddings=None,
+        task_step_embeddings=None, dropout=None,
     )  # fmt: skip
 
     def sizes(method):

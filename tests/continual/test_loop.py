@@ -309,3 +309,38 @@ def test_cosine_schedule_within_each_task(stream, monkeypatch):
     # a fresh decay per task: 0.2 at each task's first step, falling to near 0 at its last
     expected = [0.1 * (1 + math.cos(math.pi * s / 8)) for s in range(8)]
     assert seen == pytest.approx(expected * 2)
+
+
+def test_dropout_trains_in_training_mode_and_consolidates_in_evaluation_mode(stream):
+    """With a dropout target: training steps see training mode, while end-of-task work
+    (Fisher estimates, growth checks, evaluation) sees the deterministic network."""
+    modes: dict[str, list[bool]] = {"step": [], "end": [], "grow": []}
+
+    class Spy(HypernetworkMethod):
+        def weights_and_penalty(self, task):
+            modes["step"].append(self.target.training)
+            return super().weights_and_penalty(task)
+
+        def end_task(self, task, data):
+            modes["end"].append(self.target.training)
+            super().end_task(task, data)
+
+        def maybe_grow(self, train_accuracy):
+            modes["grow"].append(self.target.training)
+            return super().maybe_grow(train_accuracy)
+
+    target = MLPTarget(64, (16,), 2, num_heads=3, dropout=0.5)
+    torch.manual_seed(0)
+    hnet = RNNHyperNetwork(target.param_spec, 60, 8, 16, step_signal="learned", step_dim=8)
+    m = Spy(target, hnet, beta=0.05, reg_weighting="fisher", fisher_samples=20)
+    cfg = ContinualConfig(iterations=30, growth_iterations=5)
+    train_continual(m, stream[:2], cfg, task_inferred=False)
+    assert modes["step"] and all(modes["step"])
+    assert modes["end"] == [False, False] and modes["grow"] and all(modes["grow"])
+    # the last task's Fisher is that of the deterministic network: recomputing it at the same
+    # weights with another global generator state gives the same numbers
+    last = m._fisher[1].clone()
+    torch.manual_seed(123)
+    m.end_task(1, stream[1])
+    torch.testing.assert_close(m._fisher[1], last, rtol=0, atol=0)
+    assert m.training is False and not target.training

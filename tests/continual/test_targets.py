@@ -54,6 +54,37 @@ def test_mlp_target_equals_sequential():
     assert "P=" in repr(target)
 
 
+def test_mlp_target_dropout_matches_sequential_in_both_modes():
+    torch.manual_seed(0)
+    target = MLPTarget(6, (5, 4), classes_per_head=3, num_heads=2, dropout=0.3)
+    ref = nn.Sequential(
+        nn.Linear(6, 5), nn.ReLU(), nn.Dropout(0.3), nn.Linear(5, 4), nn.ReLU(), nn.Dropout(0.3),
+        nn.Linear(4, 6),
+    )  # fmt: skip
+    w = torch.cat([p.detach().flatten() for p in ref.parameters()])
+    x = torch.randn(64, 6)
+    # training mode: the same masks as nn.Dropout under the same generator state
+    torch.manual_seed(1)
+    got = target(x, w)
+    torch.manual_seed(1)
+    torch.testing.assert_close(got, ref(x))
+    plain = MLPTarget(6, (5, 4), classes_per_head=3, num_heads=2)
+    assert not torch.allclose(got, plain(x, w))
+    # evaluation mode: deterministic and equal to the network without dropout
+    target.eval()
+    ref.eval()
+    torch.testing.assert_close(target(x, w), plain(x, w))
+    torch.testing.assert_close(target(x, w), ref(x))
+    assert "dropout=0.3" in repr(target) and "dropout" not in repr(plain)
+    assert target_from_config(target.config()).dropout == 0.3
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, True, "0.2", None])
+def test_mlp_target_rejects_bad_dropout(bad):
+    with pytest.raises(ValueError, match="dropout"):
+        MLPTarget(4, (3,), 2, dropout=bad)
+
+
 def test_cnn_target_equals_conv_module():
     torch.manual_seed(0)
     target = CNNTarget(1, 9, channels=(3, 4), kernel_size=3, hidden=(5,), classes_per_head=2)
