@@ -194,6 +194,8 @@ def reg_options(p: dict, args) -> dict:
 def build(method: str, preset: dict, num_tasks: int, seed: int, args):
     t = preset["target"]
     if t.get("gnn"):
+        if args.dropout:
+            raise ValueError("--dropout applies to MLP targets only; this stream's is a GNN")
         target = GNNTarget(4, t["hidden"], 2, t["classes"], num_heads=num_tasks)
     else:
         own = preset.get("rnn" if method.startswith("rnn") else method, {})

@@ -93,6 +93,8 @@ def test_permuted_mnist_rnn_preset_and_its_overrides(load_example):
     assert cfg["train_old_embeddings"] is False
     assert not cfg["hnet"]["conditional_step_embeddings"] and cfg["hnet"]["step_dim"] == 32
     assert method().target.dropout == 0.0 and method(dropout=0.2).target.dropout == 0.2
+    with pytest.raises(ValueError, match="--dropout"):  # not silently ignored on a GNN target
+        mod.build("rnn", mod.PRESETS["graphs"], 2, 0, Namespace(**base, dropout=0.2))
 
 
 @pytest.mark.parametrize("stream", ["permuted-mnist", "split-mnist"])
