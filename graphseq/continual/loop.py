@@ -18,6 +18,7 @@ A task stream is a sequence of tasks; task ``t`` uses output head ``t``. Each ta
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -129,18 +130,31 @@ def _batches(n: int, size: int):
         yield torch.arange(a, min(a + size, n))
 
 
+@contextlib.contextmanager
+def _evaluation_mode(method: ContinualMethod):
+    """Run the block with ``method`` in evaluation mode (no dropout), then restore its mode."""
+    was_training = method.training
+    method.eval()
+    try:
+        yield
+    finally:
+        method.train(was_training)
+
+
 @torch.no_grad()
 def evaluate_task_incremental(
     method: ContinualMethod, task: int, split, batch_size: int = 1000
 ) -> float:
-    """Accuracy on ``split`` with task ``task``'s weights and head."""
+    """Accuracy on ``split`` with task ``task``'s weights and head, in evaluation mode (the
+    method's mode is restored afterwards)."""
     if len(split) == 0:
         raise ValueError("evaluation split is empty")
-    target, w = method.target, method.weights(task)
     correct = 0
-    for idx in _batches(len(split), batch_size):
-        x, y = split.batch(idx)
-        correct += (target.head(target(x, w), task).argmax(1) == y).sum().item()
+    with _evaluation_mode(method):
+        target, w = method.target, method.weights(task)
+        for idx in _batches(len(split), batch_size):
+            x, y = split.batch(idx)
+            correct += (target.head(target(x, w), task).argmax(1) == y).sum().item()
     return correct / len(split)
 
 
@@ -149,26 +163,28 @@ def evaluate_task_inferred(
     method: ContinualMethod, task: int, split, seen: int, batch_size: int = 1000
 ) -> tuple[float, float]:
     """``(accuracy, task-inference accuracy)`` on ``split`` (of task ``task``) when the task
-    is chosen among ``seen`` tasks by minimum predictive entropy."""
+    is chosen among ``seen`` tasks by minimum predictive entropy. Runs in evaluation mode
+    (the method's mode is restored afterwards)."""
     if len(split) == 0:
         raise ValueError("evaluation split is empty")
     if not 0 <= task < seen:
         raise ValueError(f"task {task} must be one of the {seen} seen tasks")
     target = method.target
-    weights = [method.weights(k) for k in range(seen)]
     correct = right_task = 0
-    for idx in _batches(len(split), batch_size):
-        x, y = split.batch(idx)
-        ent, pred = [], []
-        for k, w in enumerate(weights):
-            logp = F.log_softmax(target.head(target(x, w), k), dim=1)
-            ent.append(-(logp.exp() * logp).sum(1))
-            pred.append(logp.argmax(1))
-        chosen = torch.stack(ent).argmin(0)  # [B]
-        guess = torch.stack(pred).gather(0, chosen.unsqueeze(0))[0]
-        ok_task = chosen == task
-        right_task += ok_task.sum().item()
-        correct += (ok_task & (guess == y)).sum().item()
+    with _evaluation_mode(method):
+        weights = [method.weights(k) for k in range(seen)]
+        for idx in _batches(len(split), batch_size):
+            x, y = split.batch(idx)
+            ent, pred = [], []
+            for k, w in enumerate(weights):
+                logp = F.log_softmax(target.head(target(x, w), k), dim=1)
+                ent.append(-(logp.exp() * logp).sum(1))
+                pred.append(logp.argmax(1))
+            chosen = torch.stack(ent).argmin(0)  # [B]
+            guess = torch.stack(pred).gather(0, chosen.unsqueeze(0))[0]
+            ok_task = chosen == task
+            right_task += ok_task.sum().item()
+            correct += (ok_task & (guess == y)).sum().item()
     return correct / len(split), right_task / len(split)
 
 
@@ -210,11 +226,7 @@ def _train_accuracy(method, task_id, task, config, gen) -> float:
         def batch(self, i):
             return task.train.batch(idx[i])
 
-    method.eval()
-    try:
-        return evaluate_task_incremental(method, task_id, _Sub(), config.eval_batch_size)
-    finally:
-        method.train()
+    return evaluate_task_incremental(method, task_id, _Sub(), config.eval_batch_size)
 
 
 def train_continual(

@@ -311,32 +311,49 @@ def test_cosine_schedule_within_each_task(stream, monkeypatch):
     assert seen == pytest.approx(expected * 2)
 
 
-def test_dropout_trains_in_training_mode_and_consolidates_in_evaluation_mode(stream):
+@pytest.mark.parametrize("growth_units", [0, 4])
+def test_dropout_trains_in_training_mode_and_consolidates_in_evaluation_mode(stream, growth_units):
     """With a dropout target: training steps see training mode, while end-of-task work
     (Fisher estimates, growth checks, evaluation) sees the deterministic network."""
-    modes: dict[str, list[bool]] = {"step": [], "end": [], "grow": []}
+    modes: dict[str, list[bool]] = {"step": [], "end": [], "eval": []}
 
     class Spy(HypernetworkMethod):
+        in_step = False
+
         def weights_and_penalty(self, task):
             modes["step"].append(self.target.training)
-            return super().weights_and_penalty(task)
+            self.in_step = True
+            try:
+                return super().weights_and_penalty(task)
+            finally:
+                self.in_step = False
+
+        def weights(self, task):
+            if not self.in_step:  # growth checks and evaluations
+                modes["eval"].append(self.target.training)
+            return super().weights(task)
 
         def end_task(self, task, data):
             modes["end"].append(self.target.training)
             super().end_task(task, data)
 
-        def maybe_grow(self, train_accuracy):
-            modes["grow"].append(self.target.training)
-            return super().maybe_grow(train_accuracy)
-
     target = MLPTarget(64, (16,), 2, num_heads=3, dropout=0.5)
     torch.manual_seed(0)
     hnet = RNNHyperNetwork(target.param_spec, 60, 8, 16, step_signal="learned", step_dim=8)
-    m = Spy(target, hnet, beta=0.05, reg_weighting="fisher", fisher_samples=20)
+    m = Spy(target, hnet, beta=0.05, reg_weighting="fisher", fisher_samples=20,
+            growth_units=growth_units, growth_threshold=1.0)  # fmt: skip
     cfg = ContinualConfig(iterations=30, growth_iterations=5)
-    train_continual(m, stream[:2], cfg, task_inferred=False)
+    result = train_continual(m, stream[:2], cfg, task_inferred=False)
+    if not growth_units:
+        assert result.growths == [0, 0]
+    else:  # 30 steps leave the training accuracy below 1, the threshold
+        assert sum(result.growths) >= 1
     assert modes["step"] and all(modes["step"])
-    assert modes["end"] == [False, False] and modes["grow"] and all(modes["grow"])
+    assert modes["end"] == [False, False]
+    # per task: one growth check, one more after each growth, then the evaluation of every
+    # task so far
+    checks = 2 + sum(result.growths)
+    assert len(modes["eval"]) == checks + 1 + 2 and not any(modes["eval"])
     # the last task's Fisher is that of the deterministic network: recomputing it at the same
     # weights with another global generator state gives the same numbers
     last = m._fisher[1].clone()
@@ -344,3 +361,25 @@ def test_dropout_trains_in_training_mode_and_consolidates_in_evaluation_mode(str
     m.end_task(1, stream[1])
     torch.testing.assert_close(m._fisher[1], last, rtol=0, atol=0)
     assert m.training is False and not target.training
+
+
+@pytest.mark.parametrize("mode", [True, False])
+def test_evaluation_runs_in_evaluation_mode_and_restores_the_mode(stream, mode):
+    """Both evaluations switch dropout off (so they are deterministic) and leave the method in
+    the mode they found it in."""
+    target = MLPTarget(64, (16,), 2, num_heads=2, dropout=0.5)
+    torch.manual_seed(0)
+    m = FineTune(target)
+    m.begin_task(0)
+    m.begin_task(1)
+    m.train(mode)
+    split = stream[0].test
+    first = evaluate_task_incremental(m, 0, split)
+    assert m.training is mode and target.training is mode
+    inferred = evaluate_task_inferred(m, 0, split, 2)
+    assert m.training is mode and target.training is mode
+    torch.manual_seed(1)
+    assert evaluate_task_incremental(m, 0, split) == first
+    assert evaluate_task_inferred(m, 0, split, 2) == inferred
+    m.eval()
+    assert evaluate_task_incremental(m, 0, split) == first

@@ -77,6 +77,9 @@ def test_mlp_target_dropout_matches_sequential_in_both_modes():
     torch.testing.assert_close(target(x, w), ref(x))
     assert "dropout=0.3" in repr(target) and "dropout" not in repr(plain)
     assert target_from_config(target.config()).dropout == 0.3
+    # checkpoints written before the option existed have no "dropout": no dropout
+    old = {k: v for k, v in target.config().items() if k != "dropout"}
+    assert target_from_config(old).dropout == 0.0
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, True, "0.2", None])
