@@ -211,7 +211,8 @@ def build(method: str, preset: dict, num_tasks: int, seed: int, args):
         if method != "rnn":  # rnn-nostep has no step vectors to make per-task
             task_steps = 0
         hnet = RNNHyperNetwork(
-            spec, p["chunk_size"], p["embedding_dim"], p["hidden_size"],
+            spec, p["chunk_size"], p["embedding_dim"],
+            args.rnn_hidden_size if args.rnn_hidden_size is not None else p["hidden_size"],
             step_signal="learned" if method == "rnn" else "none",
             step_dim=task_steps or p["step_dim"],
             conditional_step_embeddings=bool(task_steps),
@@ -294,11 +295,33 @@ def plot_matrix(path: Path, R, title: str) -> None:
     plt.close(fig)
 
 
+def _setting(run: dict) -> dict:
+    """What a run was trained with, apart from its seed (records from before the target's
+    config was stored have ``"target": None``)."""
+    config = {k: v for k, v in run["config"].items() if k != "seed"}
+    return {"config": config, "target": run.get("target"), "train": run["train"]}
+
+
 def summarize_runs(runs: list[dict]) -> dict:
-    """Mean ± std per method (in order of first appearance) over the runs' metrics."""
+    """Mean ± std per method (in order of first appearance) over the runs' metrics.
+
+    Raises:
+        ValueError: two runs of one method differ in anything but the seed (their mean would
+            mix two settings).
+    """
     summary = {}
     for method in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == method]
+        first = _setting(rs[0])
+        for r in rs[1:]:
+            other = _setting(r)
+            diff = [k for k in first if first[k] != other[k]]
+            if diff:
+                raise ValueError(
+                    f"runs of {method!r} (seeds {rs[0]['seed']} and {r['seed']}) differ in "
+                    f"{', '.join(diff)}: {[first[k] for k in diff]} against "
+                    f"{[other[k] for k in diff]}; merge runs of one setting only"
+                )
         summary[method] = {
             k: mean_std([r["metrics"].get(k) for r in rs])
             for k in ("acc", "during", "bwt", "max_forgetting", "inferred_acc", "task_inference")
@@ -386,6 +409,10 @@ def main(argv=None) -> int:
         "conditional chunk embeddings); 0: shared step vectors (default: the preset's)",
     )  # fmt: skip
     ap.add_argument(
+        "--rnn-hidden-size", type=int, default=None, metavar="H",
+        help="rnn: LSTM hidden size (default: the preset's)",
+    )  # fmt: skip
+    ap.add_argument(
         "--train-old-embeddings", action=argparse.BooleanOptionalAction, default=None,
         help="hypernetworks: keep training the old tasks' embeddings under the regulariser "
         "(as posterior-replay-cl does; default: the preset's, else frozen)",
@@ -407,7 +434,16 @@ def main(argv=None) -> int:
     )  # fmt: skip
     args = ap.parse_args(argv)
     if args.merge:
-        return merge(args.merge, Path(args.out))
+        try:
+            return merge(args.merge, Path(args.out))
+        except ValueError as err:
+            ap.error(f"--merge: {err}")
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        ap.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.dropout and PRESETS[args.stream]["target"].get("gnn"):
+        ap.error(f"--dropout applies to MLP targets only; stream {args.stream!r} has a GNN target")
+    if args.rnn_hidden_size is not None and args.rnn_hidden_size < 1:
+        ap.error(f"--rnn-hidden-size must be a positive integer, got {args.rnn_hidden_size}")
     methods = args.methods.split(",")
     bad = [m for m in methods if m not in ALL_METHODS]
     if bad:
@@ -443,7 +479,8 @@ def main(argv=None) -> int:
             res = train_continual(m, stream, cfg, log=lambda s: print(s, flush=True))
             run = {
                 "method": method, "seed": seed, "sizes": sizes(m), "config": m.config(),
-                "train": train_m, "wall_s": time.perf_counter() - t0, **res.to_dict(),
+                "target": m.target.config(), "train": train_m,
+                "wall_s": time.perf_counter() - t0, **res.to_dict(),
             }  # fmt: skip
             runs.append(run)
             met = res.metrics

@@ -7,7 +7,7 @@ import json
 import pytest
 
 
-def test_example_writes_table_json_and_png(tmp_path, load_example):
+def test_example_writes_table_json_and_png(tmp_path, load_example, capsys):
     mod = load_example("continual")
     out = tmp_path / "run"
     argv = ["--stream", "split-digits", "--num-tasks", "2", "--methods", "rnn,ewc"]
@@ -22,9 +22,35 @@ def test_example_writes_table_json_and_png(tmp_path, load_example):
     assert "| rnn |" in table and "| ewc |" in table and "±" in table
     for m in ("rnn", "ewc"):
         assert (out / f"accuracy_matrix_{m}.png").stat().st_size > 1000
+    assert all(r["target"]["dropout"] == 0.0 for r in data["runs"])
     merged = tmp_path / "merged"
     assert mod.main(["--merge", str(out / "results.json"), "--out", str(merged)]) == 0
     assert (merged / "results.md").read_text().count("| rnn | 2 |") == 1
+    # runs of another setting (here target dropout) are not averaged in silently
+    other = tmp_path / "dropout"
+    argv = ["--stream", "split-digits", "--num-tasks", "2", "--methods", "rnn", "--seeds", "2"]
+    assert mod.main([*argv, "--iterations", "5", "--dropout", "0.1", "--out", str(other)]) == 0
+    assert json.loads((other / "results.json").read_text())["runs"][0]["target"]["dropout"] == 0.1
+    paths = [str(out / "results.json"), str(other / "results.json")]
+    with pytest.raises(SystemExit):
+        mod.main(["--merge", *paths, "--out", str(merged)])
+    assert "differ in target" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--dropout", "1.0"], "--dropout must be in"),
+        (["--dropout", "-0.1"], "--dropout must be in"),
+        (["--dropout", "0.2", "--stream", "graphs"], "MLP targets only"),
+        (["--rnn-hidden-size", "0"], "--rnn-hidden-size must be"),
+    ],
+)
+def test_example_rejects_bad_flags_before_loading_data(flags, message, load_example, capsys):
+    mod = load_example("continual")
+    with pytest.raises(SystemExit):
+        mod.main(flags)
+    assert message in capsys.readouterr().err
 
 
 def test_example_validation_split_and_regulariser_flags(tmp_path, load_example):
@@ -76,7 +102,7 @@ def test_permuted_mnist_rnn_preset_and_its_overrides(load_example):
 
     def method(**kw):
         args = Namespace(**base, train_old_embeddings=None, task_step_embeddings=None,
-                         dropout=None)  # fmt: skip
+                         dropout=None, rnn_hidden_size=None)  # fmt: skip
         for k, v in kw.items():
             setattr(args, k, v)
         return mod.build("rnn", preset, 10, 0, args)
@@ -94,7 +120,9 @@ def test_permuted_mnist_rnn_preset_and_its_overrides(load_example):
     assert not cfg["hnet"]["conditional_step_embeddings"] and cfg["hnet"]["step_dim"] == 32
     assert method().target.dropout == 0.0 and method(dropout=0.2).target.dropout == 0.2
     with pytest.raises(ValueError, match="--dropout"):  # not silently ignored on a GNN target
-        mod.build("rnn", mod.PRESETS["graphs"], 2, 0, Namespace(**base, dropout=0.2))
+        mod.build("rnn", mod.PRESETS["graphs"], 2, 0,
+                  Namespace(**base, dropout=0.2, rnn_hidden_size=None))  # fmt: skip
+    assert method(rnn_hidden_size=40).config()["hnet"]["hidden_size"] == 40
 
 
 @pytest.mark.parametrize("stream", ["permuted-mnist", "split-mnist"])
@@ -111,7 +139,7 @@ def test_rnn_preset_has_no_more_hypernetwork_parameters_than_the_chunked_baselin
     args = Namespace(
         reg_outputs="used", reg_weighting=None, fisher_floor=None, beta=None, chunked_beta=None,
         hidden_beta=0.0, growth_units=0, growth_threshold=0.0, train_old_embeddings=None,
-        task_step_embeddings=None, dropout=None,
+        task_step_embeddings=None, dropout=None, rnn_hidden_size=None,
     )  # fmt: skip
 
     def sizes(method):
