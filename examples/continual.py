@@ -8,6 +8,10 @@ Runs each method on a task stream for several seeds and writes, under ``--out``:
   target's weight count);
 * ``accuracy_matrix_<method>.png``: the accuracy matrix of the first seed.
 
+Runs of several invocations (for example one seed per process) are combined with ``--merge
+a/results.json b/results.json ...``; runs of one method that differ in anything but the seed
+(target, method config, training settings) are refused rather than averaged.
+
 Streams (``--stream``): ``permuted-mnist`` (10 tasks) and ``split-mnist`` (5 tasks) from
 ``mnist.npz`` in ``--data-dir`` (else ``$GRAPHSEQ_DATA``); ``permuted-digits``,
 ``split-digits`` (scikit-learn's digits, seconds per run); ``graphs`` (synthetic graph tasks,
