@@ -132,13 +132,15 @@ def _batches(n: int, size: int):
 
 @contextlib.contextmanager
 def _evaluation_mode(method: ContinualMethod):
-    """Run the block with ``method`` in evaluation mode (no dropout), then restore its mode."""
-    was_training = method.training
+    """Run the block with ``method`` in evaluation mode (no dropout), then restore the mode of
+    every submodule (a caller may have put parts of it in evaluation mode on purpose)."""
+    modes = [(m, m.training) for m in method.modules()]
     method.eval()
     try:
         yield
     finally:
-        method.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 @torch.no_grad()

@@ -383,3 +383,8 @@ def test_evaluation_runs_in_evaluation_mode_and_restores_the_mode(stream, mode):
     assert evaluate_task_inferred(m, 0, split, 2) == inferred
     m.eval()
     assert evaluate_task_incremental(m, 0, split) == first
+    # mixed modes (a part frozen in evaluation mode by the caller) come back as they were
+    m.train()
+    target.eval()
+    evaluate_task_inferred(m, 0, split, 2)
+    assert m.training and not target.training
