@@ -34,7 +34,23 @@ def test_example_writes_table_json_and_png(tmp_path, load_example, capsys):
     paths = [str(out / "results.json"), str(other / "results.json")]
     with pytest.raises(SystemExit):
         mod.main(["--merge", *paths, "--out", str(merged)])
-    assert "differ in target" in capsys.readouterr().err
+    assert "differ in target.dropout: 0.0 vs 0.1" in capsys.readouterr().err
+    # nor are validation-split runs averaged with test-set runs
+    val = tmp_path / "val"
+    argv[-1] = "1"  # seed 1
+    assert mod.main([*argv, "--iterations", "5", "--validation", "0.2", "--out", str(val)]) == 0
+    with pytest.raises(SystemExit):
+        mod.main(
+            ["--merge", str(out / "results.json"), str(val / "results.json"), "--out", str(merged)]
+        )
+    assert "data.validation: None vs 0.2" in capsys.readouterr().err
+    # records from before the target and data settings were stored: merged, with a warning
+    legacy = [{k: v for k, v in r.items() if k not in ("target", "data")} for r in data["runs"]]
+    assert mod.summarize_runs(legacy)["rnn"]["seeds"] == [0, 1]
+    assert "cannot be checked" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an unreadable file is named
+        mod.main(["--merge", str(tmp_path / "missing.json"), "--out", str(merged)])
+    assert "missing.json" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -44,10 +60,18 @@ def test_example_writes_table_json_and_png(tmp_path, load_example, capsys):
         (["--dropout", "-0.1"], "--dropout must be in"),
         (["--dropout", "0.2", "--stream", "graphs"], "MLP targets only"),
         (["--rnn-hidden-size", "0"], "--rnn-hidden-size must be"),
+        (["--rnn-hidden-size", "8", "--methods", "ewc"], "applies to the rnn methods"),
     ],
 )
-def test_example_rejects_bad_flags_before_loading_data(flags, message, load_example, capsys):
+def test_example_rejects_bad_flags_before_loading_data(
+    flags, message, load_example, capsys, monkeypatch
+):
     mod = load_example("continual")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data loaded before the flags were checked")
+
+    monkeypatch.setattr(mod, "load_stream", no_data)
     with pytest.raises(SystemExit):
         mod.main(flags)
     assert message in capsys.readouterr().err
