@@ -182,6 +182,11 @@ class HyperNetwork(nn.Module):
         own = {id(p) for t in range(self.num_tasks) for p in self.task_parameters(t)}
         return [p for p in self.parameters() if id(p) not in own]
 
+    def output_parameters(self) -> list[nn.Parameter]:
+        """The output layer's weight and bias (``W_o``, ``b_o``): every generated number is a
+        linear read-out of them, scaled by ``scale``."""
+        return list(self._output_layer().parameters())
+
     def num_shared_parameters(self) -> int:
         """Hypernetwork size without task-specific parameters (von Oswald's convention)."""
         return sum(p.numel() for p in self.shared_parameters())

@@ -192,13 +192,16 @@ def evaluate_task_inferred(
 
 def _train_steps(method, task_id, task, config, steps, gen, log) -> None:
     target = method.target
-    params = method.trainable(task_id)
-    opt = torch.optim.Adam(params, lr=config.lr)
+    groups = [dict(g) for g in method.param_groups(task_id) if g["params"]]
+    params = [p for g in groups for p in g["params"]]
+    for g in groups:  # each group's rate is its lr_scale times the loop's (scheduled) rate
+        g["lr"] = config.lr * g["lr_scale"]
+    opt = torch.optim.Adam(groups, lr=config.lr)
     n = len(task.train)
     for step in range(steps):
         if config.schedule != "constant":
             for group in opt.param_groups:
-                group["lr"] = config.lr_at(step, steps)
+                group["lr"] = config.lr_at(step, steps) * group["lr_scale"]
         idx = torch.randint(n, (config.batch_size,), generator=gen)
         x, y = task.train.batch(idx)
         weights, reg = method.weights_and_penalty(task_id)

@@ -21,6 +21,7 @@ from graphseq.continual import (
     evaluate_task_incremental,
     evaluate_task_inferred,
     load_method,
+    method_from_config,
     save_method,
     train_continual,
 )
@@ -388,3 +389,56 @@ def test_evaluation_runs_in_evaluation_mode_and_restores_the_mode(stream, mode):
     target.eval()
     evaluate_task_inferred(m, 0, split, 2)
     assert m.training and not target.training
+
+
+def test_output_lr_scale_groups_cover_the_trainable_parameters():
+    target = small_target()
+    m = rnn_method(target, output_lr_scale=10.0)
+    m.begin_task(0)
+    groups = m.param_groups(0)
+    assert [g["lr_scale"] for g in groups] == [1.0, 10.0]
+    assert [id(p) for p in groups[1]["params"]] == [id(m.hnet.out.weight), id(m.hnet.out.bias)]
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in m.trainable(0))  # each exactly once
+    # the default, and every other method: one group at the loop's rate
+    plain = rnn_method(target)
+    plain.begin_task(0)
+    assert [g["lr_scale"] for g in plain.param_groups(0)] == [1.0]
+    assert FineTune(target).param_groups(0)[0]["lr_scale"] == 1.0
+    chunked = HypernetworkMethod(
+        target, ChunkedHyperNetwork(target.param_spec, 100, 8, 8, (16,)), output_lr_scale=3.0
+    )
+    assert chunked.hnet.output_parameters() == list(chunked.hnet.out.parameters())
+    assert chunked.config()["output_lr_scale"] == 3.0
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), True, "10"])
+def test_output_lr_scale_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="output_lr_scale"):
+        rnn_method(small_target(), output_lr_scale=bad)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_output_lr_scale_sets_the_output_layer_step(stream, schedule):
+    """Adam's first step moves every parameter with a gradient by its group's rate (the
+    update is lr * g / |g|): the output layer by k * lr, everything else by lr."""
+    lr, k = 1e-3, 10.0
+    m = rnn_method(small_target(), output_lr_scale=k)
+    out = {id(p) for p in m.hnet.output_parameters()}
+    m.begin_task(0)  # the loop's begin_task again is a no-op for task 0
+    before = {id(p): p.detach().clone() for p in m.trainable(0)}
+    cfg = ContinualConfig(iterations=1, batch_size=16, lr=lr, schedule=schedule)
+    train_continual(m, stream[:1], cfg, task_inferred=False)
+    for p in m.trainable(0):
+        step = (p.detach() - before[id(p)]).abs()
+        moved = step[step > 0]
+        assert moved.numel() > 0.9 * p.numel()
+        expected = k * lr if id(p) in out else lr
+        assert moved.max().item() == pytest.approx(expected, rel=1e-3)
+        # all but the numbers with a gradient near Adam's eps take the full step
+        assert ((moved - expected).abs() < 0.01 * expected).float().mean() > 0.9
+    # the whole method round-trips through its config
+    again = method_from_config(m.target.config(), m.config())
+    assert again.output_lr_scale == k
+    legacy = {key: v for key, v in m.config().items() if key != "output_lr_scale"}
+    assert method_from_config(m.target.config(), legacy).output_lr_scale == 1.0
