@@ -197,6 +197,12 @@ def reg_options(p: dict, args) -> dict:
             "train_old_embeddings": old}  # fmt: skip
 
 
+def _given(args, name: str, default):
+    """``args.<name>`` when the command line set it, else the preset's ``default``."""
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
 def build(method: str, preset: dict, num_tasks: int, seed: int, args):
     t = preset["target"]
     if t.get("gnn"):
@@ -217,15 +223,17 @@ def build(method: str, preset: dict, num_tasks: int, seed: int, args):
         if method != "rnn":  # rnn-nostep has no step vectors to make per-task
             task_steps = 0
         hnet = RNNHyperNetwork(
-            spec, p["chunk_size"], p["embedding_dim"],
-            args.rnn_hidden_size if args.rnn_hidden_size is not None else p["hidden_size"],
+            spec, _given(args, "rnn_chunk_size", p["chunk_size"]), p["embedding_dim"],
+            _given(args, "rnn_hidden_size", p["hidden_size"]),
             step_signal="learned" if method == "rnn" else "none",
             step_dim=task_steps or p["step_dim"],
+            chunking=_given(args, "rnn_chunking", p.get("chunking", "flat")),
             conditional_step_embeddings=bool(task_steps),
         )  # fmt: skip
         beta = args.beta if args.beta is not None else p["beta"]
         return HypernetworkMethod(
             target, hnet, beta=beta, hidden_beta=args.hidden_beta, seed=seed,
+            output_lr_scale=_given(args, "output_lr_scale", p.get("output_lr_scale", 1.0)),
             **reg_options(p, args),
             growth_units=args.growth_units, growth_threshold=args.growth_threshold,
         )  # fmt: skip
@@ -236,11 +244,19 @@ def build(method: str, preset: dict, num_tasks: int, seed: int, args):
             conditional_chunk_embeddings=p["conditional"],
         )  # fmt: skip
         beta = args.chunked_beta if args.chunked_beta is not None else p["beta"]
-        return HypernetworkMethod(target, hnet, beta=beta, seed=seed, **reg_options(p, args))
+        return HypernetworkMethod(
+            target, hnet, beta=beta, seed=seed,
+            output_lr_scale=_given(args, "output_lr_scale", p.get("output_lr_scale", 1.0)),
+            **reg_options(p, args),
+        )  # fmt: skip
     if method == "full":
         p = preset["full"]
         hnet = FullHyperNetwork(spec, p["embedding_dim"], p["hidden"])
-        return HypernetworkMethod(target, hnet, beta=p["beta"], seed=seed, **reg_options(p, args))
+        return HypernetworkMethod(
+            target, hnet, beta=p["beta"], seed=seed,
+            output_lr_scale=_given(args, "output_lr_scale", p.get("output_lr_scale", 1.0)),
+            **reg_options(p, args),
+        )  # fmt: skip
     if method == "finetune":
         return FineTune(target, seed=seed)
     if method == "ewc":
@@ -438,6 +454,21 @@ def main(argv=None) -> int:
         help="rnn: LSTM hidden size (default: the preset's)",
     )  # fmt: skip
     ap.add_argument(
+        "--output-lr-scale", type=float, default=None, metavar="K",
+        help="hypernetworks: the output layer's learning rate as K times --lr (default: the "
+        "preset's, else 1)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--rnn-chunk-size", type=int, default=None, metavar="C",
+        help="rnn: numbers generated per LSTM step (default: the preset's)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--rnn-chunking", choices=("flat", "rows"), default=None,
+        help="rnn: cut each layer into contiguous chunks (flat) or whole output units' rows "
+        "(rows; a chunk of at least fan-in + 1 numbers holds one or more units' incoming "
+        "weights and bias) (default: the preset's, else flat)",
+    )  # fmt: skip
+    ap.add_argument(
         "--train-old-embeddings", action=argparse.BooleanOptionalAction, default=None,
         help="hypernetworks: keep training the old tasks' embeddings under the regulariser "
         "(as posterior-replay-cl does; default: the preset's, else frozen)",
@@ -467,14 +498,24 @@ def main(argv=None) -> int:
         ap.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.dropout and PRESETS[args.stream]["target"].get("gnn"):
         ap.error(f"--dropout applies to MLP targets only; stream {args.stream!r} has a GNN target")
-    if args.rnn_hidden_size is not None and args.rnn_hidden_size < 1:
-        ap.error(f"--rnn-hidden-size must be a positive integer, got {args.rnn_hidden_size}")
+    if args.output_lr_scale is not None and not (
+        math.isfinite(args.output_lr_scale) and args.output_lr_scale > 0
+    ):
+        ap.error(f"--output-lr-scale must be a positive number, got {args.output_lr_scale}")
+    for flag in ("rnn_hidden_size", "rnn_chunk_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
     methods = args.methods.split(",")
     bad = [m for m in methods if m not in ALL_METHODS]
     if bad:
         ap.error(f"unknown methods {bad}; choose from {ALL_METHODS}")
-    if args.rnn_hidden_size is not None and not {"rnn", "rnn-nostep"} & set(methods):
-        ap.error("--rnn-hidden-size applies to the rnn methods, and none was asked for")
+    rnn_flags = [f"--{f.replace('_', '-')}" for f in ("rnn_hidden_size", "rnn_chunk_size",
+                 "rnn_chunking") if getattr(args, f) is not None]  # fmt: skip
+    if args.output_lr_scale is not None and not set(HNET_METHODS) & set(methods):
+        ap.error("--output-lr-scale applies to the hypernetwork methods, and none was asked for")
+    if rnn_flags and not {"rnn", "rnn-nostep"} & set(methods):
+        ap.error(f"{', '.join(rnn_flags)} applies to the rnn methods, and none was asked for")
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.stream]
     stream = load_stream(args.stream, args.data_dir, args.num_tasks)

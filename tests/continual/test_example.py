@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -61,6 +62,11 @@ def test_example_writes_table_json_and_png(tmp_path, load_example, capsys):
         (["--dropout", "0.2", "--stream", "graphs"], "MLP targets only"),
         (["--rnn-hidden-size", "0"], "--rnn-hidden-size must be"),
         (["--rnn-hidden-size", "8", "--methods", "ewc"], "applies to the rnn methods"),
+        (["--rnn-chunk-size", "0"], "--rnn-chunk-size must be"),
+        (["--output-lr-scale", "0"], "--output-lr-scale must be"),
+        (["--output-lr-scale", "nan"], "--output-lr-scale must be"),
+        (["--output-lr-scale", "10", "--methods", "ewc,si"], "--output-lr-scale applies"),
+        (["--rnn-chunking", "rows", "--methods", "chunked"], "--rnn-chunking applies"),
     ],
 )
 def test_example_rejects_bad_flags_before_loading_data(
@@ -147,6 +153,13 @@ def test_permuted_mnist_rnn_preset_and_its_overrides(load_example):
         mod.build("rnn", mod.PRESETS["graphs"], 2, 0,
                   Namespace(**base, dropout=0.2, rnn_hidden_size=None))  # fmt: skip
     assert method(rnn_hidden_size=40).config()["hnet"]["hidden_size"] == 40
+    assert cfg["hnet"]["chunking"] == "flat" and cfg["hnet"]["chunk_size"] == 750
+    assert cfg["output_lr_scale"] == 1.0 and config(output_lr_scale=10.0)["output_lr_scale"] == 10
+    rows = method(rnn_chunking="rows", rnn_chunk_size=785).hnet
+    assert rows.config()["chunking"] == "rows" and rows.chunk_size == 785
+    heads = rows.spec.layer_sizes()[-1] // 101  # output units of the last layer
+    # one first-layer unit (784 weights and a bias) per step, then 7 units of 101 per step
+    assert rows.num_steps == 100 + math.ceil(100 / 7) + math.ceil(heads / 7)
 
 
 @pytest.mark.parametrize("stream", ["permuted-mnist", "split-mnist"])
