@@ -235,8 +235,8 @@ class HypernetworkMethod(ContinualMethod):
             generated weights their initial std make ``W_o`` large and multiply its read-out by
             ``1/sqrt(fan_in)``, so under Adam (steps of about ``lr`` per parameter) a step moves
             a generated weight far less than a step moves a directly trained one; ``1``
-            (default) keeps that. On Split-MNIST the RNN hypernetwork's generated networks
-            generalise better with ``10`` (``BENCHMARKS.md``).
+            (default) keeps that. On Split-MNIST, ``10`` helped one digit pair learned alone
+            but not the five-task stream (``BENCHMARKS.md``, seventeenth session).
 
     :meth:`weights_and_penalty` generates the current and the regularised old tasks' weights
     in one batched hypernetwork call (``hnet.generate_with_old``) and compares the old ones
