@@ -195,7 +195,7 @@ def _train_steps(method, task_id, task, config, steps, gen, log) -> None:
     groups = [dict(g) for g in method.param_groups(task_id) if g["params"]]
     params = [p for g in groups for p in g["params"]]
     for g in groups:  # each group's rate is its lr_scale times the loop's (scheduled) rate
-        g["lr"] = config.lr * g["lr_scale"]
+        g["lr"] = config.lr * g.setdefault("lr_scale", 1.0)
     opt = torch.optim.Adam(groups, lr=config.lr)
     n = len(task.train)
     for step in range(steps):
