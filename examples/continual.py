@@ -188,15 +188,18 @@ def method_iterations(preset: dict, method: str, iterations: int | None) -> int:
     return own.get("iterations", preset["train"]["iterations"])
 
 
-def reg_options(p: dict, args) -> dict:
-    """The output regulariser's options: the command line's, else the preset's."""
-    weighting = args.reg_weighting or p.get("reg_weighting", "uniform")
-    floor = args.fisher_floor if args.fisher_floor is not None else p.get("fisher_floor", 0.1)
-    old = args.train_old_embeddings
-    if old is None:
-        old = p.get("train_old_embeddings", False)
-    return {"reg_outputs": args.reg_outputs, "reg_weighting": weighting, "fisher_floor": floor,
-            "train_old_embeddings": old}  # fmt: skip
+def hnet_options(p: dict, args) -> dict:
+    """``HypernetworkMethod`` options every hypernetwork method takes (the output regulariser's,
+    the output layer's learning-rate multiple): the command line's, else the preset's."""
+    return {
+        "reg_outputs": args.reg_outputs,
+        "reg_weighting": _given(args, "reg_weighting", p.get("reg_weighting", "uniform")),
+        "fisher_floor": _given(args, "fisher_floor", p.get("fisher_floor", 0.1)),
+        "train_old_embeddings": _given(
+            args, "train_old_embeddings", p.get("train_old_embeddings", False)
+        ),
+        "output_lr_scale": _given(args, "output_lr_scale", p.get("output_lr_scale", 1.0)),
+    }
 
 
 def _given(args, name: str, default):
@@ -235,8 +238,7 @@ def build(method: str, preset: dict, num_tasks: int, seed: int, args):
         beta = args.beta if args.beta is not None else p["beta"]
         return HypernetworkMethod(
             target, hnet, beta=beta, hidden_beta=args.hidden_beta, seed=seed,
-            output_lr_scale=_given(args, "output_lr_scale", p.get("output_lr_scale", 1.0)),
-            **reg_options(p, args),
+            **hnet_options(p, args),
             growth_units=args.growth_units, growth_threshold=args.growth_threshold,
         )  # fmt: skip
     if method in ("chunked", "chunked-eq"):
@@ -246,19 +248,11 @@ def build(method: str, preset: dict, num_tasks: int, seed: int, args):
             conditional_chunk_embeddings=p["conditional"],
         )  # fmt: skip
         beta = args.chunked_beta if args.chunked_beta is not None else p["beta"]
-        return HypernetworkMethod(
-            target, hnet, beta=beta, seed=seed,
-            output_lr_scale=_given(args, "output_lr_scale", p.get("output_lr_scale", 1.0)),
-            **reg_options(p, args),
-        )  # fmt: skip
+        return HypernetworkMethod(target, hnet, beta=beta, seed=seed, **hnet_options(p, args))
     if method == "full":
         p = preset["full"]
         hnet = FullHyperNetwork(spec, p["embedding_dim"], p["hidden"])
-        return HypernetworkMethod(
-            target, hnet, beta=p["beta"], seed=seed,
-            output_lr_scale=_given(args, "output_lr_scale", p.get("output_lr_scale", 1.0)),
-            **reg_options(p, args),
-        )  # fmt: skip
+        return HypernetworkMethod(target, hnet, beta=p["beta"], seed=seed, **hnet_options(p, args))
     if method == "finetune":
         return FineTune(target, seed=seed)
     if method == "ewc":
