@@ -158,16 +158,22 @@ HNET_METHODS = ("rnn", "rnn-nostep", "chunked", "chunked-eq", "full")
 ALL_METHODS = (*HNET_METHODS, "finetune", "ewc", "si", "separate")
 
 
+DEFAULT_TASKS = {"permuted-mnist": 10, "split-mnist": 5, "permuted-digits": 10,
+                 "split-digits": 5, "graphs": 4}  # fmt: skip
+
+
 def load_stream(name: str, data_dir: str | None, num_tasks: int | None):
+    """The stream ``name`` with ``num_tasks`` tasks (``None``: its usual length)."""
+    n = DEFAULT_TASKS[name] if num_tasks is None else num_tasks
     if name == "permuted-mnist":
-        return permuted_mnist(num_tasks or 10, data_dir=data_dir)
+        return permuted_mnist(n, data_dir=data_dir)
     if name == "split-mnist":
-        return split_mnist(num_tasks or 5, data_dir=data_dir)
+        return split_mnist(n, data_dir=data_dir)
     if name == "permuted-digits":
-        return permuted_digits(num_tasks or 10)
+        return permuted_digits(n)
     if name == "split-digits":
-        return split_digits(num_tasks or 5)
-    return graph_tasks(num_tasks or 4)
+        return split_digits(n)
+    return graph_tasks(n)
 
 
 def method_lr(preset: dict, method: str, lr: float | None) -> float:
@@ -360,7 +366,8 @@ def summarize_runs(runs: list[dict]) -> dict:
             k: mean_std([r["metrics"].get(k) for r in rs])
             for k in ("acc", "during", "bwt", "max_forgetting", "inferred_acc", "task_inference")
         }
-        summary[method]["sizes"] = rs[0]["sizes"]
+        # after growth the seeds' sizes differ: report the largest, the one a budget must cover
+        summary[method]["sizes"] = max(rs, key=lambda r: r["sizes"]["trainable"])["sizes"]
         summary[method]["seeds"] = [r["seed"] for r in rs]
         summary[method]["iterations"] = rs[0]["train"]["iterations"]
         summary[method]["wall_s"] = statistics.fmean(r["wall_s"] for r in rs)
@@ -498,16 +505,37 @@ def main(argv=None) -> int:
         math.isfinite(args.output_lr_scale) and args.output_lr_scale > 0
     ):
         ap.error(f"--output-lr-scale must be a positive number, got {args.output_lr_scale}")
-    for flag in ("rnn_hidden_size", "rnn_chunk_size"):
+    for flag in ("rnn_hidden_size", "rnn_chunk_size", "num_tasks"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             ap.error(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    if args.task_step_embeddings is not None and args.task_step_embeddings < 0:
+        ap.error(f"--task-step-embeddings must be >= 0, got {args.task_step_embeddings}")
+    if args.growth_units < 0 or args.growth_iterations < 0:
+        ap.error("--growth-units and --growth-iterations must be >= 0")
+    if args.growth_units and not (args.growth_iterations > 0 and args.growth_threshold > 0):
+        # growth happens when the training accuracy is below the threshold, and is followed by
+        # --growth-iterations steps: with either at 0 the hypernetwork would never grow
+        ap.error("--growth-units needs --growth-threshold > 0 and --growth-iterations > 0")
     methods = args.methods.split(",")
     bad = [m for m in methods if m not in ALL_METHODS]
     if bad:
         ap.error(f"unknown methods {bad}; choose from {ALL_METHODS}")
-    rnn_flags = [f"--{f.replace('_', '-')}" for f in ("rnn_hidden_size", "rnn_chunk_size",
-                 "rnn_chunking") if getattr(args, f) is not None]  # fmt: skip
+    rnn_flags = [
+        f"--{f.replace('_', '-')}"
+        for f in (
+            "rnn_hidden_size",
+            "rnn_chunk_size",
+            "rnn_chunking",
+            "task_step_embeddings",
+            "beta",
+        )
+        if getattr(args, f) is not None
+    ]
+    rnn_flags += [f"--{f.replace('_', '-')}" for f in ("hidden_beta", "growth_units")
+                  if getattr(args, f)]  # fmt: skip
+    if args.chunked_beta is not None and not {"chunked", "chunked-eq"} & set(methods):
+        ap.error("--chunked-beta applies to the chunked methods, and none was asked for")
     if args.output_lr_scale is not None and not set(HNET_METHODS) & set(methods):
         ap.error("--output-lr-scale applies to the hypernetwork methods, and none was asked for")
     if rnn_flags and not {"rnn", "rnn-nostep"} & set(methods):
@@ -541,12 +569,15 @@ def main(argv=None) -> int:
             seed_everything(seed)
             m = build(method, preset, len(stream), seed, args)
             cfg = ContinualConfig(seed=seed, **train_m)
+            # the setting is the config the run started from: growth changes the hypernetwork
+            # by a seed-dependent amount, so the grown config and sizes are stored apart
+            config = m.config()
             t0 = time.perf_counter()
             res = train_continual(m, stream, cfg, log=lambda s: print(s, flush=True))
             run = {
-                "method": method, "seed": seed, "sizes": sizes(m), "config": m.config(),
-                "target": m.target.config(), "train": train_m, "data": data,
-                "wall_s": time.perf_counter() - t0, **res.to_dict(),
+                "method": method, "seed": seed, "sizes": sizes(m), "config": config,
+                "final_config": m.config(), "target": m.target.config(), "train": train_m,
+                "data": data, "wall_s": time.perf_counter() - t0, **res.to_dict(),
             }  # fmt: skip
             runs.append(run)
             met = res.metrics

@@ -746,7 +746,8 @@ class RNNHyperNetwork(HyperNetwork):
         """
         units = _check_int("RNNHyperNetwork.grow", "units", units)
         old, new = self.hidden_size, self.hidden_size + units
-        lstm = nn.LSTM(self.input_size, new).to(self.scale.device)
+        like = {"device": self.scale.device, "dtype": self.scale.dtype}  # a .double() hnet stays so
+        lstm = nn.LSTM(self.input_size, new).to(**like)
         for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
             src, dst = getattr(self.lstm, name), getattr(lstm, name)
             for g in range(4):  # gate blocks i, f, g, o
@@ -757,7 +758,7 @@ class RNNHyperNetwork(HyperNetwork):
                     dst[rows_new, old:] = 0.0  # new units do not feed the old ones
                 else:
                     dst[rows_new] = src[rows_old]
-        out = nn.Linear(new, self.chunk_size).to(self.scale.device)
+        out = nn.Linear(new, self.chunk_size).to(**like)
         out.weight[:, :old] = self.out.weight
         out.weight[:, old:] = 0.0
         out.bias.copy_(self.out.bias)

@@ -79,8 +79,15 @@ class ContinualConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"ContinualConfig: {name} must be a positive int, got {v!r}")
-        if not self.lr > 0:
-            raise ValueError(f"ContinualConfig: lr must be > 0, got {self.lr!r}")
+        v = self.growth_iterations
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"ContinualConfig: growth_iterations must be an int >= 0, got {v!r}")
+        if (
+            isinstance(self.lr, bool)
+            or not isinstance(self.lr, (int, float))
+            or not (math.isfinite(self.lr) and self.lr > 0)
+        ):
+            raise ValueError(f"ContinualConfig: lr must be a finite number > 0, got {self.lr!r}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(
                 f"ContinualConfig: schedule must be 'constant' or 'cosine', got {self.schedule!r}"
@@ -125,6 +132,11 @@ class ContinualResult:
         return asdict(self)
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
 def _batches(n: int, size: int):
     for a in range(0, n, size):
         yield torch.arange(a, min(a + size, n))
@@ -151,6 +163,7 @@ def evaluate_task_incremental(
     method's mode is restored afterwards)."""
     if len(split) == 0:
         raise ValueError("evaluation split is empty")
+    _check_batch_size(batch_size)
     correct = 0
     with _evaluation_mode(method):
         target, w = method.target, method.weights(task)
@@ -169,6 +182,7 @@ def evaluate_task_inferred(
     (the method's mode is restored afterwards)."""
     if len(split) == 0:
         raise ValueError("evaluation split is empty")
+    _check_batch_size(batch_size)
     if not 0 <= task < seen:
         raise ValueError(f"task {task} must be one of the {seen} seen tasks")
     target = method.target

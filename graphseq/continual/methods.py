@@ -116,8 +116,12 @@ def _empirical_fisher(
 
 
 def _nonneg(cls: str, name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{cls}: {name} must be a number >= 0, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (value >= 0 and math.isfinite(value))
+    ):
+        raise ValueError(f"{cls}: {name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
@@ -177,6 +181,12 @@ class ContinualMethod(nn.Module):
 
     def config(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        # the hyper-parameters of config(); nested configs (the hypernetwork's) are printed
+        # by the child modules themselves
+        items = self.config().items()
+        return ", ".join(f"{k}={v!r}" for k, v in items if k != "kind" and not isinstance(v, dict))
 
     def prepare_tasks(self, num_tasks: int) -> None:
         """Create the per-task state for ``num_tasks`` tasks (before loading a checkpoint)."""
@@ -300,10 +310,16 @@ class HypernetworkMethod(ContinualMethod):
         if isinstance(growth_units, bool) or not isinstance(growth_units, int) or growth_units < 0:
             raise ValueError(f"growth_units must be an int >= 0, got {growth_units!r}")
         self.growth_units = growth_units
-        if not 0.0 <= growth_threshold <= 1.0:
+        if (
+            isinstance(growth_threshold, bool)
+            or not isinstance(growth_threshold, (int, float))
+            or not 0.0 <= growth_threshold <= 1.0
+        ):
             raise ValueError(f"growth_threshold must be in [0, 1], got {growth_threshold!r}")
         self.growth_threshold = float(growth_threshold)
-        self.max_growths = int(max_growths)
+        if isinstance(max_growths, bool) or not isinstance(max_growths, int) or max_growths < 0:
+            raise ValueError(f"max_growths must be an int >= 0, got {max_growths!r}")
+        self.max_growths = max_growths
         if not isinstance(train_old_embeddings, bool):
             raise ValueError(
                 f"train_old_embeddings must be a bool, got {type(train_old_embeddings).__name__}"
@@ -548,7 +564,7 @@ class EWC(_SingleNetwork):
     Args:
         target: target network.
         lam: :math:`\\lambda`.
-        gamma: decay of older Fishers.
+        gamma: decay of older Fishers, in ``[0, 1]``.
         fisher_samples: examples per task for the Fisher.
         seed: initial weights and Fisher sample.
     """
@@ -566,6 +582,8 @@ class EWC(_SingleNetwork):
         super().__init__(target, seed)
         self.lam = _nonneg("EWC", "lam", lam)
         self.gamma = _nonneg("EWC", "gamma", gamma)
+        if self.gamma > 1:  # a decay: above 1 the older tasks' Fishers would grow every task
+            raise ValueError(f"EWC: gamma must be in [0, 1], got {gamma!r}")
         if (
             isinstance(fisher_samples, bool)
             or not isinstance(fisher_samples, int)

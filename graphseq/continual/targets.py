@@ -63,6 +63,11 @@ class ParamSpec(Sequence):
     """The ordered tensors of a target network and how a flat weight vector maps onto them.
 
     The flat layout is the concatenation of the tensors in order, each flattened row-major.
+    The tensors must list the layers in order (0, 1, 2, ...), each layer's tensors together.
+
+    Raises:
+        ValueError: ``shapes`` is empty, a ``fan_in`` is below 1, or the layers are out of
+            order or split.
     """
 
     def __init__(self, shapes: Sequence[ParamShape]) -> None:
@@ -72,6 +77,16 @@ class ParamSpec(Sequence):
         for s in shapes:
             if not isinstance(s, ParamShape):
                 raise TypeError(f"ParamSpec: expected ParamShape, got {type(s).__name__}")
+            if isinstance(s.fan_in, bool) or not isinstance(s.fan_in, int) or s.fan_in < 1:
+                raise ValueError(f"ParamSpec: {s.name} has fan_in {s.fan_in!r}; it must be >= 1")
+        # layers must be contiguous and in order (0, 1, 2, ...): the hypernetworks read the
+        # flat vector layer by layer, so an out-of-order spec would mix layers up
+        layers = [s.layer for s in shapes]
+        if layers[0] != 0 or any(b not in (a, a + 1) for a, b in itertools.pairwise(layers)):
+            raise ValueError(
+                f"ParamSpec: shapes must list layers 0, 1, 2, ... in order, each contiguous; got "
+                f"layers {layers}"
+            )
         self._shapes = shapes
         self.offsets = [0]
         for s in shapes:

@@ -67,6 +67,28 @@ def test_example_writes_table_json_and_png(tmp_path, load_example, capsys):
         (["--output-lr-scale", "nan"], "--output-lr-scale must be"),
         (["--output-lr-scale", "10", "--methods", "ewc,si"], "--output-lr-scale applies"),
         (["--rnn-chunking", "rows", "--methods", "chunked"], "--rnn-chunking applies"),
+        (["--num-tasks", "0"], "--num-tasks must be"),
+        (["--task-step-embeddings", "-2"], "--task-step-embeddings must be"),
+        (["--task-step-embeddings", "4", "--methods", "ewc"], "applies to the rnn methods"),
+        (["--hidden-beta", "5", "--methods", "chunked"], "applies to the rnn methods"),
+        (["--beta", "0.1", "--methods", "chunked"], "applies to the rnn methods"),
+        (
+            [
+                "--growth-units",
+                "3",
+                "--growth-threshold",
+                "0.9",
+                "--growth-iterations",
+                "5",
+                "--methods",
+                "ewc",
+            ],
+            "applies to the rnn methods",
+        ),
+        (["--chunked-beta", "0.1", "--methods", "rnn"], "--chunked-beta applies"),
+        (["--growth-units", "2"], "--growth-units needs"),
+        (["--growth-units", "2", "--growth-threshold", "0.9"], "--growth-units needs"),
+        (["--growth-units", "-1"], "must be >= 0"),
     ],
 )
 def test_example_rejects_bad_flags_before_loading_data(
@@ -191,3 +213,22 @@ def test_rnn_preset_has_no_more_hypernetwork_parameters_than_the_chunked_baselin
     if stream == "permuted-mnist":  # the figures BENCHMARKS.md reports
         assert (rnn["hnet_shared"], rnn["hnet_total"]) == (79_726, 110_636)
         assert (chunked["hnet_shared"], chunked["hnet_total"]) == (90_750, 112_190)
+
+
+def test_example_merges_seeds_that_grew_differently(tmp_path, load_example):
+    """Growth changes the hypernetwork by a seed-dependent amount; the runs are one setting
+    (the config they started from) and the table reports the largest grown size."""
+    mod = load_example("continual")
+    out = tmp_path / "grow"
+    argv = ["--stream", "split-digits", "--num-tasks", "2", "--methods", "rnn"]
+    argv += ["--seeds", "0,1,2,3", "--iterations", "40", "--out", str(out)]
+    argv += ["--growth-units", "2", "--growth-threshold", "0.995", "--growth-iterations", "5"]
+    assert mod.main(argv) == 0
+    data = json.loads((out / "results.json").read_text())
+    grown = {r["final_config"]["hnet"]["hidden_size"] for r in data["runs"]}
+    assert len(grown) > 1  # else this test no longer exercises what it names
+    assert {r["config"]["hnet"]["hidden_size"] for r in data["runs"]} == {24}
+    largest = max(r["sizes"]["trainable"] for r in data["runs"])
+    assert data["summary"]["rnn"]["sizes"]["trainable"] == largest
+    merged = tmp_path / "merged"
+    assert mod.main(["--merge", str(out / "results.json"), "--out", str(merged)]) == 0

@@ -199,6 +199,17 @@ def test_growth_keeps_every_task_exact():
     assert again.hidden_size == 11
 
 
+def test_growth_keeps_a_double_hypernetwork_double_and_exact():
+    h = RNNHyperNetwork(SPEC, 11, 4, 6).double()
+    for _ in range(2):
+        h.add_task()
+    before = h([0, 1]).detach()
+    h.grow(3)
+    assert all(p.dtype == torch.float64 for p in h.parameters())
+    # in float64 the old tasks' weights survive growth to rounding, not to float32's 1e-6
+    torch.testing.assert_close(h([0, 1]).detach(), before, rtol=0, atol=1e-13)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_config_round_trip_and_repr(kind):
     h = make(kind)

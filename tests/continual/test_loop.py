@@ -102,13 +102,24 @@ def test_train_old_embeddings_moves_them_under_the_regulariser(stream, tmp_path)
 
 def test_hidden_regulariser_and_subsets():
     target = small_target()
-    m = rnn_method(target, beta=1.0, hidden_beta=2.0, reg_batch_size=1)
+    # beta = 0: only the hidden-state term is left to catch the change below
+    m = rnn_method(target, beta=0.0, hidden_beta=2.0, reg_batch_size=1)
     for t in range(3):
         m.begin_task(t)
     assert m.penalty(2).item() == pytest.approx(0.0, abs=1e-10)
     with torch.no_grad():
         m.hnet.lstm.bias_hh_l0 += 0.05
-    assert m.penalty(2).item() > 0
+    state = m._gen.get_state()
+    penalty = m.penalty(2)
+    m._gen.set_state(state)  # the same draw of old tasks, to rebuild the penalty by hand
+    old = m._regularised_tasks()
+    assert len(old) == 1 and old[0] in (0, 1)  # reg_batch_size = 1 of the 2 old tasks
+    with torch.no_grad():
+        _, features = m.hnet.generate_padded(old)
+        width = m._hidden_targets.shape[-1]
+        expected = 2.0 * (features[..., :width] - m._hidden_targets[old]).pow(2).sum()
+    assert expected > 0
+    torch.testing.assert_close(penalty.detach(), expected)
     with pytest.raises(ValueError, match="RNNHyperNetwork"):
         HypernetworkMethod(target, ChunkedHyperNetwork(target.param_spec, 50), hidden_beta=1.0)
     with pytest.raises(ValueError, match="spec"):
@@ -287,6 +298,18 @@ def test_loop_checks(stream, tmp_path):
         ContinualConfig(schedule="linear")
     with pytest.raises(ValueError, match="step"):
         ContinualConfig().lr_at(5, 5)
+    for bad in (-5, 2.5, True):  # a negative one would silently never grow
+        with pytest.raises(ValueError, match="growth_iterations"):
+            ContinualConfig(growth_iterations=bad)
+    for bad in (float("inf"), float("nan"), True, "1e-3"):
+        with pytest.raises(ValueError, match="lr"):
+            ContinualConfig(lr=bad)
+    method = FineTune(small_target())
+    method.begin_task(0)
+    for evaluate, extra in ((evaluate_task_incremental, ()), (evaluate_task_inferred, (1,))):
+        for bad in (0, -1, 2.0):
+            with pytest.raises(ValueError, match="batch_size"):
+                evaluate(method, 0, stream[0].test, *extra, batch_size=bad)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"bad\.pt"):
@@ -442,3 +465,36 @@ def test_output_lr_scale_sets_the_output_layer_step(stream, schedule):
     assert again.output_lr_scale == k
     legacy = {key: v for key, v in m.config().items() if key != "output_lr_scale"}
     assert method_from_config(m.target.config(), legacy).output_lr_scale == 1.0
+
+
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        ({"max_growths": -1}, "max_growths"),
+        ({"max_growths": 2.7}, "max_growths"),
+        ({"max_growths": "two"}, "max_growths"),
+        ({"growth_threshold": "0.5"}, "growth_threshold"),
+        ({"growth_threshold": 1.5}, "growth_threshold"),
+        ({"beta": float("inf")}, "beta"),
+        ({"hidden_beta": float("nan")}, "hidden_beta"),
+        ({"fisher_floor": float("inf")}, "fisher_floor"),
+    ],
+)
+def test_hypernetwork_method_rejects_bad_options(kw, name):
+    with pytest.raises(ValueError, match=name):
+        rnn_method(small_target(), **kw)
+
+
+def test_ewc_gamma_is_a_decay():
+    assert EWC(small_target(), gamma=0.0).gamma == 0.0
+    for bad in (1.5, -0.1, float("inf")):
+        with pytest.raises(ValueError, match="gamma"):
+            EWC(small_target(), gamma=bad)
+
+
+def test_methods_repr_shows_their_settings():
+    assert "lam=5.0, gamma=0.9" in repr(EWC(small_target(), lam=5.0, gamma=0.9))
+    text = repr(rnn_method(small_target(), beta=0.25, output_lr_scale=3.0))
+    assert "beta=0.25" in text and "output_lr_scale=3.0" in text
+    assert "RNNHyperNetwork(" in text  # the nested hypernetwork prints itself
+    assert "c=0.1" in repr(SI(small_target(), c=0.1))

@@ -29,6 +29,22 @@ def test_param_spec_layout_and_split():
         ParamSpec([])
 
 
+@pytest.mark.parametrize(
+    "layers", [[1, 1, 0, 0], [0, 0, 2, 2], [0, 1, 0, 1], [1, 1, 2, 2]], ids=str
+)
+def test_param_spec_rejects_layers_out_of_order(layers):
+    # the hypernetworks read the flat vector layer by layer: an out-of-order spec would mix
+    # the layers up without an error
+    shapes = [ParamShape(f"l{i}.weight", (2, 3), ly, 3) for i, ly in enumerate(layers)]
+    with pytest.raises(ValueError, match="in order"):
+        ParamSpec(shapes)
+
+
+def test_param_spec_rejects_a_fan_in_below_one():
+    with pytest.raises(ValueError, match="fan_in"):
+        ParamSpec([ParamShape("a.weight", (2, 0), 0, 0)])
+
+
 def test_init_weights_match_pytorch_default_spread():
     spec = MLPTarget(400, (300,), 10).param_spec
     w = spec.init_weights(torch.Generator().manual_seed(0))
