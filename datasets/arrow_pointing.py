@@ -62,7 +62,7 @@ class ArrowPointingConfig:
 
 #: The two protocols: the paper's geometry and the brief's halved "half" one.
 PROTOCOLS: dict[str, ArrowPointingConfig] = {
-    "paper": ArrowPointingConfig(15, 30, 15, 30, 2, 3, 30),
+    "paper": ArrowPointingConfig(15, 30, 15, 30, 2, 4, 30),  # int(U(2, 4)): width 2 or 3
     "half": ArrowPointingConfig(8, 15, 8, 15, 2, 2, 15),
 }
 

@@ -151,7 +151,10 @@ def plot(path, results, resolutions):
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, label in (("plstm", "pLSTM (PLSTMVision)"), ("vit", "ViT")):
-        accs = [[r[name]["accuracy"][str(res)] for r in results] for res in resolutions]
+        runs = [r for r in results if name in r]  # a run may have trained one model only
+        if not runs:
+            continue
+        accs = [[r[name]["accuracy"][str(res)] for r in runs] for res in resolutions]
         mean = [sum(a) / len(a) for a in accs]
         ax.plot(resolutions, mean, marker="o", label=label)
         ax.fill_between(resolutions, [min(a) for a in accs], [max(a) for a in accs], alpha=0.2)
@@ -159,7 +162,7 @@ def plot(path, results, resolutions):
     ax.set_xlabel("test resolution (pixels, square)")
     ax.set_ylabel("test accuracy")
     ax.set_xticks(resolutions)
-    ax.set_title(f"Arrow pointing (half protocol), {len(results)} seed(s)", fontsize=10)
+    ax.set_title(f"Arrow pointing (half protocol), {len(results)} run(s)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -182,10 +185,33 @@ def summarize(results, resolutions, log):
             log(f"{name}: {sum(times) / len(times):.1f}s per epoch (mean of {len(times)})")
 
 
+#: the settings runs must share to be merged (the seed and the models trained may differ)
+MERGE_KEYS = ("train_resolution", "test_resolutions", "train_size", "test_size", "epochs",
+              "batch_size", "lr", "patch", "dim", "heads", "vit_heads", "depth", "pooling",
+              "gate_std")  # fmt: skip
+
+
 def merge(paths, out):
-    files = [json.loads(Path(p).read_text()) for p in paths]
+    """Combine the result files of earlier runs of one setting into one JSON and PNG.
+
+    Raises:
+        ValueError: a file is unreadable, or two files differ in a setting of ``MERGE_KEYS``.
+    """
+    files = []
+    for p in paths:
+        try:
+            files.append(json.loads(Path(p).read_text()))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read {p}: {err}") from err
+    first = files[0]["args"]
+    for p, f in zip(paths[1:], files[1:], strict=True):
+        diff = [k for k in MERGE_KEYS if f["args"].get(k) != first.get(k)]
+        if diff:
+            raise ValueError(
+                f"{p} differs from {paths[0]} in {', '.join(diff)}; merge runs of one setting only"
+            )
     results = [r for f in files for r in f["results"]]
-    resolutions = files[0]["args"]["test_resolutions"]
+    resolutions = first["test_resolutions"]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "arrow_pointing.json", {"runs": files, "results": results})
     plot(out / "arrow_pointing.png", results, resolutions)
@@ -256,7 +282,10 @@ def main(argv=None):
     )
     args = p.parse_args(argv)
     if args.merge:
-        return merge(args.merge, Path(args.out))
+        try:
+            return merge(args.merge, Path(args.out))
+        except ValueError as err:
+            p.error(f"--merge: {err}")
     torch.set_num_threads(args.threads)
     if args.time_steps:
         return time_steps(args)
@@ -296,8 +325,7 @@ def main(argv=None):
             "args": vars(args), "command": " ".join(sys.argv), "machine": machine_info(),
             "results": results,
         })  # fmt: skip
-    if set(args.models) == {"plstm", "vit"}:
-        plot(out / "arrow_pointing.png", results, args.test_resolutions)
+    plot(out / "arrow_pointing.png", results, args.test_resolutions)
     summarize(results, args.test_resolutions, log)
 
 

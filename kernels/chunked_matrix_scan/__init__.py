@@ -130,6 +130,8 @@ def chunked_matrix_scan(
             f"{_OP}: v must have shape [B, T, H, V] = ({B}, {T}, {H}, V), got {tuple(v.shape)}"
         )
     V = v.shape[3]
+    if log_f is None:  # the forget gate is required; the other gates may be None
+        raise TypeError(f"{_OP}: log_f must be a tensor of shape [B, T, H], got None")
     gates = {"log_f": log_f, "i": i, "f_sign": f_sign, "m": m, "d": d}
     for name, x in gates.items():
         if x is None:

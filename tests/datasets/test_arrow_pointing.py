@@ -106,3 +106,21 @@ def test_bad_input():
     with pytest.raises(ValueError, match="seed"):
         generate_arrow_pointing(2, 96, -1)
     assert generate_arrow_pointing(0, 96, 0)[0].shape == (0, 96, 96)
+
+
+@pytest.mark.parametrize("protocol, widths", [("paper", {2, 3}), ("half", {2})])
+def test_arrow_widths_of_each_protocol(protocol, widths, monkeypatch):
+    """The paper's generator draws ``int(U(2, 4))``: widths 2 and 3 both occur."""
+    import graphseq.datasets.arrow_pointing as ap
+
+    seen = set()
+    segment = ap._segment_mask
+
+    def spy(px, py, x0, y0, x1, y1, width):
+        seen.add(width)
+        return segment(px, py, x0, y0, x1, y1, width)
+
+    monkeypatch.setattr(ap, "_segment_mask", spy)
+    size = 192 if protocol == "paper" else 96
+    ArrowPointing(40, size, seed=0, protocol=protocol, channels=1).tensors()
+    assert seen == widths

@@ -387,6 +387,7 @@ BAD = [
     (dict(v=torch.zeros(2, 5, 2, 3)), "v"),
     (dict(v=torch.zeros(2, 4, 2)), "v"),
     (dict(log_f=torch.zeros(2, 4, 3)), "log_f"),
+    (dict(log_f=None), "log_f"),  # required, unlike the other gates
     (dict(i=torch.zeros(2, 4)), "i"),
     (dict(f_sign=torch.zeros(2, 4, 2, dtype=F64)), "f_sign"),
     (dict(m=torch.zeros(2, 4, 2)), "d"),

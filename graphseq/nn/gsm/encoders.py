@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GATConv, GINConv, GINEConv, ResGatedGraphConv, SAGEConv
+from torch_geometric.utils import is_sparse, spmm
 
 from graphseq.nn.seq import GatedLinearRNN
 from graphseq.nn.seq.base import check_choice, check_positive_int, sequence_index
@@ -190,6 +191,13 @@ class LocalEncoder(nn.Module):
             self.norm.reset_parameters()
 
     def _conv(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None) -> Tensor:
+        if self.conv_type == "sage" and is_sparse(edge_index):
+            # SAGEConv's fused mean, called here rather than through its propagate: PyG 2.8
+            # renders a convolution class's propagate once per process, with the first
+            # instance's fuse flag, so after any SAGEConv with a module aggregation (graphseq's
+            # LCM, for one) every SAGEConv refuses a sparse adjacency
+            mean = spmm(edge_index, x, reduce="mean")
+            return self.conv.lin_l(mean) + self.conv.lin_r(x)
         if self.edge_dim is None:
             out = self.conv(x, edge_index)
         else:

@@ -41,7 +41,7 @@ from graphseq.kernels._index import ranges as _ranges
 from graphseq.kernels.dag_attention import DagAttentionPlan, dag_attention, native_available
 from graphseq.kernels.dag_scan import DagCycleError, DagScanPlan, dag_scan
 
-from ..seq.base import check_choice, check_positive_int
+from ..seq.base import check_choice, check_positive_int, check_real
 from .gates import (
     DIRECT_BIAS,
     MARK_BIAS,
@@ -861,26 +861,38 @@ def plstm_graph_reference(
 
 
 def _check_structure_edges(cls: str, structure: DagStructure, edge_index: Tensor) -> None:
-    """O(E): the structure's DAG edges must come from ``edge_index``'s columns as recorded in
-    ``structure.input_edge`` (a structure of another graph with the same sizes would give a
-    silently wrong answer)."""
+    """The structure's DAG must be the one :func:`prepare_dag` builds from ``edge_index`` (a
+    structure of another graph with the same sizes would give a silently wrong answer): each
+    DAG edge comes from the column ``structure.input_edge`` records, and every column of
+    ``edge_index`` is one of the DAG's edges (``"index"``: every column but a self-loop, in
+    either direction). O(E) gathers and one ``isin`` (a sort) over the edges."""
     msg = (
         f"{cls}: structure was built for a different edge_index; build it with "
         "prepare_dag(edge_index, num_nodes, ...) for this graph"
     )
-    E = structure.num_edges
-    if E == 0:
-        return
-    if int(structure.input_edge.max()) >= edge_index.shape[1]:
-        raise ValueError(msg)
-    src, dst = edge_index.long()[:, structure.input_edge.to(edge_index.device)]
-    if structure.orientation == "index":
-        src, dst = torch.minimum(src, dst), torch.maximum(src, dst)
-    if structure.reverse:
-        src, dst = dst, src
-    dag_src, dag_dst = structure.edge_index
-    if not (torch.equal(src, dag_src) and torch.equal(dst, dag_dst)):
-        raise ValueError(msg)
+    E, columns = structure.num_edges, edge_index.shape[1]
+    ei = edge_index.long()
+    if structure.orientation == "directed" and E != columns:
+        raise ValueError(msg)  # "directed" keeps every column, in order
+    if E > 0:
+        if int(structure.input_edge.max()) >= columns:
+            raise ValueError(msg)
+        src, dst = ei[:, structure.input_edge.to(ei.device)]
+        if structure.orientation == "index":
+            src, dst = torch.minimum(src, dst), torch.maximum(src, dst)
+        if structure.reverse:
+            src, dst = dst, src
+        dag_src, dag_dst = structure.edge_index
+        if not (torch.equal(src, dag_src) and torch.equal(dst, dag_dst)):
+            raise ValueError(msg)
+    if structure.orientation == "index":  # no column may be left out of the DAG
+        src, dst = ei[:, ei[0] != ei[1]]
+        n = max(structure.num_nodes, 1)
+        keys = torch.minimum(src, dst) * n + torch.maximum(src, dst)
+        dag = structure.edge_index.to(ei.device)
+        dag_keys = torch.minimum(dag[0], dag[1]) * n + torch.maximum(dag[0], dag[1])
+        if not bool(torch.isin(keys, dag_keys).all()):
+            raise ValueError(msg)
 
 
 def _layout_for(
@@ -1568,8 +1580,7 @@ class PLSTMGraph(torch.nn.Module):
             check_positive_int(cls, "edge_dim", edge_dim)
         if not isinstance(reverse, bool):
             raise TypeError(f"{cls}: reverse must be a bool, got {type(reverse).__name__}")
-        if float(gate_weight_std) < 0:
-            raise ValueError(f"{cls}: gate_weight_std must be >= 0, got {gate_weight_std}")
+        gate_weight_std = check_real(cls, "gate_weight_std", gate_weight_std, 0.0)
         bias = {
             "source": SOURCE_BIAS,
             "transition": TRANSITION_BIAS,
@@ -1579,7 +1590,8 @@ class PLSTMGraph(torch.nn.Module):
         unknown = set(gate_bias or {}) - set(bias)
         if unknown:
             raise ValueError(f"{cls}: gate_bias keys must be among {sorted(bias)}, got {unknown}")
-        bias.update({k: float(v) for k, v in (gate_bias or {}).items()})
+        for k, v in (gate_bias or {}).items():
+            bias[k] = check_real(cls, f"gate_bias[{k!r}]", v)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -1741,6 +1753,25 @@ class PLSTMGraph(torch.nn.Module):
                 f"{op}: q and k must have one shape [N, H, K] and v [N, H, V], got "
                 f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
             )
+        N, H = q.shape[:2]
+        if N != structure.num_nodes:
+            raise ValueError(f"{op}: q has {N} nodes but the structure has {structure.num_nodes}")
+        wanted = {
+            "source": (structure.num_edges, H),
+            "transition": (structure.lg_edge_index.shape[1], H),
+            "mark": (structure.num_edges, H),
+            "direct": (N, H),
+        }
+        gates = {"source": source, "transition": transition, "mark": mark, "direct": direct}
+        for name, g in gates.items():  # checked here: the "states" form would broadcast
+            if not isinstance(g, Tensor) or tuple(g.shape) != wanted[name]:
+                got = tuple(g.shape) if isinstance(g, Tensor) else type(g).__name__
+                raise ValueError(f"{op}: {name} must have shape {list(wanted[name])}, got {got}")
+        for name, t in {"k": k, "v": v, **gates}.items():
+            if t.dtype != q.dtype or t.device != q.device:
+                raise ValueError(
+                    f"{op}: {name} is {t.dtype} on {t.device} but q is {q.dtype} on {q.device}"
+                )
         if algorithm == "states":
             return _state_form(q, k, v, source, transition, mark, direct, structure.edge_index,
                                structure.lg_edge_index, structure.plan)  # fmt: skip
@@ -1771,6 +1802,12 @@ class PLSTMGraph(torch.nn.Module):
             )
         if not x.is_floating_point():
             raise TypeError(f"{cls}: x must be a floating-point tensor, got {x.dtype}")
+        w = self.out_proj.weight
+        if x.device != w.device or x.dtype != w.dtype:
+            raise ValueError(
+                f"{cls}: x is {x.dtype} on {x.device} but the layer's parameters are {w.dtype} "
+                f"on {w.device}"
+            )
         N = x.shape[0]
         if self.edge_dim is not None:
             if edge_attr is None:

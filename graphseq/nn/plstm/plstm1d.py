@@ -9,7 +9,7 @@ from torch import Tensor
 
 from graphseq.kernels import chunked_matrix_scan
 
-from ..seq.base import SequenceLayer, check_positive_int
+from ..seq.base import SequenceLayer, check_positive_int, check_real
 from .gates import (
     DIRECT_BIAS,
     MARK_BIAS,
@@ -160,7 +160,7 @@ class PLSTM1D(SequenceLayer):
         self.out_channels = channels
         self.heads = heads
         self.head_channels = channels // heads
-        self.gate_weight_std = float(gate_weight_std)
+        self.gate_weight_std = check_real(cls, "gate_weight_std", gate_weight_std, 0.0)
         self.chunk_size = chunk_size
 
         self.qkv = torch.nn.Linear(channels, 3 * channels)
@@ -240,6 +240,7 @@ class PLSTM1D(SequenceLayer):
         if state is None:
             state = self.init_state(x.shape[0])
         state = self._check_state_tensor(state, "state", (x.shape[0], self.heads, C, C), x)
+        state = state.to(x.dtype)  # as forward does: the state is carried in x's dtype
         q, k, v, S, T, M, D = self.project(x)  # [B, H, C], gates [B, H]
         read = torch.einsum("bhk,bhkv->bhv", q, state)
         h = M[..., None] * read + (D * (q * k).sum(-1))[..., None] * v

@@ -13,7 +13,7 @@ from graphseq.kernels.grid_scan_2d import METHODS as SCAN_METHODS
 from graphseq.kernels.grid_scan_2d import grid_scan_2d
 from graphseq.kernels.grid_scan_2d.dense import diagonal_order, gating_rows
 
-from ..seq.base import FLOAT_DTYPES, check_choice, check_positive_int
+from ..seq.base import FLOAT_DTYPES, check_choice, check_positive_int, check_real
 from .gates import (
     DIRECT_BIAS,
     MARK_BIAS,
@@ -227,7 +227,7 @@ class PLSTM2D(torch.nn.Module):
         self.heads = heads
         self.head_channels = channels // heads
         self.mode = mode
-        self.gate_weight_std = float(gate_weight_std)
+        self.gate_weight_std = check_real(cls, "gate_weight_std", gate_weight_std, 0.0)
 
         D, H, std, G = channels, heads, self.gate_weight_std, len(CORNERS)
         self.qkv = torch.nn.Linear(D, 3 * D)

@@ -9,6 +9,7 @@ come from one API.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -23,6 +24,18 @@ def check_positive_int(cls: str, name: str, value: object) -> int:
     if value <= 0:
         raise ValueError(f"{cls}: {name} must be positive, got {value}")
     return value
+
+
+def check_real(cls: str, name: str, value: object, minimum: float | None = None) -> float:
+    """A constructor argument that must be a finite real number (``bool`` is refused),
+    at least ``minimum`` when given."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{cls}: {name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{cls}: {name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{cls}: {name} must be >= {minimum}, got {value}")
+    return float(value)
 
 
 def check_choice(cls: str, name: str, value: object, choices: tuple[str, ...]) -> str:

@@ -148,7 +148,7 @@ class GatedLinearRNN(SequenceLayer):
             state = self.init_state(x.shape[0])
         state = self._check_state_tensor(
             state, "state", (x.shape[0], self.heads, self.head_channels), x
-        )
+        ).to(x.dtype)  # as forward does: the state is carried in x's dtype
         a, v, g = self._project(x)
         h = a.unsqueeze(-1) * state + v  # [B, H, Dh]
         return self.out_proj(h.flatten(-2) * F.silu(g)), h

@@ -2,6 +2,8 @@
 references, masking, gradients, bad input."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -214,6 +216,30 @@ def test_sage_local_encoder_is_the_prenorm_sage_block():
     torch.testing.assert_close(enc(x, mean_adjacency(ei, 6, torch.float64)), ref)
     x.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: enc(t, mean_adjacency(ei, 6, torch.float64)), (x,))
+
+
+def test_sage_local_encoder_takes_a_sparse_adjacency_after_a_module_aggregation():
+    """PyG 2.8 renders SAGEConv's propagate once per process with the first instance's fuse
+    flag; after a SAGEConv with graphseq's LCM aggregation (not fusable) PyG's own SAGEConv
+    refuses a sparse adjacency. The encoder must not: a fresh process, that order."""
+    code = """
+import torch
+from torch_geometric.nn import SAGEConv
+from graphseq.nn.aggr import LCMAggregation
+from graphseq.nn.gsm.encoders import LocalEncoder, mean_adjacency
+x, ei = torch.randn(5, 4), torch.tensor([[0, 1, 2, 3, 4, 0], [1, 2, 3, 4, 0, 2]])
+SAGEConv(4, 4, aggr=LCMAggregation(4, 4))(x, ei)  # renders the template unfused
+enc = LocalEncoder(4, "sage")
+torch.testing.assert_close(enc(x, mean_adjacency(ei, 5)), enc(x, ei))
+try:
+    SAGEConv(4, 4)(x, mean_adjacency(ei, 5))
+    print("pyg-fixed")
+except NotImplementedError:
+    print("pyg-refuses")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() in ("pyg-refuses", "pyg-fixed")
 
 
 @pytest.mark.parametrize("sep", [True, False])

@@ -480,3 +480,44 @@ def test_structure_of_another_graph_is_refused(mode):
     torch.testing.assert_close(layer(x, path, structure=structure), layer(x, path))
     with pytest.raises(ValueError, match="different edge_index"):
         layer(x, other, structure=structure)
+    # a structure of part of the graph leaves edges out: refused, also when it has no edges
+    for part in (path[:, :2], path[:, :0]):
+        with pytest.raises(ValueError, match="different edge_index"):
+            layer(x, path, structure=prepare_dag(part, 4, mode=mode))
+    # self-loops are not DAG edges, so a structure without them still fits
+    looped = torch.cat([path, torch.tensor([[2], [2]])], dim=1)
+    torch.testing.assert_close(layer(x, looped, structure=structure), layer(x, path))
+    # "directed" keeps every column: a structure of fewer columns is refused
+    dag = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    directed = prepare_dag(dag[:, :2], 4, mode=mode, orientation="directed")
+    with pytest.raises(ValueError, match="different edge_index"):
+        PLSTMGraph(8, 8, 2, mode, orientation="directed")(x, dag, structure=directed)
+
+
+@pytest.mark.parametrize("algorithm", ["states", "paths"])
+def test_recurrence_checks_every_gate_shape(algorithm):
+    """The "states" form broadcasts: a gate of the wrong shape must be refused up front,
+    by every algorithm alike."""
+    conv = PLSTMGraph(4, 4, 2)
+    ei = torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])
+    st = prepare_dag(ei, 4)
+    q, k, v, S, T, M, D = conv.gates(torch.randn(4, 4), st)
+    good = {"source": S, "transition": T, "mark": M, "direct": D}
+    for name, g in good.items():
+        for bad in (g[:1], g[:, 0]):
+            args = dict(good, **{name: bad})
+            with pytest.raises(ValueError, match=name):
+                conv.recurrence(q, k, v, **args, structure=st, algorithm=algorithm)
+    args = dict(good, direct=D.double())
+    with pytest.raises(ValueError, match=r"direct is torch\.float64"):
+        conv.recurrence(q, k, v, **args, structure=st, algorithm=algorithm)
+    with pytest.raises(ValueError, match="nodes"):
+        conv.recurrence(q[:3], k[:3], v[:3], **good, structure=st, algorithm=algorithm)
+
+
+def test_forward_names_a_dtype_mismatch():
+    conv = PLSTMGraph(4, 4, 2)
+    ei = torch.tensor([[0, 1], [1, 0]])
+    for dtype in (torch.float64, torch.float16):
+        with pytest.raises(ValueError, match=r"parameters are torch\.float32"):
+            conv(torch.randn(2, 4, dtype=dtype), ei)

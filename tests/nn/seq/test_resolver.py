@@ -78,3 +78,23 @@ def test_docstring_example_runs():
     ):
         runner.run(test)
     assert runner.tries > 0 and runner.failures == 0
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENCE_LAYERS))
+def test_step_carries_a_state_of_another_float_dtype_in_x_dtype(name):
+    """``forward`` casts a given state to x's dtype; ``step`` must too, not fail inside."""
+    torch.manual_seed(0)
+    layer = sequence_layer(name, 8)
+    x = torch.randn(2, 5, 8)
+    _, state = layer(x, return_state=True)
+    x1 = torch.randn(2, 8)
+    y, new = layer.step(x1, state)
+    if isinstance(state, torch.Tensor):
+        y64, new64 = layer.step(x1, state.double())
+    else:  # a named tuple of tensors
+        y64, new64 = layer.step(x1, type(state)(*(t.double() for t in state)))
+    assert y64.dtype == torch.float32
+    torch.testing.assert_close(y64, y)
+    for a, b in zip(torch.utils._pytree.tree_leaves(new64), torch.utils._pytree.tree_leaves(new)):
+        assert a.dtype == torch.float32  # the state goes on in x's dtype
+        torch.testing.assert_close(a, b)

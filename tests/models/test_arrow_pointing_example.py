@@ -1,0 +1,35 @@
+"""examples/arrow_pointing.py on a tiny budget: runs of one model each merge into one PNG, and
+runs of different settings are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+TINY = ["--train-size", "8", "--test-size", "4", "--epochs", "1", "--batch-size", "4"]
+TINY += ["--train-resolution", "96", "--dim", "8", "--heads", "2", "--vit-heads", "2"]
+
+
+def test_runs_of_one_model_each_merge(tmp_path, load_example, capsys):
+    mod = load_example("arrow_pointing")
+    a, b = tmp_path / "plstm", tmp_path / "vit"
+    argv = [*TINY, "--test-resolutions", "96", "112"]
+    mod.main([*argv, "--models", "plstm", "--seeds", "0", "--out", str(a)])
+    mod.main([*argv, "--models", "vit", "--seeds", "1", "--out", str(b)])
+    assert (a / "arrow_pointing.png").stat().st_size > 1000  # one model alone is plotted too
+    merged = tmp_path / "merged"
+    files = [str(a / "arrow_pointing.json"), str(b / "arrow_pointing.json")]
+    mod.main(["--merge", *files, "--out", str(merged)])
+    data = json.loads((merged / "arrow_pointing.json").read_text())
+    assert [sorted(k for k in r if k != "seed") for r in data["results"]] == [["plstm"], ["vit"]]
+    assert (merged / "arrow_pointing.png").stat().st_size > 1000
+    # other test resolutions are another setting: named, not a KeyError
+    c = tmp_path / "other"
+    mod.main([*TINY, "--test-resolutions", "96", "--models", "plstm", "--seeds", "2",
+              "--out", str(c)])  # fmt: skip
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        mod.main(["--merge", files[0], str(c / "arrow_pointing.json"), "--out", str(merged)])
+    err = capsys.readouterr().err
+    assert "differs" in err and "test_resolutions" in err
