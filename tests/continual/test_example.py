@@ -232,3 +232,35 @@ def test_example_merges_seeds_that_grew_differently(tmp_path, load_example):
     assert data["summary"]["rnn"]["sizes"]["trainable"] == largest
     merged = tmp_path / "merged"
     assert mod.main(["--merge", str(out / "results.json"), "--out", str(merged)]) == 0
+
+
+@pytest.mark.parametrize(
+    "stream, method, scale",
+    [
+        ("split-mnist", "chunked", 30.0),
+        ("permuted-mnist", "chunked", 30.0),
+        ("permuted-digits", "rnn", 30.0),
+        ("permuted-digits", "chunked-eq", 30.0),
+        ("split-mnist", "rnn", 1.0),  # tried at 10 on this stream, not taken
+        ("permuted-mnist", "rnn", 1.0),
+    ],
+)
+def test_presets_output_lr_scale_and_its_override(stream, method, scale, load_example):
+    from argparse import Namespace
+
+    mod = load_example("continual")
+    preset = mod.PRESETS[stream]
+
+    def built(**kw):
+        args = Namespace(
+            reg_outputs="used", reg_weighting=None, fisher_floor=None, beta=None,
+            chunked_beta=None, hidden_beta=0.0, growth_units=0, growth_threshold=0.0,
+            train_old_embeddings=None, task_step_embeddings=None, dropout=None,
+            rnn_hidden_size=None, rnn_chunk_size=None, rnn_chunking=None, output_lr_scale=None,
+        )  # fmt: skip
+        for k, v in kw.items():
+            setattr(args, k, v)
+        return mod.build(method, preset, 2, 0, args)
+
+    assert built().output_lr_scale == scale
+    assert built(output_lr_scale=1.0).output_lr_scale == 1.0  # the flag wins
