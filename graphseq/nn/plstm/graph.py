@@ -1803,7 +1803,9 @@ class PLSTMGraph(torch.nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"{cls}: x must be a floating-point tensor, got {x.dtype}")
         w = self.out_proj.weight
-        if x.device != w.device or x.dtype != w.dtype:
+        # under autocast a layer's input may be the previous layer's lower-precision output
+        dtype_ok = x.dtype == w.dtype or torch.is_autocast_enabled(x.device.type)
+        if x.device != w.device or not dtype_ok:
             raise ValueError(
                 f"{cls}: x is {x.dtype} on {x.device} but the layer's parameters are {w.dtype} "
                 f"on {w.device}"

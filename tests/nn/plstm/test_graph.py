@@ -521,3 +521,16 @@ def test_forward_names_a_dtype_mismatch():
     for dtype in (torch.float64, torch.float16):
         with pytest.raises(ValueError, match=r"parameters are torch\.float32"):
             conv(torch.randn(2, 4, dtype=dtype), ei)
+
+
+def test_stacked_layers_run_under_autocast():
+    """Under autocast the second layer's input is the first's bfloat16 output while the
+    parameters stay float32: the dtype check must let that through."""
+    first, second = PLSTMGraph(4, 4, 2), PLSTMGraph(4, 4, 2)
+    ei = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
+    x = torch.randn(3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = first(x, ei)
+        assert h.dtype == torch.bfloat16
+        out = second(h, ei)
+    assert torch.isfinite(out.float()).all()

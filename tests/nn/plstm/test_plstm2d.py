@@ -314,3 +314,15 @@ def test_native_backward_is_once_differentiable_dense_is_not():
     (g,) = torch.autograd.grad(layer(x, method="dense").sum(), x, create_graph=True)
     g.square().sum().backward()
     assert layer.qkv.weight.grad is not None
+
+
+def test_stacked_layers_run_under_autocast_and_check_dtype_outside_it():
+    first, second = PLSTM2D(8, heads=2, mode="P"), PLSTM2D(8, heads=2, mode="D")
+    x = torch.randn(2, 5, 3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = first(x)
+        assert h.dtype == torch.bfloat16  # the second layer gets it with float32 parameters
+        out = second(h)
+    assert torch.isfinite(out.float()).all()
+    with pytest.raises(ValueError, match="parameters are"):
+        second(h)  # outside autocast a dtype mismatch is named
