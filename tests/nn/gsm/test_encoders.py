@@ -218,7 +218,7 @@ def test_sage_local_encoder_is_the_prenorm_sage_block():
     assert torch.autograd.gradcheck(lambda t: enc(t, mean_adjacency(ei, 6, torch.float64)), (x,))
 
 
-def test_sage_local_encoder_takes_a_sparse_adjacency_after_a_module_aggregation():
+def test_sage_local_encoder_takes_a_sparse_adjacency_after_a_module_aggregation(tmp_path):
     """PyG 2.8 renders SAGEConv's propagate once per process with the first instance's fuse
     flag; after a SAGEConv with graphseq's LCM aggregation (not fusable) PyG's own SAGEConv
     refuses a sparse adjacency. The encoder must not: a fresh process, that order."""
@@ -237,7 +237,8 @@ try:
 except NotImplementedError:
     print("pyg-refuses")
 """
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # run outside the repository: its graphseq/ folder would shadow the installed package
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() in ("pyg-refuses", "pyg-fixed")
 
