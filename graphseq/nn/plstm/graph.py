@@ -41,7 +41,12 @@ from graphseq.kernels._index import ranges as _ranges
 from graphseq.kernels.dag_attention import DagAttentionPlan, dag_attention, native_available
 from graphseq.kernels.dag_scan import DagCycleError, DagScanPlan, dag_scan
 
-from ..seq.base import check_choice, check_positive_int, check_real
+from ..seq.base import (
+    check_choice,
+    check_matches_parameters,
+    check_positive_int,
+    check_real,
+)
 from .gates import (
     DIRECT_BIAS,
     MARK_BIAS,
@@ -1802,14 +1807,7 @@ class PLSTMGraph(torch.nn.Module):
             )
         if not x.is_floating_point():
             raise TypeError(f"{cls}: x must be a floating-point tensor, got {x.dtype}")
-        w = self.out_proj.weight
-        # under autocast a layer's input may be the previous layer's lower-precision output
-        dtype_ok = x.dtype == w.dtype or torch.is_autocast_enabled(x.device.type)
-        if x.device != w.device or not dtype_ok:
-            raise ValueError(
-                f"{cls}: x is {x.dtype} on {x.device} but the layer's parameters are {w.dtype} "
-                f"on {w.device}"
-            )
+        check_matches_parameters(cls, "x", x, self.out_proj.weight)
         N = x.shape[0]
         if self.edge_dim is not None:
             if edge_attr is None:

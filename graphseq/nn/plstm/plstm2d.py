@@ -13,7 +13,13 @@ from graphseq.kernels.grid_scan_2d import METHODS as SCAN_METHODS
 from graphseq.kernels.grid_scan_2d import grid_scan_2d
 from graphseq.kernels.grid_scan_2d.dense import diagonal_order, gating_rows
 
-from ..seq.base import FLOAT_DTYPES, check_choice, check_positive_int, check_real
+from ..seq.base import (
+    FLOAT_DTYPES,
+    check_choice,
+    check_matches_parameters,
+    check_positive_int,
+    check_real,
+)
 from .gates import (
     DIRECT_BIAS,
     MARK_BIAS,
@@ -452,13 +458,6 @@ class PLSTM2D(torch.nn.Module):
                 f"{cls}: x must have shape [B, X, Y, channels] with channels = {self.channels}, "
                 f"got {tuple(x.shape)}"
             )
-        w = self.qkv.weight
-        # under autocast a layer's input may be the previous layer's lower-precision output
-        dtype_ok = x.dtype == w.dtype or torch.is_autocast_enabled(x.device.type)
-        if x.device != w.device or not dtype_ok:
-            raise ValueError(
-                f"{cls}: x is {x.dtype} on {x.device} but the layer's parameters are {w.dtype} "
-                f"on {w.device}"
-            )
+        check_matches_parameters(cls, "x", x, self.qkv.weight)
         h = self.recurrence(x, backend=backend, method=method)
         return self.out_proj(self.norm(h).flatten(-2))

@@ -38,6 +38,20 @@ def check_real(cls: str, name: str, value: object, minimum: float | None = None)
     return float(value)
 
 
+def check_matches_parameters(cls: str, name: str, x: torch.Tensor, p: torch.Tensor) -> None:
+    """``x`` must be on the device of the layer's parameter ``p`` and share its dtype, except
+    under autocast, where a layer's input may be the previous layer's lower-precision output."""
+    if x.device != p.device:
+        raise ValueError(
+            f"{cls}: {name} is on {x.device} but the layer's parameters are on {p.device}"
+        )
+    if x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(
+            f"{cls}: {name} has dtype {x.dtype} but the layer's parameters are {p.dtype}; "
+            f"convert one of them (e.g. layer.to({x.dtype}))"
+        )
+
+
 def check_choice(cls: str, name: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{cls}: {name} must be one of {choices}, got {value!r}")
@@ -71,16 +85,7 @@ class SequenceLayer(torch.nn.Module):
                 f"{cls}: {name} must have shape {shape} with in_channels = {self.in_channels}, "
                 f"got {tuple(x.shape)}"
             )
-        p = self._param_like()
-        if x.device != p.device:
-            raise ValueError(
-                f"{cls}: {name} is on {x.device} but the layer's parameters are on {p.device}"
-            )
-        if x.dtype != p.dtype:
-            raise ValueError(
-                f"{cls}: {name} has dtype {x.dtype} but the layer's parameters have dtype "
-                f"{p.dtype}; convert one of them (e.g. layer.to({x.dtype}))"
-            )
+        check_matches_parameters(cls, name, x, self._param_like())
         return x
 
     def _check_cu_seqlens(self, cu_seqlens: object, x: torch.Tensor) -> torch.Tensor | None:

@@ -98,3 +98,15 @@ def test_step_carries_a_state_of_another_float_dtype_in_x_dtype(name):
     for a, b in zip(torch.utils._pytree.tree_leaves(new64), torch.utils._pytree.tree_leaves(new)):
         assert a.dtype == torch.float32  # the state goes on in x's dtype
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["aaren", "gated_linear_rnn", "parallel_gru"])
+def test_stacked_layers_run_under_autocast_and_name_a_dtype_mismatch_outside_it(name):
+    """Under autocast the second layer's input may be the first's bfloat16 output while its
+    parameters stay float32; outside autocast that mismatch is an error naming x."""
+    first, second = sequence_layer(name, 8), sequence_layer(name, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = second(first(torch.randn(2, 6, 8)))
+    assert torch.isfinite(out.float()).all()
+    with pytest.raises(ValueError, match=r"x has dtype torch\.bfloat16 but the layer's parameters"):
+        second(torch.randn(2, 6, 8, dtype=torch.bfloat16))
