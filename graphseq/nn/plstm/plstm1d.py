@@ -221,10 +221,18 @@ class PLSTM1D(SequenceLayer):
         if state is not None:
             state = self._check_state_tensor(state, "state", (n, self.heads, C, C), x)
             state = state.to(x.dtype)
-        q, k, v, S, T, M, D = self.project(x)
-        h, h_last = plstm1d_recurrence(
-            q, k, v, S, T, M, D, h0=state, cu_seqlens=cu, chunk_size=self.chunk_size
-        )
+        # The scan runs in one working dtype, float32 or wider, with autocast off: under
+        # autocast the projections come out in lower precision while log|T| is float32, and
+        # a lower-precision scan would lose the decays' products over long sequences.
+        acc = torch.promote_types(x.dtype, torch.float32)
+        inputs = tuple(t.to(acc) for t in self.project(x))
+        with torch.autocast(x.device.type, enabled=False):
+            h, h_last = plstm1d_recurrence(
+                *inputs,
+                h0=None if state is None else state.to(acc),
+                cu_seqlens=cu,
+                chunk_size=self.chunk_size,
+            )
         y = self.output(h.to(x.dtype))
         if return_state:
             return y, h_last.to(x.dtype)

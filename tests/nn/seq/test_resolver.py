@@ -100,13 +100,18 @@ def test_step_carries_a_state_of_another_float_dtype_in_x_dtype(name):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("name", ["aaren", "gated_linear_rnn", "parallel_gru"])
+@pytest.mark.parametrize("name", ["aaren", "gated_linear_rnn", "parallel_gru", "plstm1d"])
 def test_stacked_layers_run_under_autocast_and_name_a_dtype_mismatch_outside_it(name):
     """Under autocast the second layer's input may be the first's bfloat16 output while its
-    parameters stay float32; outside autocast that mismatch is an error naming x."""
+    parameters stay float32, and the result stays close to the float32 one; outside autocast
+    that mismatch is an error naming x."""
+    torch.manual_seed(0)
     first, second = sequence_layer(name, 8), sequence_layer(name, 8)
+    x = torch.randn(2, 6, 8)
+    want = second(first(x))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = second(first(torch.randn(2, 6, 8)))
+        out = second(first(x))
     assert torch.isfinite(out.float()).all()
+    torch.testing.assert_close(out.float(), want, atol=0.1, rtol=0.1)
     with pytest.raises(ValueError, match=r"x has dtype torch\.bfloat16 but the layer's parameters"):
         second(torch.randn(2, 6, 8, dtype=torch.bfloat16))
