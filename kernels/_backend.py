@@ -17,6 +17,9 @@ Resolution order: the ``backend=`` argument of the call, then the ``GRAPHSEQ_BAC
 environment variable, then the device rule above. An op may declare that it has no Triton
 path for some arguments (for example a user-supplied Python ``combine``); asking for
 ``backend="triton"`` there raises a :class:`ValueError` rather than silently falling back.
+``GRAPHSEQ_BACKEND=triton`` is a process-wide preference instead: the ops and arguments
+without a Triton kernel run the PyTorch path, so one setting covers a whole model. Errors
+about a value that came from the environment name the variable.
 """
 
 from __future__ import annotations
@@ -61,8 +64,10 @@ def resolve_backend(
     Returns:
         One of :data:`BACKENDS`.
     """
+    where = "backend"  # where the value came from, for error messages
     if backend is None:
         backend = os.environ.get("GRAPHSEQ_BACKEND") or None
+        where = "GRAPHSEQ_BACKEND"
     if backend is None:
         # Triton only pays off on a GPU; on CPU the vectorised PyTorch path is the fast one
         # (the interpreter is a correctness tool, never a default).
@@ -70,21 +75,24 @@ def resolve_backend(
             return "triton"
         return "torch"
     if backend not in BACKENDS:
-        raise ValueError(f"{op}: backend must be one of {BACKENDS} or None, got {backend!r}")
+        unset = "None" if where == "backend" else "unset"
+        raise ValueError(f"{op}: {where} must be one of {BACKENDS} or {unset}, got {backend!r}")
     if backend == "triton":
         if not triton_supported:
+            if where == "GRAPHSEQ_BACKEND":
+                return "torch"  # a process-wide preference: ops without a kernel run PyTorch
             raise ValueError(
                 f"{op}: backend='triton' is not available for these arguments (this op or "
                 "argument combination has no Triton kernel); use backend='torch' or 'reference'"
             )
         if not HAS_TRITON:
             raise ValueError(
-                f"{op}: backend='triton' needs the 'triton' package "
+                f"{op}: {where}='triton' needs the 'triton' package "
                 "(pip install 'graphseq[triton]')"
             )
         if not triton_usable(device):
             raise ValueError(
-                f"{op}: backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before "
+                f"{op}: {where}='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before "
                 f"graphseq is imported to run the kernel in the interpreter; got device {device}"
             )
     return backend

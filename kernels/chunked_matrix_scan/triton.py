@@ -426,12 +426,19 @@ class _TritonChunkedMatrixScan(torch.autograd.Function):
                 chunk_size=ctx.chunk_size,
             )
         grads = [None] * 11
-        if want:
+        # only the outputs that depend on a wanted input: with T = 0, y has no graph, and
+        # with the exclusive readout h_last does not depend on m or d
+        pairs = [(o, g) for o, g in ((y, dy), (h_last, dh)) if o.requires_grad]
+        found = [None] * len(want)
+        if want and pairs:
             found = torch.autograd.grad(
-                (y, h_last), [leaves[n] for n in want], (dy, dh), allow_unused=True
+                [o for o, _ in pairs],
+                [leaves[n] for n in want],
+                [g for _, g in pairs],
+                allow_unused=True,
             )
-            for n, gr in zip(want, found):
-                grads[n] = torch.zeros_like(originals[n]) if gr is None else gr
+        for n, gr in zip(want, found):
+            grads[n] = torch.zeros_like(originals[n]) if gr is None else gr
         return tuple(grads)
 
 

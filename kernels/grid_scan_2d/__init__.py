@@ -117,6 +117,11 @@ def grid_scan_2d(
     where it is the fastest. None pads beyond the last partial tile.
     Gradients come from autograd through the vectorised steps.
 
+    NaN or inf in a cell's inputs reach the outputs of the cells downstream of it (as in the
+    loop) on the reference and wavefront paths; on the tiled path they reach every cell of
+    its tile and of the tiles downstream of that tile, on the dense path every cell of the
+    grid (``0 * NaN`` inside the masked products); never another batch row or head.
+
     Example::
 
         >>> import torch

@@ -449,3 +449,35 @@ def test_triton_large_tiles_and_chunks():
     y, h = call(inp, exclusive=True, backend="triton", chunk_size=128)
     assert_close(y, y_ref)
     assert_close(h, h_ref)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_gradient_of_h0_through_an_empty_sequence(backend, packed):
+    """T = 0 (or only empty packed sequences): y has no graph and dh0 = dh_last."""
+    inp = make_inputs(B=1 if packed else 2, T=0, H=2, K=3, V=4, seed=3)
+    h0 = torch.randn(2, 2, 3, 4, dtype=F64, device=DEVICE, requires_grad=True)
+    kw = dict(h0=h0)
+    if packed:
+        kw["cu_seqlens"] = torch.tensor([0, 0, 0], device=DEVICE)
+    y, h = call({n: x for n, x in inp.items() if n != "h0"}, backend=backend, **kw)
+    assert y.shape[1] == 0
+    w = torch.randn_like(h)
+    (h * w).sum().backward()
+    assert_close(h0.grad, w)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_gradient_of_the_readout_gates_only(backend):
+    """With the exclusive readout only m and d need a gradient; h_last does not depend on
+    them, and the gradients equal the reference's."""
+    inp = make_inputs(B=2, T=9, H=2, K=3, V=4, seed=8)
+    grads = []
+    for b in ("reference", backend):
+        m = inp["m"].clone().requires_grad_(True)
+        d = inp["d"].clone().requires_grad_(True)
+        y, _ = call({**inp, "m": m, "d": d}, exclusive=True, backend=b, chunk_size=4)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=F64, device=DEVICE).view_as(y)).sum().backward()
+        grads.append((m.grad, d.grad))
+    assert_close(grads[1][0], grads[0][0])
+    assert_close(grads[1][1], grads[0][1])

@@ -295,6 +295,27 @@ def test_nan_stays_in_its_batch_row(path):
     assert torch.isnan(h[0]).any() and not torch.isnan(h[1]).any()
 
 
+def test_where_a_nan_spreads_on_each_path():
+    """The documented spread of a NaN in v at cell (2, 1) of a 4 x 4 grid, head 0: the
+    cells downstream of it (reference, wavefront), its 2 x 2 tile and the tiles right of and
+    below it (tiled), the whole grid (dense); never the other head."""
+    q, k, v, gates = make(1, 4, 4, 2, 2, 2, zero_frac=0.0)
+    v[0, 2, 1, 0] = float("nan")
+    xs, ys = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    downstream = (xs >= 2) & (ys >= 1)
+    tiles = (xs >= 2) & (ys >= 0)  # tile rows 2-3; its own tile is columns 0-1
+    want = {
+        "reference": downstream,
+        "wavefront": downstream,
+        "tiled2": tiles,
+        "dense": torch.ones(4, 4, dtype=torch.bool),
+    }
+    for path, cells in want.items():
+        h, _ = run(q, k, v, gates, path)
+        assert torch.equal(h[0, :, :, 0].isnan().any(-1), cells), path
+        assert not h[0, :, :, 1].isnan().any(), path
+
+
 def test_bad_input():
     q, k, v, gates = make(1, 2, 3, 1, 2, 2)
     with pytest.raises(ValueError, match="q must have shape"):
