@@ -115,6 +115,14 @@ def group(
     ``max_num_elements`` is PyG's static-shape hint; graphseq never truncates, so a group
     larger than it raises ``ValueError`` instead of being cut silently.
     """
+    if max_num_elements is not None and (
+        isinstance(max_num_elements, bool)
+        or not isinstance(max_num_elements, int)
+        or max_num_elements < 0
+    ):
+        raise ValueError(
+            f"{name}: max_num_elements must be None or a non-negative int, got {max_num_elements!r}"
+        )
     num = x.size(0)
     order = None
     if ptr is not None:

@@ -10,6 +10,7 @@ from torch_geometric.nn.aggr import Aggregation
 
 from graphseq.kernels import SegmentPlan, segment_tree_reduce
 
+from ..seq.base import check_matches_parameters
 from ._grouping import check_input, group, segment_ids, shuffle_within_groups
 
 CELLS = ("gru", "mlp")
@@ -160,7 +161,14 @@ class LCMAggregation(Aggregation):
 
     The parameters of ``cell="gru", project=True`` use the names of PyG's
     :class:`~torch_geometric.nn.aggr.LCMAggregation` (``lin``, ``gru_cell``), so its state
-    dict loads unchanged.
+    dict loads unchanged, also strictly: a state dict without ``identity_element`` (PyG has
+    none) loads it as zeros, its initial value.
+
+    **Gradients.** The default GRU cell has a hand-written backward that is
+    once-differentiable; for second derivatives (gradient penalties, Hessian-vector
+    products, MAML) build the layer with ``fused=False``, which composes the same function
+    from autograd ops (more memory and time per combined pair). The ``"mlp"`` cell is always
+    differentiable twice.
 
     Args:
         in_channels (int): Size of each input element.
@@ -177,6 +185,9 @@ class LCMAggregation(Aggregation):
         shuffle (bool, optional): In training mode, randomly permute the elements inside
             every group on each call (the paper's augmentation). Evaluation keeps the given
             order. (default: ``False``)
+        fused (bool, optional): Use the GRU cell's hand-written, once-differentiable
+            backward; ``False`` gives the autograd composition, which supports double
+            backward. Ignored by the ``"mlp"`` cell. (default: ``True``)
 
     Shapes:
         - **input:** ``x`` :math:`(E, F_{in})`, ``index`` :math:`(E)` (any order) or ``ptr``
@@ -201,6 +212,7 @@ class LCMAggregation(Aggregation):
         hidden_channels: int | None = None,
         identity: str = "learned",
         shuffle: bool = False,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -235,6 +247,7 @@ class LCMAggregation(Aggregation):
         self.hidden_channels = (hidden_channels or 2 * out_channels) if cell == "mlp" else None
         self.identity = identity
         self.shuffle = bool(shuffle)
+        self.fused = bool(fused)
 
         self.lin = Linear(in_channels, out_channels) if self.project else None
         if cell == "gru":
@@ -258,6 +271,14 @@ class LCMAggregation(Aggregation):
             self.mlp_out.reset_parameters()
         if self.identity_element is not None:
             torch.nn.init.zeros_(self.identity_element)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # PyG's LCMAggregation has no identity parameter: load its state dict strictly, with
+        # the identity at its initial value
+        key = prefix + "identity_element"
+        if self.identity_element is not None and key not in state_dict:
+            state_dict[key] = torch.zeros_like(self.identity_element)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- the monoid ------------------------------------------------------------------------
 
@@ -287,7 +308,9 @@ class LCMAggregation(Aggregation):
                 m = F.linear(a - b, w_diff)  # antisymmetric: b - a = -(a - b) exactly
                 na = F.linear(a, w_n, b_n)  # same op and shape for both operands
                 nb = F.linear(b, w_n, b_n)
-                return _SymmetricGRU.apply(q, m, na, nb, a, b)
+                return cell_fn(q, m, na, nb, a, b)
+
+            cell_fn = _SymmetricGRU.apply if self.fused else _symmetric_gru_reference
 
             return combine
 
@@ -316,13 +339,18 @@ class LCMAggregation(Aggregation):
         return torch.zeros(self.out_channels, dtype=dtype or ref.dtype, device=device or ref.device)
 
     def _project(self, x: Tensor) -> Tensor:
+        name = type(self).__name__
+        check_matches_parameters(name, "x", x, next(self.parameters()))
+        if x.size(1) != self.in_channels:
+            raise ValueError(
+                f"{name}: x must have in_channels = {self.in_channels} channels, got {x.size(1)}"
+            )
         if self.lin is not None:
             return torch.relu(self.lin(x))
-        if x.size(1) != self.out_channels:
-            raise ValueError(
-                f"{type(self).__name__}: x must have out_channels = {self.out_channels} "
-                f"channels when project=False, got {x.size(1)}"
-            )
+        device = x.device.type
+        if torch.is_autocast_enabled(device) and x.dtype == torch.float32:
+            # the cell's products come out in autocast's dtype; its operands must match
+            return x.to(torch.get_autocast_dtype(device))
         return x
 
     # -- forward ---------------------------------------------------------------------------
@@ -501,5 +529,5 @@ class LCMAggregation(Aggregation):
         return (
             f"{type(self).__name__}({self.in_channels}, {self.out_channels}, "
             f"cell={self.cell!r}{extra}, project={self.project}, identity={self.identity!r}, "
-            f"shuffle={self.shuffle})"
+            f"shuffle={self.shuffle}" + ("" if self.fused else ", fused=False") + ")"
         )

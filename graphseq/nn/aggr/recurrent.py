@@ -11,6 +11,7 @@ from torch_geometric.nn.aggr import Aggregation
 from graphseq.kernels._index import exclusive_cumsum as _exclusive_cumsum
 from graphseq.kernels._index import ranges as _ranges
 
+from ..seq.base import check_matches_parameters
 from ._grouping import Grouped, check_input, group, segment_ids, shuffle_within_groups
 
 CELLS = ("gru", "lstm")
@@ -261,6 +262,7 @@ class RecurrentAggregation(Aggregation):
         """
         name = type(self).__name__
         check_input(name, x, index, ptr, dim_size, dim)
+        check_matches_parameters(name, "x", x, next(self.parameters()))
         if x.size(1) != self.in_channels:
             raise ValueError(
                 f"{name}: x must have in_channels = {self.in_channels} channels, got {x.size(1)}"

@@ -75,15 +75,55 @@ def test_batch_independence(cell):
 
 
 def test_matches_pyg_on_one_set():
-    """With PyG's weights, a set aggregated alone gives PyG's value (no padding involved)."""
+    """PyG's state dict loads strictly (the missing identity as PyG's zeros), and with its
+    weights a set aggregated alone gives PyG's value (no padding involved)."""
     pyg = PyGLCMAggregation(8, 8)
     ours = LCMAggregation(8, 8)
-    missing = ours.load_state_dict(pyg.state_dict(), strict=False)
-    assert missing.missing_keys == ["identity_element"] and not missing.unexpected_keys
+    with torch.no_grad():
+        ours.identity_element.fill_(1.0)
+    ours.load_state_dict(pyg.state_dict())
+    assert torch.equal(ours.identity_element, torch.zeros(8))
     for n in (1, 2, 3, 5, 8, 13, 17):
         x = torch.randn(n, 8)
         expected = pyg(x, torch.zeros(n, dtype=torch.long))
         torch.testing.assert_close(ours(x), expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("project", [True, False])
+def test_runs_under_autocast(cell, project):
+    """Under autocast the operands of the cell match its lower-precision products, whether
+    the layer projects float32 inputs itself or takes them as they are (a GIN layer's
+    first aggregation), and the result stays close to float32's."""
+    torch.manual_seed(0)
+    aggr = LCMAggregation(8, 8, project, cell=cell)
+    x, index = torch.randn(9, 8), torch.tensor([0, 0, 0, 1, 1, 3, 3, 3, 3])
+    want = aggr(x, index, dim_size=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = aggr(x, index, dim_size=4)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.05)
+
+
+def test_unfused_gru_cell_is_twice_differentiable():
+    """fused=False gives the same function and first derivatives as the fused cell, and
+    second derivatives (which the fused backward refuses) that pass gradgradcheck."""
+    from torch.autograd import gradgradcheck
+
+    torch.manual_seed(0)
+    fused = LCMAggregation(3, 3).double()
+    plain = LCMAggregation(3, 3, fused=False).double()
+    plain.load_state_dict(fused.state_dict())
+    assert "fused=False" in repr(plain)
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([0, 0, 0, 1, 1, 1])
+    outs = [m(x, index, dim_size=2) for m in (fused, plain)]
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-12, rtol=1e-12)
+    grads = [torch.autograd.grad(o.sum(), x, create_graph=True)[0] for o in outs]
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-12, rtol=1e-12)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grads[0].sum().backward()
+    assert gradgradcheck(lambda t: plain(t, index, dim_size=2), (x,))
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -299,7 +339,14 @@ def test_forward_errors():
         aggr(x, index.float(), dim_size=3)
     with pytest.raises(TypeError, match="x must be a floating-point"):
         aggr(x.long(), index)
-    with pytest.raises(ValueError, match="out_channels = 4 channels when project=False"):
+    with pytest.raises(ValueError, match="in_channels = 4 channels, got 3"):
         LCMAggregation(4, 4, project=False)(torch.randn(5, 3), index)
+    with pytest.raises(ValueError, match="in_channels = 4 channels, got 3"):
+        aggr(torch.randn(5, 3), index)  # projected: named before the matrix product
+    with pytest.raises(ValueError, match=r"x has dtype torch\.float64 but the layer's"):
+        aggr(x.double(), index)
+    for bad in ("4", -1, 2.0, True):
+        with pytest.raises(ValueError, match="max_num_elements must be None or a non-neg"):
+            aggr(x, index, max_num_elements=bad)
     with pytest.raises(ValueError, match="num_samples"):
         aggr.associativity_loss(x, num_samples=0)

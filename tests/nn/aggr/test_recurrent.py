@@ -175,8 +175,12 @@ def test_errors():
     index = torch.tensor([0, 0, 1, 1, 2])
     with pytest.raises(ValueError, match="in_channels = 4"):
         aggr(torch.randn(5, 3), index)
+    with pytest.raises(ValueError, match=r"x has dtype torch\.float64 but the layer's"):
+        aggr(x.double(), index)
     with pytest.raises(ValueError, match="max_num_elements"):
         aggr(x, index, max_num_elements=1)
+    with pytest.raises(ValueError, match="max_num_elements must be None or a non-negative"):
+        aggr(x, index, max_num_elements="4")
     with pytest.raises(ValueError, match="dim_size"):
         aggr(x, index, dim_size=1)
     with pytest.raises(ValueError, match="num_samples"):
