@@ -31,6 +31,7 @@ from graphseq.models._init import reset_children
 from graphseq.models.registry import InputSpec, register_model
 from graphseq.nn.gsm import GSM, GSMPlusPlus, LocalEncoder
 from graphseq.nn.gsm.encoders import mean_adjacency
+from graphseq.nn.seq.base import check_choice, check_positive_int
 
 __all__ = ["GPS", "GNNBaseline"]
 
@@ -52,6 +53,12 @@ def _pool(h: Tensor, batch, pool: str) -> Tensor:
     num_graphs = int(getattr(batch, "num_graphs", 1) or 1)
     fn = global_mean_pool if pool == "mean" else global_add_pool
     return fn(h, node_batch, size=num_graphs)
+
+
+def _check_common(cls: str, hidden, layers, heads, pool) -> None:
+    for name, v in (("hidden", hidden), ("layers", layers), ("heads", heads)):
+        check_positive_int(cls, name, v)
+    check_choice(cls, "pool", pool, ("mean", "sum"))
 
 
 def _features(batch, pe: str | None, cls: str) -> Tensor:
@@ -99,6 +106,15 @@ class GPS(nn.Module):
     ) -> None:
         super().__init__()
         node_dim, edge_dim = _dense_only(spec, "gps")
+        _check_common("GPS", hidden, layers, heads, pool)
+        if hidden % heads:
+            raise ValueError(f"GPS: heads ({heads}) must divide hidden ({hidden})")
+        if pe is not None:
+            if not isinstance(pe, str) or not pe:
+                raise ValueError(f"GPS: pe must be a non-empty attribute name, got {pe!r}")
+            check_positive_int("GPS", "pe_dim", pe_dim)
+        elif pe_dim:
+            raise ValueError(f"GPS: pe_dim ({pe_dim}) given without pe")
         if attn_type not in ("multihead", "performer"):
             raise ValueError(
                 f"GPS: attn_type must be 'multihead' or 'performer', got {attn_type!r}"
@@ -135,6 +151,12 @@ class GPS(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        for conv in self.convs:
+            out_proj = getattr(getattr(conv, "attn", None), "out_proj", None)
+            if out_proj is not None:
+                # MultiheadAttention's own reset leaves the output weight as it is (it only
+                # zeroes the bias, which GPSConv's reset below still does)
+                out_proj.reset_parameters()
         reset_children(self)
 
     def forward(self, batch) -> Tensor:
@@ -197,10 +219,9 @@ class GNNBaseline(nn.Module):
         node_dim, _ = _dense_only(spec, conv)
         if conv not in ("gat", "sage"):
             raise ValueError(f"GNNBaseline: conv must be 'gat' or 'sage', got {conv!r}")
+        _check_common("GNNBaseline", hidden, layers, heads, pool)
         if conv == "gat" and hidden % heads:
             raise ValueError(f"GNNBaseline: heads ({heads}) must divide hidden ({hidden})")
-        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"GNNBaseline: layers must be an int >= 1, got {layers!r}")
         self.spec, self.conv, self.hidden, self.layers, self.heads = (
             spec,
             conv,
@@ -219,7 +240,8 @@ class GNNBaseline(nn.Module):
         self.head = nn.Linear(hidden, spec.out_dim)
         self.reset_parameters()
 
-    reset_parameters = GPS.reset_parameters
+    def reset_parameters(self) -> None:
+        reset_children(self)
 
     def forward(self, batch) -> Tensor:
         h = self.encoder(_features(batch, None, "GNNBaseline"))

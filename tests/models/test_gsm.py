@@ -64,6 +64,27 @@ def test_bad_hyperparameters():
         build_model("gps", spec, attn_type="bigbird")
     with pytest.raises(ValueError, match="divide"):
         build_model("gat", spec, hidden=10, heads=4)
+    for name in ("gps", "sage"):
+        with pytest.raises(ValueError, match=r"pool must be one of \('mean', 'sum'\)"):
+            build_model(name, spec, pool="max")
+        with pytest.raises(TypeError, match="hidden must be an int"):
+            build_model(name, spec, hidden=8.5)
+    with pytest.raises(ValueError, match=r"GPS: heads \(4\) must divide hidden \(10\)"):
+        build_model("gps", spec, hidden=10, heads=4)
+    with pytest.raises(ValueError, match="GPS: pe_dim"):
+        build_model("gps", spec, pe="lap_pe")
+    with pytest.raises(ValueError, match=r"GPS: pe_dim .* given without pe"):
+        build_model("gps", spec, pe_dim=3)
+
+
+def test_gps_reset_parameters_resets_the_attention_output_map():
+    """MultiheadAttention's own reset leaves out_proj.weight alone; GPS's reset does not."""
+    model = build_model("gps", InputSpec("graph", 1, "dense", 4), hidden=16)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(7.0)
+    model.reset_parameters()
+    assert [n for n, p in model.named_parameters() if bool((p == 7.0).all())] == []
 
 
 def test_weighted_cross_entropy():

@@ -73,6 +73,21 @@ def mean_adjacency(
         return to_torch_csr_tensor(adj_t, value, (num_nodes, num_nodes), is_coalesced=True)
 
 
+class _BatchNorm(nn.BatchNorm1d):
+    """``BatchNorm1d`` that also trains on a batch of one node (the last batch of a dataset
+    of single-atom molecules, ``batch_size=1``): that row is normalised with the running
+    statistics, which it leaves unchanged, as PyG's ``BatchNorm(allow_single_element=True)``
+    does. Same parameters and buffers as ``BatchNorm1d``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.size(0) == 1 and self.running_mean is not None:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                self.eps,
+            )  # fmt: skip
+        return super().forward(x)
+
+
 class LocalEncoder(nn.Module):
     r"""One residual message-passing layer, post-norm (GraphGPS-style, the default) or pre-norm
     (`Platonov et al., ICLR 2023 <https://arxiv.org/abs/2302.11640>`_'s tuned baselines):
@@ -104,7 +119,9 @@ class LocalEncoder(nn.Module):
             (default: ``"gatedgcn"``)
         edge_dim (int, optional): width of ``edge_attr`` (``None``: no edge features; ``"sage"``
             takes none).
-        norm (str): ``"batch"``, ``"layer"`` or ``"none"``. (default: ``"batch"``)
+        norm (str): ``"batch"``, ``"layer"`` or ``"none"``; ``"batch"`` trains on a batch
+            of one node too, normalising it with the running statistics. (default:
+            ``"batch"``)
         dropout (float): dropout on the update. (default: ``0.0``)
         prenorm (bool): normalise the input of the convolution instead of its output.
             (default: ``False``)
@@ -174,7 +191,7 @@ class LocalEncoder(nn.Module):
         else:
             self.conv = None
         self.norm = (
-            nn.BatchNorm1d(channels)
+            _BatchNorm(channels)
             if norm == "batch"
             else nn.LayerNorm(channels)
             if norm == "layer"

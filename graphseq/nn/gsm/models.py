@@ -16,8 +16,8 @@ name                kind        sequence (read from)
 ``"khop"``          subgraph    per node: ``N_k, ..., N_1, {v}`` (``khop_index``)
 ``"hac_bfs"``       subgraph    per node: its HAC clusters coarse to fine, then itself
                                 (``hac_path``; alias ``"ancestor_path"``)
-``"rw"``            subgraph    per node: unions of its random walks of lengths ``L, ..., 0``
-                                (``rw_index``)
+``"rw"``            subgraph    per node: its random walks cut at lengths ``L, ..., 0``,
+                                each token the mean over walks and visits (``rw_index``)
 ``"none"``          node        nodes in storage order (``"w/o PE"``-style baselines)
 ==================  ==========  ================================================================
 
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import global_add_pool, global_mean_pool
 from torch_geometric.utils import scatter
 
-from graphseq.nn.seq.base import check_choice, check_positive_int
+from graphseq.nn.seq.base import check_choice, check_matches_parameters, check_positive_int
 
 from .encoders import (
     AttentionLayer,
@@ -214,12 +214,20 @@ def _pool(h: Tensor, node_batch: Tensor, num_graphs: int, pool: str) -> Tensor:
 
 class _Base(nn.Module):
     def _input(self, batch) -> tuple[Tensor, Tensor, Tensor, Tensor, int, Tensor | None]:
+        cls = type(self).__name__
         x = batch.x
         if x is None:
-            raise ValueError(f"{type(self).__name__}: the input has no node features x")
-        x = x.float() if not torch.is_floating_point(x) else x
+            raise ValueError(f"{cls}: the input has no node features x")
+        weight = self.encoder.weight
+        x = x.to(weight.dtype) if not torch.is_floating_point(x) else x
+        check_matches_parameters(cls, "x", x, weight)
         if x.dim() == 1:
             x = x.unsqueeze(1)
+        if x.dim() != 2 or x.size(1) != self.in_channels:
+            raise ValueError(
+                f"{cls}: x must have shape [num_nodes, in_channels = {self.in_channels}], "
+                f"got {tuple(batch.x.shape)}"
+            )
         n = x.size(0)
         node_batch, ptr = _graph_info(batch, n, x.device)
         num_graphs = ptr.numel() - 1
@@ -306,7 +314,8 @@ class GSM(_Base):
         cls = type(self).__name__
         for name, v in (("in_channels", in_channels), ("hidden", hidden),
                         ("out_channels", out_channels), ("layers", layers),
-                        ("seq_layers", seq_layers)):  # fmt: skip
+                        ("seq_layers", seq_layers), ("heads", heads),
+                        ("hpe_levels", hpe_levels)):  # fmt: skip
             check_positive_int(cls, name, v)
         check_choice(cls, "level", level, ("node", "graph"))
         check_choice(cls, "pool", pool, ("mean", "sum"))
@@ -323,6 +332,8 @@ class GSM(_Base):
         self.in_channels, self.hidden, self.out_channels = in_channels, hidden, out_channels
         self.local, self.global_, self.layers, self.level = local, global_, layers, level
         self.edge_dim, self.hpe, self.pool = edge_dim, bool(hpe), pool
+        self.seq_layers, self.heads, self.hpe_levels = seq_layers, heads, hpe_levels
+        self.dropout, self.token_sizes = dropout, bool(token_sizes)
         self.encoder = nn.Linear(in_channels, hidden)
         self.pe = HierarchicalPE(hidden, hpe_levels) if hpe else None
         self.size_proj = nn.Linear(1, hidden) if token_sizes else None
@@ -391,7 +402,8 @@ class GSM(_Base):
         return (
             f"{type(self).__name__}({self.in_channels}, {self.hidden}, {self.out_channels}, "
             f"tokenization={self.tokenization!r}, local={self.local!r}, "
-            f"global_={self.global_!r}, layers={self.layers}{pe})"
+            f"global_={self.global_!r}, layers={self.layers}, seq_layers={self.seq_layers}, "
+            f"level={self.level!r}{pe})"
         )
 
 
@@ -447,7 +459,8 @@ class MoTRouter(nn.Module):
                 f"{type(self).__name__}: expected {self.experts} encodings, got {len(ys)}"
             )
         p = torch.softmax(self.router(h), -1)  # [N, T]
-        top = torch.topk(p, self.k, dim=-1).indices
+        # a stable sort: ties in p go to the lower expert index (topk leaves them unordered)
+        top = torch.argsort(p, dim=-1, descending=True, stable=True)[:, : self.k]
         keep = torch.zeros_like(p, dtype=torch.bool).scatter_(1, top, True)
         g = torch.where(keep, p, torch.zeros_like(p))
         g = g / g.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
@@ -510,10 +523,12 @@ class GSMPlusPlus(_Base):
             pre-LayerNorm GELU layer of the tuned GAT/SAGE baselines
             (:class:`graphseq.models.gsm.GNNBaseline`), so that GSM++'s local part is exactly
             that baseline and the global part adds to it: with these two the router's output
-            map starts at zero (the global residual is 0 at initialisation), the hierarchical
-            PE is added to the scan encoders' input instead of the node embedding (the local
-            stack sees the features alone, as the baseline does), and a LayerNorm precedes the
-            head. (default: ``"gatedgcn"``)
+            map starts at zero (the scan experts add nothing at initialisation; the
+            feed-forward block, and the attention layer when on, are ordinary residual
+            blocks on top of the local stack from the start), the hierarchical PE is added to
+            the scan encoders' input instead of the node embedding (the local stack sees the
+            features alone, as the baseline does), and a LayerNorm precedes the head.
+            (default: ``"gatedgcn"``)
         local_layers (int): message-passing layers per block. (default: ``1``)
         global_dropout (float, optional): dropout inside the scan encoders (over every token
             of every sequence: with subgraph tokens ``(depth + 1) * N`` rows, and CPU random
@@ -556,8 +571,14 @@ class GSMPlusPlus(_Base):
         cls = type(self).__name__
         for name, v in (("in_channels", in_channels), ("hidden", hidden),
                         ("out_channels", out_channels), ("layers", layers),
-                        ("scan_layers", scan_layers), ("local_layers", local_layers)):  # fmt: skip
+                        ("scan_layers", scan_layers), ("local_layers", local_layers),
+                        ("heads", heads), ("k", k), ("hpe_levels", hpe_levels)):  # fmt: skip
             check_positive_int(cls, name, v)
+        if isinstance(tokenizations, str):
+            raise TypeError(
+                f"{cls}: tokenizations must be a sequence of names, got the string "
+                f"{tokenizations!r}; write ({tokenizations!r},) for one"
+            )
         check_choice(cls, "level", level, ("node", "graph"))
         check_choice(cls, "pool", pool, ("mean", "sum"))
         check_choice(cls, "local", local, ("gatedgcn", "gine", "sage", "gat"))
@@ -575,6 +596,9 @@ class GSMPlusPlus(_Base):
         self.tokenizations, self.layers, self.k, self.level = toks, layers, k, level
         self.edge_dim, self.attention, self.pool = edge_dim, bool(attention), pool
         self.local, self.local_layers = local, local_layers
+        self.scan_layers, self.heads, self.hpe_levels = scan_layers, heads, hpe_levels
+        self.dropout, self.attn_dropout = dropout, attn_dropout
+        self.token_sizes = bool(token_sizes)
         self.encoder = nn.Linear(in_channels, hidden)
         # baseline-local mode: the HPE is the sequence encoders' positional input only
         self.pe = HierarchicalPE(global_hidden if self._prenorm else hidden, hpe_levels)
@@ -676,5 +700,6 @@ class GSMPlusPlus(_Base):
         )
         return (
             f"{type(self).__name__}({self.in_channels}, {self.hidden}, {self.out_channels}, "
-            f"tokenizations={self.tokenizations}, layers={self.layers}, k={self.k}{local})"
+            f"tokenizations={self.tokenizations}, layers={self.layers}, k={self.k}, "
+            f"level={self.level!r}{local})"
         )

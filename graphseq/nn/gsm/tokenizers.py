@@ -93,6 +93,14 @@ def _long(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
 
 
+def _check_seed(cls: str, seed: object) -> int | None:
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+    ):
+        raise ValueError(f"{cls}: seed must be None or a non-negative int, got {seed!r}")
+    return seed
+
+
 class NodeTokenizer(BaseTransform):
     r"""Node tokenization: the graph becomes one sequence of its nodes.
 
@@ -117,7 +125,7 @@ class NodeTokenizer(BaseTransform):
         if order not in NODE_ORDERS:
             raise ValueError(f"NodeTokenizer: order must be one of {NODE_ORDERS}, got {order!r}")
         self.order = order
-        self.seed = seed
+        self.seed = _check_seed("NodeTokenizer", seed)
 
     @property
     def attr(self) -> str:
@@ -222,8 +230,10 @@ class RandomWalkTokenizer(BaseTransform):
     Stores ``data.rw_index`` ``[num_walks * (walk_length + 1), n]``: entry
     ``[w * (walk_length + 1) + t, v]`` is the node reached at step ``t`` of walk ``w`` from
     ``v`` (step 0 is ``v`` itself), and ``data.rw_walk_length`` ``[1]``. A walk at a node
-    without neighbours stays there. A model forms token :math:`t` of node :math:`v` from the
-    nodes visited in steps :math:`0..t` of its walks (the union of walks of increasing length).
+    without neighbours stays there. A model forms token :math:`t` of node :math:`v` from
+    steps :math:`0..t` of its walks: the mean over the walks of the mean of the features at
+    those steps (a node visited twice counts twice, so it is a mean over visits, not over the
+    set of visited nodes).
 
     Args:
         num_walks (int): walks per node. (default: ``4``)
@@ -236,7 +246,8 @@ class RandomWalkTokenizer(BaseTransform):
         for name, v in (("num_walks", num_walks), ("walk_length", walk_length)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"RandomWalkTokenizer: {name} must be an int >= 1, got {v!r}")
-        self.num_walks, self.walk_length, self.seed = num_walks, walk_length, seed
+        self.num_walks, self.walk_length = num_walks, walk_length
+        self.seed = _check_seed("RandomWalkTokenizer", seed)
 
     def forward(self, data: Data) -> Data:
         cls = type(self).__name__
@@ -272,11 +283,14 @@ class HACTokenizer(BaseTransform):
 
     Both readings of the tree are stored:
 
-    * **leaf order** (``"dfs_leaves"``, alias ``"dfs"``; a node tokenization):
+    * **leaf order** (model name ``"hac_dfs"``, aliases ``"dfs_leaves"`` and ``"dfs"``; a
+      node tokenization):
       ``data.hac_rank`` ``[n]``, each node's position when the leaves are listed by a
       depth-first walk from the root visiting children in ascending cluster id, so nodes merged
       early (high affinity) are adjacent;
-    * **ancestor path** (``"ancestor_path"``, alias ``"bfs"``; a subgraph tokenization):
+    * **ancestor path** (model name ``"hac_bfs"``, aliases ``"ancestor_path"`` and
+      ``"bfs_hac"``, the paper's HAC(BFS); a subgraph tokenization; the bare ``"bfs"`` is
+      :class:`NodeTokenizer`'s breadth-first node order, a different tokenization):
       ``data.hac_path`` ``[n, levels]``, each node's coarse-to-fine chain of clusters (column 0
       the root, the last column its level-1 cluster), left-padded with the root when the tree
       has fewer than ``levels`` levels. Cluster ids are unique within the graph (``0 ..

@@ -1,6 +1,7 @@
 """GSM and GSM++: every tokenization and global encoder on padded batches, batch independence,
 the MoT router, missing tokenizations."""
 
+import numpy as np
 import pytest
 import torch
 import torch_geometric.transforms as T
@@ -17,6 +18,7 @@ from graphseq.nn.gsm import (
     RandomWalkTokenizer,
 )
 from graphseq.nn.gsm.models import subgraph_tokens
+from graphseq.nn.gsm.tokenizers import undirected_adjacency
 
 TRANSFORM = T.Compose(
     [NodeTokenizer("degree"), NodeTokenizer("random"), NodeTokenizer("bfs"), KHopTokenizer(2),
@@ -63,21 +65,27 @@ def test_gsm_batch_independence(tokenization, global_):
 
 
 def test_storage_order_matters_only_through_the_tokenization():
-    # 'hac_dfs' reads the order from the tree, so relabelling nodes leaves outputs equivariant
+    """Relabelling the nodes so that the degree order (ties by node id) visits the same
+    nodes in the same sequence leaves a node-order model's outputs equivariant."""
     model = GSM(
         3, 8, 1, tokenization="degree", global_="ssm", local="none", heads=2, level="node"
     ).eval()
     g = GRAPHS[3]
-    perm = torch.randperm(g.num_nodes)
+    n = g.num_nodes
+    deg = torch.as_tensor(np.diff(undirected_adjacency(g.edge_index.numpy(), n).indptr))
+    assert torch.unique(deg).numel() < n  # ties exist: the id order among them must be kept
+    # a random relabelling (new node j is old node perm[j]), then, within every degree
+    # class, the old nodes put back in increasing id order onto the class's new ids
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(3))
+    for d in torch.unique(deg):
+        slots = torch.nonzero(deg[perm] == d).flatten()  # new ids of this class, ascending
+        perm[slots] = torch.sort(perm[slots]).values
+    assert not torch.equal(perm, torch.arange(n))
     inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(perm.numel())
-    h = Data(x=g.x[perm], edge_index=inv[g.edge_index], num_nodes=g.num_nodes)
-    h = NodeTokenizer("degree")(h)
-    out_g, out_h = model(NodeTokenizer("degree")(g)), model(h)
-    # the degree order breaks ties by node id, so compare only when degrees are distinct
-    deg = torch.bincount(g.edge_index[0], minlength=g.num_nodes)
-    if torch.unique(deg).numel() == g.num_nodes:
-        torch.testing.assert_close(out_h, out_g[perm])
+    inv[perm] = torch.arange(n)
+    h = Data(x=g.x[perm], edge_index=inv[g.edge_index], num_nodes=n)
+    out_g, out_h = model(NodeTokenizer("degree")(g)), model(NodeTokenizer("degree")(h))
+    torch.testing.assert_close(out_h, out_g[perm])
 
 
 def test_missing_tokenization_names_the_transform():
@@ -340,3 +348,68 @@ def test_gsm_positional_encoding_bad_input():
     batch = Batch.from_data_list(_with_pe(GRAPHS, dim=2))
     with pytest.raises(ValueError, match=r"lap_pe must have shape \(20, 3\)"):
         model(batch)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"local": "gine"}], ids=["gatedgcn", "gine"])
+@pytest.mark.parametrize("cls", [GSM, GSMPlusPlus])
+def test_trains_on_a_batch_of_one_node(cls, kwargs):
+    """A training step on one one-node graph (batch norm in the local encoder) runs, uses
+    the running statistics and leaves them unchanged."""
+    model = cls(3, 8, 2, heads=2, hpe_levels=6, **kwargs).train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms
+    before = [n.running_mean.clone() for n in norms]
+    out = model(Batch.from_data_list([GRAPHS[1]]))
+    assert out.shape == (1, 2) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(torch.equal(n.running_mean, b) for n, b in zip(norms, before, strict=True))
+
+
+def test_input_dtype_and_width_are_named():
+    model = GSM(3, 8, 2, heads=2, hpe_levels=6)
+    g = GRAPHS[0]
+    with pytest.raises(ValueError, match=r"GSM: x has dtype torch\.float64 but the layer"):
+        model(Batch.from_data_list([g.clone().update({"x": g.x.double()})]))
+    with pytest.raises(ValueError, match=r"in_channels = 3\], got \(6, 2\)"):
+        model(Batch.from_data_list([g.clone().update({"x": g.x[:, :2]})]))
+    # integer features are converted to the model's dtype, as before
+    model.double()
+    out = model(Batch.from_data_list([g.clone().update({"x": g.x.long()})]))
+    assert out.dtype == torch.float64
+
+
+def test_router_ties_go_to_the_lower_expert():
+    for experts in (3, 4, 8):
+        router = MoTRouter(4, experts, k=2)
+        torch.nn.init.zeros_(router.router.weight)
+        torch.nn.init.zeros_(router.router.bias)
+        _, g = router(torch.randn(5, 4), [torch.randn(5, 4) for _ in range(experts)])
+        assert torch.equal(torch.nonzero(g[0]).flatten(), torch.tensor([0, 1]))
+
+
+def test_gsm_plus_plus_and_tokenizer_arguments_are_named():
+    with pytest.raises(TypeError, match="GSMPlusPlus: k must be an int"):
+        GSMPlusPlus(3, 8, 1, k="2")
+    with pytest.raises(TypeError, match="tokenizations must be a sequence of names"):
+        GSMPlusPlus(3, 8, 1, tokenizations="khop", k=1)
+    with pytest.raises(ValueError, match="GSMPlusPlus: heads must be"):
+        GSMPlusPlus(3, 8, 1, heads=0)
+    for bad in ("a", -1, 1.5):
+        with pytest.raises(ValueError, match="NodeTokenizer: seed must be None or"):
+            NodeTokenizer("random", seed=bad)
+        with pytest.raises(ValueError, match="RandomWalkTokenizer: seed must be None or"):
+            RandomWalkTokenizer(seed=bad)
+    assert NodeTokenizer("random", seed=np.int64(3)).seed == 3
+    model = GSMPlusPlus(3, 8, 1, heads=2, scan_layers=3, hpe_levels=5, dropout=0.1)
+    assert (model.heads, model.scan_layers, model.hpe_levels, model.dropout) == (2, 3, 5, 0.1)
+    gsm = GSM(3, 8, 1, heads=2, seq_layers=3, level="node")
+    assert (gsm.heads, gsm.seq_layers) == (2, 3)
+    assert "seq_layers=3, level='node'" in repr(gsm)
+
+
+def test_hac_bfs_aliases():
+    """The paper's HAC(BFS) is 'hac_bfs' (aliases 'ancestor_path', 'bfs_hac'); the bare
+    'bfs' is NodeTokenizer's breadth-first order, as the docstrings say."""
+    for name in ("hac_bfs", "ancestor_path", "bfs_hac"):
+        assert GSM(3, 8, 1, tokenization=name).tokenization == "hac_bfs"
+    assert GSM(3, 8, 1, tokenization="bfs").tokenization == "bfs"
