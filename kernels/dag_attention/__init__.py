@@ -6,6 +6,8 @@ backends are in this folder's README.md.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._checks import check_float, check_tensor
@@ -77,6 +79,13 @@ def dag_attention(
             ``backend``; ``"native"`` on a non-CPU tensor or where it cannot be built.
         TypeError: for non-floating inputs.
     """
+    if not isinstance(plan, DagAttentionPlan):
+        raise TypeError(
+            f"{_OP}: plan must be a DagAttentionPlan (DagAttentionPlan.from_graph), got "
+            f"{type(plan).__name__}"
+        )
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{_OP}: scale must be a finite real number, got {scale!r}")
     qkv = check_tensor(_OP, "qkv", qkv, min_dim=4)
     check_float(_OP, "qkv", qkv)
     if qkv.dim() != 4 or qkv.shape[1] != 3:

@@ -20,6 +20,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -73,12 +74,12 @@ def _cpu_id() -> str:
     return "".join(lines) or platform.processor() or platform.machine()
 
 
-def _compiler_id(cc: str) -> str:
+def _compiler_id(cc: list[str]) -> str:
     """``cc --version`` (part of the cache key: a compiler upgrade rebuilds)."""
     try:
-        run = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        run = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as err:
-        raise OSError(f"{cc}: {err}") from None  # no compiler
+        raise OSError(f"{' '.join(cc)}: {err}") from None  # no compiler
     return run.stdout
 
 
@@ -109,7 +110,8 @@ def _writable_folder() -> Path:
 def _compile(real: str) -> ctypes.CDLL:
     """Build (or find in the cache) the library for ``real`` (``float``/``double``): the
     first of the flag sets that compiles (no ``-march=native``, no OpenMP as fallbacks)."""
-    cc = os.environ.get("CC", "cc")
+    # $CC may carry arguments ("ccache cc", "cc -m64"), as make and setuptools allow
+    cc = shlex.split(os.environ.get("CC") or "cc")
     source = _SOURCE.read_bytes()
     machine = (_compiler_id(cc) + _cpu_id()).encode()
     folder = _writable_folder()
@@ -122,7 +124,7 @@ def _compile(real: str) -> ctypes.CDLL:
     ):
         flags = [*flags, *_REASSOCIATE, "-std=c11", "-fPIC", "-shared", f"-DREAL={real}"]
         key = hashlib.sha256(
-            b"\0".join([source, " ".join([cc, *flags]).encode(), machine])
+            b"\0".join([source, " ".join([*cc, *flags]).encode(), machine])
         ).hexdigest()[:20]
         lib = folder / f"dag_attention_{real}_{key}.so"
         cached = _load(lib)
@@ -132,17 +134,17 @@ def _compile(real: str) -> ctypes.CDLL:
         os.close(fd)
         try:
             run = subprocess.run(
-                [cc, *flags, str(_SOURCE), "-o", tmp, "-lm"],
+                [*cc, *flags, str(_SOURCE), "-o", tmp, "-lm"],
                 capture_output=True,
                 text=True,
                 timeout=120,
             )
         except (OSError, subprocess.TimeoutExpired) as err:
             os.unlink(tmp)
-            raise OSError(f"{cc}: {err}") from None  # no compiler: no flags will help
+            raise OSError(f"{' '.join(cc)}: {err}") from None  # no compiler: no flags help
         if run.returncode != 0:
             os.unlink(tmp)
-            errors.append(f"{cc} {' '.join(flags)}: {run.stderr.strip()[-300:]}")
+            errors.append(f"{' '.join([*cc, *flags])}: {run.stderr.strip()[-300:]}")
             continue
         os.replace(tmp, lib)  # atomic: a concurrent build of the same key is identical
         return ctypes.CDLL(str(lib))

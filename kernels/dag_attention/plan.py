@@ -84,6 +84,16 @@ class DagAttentionPlan:
                 has the wrong size, or ``level`` is no topological order of ``lg_edge_index``.
         """
         op = "DagAttentionPlan.from_graph"
+        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
+            raise ValueError(f"{op}: num_nodes must be a non-negative int, got {num_nodes!r}")
+        for name, t in (("edge_index", edge_index), ("lg_edge_index", lg_edge_index),
+                        ("batch", batch), ("level", level)):  # fmt: skip
+            if t is None and name in ("batch", "level"):
+                continue
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                raise TypeError(f"{op}: {name} must be an integer tensor, got {t.dtype}")
         dev = edge_index.device
         edge_index, lg_edge_index = edge_index.long(), lg_edge_index.long()
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
@@ -111,6 +121,10 @@ class DagAttentionPlan:
         if level.shape != (E,):
             raise ValueError(f"{op}: level must have shape [E] = [{E}], got {list(level.shape)}")
         level = level.long()
+        if E and int(level.min()) < 0:
+            # the edges are sorted by graph * depth + level: a negative level would move an
+            # edge into another graph's run
+            raise ValueError(f"{op}: level must be >= 0, got a minimum of {int(level.min())}")
         src, dst = edge_index
         edge_graph = batch[src]
         if E and not torch.equal(edge_graph, batch[dst]):

@@ -48,4 +48,8 @@ def dag_attention(
             gating = R.T @ P + torch.diag(D[nodes, h])
             q, k, v = (qkv[nodes, i, h] for i in range(3))
             out[nodes, h] = ((scale * q @ k.T) * gating) @ v
+    if not out.requires_grad:
+        # nothing planned (an empty batch, no graph selected): keep the output connected to
+        # the inputs, with zero gradients, as the compiled path does; an empty sum adds 0
+        out = out + sum(t[:0].sum() for t in (qkv, S, T, M, D))
     return out

@@ -224,6 +224,22 @@ def test_plan_checks_its_arguments():
         DagAttentionPlan.from_graph(ei[0], lg, 3)
     with pytest.raises(ValueError, match="level is not a topological order"):
         DagAttentionPlan.from_graph(ei, lg, 3, level=torch.tensor([1, 0]))
+    # a topological order shifted below zero once sorted one graph's edges into another's
+    two = torch.tensor([[0, 1, 3, 4], [1, 2, 4, 5]])
+    with pytest.raises(ValueError, match="level must be >= 0, got a minimum of -10"):
+        DagAttentionPlan.from_graph(
+            two, torch.tensor([[0, 2], [1, 3]]), 6, torch.tensor([0, 0, 0, 1, 1, 1]),
+            level=torch.tensor([0, 1, 0, 1]) - 10,
+        )  # fmt: skip
+    # integer tensors and an int count only: a float id or graph would be truncated
+    with pytest.raises(TypeError, match="edge_index must be an integer tensor"):
+        DagAttentionPlan.from_graph(ei.float(), lg, 3)
+    with pytest.raises(TypeError, match="batch must be an integer tensor"):
+        DagAttentionPlan.from_graph(ei, lg, 3, torch.tensor([0.9, 0.9, 1.5]))
+    with pytest.raises(TypeError, match=r"lg_edge_index must be a torch\.Tensor, got list"):
+        DagAttentionPlan.from_graph(ei, lg.tolist(), 3)
+    with pytest.raises(ValueError, match=r"num_nodes must be a non-negative int, got 3\.0"):
+        DagAttentionPlan.from_graph(ei, lg, 3.0)
 
 
 def test_op_checks_its_arguments():
@@ -246,6 +262,35 @@ def test_op_checks_its_arguments():
         dag_attention(qkv.tolist(), s, t, m, d, plan)
     with pytest.raises(ValueError, match="backend must be one of"):
         dag_attention(qkv, s, t, m, d, plan, backend="torch")
+    with pytest.raises(TypeError, match="plan must be a DagAttentionPlan"):
+        dag_attention(qkv, s, t, m, d, None)
+    for bad in ("x", float("nan"), torch.tensor(0.5)):
+        with pytest.raises(ValueError, match="scale must be a finite real number"):
+            dag_attention(qkv, s, t, m, d, plan, scale=bad)
+
+
+def test_reference_output_of_an_empty_plan_takes_gradients():
+    """With nothing planned the reference (the fallback without a compiler) returns zeros
+    that stay connected to the inputs, so a training step's backward runs."""
+    gen = torch.Generator().manual_seed(1)
+    ei = torch.tensor([[0, 1], [1, 2]])
+    plan = DagAttentionPlan.from_graph(
+        ei, torch.tensor([[0], [1]]), 3, graphs=torch.tensor([False])
+    )
+    inputs = tuple(t.requires_grad_() for t in random_inputs(3, 2, 1, 2, 4, gen))
+    out = dag_attention(*inputs, plan, backend="reference")
+    assert torch.equal(out, torch.zeros(3, 2, 4, dtype=torch.float64))
+    out.sum().backward()
+    assert all(torch.equal(t.grad, torch.zeros_like(t)) for t in inputs)
+
+
+@needs_native
+def test_a_compiler_command_with_arguments_builds(monkeypatch, tmp_path):
+    """$CC may hold a command with arguments ("ccache cc", "cc -m64"), as make allows."""
+    monkeypatch.setenv("CC", "cc -DGRAPHSEQ_CC_ARGUMENT=1")
+    monkeypatch.setenv("GRAPHSEQ_CACHE_DIR", str(tmp_path))
+    assert native._compile("double") is not None
+    assert list(tmp_path.glob("dag_attention_double_*.so"))
 
 
 def test_missing_compiler_is_reported_not_raised(monkeypatch, tmp_path):

@@ -233,9 +233,16 @@ class ParallelGRU(SequenceLayer):
             if it == self.max_iter or not math.isfinite(residual):
                 break
             h, _ = linear_scan(J, f - J * prev, h0=h0, cu_seqlens=cu)
+        if not math.isfinite(residual):
+            raise RuntimeError(
+                f"{type(self).__name__}: the parallel solve diverged: max |h_t - "
+                f"f(h_t-1, x_t)| = {residual} after {it} Newton iteration(s) "
+                f"({self.recurrence} recurrence, T = {T}); more iterations will not help, use "
+                "mode='sequential'."
+            )
         raise RuntimeError(
             f"{type(self).__name__}: the parallel solve did not converge: max |h_t - "
-            f"f(h_t-1, x_t)| = {residual:.3e} > tol = {tol:.1e} after {self.max_iter} Newton "
+            f"f(h_t-1, x_t)| = {residual:.3e} > tol = {tol:.1e} after {it} Newton "
             f"iterations ({self.recurrence} recurrence, T = {T}). Raise max_iter or tol, or "
             "use mode='sequential'."
         )

@@ -142,6 +142,20 @@ def test_no_convergence_raises():
         layer(torch.randn(2, 50, 4) * 3)
 
 
+def test_a_diverging_solve_says_so_and_how_many_iterations_ran():
+    """A non-finite residual stops the Newton iteration at once; the error says it diverged
+    (more iterations cannot help) and counts the iterations that ran, not max_iter."""
+    torch.manual_seed(0)
+    layer = ParallelGRU(8, 8, max_iter=100)
+    with torch.no_grad():
+        layer.weight_hh.mul_(10 * 8**0.5)
+    x = torch.randn(2, 300, 8)
+    with pytest.raises(RuntimeError, match=r"diverged: .* after 1 Newton iteration\(s\).*"
+                       r"mode='sequential'"):  # fmt: skip
+        layer(x)
+    assert torch.isfinite(layer(x, mode="sequential")).all()
+
+
 def test_nan_input():
     layer = ParallelGRU(2, 4)
     x = torch.randn(1, 10, 2)
