@@ -169,31 +169,54 @@ def _shard(n: int, env: DistEnv) -> list[int]:
 @torch.no_grad()
 def _predict_graph(
     model, dataset, idx: list[int], batch_size: int, device
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, list[int]]:
+    """Labels and predictions of the graphs ``idx``, in that order, and how many rows each
+    graph has: one for a graph-level output, one per node for a node-level one (PATTERN)."""
     from torch_geometric.loader import DataLoader
 
     model.eval()
-    ys, preds = [], []
+    ys, preds, rows = [], [], []
     subset = [dataset[i] for i in idx]
     for batch in DataLoader(subset, batch_size=batch_size, shuffle=False):
         batch = batch.to(device)
         preds.append(model(batch).float().cpu())
         ys.append(batch.y.float().cpu().reshape(preds[-1].shape[0], -1))
+        G = batch.num_graphs
+        if preds[-1].shape[0] == G:
+            rows += [1] * G
+        elif preds[-1].shape[0] == batch.num_nodes:
+            rows += torch.bincount(batch.batch.cpu(), minlength=G).tolist()
+        else:
+            raise ValueError(
+                f"the model returned {preds[-1].shape[0]} rows for a batch of {G} graphs and "
+                f"{batch.num_nodes} nodes: one per graph or one per node was expected"
+            )
     if not preds:
-        return torch.empty(0), torch.empty(0)
-    return torch.cat(ys), torch.cat(preds)
+        return torch.empty(0), torch.empty(0), rows
+    return torch.cat(ys), torch.cat(preds), rows
 
 
 def _evaluate_graph(task: Task, model, split: str, config: TrainConfig, env: DistEnv) -> float:
     dataset = task.splits[split]
     idx = _shard(len(dataset), env)
-    y, p = _predict_graph(model, dataset, idx, config.batch_size, env.device)
-    parts = env.all_gather_object((idx, y, p))
-    order = torch.tensor([i for part in parts for i in part[0]])
-    y = torch.cat([part[1] for part in parts if len(part[0])])
-    p = torch.cat([part[2] for part in parts if len(part[0])])
-    inv = torch.argsort(order)
-    return task.evaluate(y[inv], p[inv])
+    y, p, rows = _predict_graph(model, dataset, idx, config.batch_size, env.device)
+    parts = env.all_gather_object((idx, y, p, rows))
+    # every graph's rows, put back in dataset order whole (a node-level task has many rows
+    # per graph, so the rows cannot be reordered by graph index directly)
+    per_graph = {}
+    for part_idx, part_y, part_p, part_rows in parts:
+        if not part_idx:
+            continue
+        for i, gy, gp in zip(
+            part_idx, part_y.split(part_rows), part_p.split(part_rows), strict=True
+        ):
+            per_graph[i] = (gy, gp)
+    order = sorted(per_graph)
+    if not order:
+        return task.evaluate(torch.empty(0), torch.empty(0))
+    y = torch.cat([per_graph[i][0] for i in order])
+    p = torch.cat([per_graph[i][1] for i in order])
+    return task.evaluate(y, p)
 
 
 def _train_epoch_graph(task, model, optimizer, sampler, config, env, epoch) -> float:

@@ -301,3 +301,77 @@ def test_torchrun_two_processes_write_one_result(tmp_path):
     r = json.loads((tmp_path / "fake-graph/gin/seed0/results.json").read_text())
     assert r["world_size"] == 2 and r["epochs_run"] == 2
     assert out.stdout.count("mean ± std") == 1  # only rank 0 prints the table
+
+
+class _Recorder:
+    def __init__(self):
+        self.seen = None
+
+    def __call__(self, y, p):
+        self.seen = (y.clone(), p.clone())
+        return 0.0
+
+
+def _graphs_with_node_labels(sizes):
+    from torch_geometric.data import Data
+
+    graphs, start = [], 0
+    for n in sizes:
+        ids = torch.arange(start, start + n, dtype=torch.float).unsqueeze(1)
+        graphs.append(Data(x=ids, y=ids.squeeze(1), edge_index=torch.empty(2, 0, dtype=torch.long)))
+        start += n
+    return graphs
+
+
+class _Echo(torch.nn.Module):
+    """Predicts each node's id (node level) or the sum of its graph's node ids (graph level)."""
+
+    def __init__(self, level):
+        super().__init__()
+        self.level = level
+
+    def forward(self, batch):
+        if self.level == "node":
+            return batch.x
+        from torch_geometric.nn import global_add_pool
+
+        return global_add_pool(batch.x, batch.batch, size=batch.num_graphs)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+@pytest.mark.parametrize("level", ["node", "graph"])
+def test_graph_batches_are_scored_on_every_row_in_dataset_order(level, world_size):
+    """A node-level task on batches of graphs (PATTERN) is scored on every node of every
+    graph, in dataset order, with any sharding over ranks; a graph-level one on every graph.
+    (The rows of a node-level task were once reordered per graph, which kept the first
+    num_graphs nodes only.)"""
+    from types import SimpleNamespace
+
+    sizes = [3, 1, 4, 2, 5]
+    graphs = _graphs_with_node_labels(sizes)
+    if level == "graph":
+        for i, g in enumerate(graphs):
+            g.y = torch.tensor([float(i)])
+    model = _Echo(level)
+    recorder = _Recorder()
+    task = SimpleNamespace(splits={"valid": graphs}, evaluate=recorder)
+    shards = [
+        trainer_module._shard(len(graphs), SimpleNamespace(rank=r, world_size=world_size))
+        for r in range(world_size)
+    ]
+    gathered = [
+        (idx, *trainer_module._predict_graph(model, graphs, idx, 2, "cpu")) for idx in shards
+    ]
+    env = SimpleNamespace(
+        rank=0, world_size=world_size, device="cpu", all_gather_object=lambda obj: gathered
+    )
+    trainer_module._evaluate_graph(task, model, "valid", SimpleNamespace(batch_size=2), env)
+    y, p = recorder.seen
+    if level == "node":
+        assert torch.equal(y.flatten(), torch.arange(15.0))
+        assert torch.equal(p.flatten(), torch.arange(15.0))
+    else:
+        assert y.flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+        ends = torch.tensor(sizes).cumsum(0)
+        sums = [float(sum(range(int(e) - n, int(e)))) for e, n in zip(ends, sizes, strict=True)]
+        assert p.flatten().tolist() == sums
