@@ -11,7 +11,8 @@ The paper names the tasks but not the graph distribution, sizes or query format 
 * **node_degree** (local, node level): every node's degree, a class in ``0..max_degree``
   (larger degrees clipped), features ``x = 1``; metric accuracy over nodes.
 * **cycle_check** (local, graph level): does the graph contain a cycle? Half the graphs are
-  uniformly random trees, half random trees plus 1–3 extra edges (so the classes are balanced
+  random recursive trees (each new node joins a uniformly chosen earlier one; not uniform
+  over labelled trees), half such trees plus 1–3 extra edges (so the classes are balanced
   and the graph size does not give the answer away); 2 classes, accuracy.
 * **triangle_counting** (local, graph level): number of triangles, regression, RMSE;
   ``family="er"`` (ER graphs, ``p ~ U(0.1, 0.3)``) or ``"regular"`` (random 3-, 4- or

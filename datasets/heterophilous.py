@@ -14,7 +14,6 @@ The data directory is an argument; without one, ``$GRAPHSEQ_DATA`` is read (the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +31,10 @@ _KEYS = ("node_features", "node_labels", "edges", "train_masks", "val_masks", "t
 def _find(name: str, data_dir: str | Path | None) -> Path:
     if name not in HETEROPHILOUS:
         raise ValueError(f"load_heterophilous: name must be one of {HETEROPHILOUS}, got {name!r}")
-    roots = []
-    if data_dir is not None:
-        roots.append(Path(data_dir))
-    elif os.environ.get(DATA_ENV):
-        roots.append(Path(os.environ[DATA_ENV]))
+    from .molecules import default_data_dir
+
+    # --data-dir, else $GRAPHSEQ_DATA, else ~/.cache/graphseq/data (as the other loaders)
+    roots = [Path(data_dir) if data_dir is not None else default_data_dir()]
     tried = []
     for root in roots:
         for cand in (root / "heterophilous" / f"{name}.npz", root / f"{name}.npz"):

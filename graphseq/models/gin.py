@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
 
+from graphseq.models._init import reset_children
 from graphseq.models.registry import InputSpec, register_model
 
 __all__ = ["GIN", "OGB_ATOM_FEATURE_DIMS", "OGB_BOND_FEATURE_DIMS", "AtomEncoder", "BondEncoder"]
@@ -151,9 +152,9 @@ class GIN(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        # each layer by its own rule once (a walk over all modules re-initialised the atom
+        # and bond encoders' embeddings with N(0, 1) after their Xavier init, unlike OGB)
+        reset_children(self)
         for conv in self.convs:
             conv.eps.data.fill_(0.0)
         if self.virtual_node:

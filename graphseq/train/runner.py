@@ -50,6 +50,13 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "model": first.get("model"),
         "metric": first.get("metric"),
         "seeds": [r["seed"] for r in results],
+        # the seeds behind the mean: a run without a best epoch (e.g. a NaN metric every
+        # epoch) or a NaN test score drops out of it
+        "seeds_in_mean": [
+            r["seed"]
+            for r in results
+            if r.get("best") and _mean_std([r["best"]["test"]])[0] is not None
+        ],
         "valid_mean": vm,
         "valid_std": vs,
         "test_mean": tm,
@@ -76,9 +83,10 @@ def format_table(results: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         ]
         for r in results
     ]  # fmt: skip
+    n_in, n_all = len(summary.get("seeds_in_mean", results)), len(results)
     rows.append(
         [
-            "mean ± std", "", "",
+            "mean ± std" if n_in == n_all else f"mean ± std ({n_in} of {n_all} seeds)", "", "",
             f"{_fmt(summary['valid_mean'])} ± {_fmt(summary['valid_std'])}",
             f"{_fmt(summary['test_mean'])} ± {_fmt(summary['test_std'])}",
             f"{summary['wall_time_s']:.1f}",
@@ -233,7 +241,11 @@ def _command() -> str:
     argv = list(sys.argv)
     if argv and os.path.basename(argv[0]) in ("cli.py", "__main__.py", "graphseq"):
         argv[0] = "graphseq"
-    return " ".join(shlex.quote(a) for a in argv)
+    command = " ".join(shlex.quote(a) for a in argv)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:  # launched by torchrun: the command that reproduces the run says so
+        command = f"torchrun --nproc_per_node={world} -m graphseq.cli " + command.split(" ", 1)[-1]
+    return command
 
 
 def submit(
@@ -260,11 +272,22 @@ def submit(
         benchmark, model, seeds=seeds, out_dir=out_dir, log=log, **kwargs
     )
     first = results[0]
+    world = int(first.get("world_size") or 1)
+    n_in = len(summary["seeds_in_mean"])
+    batch = first["config"].get("batch_size")
     sub = {
         "dataset": benchmark,
         "method": model,
-        "protocol": f"{len(results)} seeds (0..{seeds - 1}); test at best validation epoch; "
-        "mean ± sample std",
+        "protocol": f"{len(results)} seeds (0..{seeds - 1})"
+        + ("" if n_in == len(results) else f", {n_in} of them with a score in the mean")
+        + "; test at best validation epoch; mean ± sample std"
+        + (
+            ""
+            if world == 1
+            else f"; {world} processes (torchrun), {batch} graphs per process and step "
+            f"({world * batch} in all)"
+        ),
+        "world_size": world,
         "metric": summary["metric"],
         "test_mean": summary["test_mean"],
         "test_std": summary["test_std"],

@@ -95,6 +95,16 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            # training skips one-graph batches (batch norm over graphs needs two, as in OGB's
+            # loop), so batch_size 1 would train on nothing
+            raise ValueError(
+                f"TrainConfig: batch_size must be >= 2 (one-graph batches are skipped in "
+                f"training, as in OGB's loop), got {self.batch_size}"
+            )
+        t = self.threads
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 1):
+            raise ValueError(f"TrainConfig: threads must be an int >= 1 or None, got {t!r}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(
                 f"TrainConfig: schedule must be 'constant' or 'cosine', got {self.schedule!r}"

@@ -59,6 +59,15 @@ def test_missing_file_names_where_it_looked(tmp_path, monkeypatch):
         load_heterophilous("roman-empire", tmp_path)
 
 
+def test_default_folder_is_the_other_loaders_one(tmp_path, monkeypatch):
+    """Without data_dir: $GRAPHSEQ_DATA, else ~/.cache/graphseq/data, as the molecule and
+    MNIST loaders (the error names the folder it looked in)."""
+    monkeypatch.delenv("GRAPHSEQ_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"\.cache/graphseq/data/heterophilous"):
+        load_heterophilous("tolokers")
+
+
 def test_env_variable_and_bad_file(tmp_path, monkeypatch):
     (tmp_path / "heterophilous").mkdir()
     np.savez(tmp_path / "heterophilous" / "minesweeper.npz", node_features=np.zeros((2, 1)))

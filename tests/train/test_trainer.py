@@ -199,6 +199,54 @@ def test_config_validation():
         _config(patience=0)
     assert _config().digest() != replace(_config(), seed=1).digest()
     assert _config().digest() == replace(_config(), progress=True, threads=3).digest()
+    # one-graph batches are skipped in training, so batch_size 1 would train on nothing
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        _config(batch_size=1)
+    for bad in (0, -3, 1.5):
+        with pytest.raises(ValueError, match="threads must be an int >= 1"):
+            _config(threads=bad)
+
+
+def test_a_bad_device_is_named():
+    from graphseq.train.distributed import select_device
+
+    with pytest.raises(ValueError, match="device='bogus' is not a torch device"):
+        select_device("bogus")
+
+
+def test_results_files_are_readable_by_others(tmp_path):
+    from graphseq.train.io import write_json
+
+    umask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_summary_says_which_seeds_are_in_the_mean():
+    from graphseq.train.runner import format_table, summarize
+
+    runs = [
+        {"seed": 0, "best": {"valid": 1.0, "test": 1.1}, "best_epoch": 2, "epochs_run": 2},
+        {"seed": 1, "best": None, "best_epoch": None, "epochs_run": 2},  # NaN every epoch
+        {"seed": 2, "best": {"valid": 1.2, "test": 1.3}, "best_epoch": 1, "epochs_run": 2},
+    ]
+    summary = summarize(runs)
+    assert summary["seeds"] == [0, 1, 2] and summary["seeds_in_mean"] == [0, 2]
+    summary.update(benchmark="b", model="m", num_parameters=1)
+    assert "mean ± std (2 of 3 seeds)" in format_table(runs, summary)
+
+
+def test_gin_atom_and_bond_embeddings_keep_ogbs_xavier_init():
+    spec = InputSpec("graph", 1, "ogb-atom", edge_features="ogb-bond")
+    model = build_model("gin", spec, hidden=300)
+    model.reset_parameters()
+    for encoder in (model.node_encoder, model.edge_encoders[0]):
+        for emb in encoder.embeddings:
+            fan = emb.weight.shape[0] + emb.weight.shape[1]
+            assert emb.weight.abs().max() <= (6 / fan) ** 0.5 + 1e-6  # Xavier-uniform bound
 
 
 # --------------------------------------------------------------------------------------------
