@@ -8,11 +8,12 @@ hierarchical PE instead). GSM++ has 2 blocks of two GatedGCN layers, one scan la
 attention layer each (``--gsm-local-layers 2``, chosen on seed 0's validation score in the
 ninth session, a score the trainer then computed on four graphs only, see BENCHMARKS.md;
 ``--gsm-local-layers 1`` gives the eighth session's runs, settings digests included).
-GPS is built first; GSM++'s width is then the even width (4 heads, or 2 when the width is not a multiple of 4) closest to GPS's parameter count (reported, within
-±10%). Both train with Adam (lr 5e-4, weight decay 1e-5), batch 32, the class-weighted
-cross-entropy of GraphGPS and, by default, a cosine learning-rate decay after a linear
-warm-up (2 of 20 epochs; GraphGPS trains PATTERN with such a schedule), and report test
-accuracy-SBM at the best validation epoch.
+GPS is built first; GSM++'s width is then the even width (4 heads, or 2 when the width is
+not a multiple of 4) closest to GPS's parameter count (reported, within ±10%). Both train
+with Adam (lr 5e-4, weight decay 1e-5), batch 32, the class-weighted cross-entropy of
+GraphGPS and, by default, a cosine learning-rate decay after a linear warm-up (2 of 20
+epochs; GraphGPS trains PATTERN with such a schedule), and report test accuracy-SBM at the
+best validation epoch.
 
 The schedule matters for a fair anchor: at a constant rate the validation score of the GPS
 baseline swung between 0.50 and 0.88 from one epoch to the next while its training loss fell
