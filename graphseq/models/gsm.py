@@ -312,6 +312,9 @@ def gsm_plus_plus(
     local_layers: int = 1,
     global_dropout: float | None = None,
     global_hidden: int | None = None,
+    pe: str | None = None,
+    pe_dim: int = 0,
+    pe_sign_flip: bool = False,
 ) -> GSMPlusPlus:
     node_dim, edge_dim = _dense_only(spec, "gsm++")
     return GSMPlusPlus(
@@ -320,6 +323,7 @@ def gsm_plus_plus(
         hpe_levels=hpe_levels, attention=attention, pool=pool, dropout=dropout,
         attn_dropout=attn_dropout, token_sizes=token_sizes, local=local,
         local_layers=local_layers, global_dropout=global_dropout, global_hidden=global_hidden,
+        pe=pe, pe_dim=pe_dim, pe_sign_flip=pe_sign_flip,
     )  # fmt: skip
 
 

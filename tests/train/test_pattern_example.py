@@ -55,3 +55,19 @@ def test_pattern_example_gsm_local_layers(tmp_path, capsys, load_example):
         "local_layers"
         not in json.loads((tmp_path / "summary_gsm++.json").read_text())["gsm++"]["model_args"]
     )
+
+
+def test_pattern_example_gsm_pe(tmp_path, load_example):
+    """--gsm-pe gives GSM++ the random-walk PE that GPS reads; without it the model arguments
+    (and so the recorded runs' digests) are unchanged."""
+    mod = load_example("pattern")
+    base = ["--sizes", "6", "3", "3", "--epochs", "1", "--warmup", "0", "--seeds", "0",
+            "--gps-hidden", "32", "--gps-layers", "2", "--gsm-layers", "1",
+            "--models", "gsm++"]  # fmt: skip
+    mod.main([*base, "--gsm-pe", "--out", str(tmp_path / "pe")])
+    run = json.loads((tmp_path / "pe" / "gsm++" / "seed0" / "results.json").read_text())
+    assert run["config"]["model_args"]["pe"] == "rw_pe"
+    assert run["config"]["model_args"]["pe_dim"] == 8
+    mod.main([*base, "--out", str(tmp_path / "plain")])
+    plain = json.loads((tmp_path / "plain" / "gsm++" / "seed0" / "results.json").read_text())
+    assert "pe" not in plain["config"]["model_args"]

@@ -236,6 +236,36 @@ class _Base(nn.Module):
             edge_attr = edge_attr.unsqueeze(1)
         return x, batch.edge_index, node_batch, ptr, num_graphs, edge_attr
 
+    def _init_pe(self, pe: str | None, pe_dim: int, pe_sign_flip: bool, hidden: int) -> None:
+        """Check the node-PE arguments and build their linear map (``None`` without ``pe``)."""
+        cls = type(self).__name__
+        if pe is not None:
+            if not isinstance(pe, str) or not pe:
+                raise ValueError(f"{cls}: pe must be a non-empty attribute name, got {pe!r}")
+            check_positive_int(cls, "pe_dim", pe_dim)
+        elif pe_dim or pe_sign_flip:
+            raise ValueError(f"{cls}: pe_dim / pe_sign_flip given without pe")
+        self.pe_attr, self.pe_dim, self.pe_sign_flip = pe, pe_dim, bool(pe_sign_flip)
+        self.pe_proj = nn.Linear(pe_dim, hidden) if pe is not None else None
+
+    def _node_pe(self, batch, n: int) -> Tensor:
+        cls = type(self).__name__
+        pe = getattr(batch, self.pe_attr, None)
+        if not isinstance(pe, Tensor):
+            raise ValueError(f"{cls}: pe={self.pe_attr!r} but the input has no such attribute")
+        if pe.shape != (n, self.pe_dim):
+            raise ValueError(
+                f"{cls}: {self.pe_attr} must have shape ({n}, {self.pe_dim}), got {tuple(pe.shape)}"
+            )
+        if self.training and self.pe_sign_flip:
+            pe = pe * (torch.randint(0, 2, (self.pe_dim,), device=pe.device) * 2 - 1)
+        return pe
+
+    def _pe_repr(self) -> str:
+        if not self.pe_attr:
+            return ""
+        return f", pe={self.pe_attr!r}, pe_dim={self.pe_dim}, pe_sign_flip={self.pe_sign_flip}"
+
 
 class GSM(_Base):
     r"""Graph sequence model (`Behrouz et al., ICML 2025 <https://arxiv.org/abs/2411.15671>`_):
@@ -319,14 +349,7 @@ class GSM(_Base):
             check_positive_int(cls, name, v)
         check_choice(cls, "level", level, ("node", "graph"))
         check_choice(cls, "pool", pool, ("mean", "sum"))
-        if pe is not None:
-            if not isinstance(pe, str) or not pe:
-                raise ValueError(f"{cls}: pe must be a non-empty attribute name, got {pe!r}")
-            check_positive_int(cls, "pe_dim", pe_dim)
-        elif pe_dim or pe_sign_flip:
-            raise ValueError(f"{cls}: pe_dim / pe_sign_flip given without pe")
-        self.pe_attr, self.pe_dim, self.pe_sign_flip = pe, pe_dim, bool(pe_sign_flip)
-        self.pe_proj = nn.Linear(pe_dim, hidden) if pe is not None else None
+        self._init_pe(pe, pe_dim, pe_sign_flip, hidden)
         self.tokenization = resolve_tokenization(tokenization, cls)
         self.pattern = global_pattern(global_, seq_layers)
         self.in_channels, self.hidden, self.out_channels = in_channels, hidden, out_channels
@@ -360,19 +383,6 @@ class GSM(_Base):
             h = h + self.pe_proj(self._node_pe(batch, x.size(0)).to(h.dtype))
         return h
 
-    def _node_pe(self, batch, n: int) -> Tensor:
-        cls = type(self).__name__
-        pe = getattr(batch, self.pe_attr, None)
-        if not isinstance(pe, Tensor):
-            raise ValueError(f"{cls}: pe={self.pe_attr!r} but the input has no such attribute")
-        if pe.shape != (n, self.pe_dim):
-            raise ValueError(
-                f"{cls}: {self.pe_attr} must have shape ({n}, {self.pe_dim}), got {tuple(pe.shape)}"
-            )
-        if self.training and self.pe_sign_flip:
-            pe = pe * (torch.randint(0, 2, (self.pe_dim,), device=pe.device) * 2 - 1)
-        return pe
-
     def _global(self, encoder, batch, h, node_batch, ptr, tokenization) -> Tensor:
         cls = type(self).__name__
         if tokenization in SUBGRAPH_TOKENIZATIONS:
@@ -396,9 +406,7 @@ class GSM(_Base):
         return self.head(h)
 
     def __repr__(self) -> str:
-        pe = ""
-        if self.pe_attr:
-            pe = f", pe={self.pe_attr!r}, pe_dim={self.pe_dim}, pe_sign_flip={self.pe_sign_flip}"
+        pe = self._pe_repr()
         return (
             f"{type(self).__name__}({self.in_channels}, {self.hidden}, {self.out_channels}, "
             f"tokenization={self.tokenization!r}, local={self.local!r}, "
@@ -538,9 +546,20 @@ class GSMPlusPlus(_Base):
             the router's output map brings the experts back to ``hidden``: a subgraph
             tokenization runs its encoder over ``(depth + 1) * N`` tokens, so its cost falls
             with the square of this width. ``None``: ``hidden``. (default: ``None``)
+        pe (str, optional): name of a node attribute holding a positional or structural
+            encoding (e.g. ``"rw_pe"`` from PyG's
+            :class:`~torch_geometric.transforms.AddRandomWalkPE`); a linear map of it is added
+            to the node embedding, beside the hierarchical PE, as in :class:`GSM`. With
+            ``local="sage"`` or ``"gat"`` it is added to the embedding that the local stack
+            reads (the hierarchical PE still goes to the scan encoders only).
+            (default: ``None``)
+        pe_dim (int): its width, required with ``pe``. (default: ``0``)
+        pe_sign_flip (bool): as in :class:`GSM` (for sign-ambiguous encodings such as
+            Laplacian eigenvectors). (default: ``False``)
 
     Shapes:
-        - **input:** a PyG ``Data``/``Batch`` with the tokenizers' attributes.
+        - **input:** a PyG ``Data``/``Batch`` with the tokenizers' attributes (and ``pe``
+          :math:`(N, \text{pe\_dim})` when set).
         - **output:** :math:`(N, \text{out})` or :math:`(G, \text{out})`.
     """
 
@@ -566,6 +585,9 @@ class GSMPlusPlus(_Base):
         local_layers: int = 1,
         global_dropout: float | None = None,
         global_hidden: int | None = None,
+        pe: str | None = None,
+        pe_dim: int = 0,
+        pe_sign_flip: bool = False,
     ) -> None:
         super().__init__()
         cls = type(self).__name__
@@ -600,6 +622,7 @@ class GSMPlusPlus(_Base):
         self.dropout, self.attn_dropout = dropout, attn_dropout
         self.token_sizes = bool(token_sizes)
         self.encoder = nn.Linear(in_channels, hidden)
+        self._init_pe(pe, pe_dim, pe_sign_flip, hidden)
         # baseline-local mode: the HPE is the sequence encoders' positional input only
         self.pe = HierarchicalPE(global_hidden if self._prenorm else hidden, hpe_levels)
         self.global_hidden = global_hidden
@@ -667,6 +690,8 @@ class GSMPlusPlus(_Base):
         _require(batch, "hac_dfs", cls)
         pe = self.pe(batch.hac_child, batch.hac_size)
         h = self.encoder(x) if self._prenorm else self.encoder(x) + pe
+        if self.pe_proj is not None:
+            h = h + self.pe_proj(self._node_pe(batch, x.size(0)).to(h.dtype))
         if self.local == "sage":  # one sparse adjacency for all layers: SpMM instead of scatter
             edge_index = mean_adjacency(edge_index, x.size(0), h.dtype)
         gates = []
@@ -701,5 +726,5 @@ class GSMPlusPlus(_Base):
         return (
             f"{type(self).__name__}({self.in_channels}, {self.hidden}, {self.out_channels}, "
             f"tokenizations={self.tokenizations}, layers={self.layers}, k={self.k}, "
-            f"level={self.level!r}{local})"
+            f"level={self.level!r}{local}{self._pe_repr()})"
         )

@@ -350,6 +350,44 @@ def test_gsm_positional_encoding_bad_input():
         model(batch)
 
 
+@pytest.mark.parametrize("local", ["gatedgcn", "sage"])
+def test_gsm_plus_plus_reads_a_node_positional_encoding(local):
+    """GSM++'s ``pe``: h0 gains W_pe pe (zeroing the map gives the model without it), the
+    output moves with the PE, signs flip only in training, and bad input names the attribute."""
+    batch = Batch.from_data_list(_with_pe(GRAPHS))
+    kwargs = dict(heads=2, level="node", hpe_levels=6, local=local)
+    torch.manual_seed(0)
+    model = GSMPlusPlus(3, 8, 2, pe="lap_pe", pe_dim=3, pe_sign_flip=True, **kwargs).eval()
+    plain = GSMPlusPlus(3, 8, 2, **kwargs).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if "pe_proj" not in k})
+    out = model(batch)
+    assert not torch.allclose(out, plain(batch))
+    with torch.no_grad():
+        model.pe_proj.weight.zero_()
+        model.pe_proj.bias.zero_()
+    torch.testing.assert_close(model(batch), plain(batch))
+    model.reset_parameters()
+    moved = batch.clone()
+    moved.lap_pe = batch.lap_pe.clone()
+    moved.lap_pe[0] += 1.0
+    assert not torch.allclose(model(moved)[0], model(batch)[0])
+    # evaluation is deterministic (no flips); training draws column signs
+    torch.testing.assert_close(model(batch), model(batch))
+    model.train()
+    torch.manual_seed(1)
+    flips = [model._node_pe(batch, 20) for _ in range(10)]
+    assert any(not torch.equal(f, batch.lap_pe) for f in flips)
+    assert all(torch.equal(f.abs(), batch.lap_pe.abs()) for f in flips)
+    assert "pe='lap_pe', pe_dim=3, pe_sign_flip=True" in repr(model)
+    with pytest.raises(ValueError, match="GSMPlusPlus: pe='lap_pe' but the input has no such"):
+        model(BATCH)
+    with pytest.raises(ValueError, match=r"GSMPlusPlus: lap_pe must have shape \(20, 3\)"):
+        model(Batch.from_data_list(_with_pe(GRAPHS, dim=2)))
+    for bad, match in (({"pe": "lap_pe"}, "pe_dim"), ({"pe_dim": 3}, "without pe")):
+        with pytest.raises(ValueError, match=match):
+            GSMPlusPlus(3, 8, 2, **bad)
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"local": "gine"}], ids=["gatedgcn", "gine"])
 @pytest.mark.parametrize("cls", [GSM, GSMPlusPlus])
 def test_trains_on_a_batch_of_one_node(cls, kwargs):
