@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> None:
         help="GSM++ also reads the 8-step random-walk PE that GPS reads (rw_pe), beside its "
         "hierarchical PE",
     )
+    parser.add_argument(
+        "--gsm-hac-pe",
+        action="store_true",
+        help="GSM++'s HAC tree clusters on the node features and the random-walk PE (cosine "
+        "affinity on [x, rw_pe]) instead of the features alone",
+    )
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument(
         "--no-token-sizes",
@@ -93,7 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.schedule == "cosine" and not 0 <= args.warmup < args.epochs:
         parser.error(f"--warmup must be in [0, --epochs={args.epochs}), got {args.warmup}")
     torch.set_num_threads(1)
-    transform = T.Compose([gsm_transform(k=1), T.AddRandomWalkPE(8, attr_name="rw_pe")])
+    if args.gsm_hac_pe:  # the PE first: the HAC tokenizer reads it
+        rw = T.AddRandomWalkPE(8, attr_name="rw_pe")
+        transform = T.Compose([rw, gsm_transform(k=1, hac_on=("x", "rw_pe"))])
+    else:
+        transform = T.Compose([gsm_transform(k=1), T.AddRandomWalkPE(8, attr_name="rw_pe")])
     torch.manual_seed(0)  # the PE's random sign flips
     task = sbm_task("pattern", tuple(args.sizes), seed=0, transform=transform)
     gps_args = {"hidden": args.gps_hidden, "layers": args.gps_layers, "heads": 4,
@@ -127,8 +137,12 @@ def main(argv: list[str] | None = None) -> None:
             continue
         scores = []
         for seed in args.seeds:
+            # a different tokenization is different data: a distinct name keeps resumed and
+            # read-back runs apart
+            hac_pe = args.gsm_hac_pe and model == "gsm++"
+            name = f"{task.name}+hac(x,rw_pe)" if hac_pe else task.name
             config = TrainConfig(
-                benchmark=task.name, model=model, model_args=model_args, epochs=args.epochs,
+                benchmark=name, model=model, model_args=model_args, epochs=args.epochs,
                 batch_size=32, lr=args.lr, weight_decay=1e-5, seed=seed, device="cpu",
                 schedule=args.schedule, warmup_epochs=warmup,
                 threads=1, progress=False,

@@ -39,11 +39,18 @@ __all__ = [
 ]
 
 
-def gsm_transform(k: int = 2, levels: int = 16, orders: tuple[str, ...] = ("degree",)) -> T.Compose:
-    """HAC (cosine on ``x``) + k-hop(``k``) + the given node orders, as one PyG transform."""
+def gsm_transform(
+    k: int = 2,
+    levels: int = 16,
+    orders: tuple[str, ...] = ("degree",),
+    hac_on: str | tuple[str, ...] = "x",
+) -> T.Compose:
+    """HAC (cosine on the attributes ``hac_on``) + k-hop(``k``) + the given node orders, as one
+    PyG transform."""
     return T.Compose(
-        [HACTokenizer(levels=levels), KHopTokenizer(k), *(NodeTokenizer(o) for o in orders)]
-    )
+        [HACTokenizer(hac_on, levels=levels), KHopTokenizer(k),
+         *(NodeTokenizer(o) for o in orders)]
+    )  # fmt: skip
 
 
 #: Width of the Laplacian positional encoding the algorithmic tasks attach (``lap_pe``).
