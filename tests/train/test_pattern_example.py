@@ -48,7 +48,11 @@ def test_pattern_example_gsm_local_layers(tmp_path, capsys, load_example):
     assert run["config"]["model_args"]["local_layers"] == 2
     # one GatedGCN layer per block keeps the eighth session's model arguments
     mod.main([*base, "--gsm-local-layers", "1", "--out", str(tmp_path)])
-    for flag, value in (("--gsm-local-layers", "0"), ("--gsm-layers", "-1")):
+    for flag, value in (
+        ("--gsm-local-layers", "0"),
+        ("--gsm-layers", "-1"),
+        ("--gsm-global-hidden", "0"),
+    ):
         with pytest.raises(SystemExit):
             mod.main([*base, flag, value, "--out", str(tmp_path)])
         assert f"{flag} must be >= 1" in capsys.readouterr().err
@@ -72,6 +76,12 @@ def test_pattern_example_gsm_pe(tmp_path, load_example):
     mod.main([*base, "--out", str(tmp_path / "plain")])
     plain = json.loads((tmp_path / "plain" / "gsm++" / "seed0" / "results.json").read_text())
     assert "pe" not in plain["config"]["model_args"]
+    assert "global_hidden" not in plain["config"]["model_args"]
+    mod.main([*base, "--gsm-global-hidden", "4", "--out", str(tmp_path / "narrow")])
+    narrow = json.loads((tmp_path / "narrow" / "gsm++" / "seed0" / "results.json").read_text())
+    assert narrow["config"]["model_args"]["global_hidden"] == 4
+    # narrower scan encoders leave parameters for a wider block at the same budget
+    assert narrow["config"]["model_args"]["hidden"] > plain["config"]["model_args"]["hidden"]
 
 
 def test_pattern_example_gsm_hac_on_pe(tmp_path, load_example):
