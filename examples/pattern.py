@@ -32,8 +32,9 @@ dropout 0.5 from weights that keep moving, were off; a decaying rate lets them s
 of its parameters, the GatedGCN layers 13%); the width search then widens the blocks.
 ``--gsm-pe`` gives GSM++ the random-walk PE that GPS reads (added to its node embedding beside
 the hierarchical PE); ``--gsm-hac-pe`` clusters the HAC tree on ``[x, rw_pe]`` instead of the
-one-hot features alone, whose cosine affinities tie almost everywhere. Both are off by
-default, so the runs recorded in BENCHMARKS.md keep their settings digests.
+one-hot features alone, whose cosine affinities tie almost everywhere. All three are off by
+default, so the runs recorded in BENCHMARKS.md keep their settings digests; none of them
+brought GSM++ near GPS (BENCHMARKS.md, twentieth session).
 
 Finished seeds are read back from ``--out``, so the first command after the split ones prints
 the table without training again.
