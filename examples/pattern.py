@@ -154,11 +154,11 @@ def main(argv: list[str] | None = None) -> None:
         if model not in args.models:
             continue
         scores = []
+        # a different tokenization is different data: a distinct name keeps resumed and
+        # read-back runs apart
+        hac_pe = args.gsm_hac_pe and model == "gsm++"
+        name = f"{task.name}+hac(x,rw_pe)" if hac_pe else task.name
         for seed in args.seeds:
-            # a different tokenization is different data: a distinct name keeps resumed and
-            # read-back runs apart
-            hac_pe = args.gsm_hac_pe and model == "gsm++"
-            name = f"{task.name}+hac(x,rw_pe)" if hac_pe else task.name
             config = TrainConfig(
                 benchmark=name, model=model, model_args=model_args, epochs=args.epochs,
                 batch_size=32, lr=args.lr, weight_decay=1e-5, seed=seed, device="cpu",

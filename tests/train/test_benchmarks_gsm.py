@@ -98,3 +98,16 @@ def test_heterophilous_task_needs_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("GRAPHSEQ_DATA", raising=False)
     with pytest.raises(FileNotFoundError, match=r"minesweeper\.npz"):
         heterophilous_task("minesweeper", 0, tmp_path)
+
+
+def test_gsm_transform_hac_on_pe_changes_the_tree():
+    import torch_geometric.transforms as T
+
+    from graphseq.datasets.sbm import sbm_splits
+    from graphseq.train.benchmarks_gsm import gsm_transform
+
+    g = sbm_splits("pattern", (1, 1, 1), 0)["train"][0]
+    rw = T.AddRandomWalkPE(8, attr_name="rw_pe")
+    plain = gsm_transform(k=1)(rw(g.clone()))
+    on_pe = gsm_transform(k=1, hac_on=("x", "rw_pe"))(rw(g.clone()))
+    assert not torch.equal(plain.hac_rank, on_pe.hac_rank)

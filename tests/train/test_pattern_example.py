@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 
 def test_pattern_example_split_then_summary(tmp_path, capsys, load_example):
@@ -94,16 +93,3 @@ def test_pattern_example_gsm_hac_on_pe(tmp_path, load_example):
     gps = json.loads((tmp_path / "gps" / "seed0" / "results.json").read_text())
     assert gsm["config"]["benchmark"] == "pattern-small+hac(x,rw_pe)"
     assert gps["config"]["benchmark"] == "pattern-small"  # GPS reads no HAC attribute
-
-
-def test_gsm_transform_hac_on_pe_changes_the_tree():
-    import torch_geometric.transforms as T
-
-    from graphseq.datasets.sbm import sbm_splits
-    from graphseq.train.benchmarks_gsm import gsm_transform
-
-    g = sbm_splits("pattern", (1, 1, 1), 0)["train"][0]
-    rw = T.AddRandomWalkPE(8, attr_name="rw_pe")
-    plain = gsm_transform(k=1)(rw(g.clone()))
-    on_pe = gsm_transform(k=1, hac_on=("x", "rw_pe"))(rw(g.clone()))
-    assert not torch.equal(plain.hac_rank, on_pe.hac_rank)
