@@ -32,9 +32,12 @@ dropout 0.5 from weights that keep moving, were off; a decaying rate lets them s
 of its parameters, the GatedGCN layers 13%); the width search then widens the blocks.
 ``--gsm-pe`` gives GSM++ the random-walk PE that GPS reads (added to its node embedding beside
 the hierarchical PE); ``--gsm-hac-pe`` clusters the HAC tree on ``[x, rw_pe]`` instead of the
-one-hot features alone, whose cosine affinities tie almost everywhere. All three are off by
-default, so the runs recorded in BENCHMARKS.md keep their settings digests; none of them
-brought GSM++ near GPS (BENCHMARKS.md, twentieth session).
+one-hot features alone, whose cosine affinities tie almost everywhere. ``--gsm-norm-sum``
+gives GSM++'s GatedGCN layers the form of ``GPSConv``'s local branch (batch norm of the
+residual sum, a signed update) instead of GraphGPS's GatedGCN layer (a ReLU update added to an
+unnormalised stream). All four are off by default, so the runs recorded in BENCHMARKS.md keep
+their settings digests; none of the first three brought GSM++ near GPS (BENCHMARKS.md,
+twentieth session).
 
 Finished seeds are read back from ``--out``, so the first command after the split ones prints
 the table without training again.
@@ -94,6 +97,13 @@ def main(argv: list[str] | None = None) -> None:
         help="GSM++'s HAC tree clusters on the node features and the random-walk PE (cosine "
         "affinity on [x, rw_pe]) instead of the features alone",
     )
+    parser.add_argument(
+        "--gsm-norm-sum",
+        action="store_true",
+        help="GSM++'s GatedGCN layers in GPSConv's form: batch norm of the residual sum h + "
+        "conv(h), a signed update (GSMPlusPlus(local_norm_sum=True)), instead of adding "
+        "ReLU(BN(conv(h))) to an unnormalised stream",
+    )
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument(
         "--no-token-sizes",
@@ -136,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
             gsm_args.update(pe="rw_pe", pe_dim=8)
         if args.gsm_global_hidden is not None:
             gsm_args["global_hidden"] = args.gsm_global_hidden
+        if args.gsm_norm_sum:  # off: the earlier runs' model arguments (and digests)
+            gsm_args["local_norm_sum"] = True
         n = count_parameters(build_model("gsm++", task.spec, **gsm_args))
         if best is None or abs(n - target) < abs(best[1] - target):
             best = (gsm_args, n)

@@ -315,6 +315,7 @@ def gsm_plus_plus(
     pe: str | None = None,
     pe_dim: int = 0,
     pe_sign_flip: bool = False,
+    local_norm_sum: bool = False,
 ) -> GSMPlusPlus:
     node_dim, edge_dim = _dense_only(spec, "gsm++")
     return GSMPlusPlus(
@@ -323,7 +324,7 @@ def gsm_plus_plus(
         hpe_levels=hpe_levels, attention=attention, pool=pool, dropout=dropout,
         attn_dropout=attn_dropout, token_sizes=token_sizes, local=local,
         local_layers=local_layers, global_dropout=global_dropout, global_hidden=global_hidden,
-        pe=pe, pe_dim=pe_dim, pe_sign_flip=pe_sign_flip,
+        pe=pe, pe_dim=pe_dim, pe_sign_flip=pe_sign_flip, local_norm_sum=local_norm_sum,
     )  # fmt: skip
 
 

@@ -124,3 +124,5 @@ def test_gsm_plus_plus_recipe_options_through_the_registry():
     assert model(_batch()).shape == (21, 1)
     with pytest.raises(ValueError, match="local"):
         build_model("gsm++", spec, local="gcn", hpe_levels=8)
+    model = build_model("gsm++", spec, hidden=8, layers=1, hpe_levels=8, local_norm_sum=True)
+    assert model.local_norm_sum and model.locals[0].norm_sum

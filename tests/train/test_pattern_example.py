@@ -62,8 +62,9 @@ def test_pattern_example_gsm_local_layers(tmp_path, capsys, load_example):
 
 
 def test_pattern_example_gsm_pe(tmp_path, load_example):
-    """--gsm-pe gives GSM++ the random-walk PE that GPS reads; without it the model arguments
-    (and so the recorded runs' digests) are unchanged."""
+    """--gsm-pe gives GSM++ the random-walk PE that GPS reads (and --gsm-norm-sum GPSConv's
+    local form); without them the model arguments (and so the recorded runs' digests) are
+    unchanged."""
     mod = load_example("pattern")
     base = ["--sizes", "6", "3", "3", "--epochs", "1", "--warmup", "0", "--seeds", "0",
             "--gps-hidden", "32", "--gps-layers", "2", "--gsm-layers", "1",
@@ -76,6 +77,12 @@ def test_pattern_example_gsm_pe(tmp_path, load_example):
     plain = json.loads((tmp_path / "plain" / "gsm++" / "seed0" / "results.json").read_text())
     assert "pe" not in plain["config"]["model_args"]
     assert "global_hidden" not in plain["config"]["model_args"]
+    assert "local_norm_sum" not in plain["config"]["model_args"]
+    mod.main([*base, "--gsm-norm-sum", "--out", str(tmp_path / "ns")])
+    ns = json.loads((tmp_path / "ns" / "gsm++" / "seed0" / "results.json").read_text())
+    assert ns["config"]["model_args"]["local_norm_sum"] is True
+    # the same parameters (BatchNorm's affine map either way): the same width
+    assert ns["config"]["model_args"]["hidden"] == plain["config"]["model_args"]["hidden"]
     mod.main([*base, "--gsm-global-hidden", "4", "--out", str(tmp_path / "narrow")])
     narrow = json.loads((tmp_path / "narrow" / "gsm++" / "seed0" / "results.json").read_text())
     assert narrow["config"]["model_args"]["global_hidden"] == 4

@@ -89,13 +89,21 @@ class _BatchNorm(nn.BatchNorm1d):
 
 
 class LocalEncoder(nn.Module):
-    r"""One residual message-passing layer, post-norm (GraphGPS-style, the default) or pre-norm
-    (`Platonov et al., ICLR 2023 <https://arxiv.org/abs/2302.11640>`_'s tuned baselines):
+    r"""One residual message-passing layer, post-norm (GraphGPS's GatedGCN layer, the default),
+    pre-norm (`Platonov et al., ICLR 2023 <https://arxiv.org/abs/2302.11640>`_'s tuned
+    baselines) or with the residual sum normalised (the local branch of PyG's ``GPSConv``):
 
     .. math::
-        h \leftarrow h + \mathrm{Dropout}(\sigma(\mathrm{Norm}(\mathrm{Conv}(h))))
-        \quad \text{or (pre-norm)} \quad
-        h \leftarrow h + \mathrm{Dropout}(\sigma(\mathrm{Conv}(\mathrm{Norm}(h))))
+        h &\leftarrow h + \mathrm{Dropout}(\sigma(\mathrm{Norm}(\mathrm{Conv}(h))))
+        \quad \text{(default)} \\
+        h &\leftarrow h + \mathrm{Dropout}(\sigma(\mathrm{Conv}(\mathrm{Norm}(h))))
+        \quad \text{(prenorm)} \\
+        h &\leftarrow \mathrm{Norm}(h + \mathrm{Dropout}(\mathrm{Conv}(h)))
+        \quad \text{(norm\_sum)}
+
+    With :math:`\sigma = \mathrm{ReLU}` the default's update is non-negative and its residual
+    stream is never normalised; ``norm_sum``'s update is signed and the stream is normalised
+    after every layer.
 
     Convolutions:
 
@@ -125,6 +133,9 @@ class LocalEncoder(nn.Module):
         dropout (float): dropout on the update. (default: ``0.0``)
         prenorm (bool): normalise the input of the convolution instead of its output.
             (default: ``False``)
+        norm_sum (bool): normalise the residual sum instead of the update, with no
+            activation (``act`` must then be left at ``"relu"``; it is not applied).
+            Excludes ``prenorm``. (default: ``False``)
         act (str): :math:`\sigma`, ``"relu"`` or ``"gelu"``. (default: ``"relu"``)
         heads (int): attention heads of ``"gat"``; must divide ``channels``. (default: ``4``)
         sep (bool): ``"gat"`` only: ``True`` is GAT-sep (above); ``False`` the original GAT,
@@ -149,10 +160,18 @@ class LocalEncoder(nn.Module):
         act: str = "relu",
         heads: int = 4,
         sep: bool = True,
+        norm_sum: bool = False,
     ) -> None:
         super().__init__()
         cls = type(self).__name__
         check_positive_int(cls, "channels", channels)
+        if norm_sum and prenorm:
+            raise ValueError(f"{cls}: norm_sum and prenorm exclude each other; set one")
+        if norm_sum and act != "relu":
+            raise ValueError(
+                f"{cls}: norm_sum applies no activation, so act={act!r} would be ignored; "
+                "leave act at 'relu'"
+            )
         check_choice(cls, "conv", conv, LOCAL_ENCODERS)
         check_choice(cls, "norm", norm, ("batch", "layer", "none"))
         check_choice(cls, "act", act, tuple(_ACTIVATIONS))
@@ -168,6 +187,7 @@ class LocalEncoder(nn.Module):
             norm,
         )
         self.prenorm, self.act, self.heads, self.sep = bool(prenorm), act, heads, bool(sep)
+        self.norm_sum = bool(norm_sum)
         self.dropout = _check_rate(cls, "dropout", dropout)
         self.root: nn.Module | None = None
         if conv == "gatedgcn":
@@ -226,6 +246,9 @@ class LocalEncoder(nn.Module):
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
         if self.conv is None:
             return x
+        if self.norm_sum:
+            out = self._conv(x, edge_index, edge_attr)
+            return self.norm(x + F.dropout(out, self.dropout, self.training))
         act = _ACTIVATIONS[self.act]
         if self.prenorm:
             out = act(self._conv(self.norm(x), edge_index, edge_attr))
@@ -237,6 +260,8 @@ class LocalEncoder(nn.Module):
         extra = ""
         if self.prenorm or self.act != "relu":
             extra += f", prenorm={self.prenorm}, act={self.act!r}"
+        if self.norm_sum:
+            extra += ", norm_sum=True"
         if self.conv_type == "gat":
             extra += f", heads={self.heads}, sep={self.sep}"
         return (

@@ -556,6 +556,11 @@ class GSMPlusPlus(_Base):
         pe_dim (int): its width, required with ``pe``. (default: ``0``)
         pe_sign_flip (bool): as in :class:`GSM` (for sign-ambiguous encodings such as
             Laplacian eigenvectors). (default: ``False``)
+        local_norm_sum (bool): with ``"gatedgcn"`` or ``"gine"``, local layers in the form of
+            ``GPSConv``'s local branch, :math:`h \leftarrow \mathrm{BN}(h +
+            \mathrm{Dropout}(\mathrm{Conv}(h)))` (:class:`LocalEncoder`'s ``norm_sum``),
+            instead of adding :math:`\mathrm{ReLU}(\mathrm{BN}(\mathrm{Conv}(h)))` to an
+            unnormalised stream. (default: ``False``)
 
     Shapes:
         - **input:** a PyG ``Data``/``Batch`` with the tokenizers' attributes (and ``pe``
@@ -588,6 +593,7 @@ class GSMPlusPlus(_Base):
         pe: str | None = None,
         pe_dim: int = 0,
         pe_sign_flip: bool = False,
+        local_norm_sum: bool = False,
     ) -> None:
         super().__init__()
         cls = type(self).__name__
@@ -604,6 +610,11 @@ class GSMPlusPlus(_Base):
         check_choice(cls, "level", level, ("node", "graph"))
         check_choice(cls, "pool", pool, ("mean", "sum"))
         check_choice(cls, "local", local, ("gatedgcn", "gine", "sage", "gat"))
+        if local_norm_sum and local in ("sage", "gat"):
+            raise ValueError(
+                f"{cls}: local_norm_sum applies to local='gatedgcn' or 'gine' only; "
+                f"local={local!r} uses the baselines' pre-norm layer"
+            )
         global_dropout = dropout if global_dropout is None else global_dropout
         global_hidden = hidden if global_hidden is None else global_hidden
         check_positive_int(cls, "global_hidden", global_hidden)
@@ -631,7 +642,8 @@ class GSMPlusPlus(_Base):
         if local in ("sage", "gat"):  # the tuned baselines' block (GNNBaseline)
             block = dict(norm="layer", prenorm=True, act="gelu", heads=heads)
         else:  # GraphGPS-style post-BatchNorm block
-            block = {}
+            block = {"norm_sum": True} if local_norm_sum else {}
+        self.local_norm_sum = bool(local_norm_sum)
         self.locals = nn.ModuleList(
             nn.Sequential(
                 *(LocalEncoder(hidden, local, edge_dim, dropout=dropout, **block)
@@ -723,6 +735,8 @@ class GSMPlusPlus(_Base):
             if (self.local, self.local_layers) != ("gatedgcn", 1)
             else ""
         )
+        if self.local_norm_sum:
+            local += ", local_norm_sum=True"
         return (
             f"{type(self).__name__}({self.in_channels}, {self.hidden}, {self.out_channels}, "
             f"tokenizations={self.tokenizations}, layers={self.layers}, k={self.k}, "

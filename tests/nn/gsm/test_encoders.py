@@ -280,3 +280,52 @@ def test_gat_local_encoder(sep):
 def test_local_encoder_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LocalEncoder(8, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# norm_sum: GPSConv's local branch
+
+
+@pytest.mark.parametrize("conv", ["gatedgcn", "gine"])
+def test_norm_sum_local_encoder_is_gpsconv_local_branch(conv):
+    """BN(x + Dropout(Conv(x))) with PyG's convolution and torch's BatchNorm1d: the same layer,
+    in training mode (batch statistics) and in evaluation mode (running statistics)."""
+    torch.manual_seed(0)
+    x, ei = _graph()
+    enc = LocalEncoder(8, conv, norm="batch", norm_sum=True).double()
+    bn = torch.nn.BatchNorm1d(8).double()
+    with torch.no_grad():
+        for p in (enc.norm.weight, enc.norm.bias):
+            p.uniform_(0.5, 1.5)
+        bn.weight.copy_(enc.norm.weight)
+        bn.bias.copy_(enc.norm.bias)
+    enc.train(), bn.train()
+    ref = bn(x + enc.conv(x, ei))
+    out = enc(x, ei)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(enc.norm.running_mean, bn.running_mean)
+    enc.eval(), bn.eval()
+    torch.testing.assert_close(enc(x, ei), bn(x + enc.conv(x, ei)))
+    xg = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: enc(t, ei), (xg,))
+    assert "norm_sum=True" in repr(enc)
+
+
+def test_norm_sum_without_norm_is_the_plain_residual_sum():
+    x, ei = _graph()
+    enc = LocalEncoder(8, norm="none", norm_sum=True, dropout=0.5).double().eval()
+    torch.testing.assert_close(enc(x, ei), x + enc.conv(x, ei))
+    # its update is signed; the default form's, ReLU(...), never falls below the input
+    assert (enc(x, ei) < x).any()
+    default = LocalEncoder(8, norm="none").double().eval()
+    default.load_state_dict(enc.state_dict())
+    assert (default(x, ei) >= x).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"prenorm": True}, "prenorm"), ({"act": "gelu"}, "act='gelu'")],
+)
+def test_norm_sum_refuses_options_it_would_ignore(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LocalEncoder(8, norm_sum=True, **kwargs)

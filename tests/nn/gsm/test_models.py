@@ -260,10 +260,34 @@ def test_gsm_plus_plus_defaults_keep_the_published_layout():
     assert model.scans[0][0].mixers[0].dropout == 0.0
 
 
+@pytest.mark.parametrize("local", ["gatedgcn", "gine"])
+def test_gsm_plus_plus_local_norm_sum(local):
+    torch.manual_seed(0)
+    model = GSMPlusPlus(3, 8, 2, heads=2, level="node", hpe_levels=6, local=local,
+                        local_layers=2, local_norm_sum=True)  # fmt: skip
+    layers = [layer for block in model.locals for layer in block]
+    assert len(layers) == 4 and all(layer.norm_sum and not layer.prenorm for layer in layers)
+    out = model(BATCH)
+    assert out.shape == (20, 2) and torch.isfinite(out).all()
+    out.sum().backward()
+    for layer in layers:
+        assert layer.norm.weight.grad.abs().sum() > 0
+        assert all(p.grad is not None for p in layer.conv.parameters())
+    model.eval()  # one graph alone == the same graph inside the batch
+    start, full = 0, model(BATCH)
+    for g in GRAPHS:
+        alone = model(Batch.from_data_list([g]))
+        torch.testing.assert_close(alone, full[start : start + g.num_nodes], atol=1e-5, rtol=1e-4)
+        start += g.num_nodes
+    assert "local_norm_sum=True" in repr(model)
+    assert "norm_sum" not in repr(GSMPlusPlus(3, 8, 2, heads=2, hpe_levels=6))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"local": "gcn"}, "local"),
+        ({"local": "sage", "local_norm_sum": True}, "local_norm_sum"),
         ({"local_layers": 0}, "local_layers"),
         ({"global_dropout": 1.0}, "global_dropout"),
         ({"global_hidden": 0}, "global_hidden"),
