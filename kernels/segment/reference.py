@@ -61,8 +61,8 @@ def _reduce(x, ptr, combine, identity, reduce_segment) -> torch.Tensor:
             out.append(reduce_segment(items, combine))
         else:
             out.append(identity.to(x.dtype).expand(1, *x.shape[1:]))
-    if not out:
-        return x.new_zeros((0, *x.shape[1:]))
+    if not out:  # no rows to return: a view of x keeps the autograd link, as the fast paths do
+        return x[:0]
     return torch.cat(out)
 
 
@@ -107,8 +107,8 @@ def _scan(x, ptr, combine, scan_segment) -> torch.Tensor:
     rows = _split_rows(x)
     for s in range(ptr.numel() - 1):
         out.extend(scan_segment(_rows(rows, ptr, s), combine))
-    if not out:
-        return x.new_zeros((0, *x.shape[1:]))
+    if not out:  # no rows to return: a view of x keeps the autograd link, as the fast paths do
+        return x[:0]
     return torch.cat(out)
 
 

@@ -758,3 +758,17 @@ def test_public_api():
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("backend", (*FAST_BACKENDS, "reference"))
+def test_empty_outputs_keep_the_autograd_link(backend):
+    """No output rows: the result still hangs off x, so backward through it works on every
+    backend (the reference used to return a fresh zero tensor)."""
+    x = torch.zeros(0, 3, device=DEVICE, requires_grad=True)
+    for out in (
+        segment_tree_reduce(x, make_ptr(()), "sum", backend=backend),
+        segment_scan(x, make_ptr(()), "sum", backend=backend),
+        segment_scan(x, make_ptr((0, 0)), "max", backend=backend),
+    ):
+        assert out.requires_grad
+        out.sum().backward()

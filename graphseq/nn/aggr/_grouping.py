@@ -44,15 +44,7 @@ class Grouped:
         return self.ptr[1:] - self.ptr[:-1]
 
 
-def check_input(
-    name: str,
-    x: object,
-    index: object,
-    ptr: object,
-    dim_size: object,
-    dim: object,
-) -> None:
-    """Validate the arguments of ``Aggregation.forward`` (after PyG's ``__call__``)."""
+def _check_x(name: str, x: object) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -62,10 +54,9 @@ def check_input(
             f"{name}: x must be two-dimensional [num_elements, channels], got shape "
             f"{tuple(x.shape)}"
         )
-    if dim not in (0, -2):
-        raise ValueError(f"{name}: dim must be 0 or -2 (the element dimension), got {dim!r}")
-    if isinstance(dim_size, bool) or not isinstance(dim_size, int) or dim_size < 0:
-        raise ValueError(f"{name}: dim_size must be a non-negative int, got {dim_size!r}")
+
+
+def _check_groups(name: str, x: Tensor, index: object, ptr: object) -> None:
     for arg, t in (("index", index), ("ptr", ptr)):
         if t is None:
             continue
@@ -84,6 +75,43 @@ def check_input(
         raise ValueError(
             f"{name}: index must have one entry per element of x ({x.size(0)}), got {index.numel()}"
         )
+
+
+def check_input(
+    name: str,
+    x: object,
+    index: object,
+    ptr: object,
+    dim_size: object,
+    dim: object,
+) -> None:
+    """Validate the arguments of ``Aggregation.forward`` (after PyG's ``__call__``)."""
+    _check_x(name, x)
+    if dim not in (0, -2):
+        raise ValueError(f"{name}: dim must be 0 or -2 (the element dimension), got {dim!r}")
+    if isinstance(dim_size, bool) or not isinstance(dim_size, int) or dim_size < 0:
+        raise ValueError(f"{name}: dim_size must be a non-negative int, got {dim_size!r}")
+    _check_groups(name, x, index, ptr)
+
+
+def infer_dim_size(name: str, x: object, index: object, ptr: object) -> int:
+    """The number of groups implied by ``ptr`` (its length - 1) or ``index`` (its maximum + 1;
+    ``0`` when empty), or ``1`` when both are ``None`` (one group), after checking ``x``,
+    ``index`` and ``ptr``, so that a bad one is named rather than a ``dim_size`` the caller
+    never passed (for the methods that, unlike ``forward``, take no ``dim_size``)."""
+    _check_x(name, x)
+    _check_groups(name, x, index, ptr)
+    if ptr is not None:
+        if ptr.numel() == 0:
+            raise ValueError(f"{name}: ptr must have at least one entry (its leading 0), got none")
+        return ptr.numel() - 1
+    if index is not None:
+        if index.numel() == 0:
+            return 0
+        if int(index.min()) < 0:
+            raise ValueError(f"{name}: index must be non-negative, got {int(index.min())}")
+        return int(index.max()) + 1
+    return 1
 
 
 def _check_ptr(name: str, ptr: Tensor, num_elements: int, dim_size: int) -> Tensor:

@@ -11,7 +11,7 @@ from torch_geometric.nn.aggr import Aggregation
 from graphseq.kernels import SegmentPlan, segment_tree_reduce
 
 from ..seq.base import check_matches_parameters
-from ._grouping import check_input, group, segment_ids, shuffle_within_groups
+from ._grouping import check_input, group, infer_dim_size, segment_ids, shuffle_within_groups
 
 CELLS = ("gru", "mlp")
 IDENTITIES = ("learned", "zeros")
@@ -274,9 +274,15 @@ class LCMAggregation(Aggregation):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # PyG's LCMAggregation has no identity parameter: load its state dict strictly, with
-        # the identity at its initial value
+        # the identity at its initial value. Only a dict holding this module's GRU cell is
+        # taken for PyG's; from any other (a partial, non-strict load) the key stays missing,
+        # so a trained identity is kept and reported in missing_keys like any parameter
         key = prefix + "identity_element"
-        if self.identity_element is not None and key not in state_dict:
+        if (
+            self.identity_element is not None
+            and key not in state_dict
+            and prefix + "gru_cell.weight_ih" in state_dict
+        ):
             state_dict[key] = torch.zeros_like(self.identity_element)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -405,13 +411,7 @@ class LCMAggregation(Aggregation):
         name = type(self).__name__
         if isinstance(num, bool) or not isinstance(num, int) or num <= 0:
             raise ValueError(f"{name}: num_samples must be a positive int, got {num!r}")
-        if index is not None or ptr is not None:
-            if ptr is not None:
-                dim_size = ptr.numel() - 1
-            else:
-                dim_size = int(index.max()) + 1 if index.numel() > 0 else 0
-        else:
-            dim_size = 1
+        dim_size = infer_dim_size(name, x, index, ptr)
         check_input(name, x, index, ptr, dim_size, 0)
         h = self._project(x)
         grouped = group(name, h, index, ptr, dim_size)

@@ -12,7 +12,17 @@ from graphseq.kernels._index import exclusive_cumsum as _exclusive_cumsum
 from graphseq.kernels._index import ranges as _ranges
 
 from ..seq.base import check_matches_parameters
-from ._grouping import Grouped, check_input, group, segment_ids, shuffle_within_groups
+from ._grouping import (
+    Grouped,
+    _check_groups,
+    _check_ptr,
+    _check_x,
+    check_input,
+    group,
+    infer_dim_size,
+    segment_ids,
+    shuffle_within_groups,
+)
 
 CELLS = ("gru", "lstm")
 ORDERS = ("given", "random", "score")
@@ -152,14 +162,58 @@ class RecurrentAggregation(Aggregation):
             The final state of every group after its own last element: ``(h,)`` for the GRU,
             ``(h, c)`` for the LSTM, each ``[num_layers, N, out_channels]``; an empty group
             keeps its initial state.
+
+        Raises:
+            TypeError / ValueError: ``x``, ``ptr`` (int, one-dimensional, non-decreasing from 0
+                to ``E``) or ``state`` (the shape above, ``x``'s dtype and device) is malformed.
         """
+        name = f"{type(self).__name__}.final_states"
+        _check_x(name, x)
+        if x.size(1) != self.in_channels:
+            raise ValueError(
+                f"{name}: x must have in_channels = {self.in_channels} columns, got {x.size(1)}"
+            )
+        _check_groups(name, x, None, ptr)
+        if ptr.numel() == 0:
+            raise ValueError(f"{name}: ptr must have at least one entry (its leading 0), got none")
+        ptr = _check_ptr(name, ptr, x.size(0), ptr.numel() - 1)
+        if state is not None:
+            state = self._check_state(name, x, state, ptr.numel() - 1)
+        return self._final_states(x, ptr, state)
+
+    def _check_state(self, name: str, x: Tensor, state, num_groups: int) -> tuple[Tensor, ...]:
+        count = 1 if self.cell == "gru" else 2
+        what = "a tensor (h,)" if self.cell == "gru" else "a pair (h, c)"
+        init = (state,) if isinstance(state, Tensor) else state
+        if not isinstance(init, (tuple, list)) or len(init) != count:
+            raise ValueError(f"{name}: state must be {what} for cell={self.cell!r}")
+        shape = (self.num_layers, num_groups, self.out_channels)
+        for t in init:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name}: state must hold tensors, got {type(t).__name__}")
+            if tuple(t.shape) != shape:
+                raise ValueError(
+                    f"{name}: state must have shape [num_layers, N, out_channels] = "
+                    f"{list(shape)}, got {list(t.shape)}"
+                )
+            if t.dtype != x.dtype or t.device != x.device:
+                raise ValueError(
+                    f"{name}: state must have x's dtype and device ({x.dtype}, {x.device}), "
+                    f"got ({t.dtype}, {t.device})"
+                )
+        return tuple(init)
+
+    def _final_states(
+        self, x: Tensor, ptr: Tensor, state: tuple[Tensor, ...] | None = None
+    ) -> tuple[Tensor, ...]:
+        """:meth:`final_states` on checked arguments (the forward pass's, no host sync)."""
         num_groups = ptr.numel() - 1
         shape = (self.num_layers, num_groups, self.out_channels)
         if state is None:
             zeros = x.new_zeros(shape)
             init = (zeros,) if self.cell == "gru" else (zeros, zeros)
         else:
-            init = (state,) if isinstance(state, Tensor) else tuple(state)
+            init = state
         lengths = ptr[1:] - ptr[:-1]  # [N]
         nonempty = torch.nonzero(lengths > 0).flatten()
         if nonempty.numel() == 0:
@@ -268,7 +322,7 @@ class RecurrentAggregation(Aggregation):
                 f"{name}: x must have in_channels = {self.in_channels} channels, got {x.size(1)}"
             )
         grouped = self._prepare(group(name, x, index, ptr, dim_size, max_num_elements))
-        return self.final_states(grouped.x, grouped.ptr)[0][-1]  # last layer's h, [N, C]
+        return self._final_states(grouped.x, grouped.ptr)[0][-1]  # last layer's h, [N, C]
 
     # -- regulariser -----------------------------------------------------------------------
 
@@ -313,12 +367,7 @@ class RecurrentAggregation(Aggregation):
         name = type(self).__name__
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"{name}: num_samples must be a positive int, got {num_samples!r}")
-        if ptr is not None:
-            dim_size = ptr.numel() - 1
-        elif index is not None:
-            dim_size = int(index.max()) + 1 if index.numel() > 0 else 0
-        else:
-            dim_size = 1
+        dim_size = infer_dim_size(name, x, index, ptr)
         check_input(name, x, index, ptr, dim_size, 0)
         grouped = self._prepare(group(name, x, index, ptr, dim_size))
         xs, gptr = grouped.x, grouped.ptr
@@ -337,7 +386,7 @@ class RecurrentAggregation(Aggregation):
         later = t + 1 + (v * (length - 1 - t)).long().clamp_max(length - 2 - t)  # in (t, d)
         prefix_ptr = torch.zeros(num_samples + 1, dtype=torch.long, device=dev)
         torch.cumsum(t, 0, out=prefix_ptr[1:])
-        states = self.final_states(xs.index_select(0, _ranges(start, t)), prefix_ptr)
+        states = self._final_states(xs.index_select(0, _ranges(start, t)), prefix_ptr)
         x1, x2 = xs.index_select(0, start + t), xs.index_select(0, start + later)
         # both orders as 2S packed sequences of length 2: step 0 rows, then step 1 rows
         data = torch.cat([x1, x2, x2, x1])  # [4S, in]

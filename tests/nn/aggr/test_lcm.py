@@ -350,3 +350,27 @@ def test_forward_errors():
             aggr(x, index, max_num_elements=bad)
     with pytest.raises(ValueError, match="num_samples"):
         aggr.associativity_loss(x, num_samples=0)
+
+
+def test_associativity_loss_names_the_bad_argument():
+    aggr, x = LCMAggregation(4, 4), torch.randn(5, 4)
+    with pytest.raises(ValueError, match="ptr must have at least one entry"):
+        aggr.associativity_loss(x, ptr=torch.tensor([], dtype=torch.long))
+    with pytest.raises(ValueError, match="index must be non-negative"):
+        aggr.associativity_loss(x, torch.full((5,), -2))
+    with pytest.raises(TypeError, match=r"index must be a torch\.Tensor"):
+        aggr.associativity_loss(x, [0, 0, 1, 1, 1])
+
+
+def test_partial_non_strict_load_keeps_a_trained_identity():
+    """PyG's state dict (no identity key) loads strictly with the identity at zero; any other
+    dict without the key leaves a trained identity as it is and reports it missing."""
+    model = torch.nn.ModuleDict({"enc": torch.nn.Linear(4, 4), "aggr": LCMAggregation(4, 4)})
+    with torch.no_grad():
+        model["aggr"].identity_element.fill_(1.0)
+    res = model.load_state_dict({"enc.weight": torch.zeros(4, 4), "enc.bias": torch.zeros(4)},
+                                strict=False)  # fmt: skip
+    assert torch.equal(model["aggr"].identity_element, torch.ones(4))
+    assert "aggr.identity_element" in res.missing_keys
+    model["aggr"].load_state_dict(PyGLCMAggregation(4, 4).state_dict())  # strict
+    assert torch.equal(model["aggr"].identity_element, torch.zeros(4))

@@ -185,3 +185,47 @@ def test_errors():
         aggr(x, index, dim_size=1)
     with pytest.raises(ValueError, match="num_samples"):
         aggr.permutation_loss(x, index, num_samples=-1)
+
+
+def test_final_states_checks_its_arguments():
+    gru, lstm = RecurrentAggregation(4, 4), RecurrentAggregation(4, 4, cell="lstm", num_layers=2)
+    x, ptr = torch.randn(5, 4), torch.tensor([0, 2, 5])
+    h = torch.randn(1, 2, 4)
+    (out,) = gru.final_states(x, ptr, h)
+    assert torch.equal(out, gru.final_states(x, ptr, (h,))[0])
+    # an empty group keeps the given state
+    (kept,) = gru.final_states(x, torch.tensor([0, 0, 5]), h)
+    assert torch.equal(kept[:, 0], h[:, 0]) and not torch.equal(kept[:, 1], h[:, 1])
+    hc = (torch.randn(2, 2, 4), torch.randn(2, 2, 4))
+    assert [t.shape for t in lstm.final_states(x, ptr, hc)] == [(2, 2, 4), (2, 2, 4)]
+    for call, exc, match in [
+        (
+            lambda: gru.final_states(x, ptr, torch.zeros(1, 3, 4)),
+            ValueError,
+            "state must have shape",
+        ),
+        (lambda: gru.final_states(x, ptr, hc), ValueError, r"state must be a tensor \(h,\)"),
+        (lambda: lstm.final_states(x, ptr, hc[0]), ValueError, r"state must be a pair"),
+        (lambda: lstm.final_states(x, ptr, (hc[0], "c")), TypeError, "state must hold tensors"),
+        (lambda: gru.final_states(x, ptr, h.double()), ValueError, "dtype and device"),
+        (lambda: gru.final_states(x, torch.tensor([0, 2, 4])), ValueError, "ptr must start"),
+        (lambda: gru.final_states(x, torch.tensor([0, 3, 2, 5])), ValueError, "non-decreasing"),
+        (lambda: gru.final_states(x, [0, 2, 5]), TypeError, r"ptr must be a torch\.Tensor"),
+        (lambda: gru.final_states(x, torch.tensor([], dtype=torch.long)), ValueError, "ptr"),
+        (lambda: gru.final_states(torch.randn(5, 3), ptr), ValueError, "in_channels = 4"),
+        (lambda: gru.final_states(x.long(), ptr), TypeError, "floating-point"),
+    ]:
+        with pytest.raises(exc, match=match):
+            call()
+
+
+def test_permutation_loss_names_the_bad_argument():
+    aggr, x = RecurrentAggregation(4, 4), torch.randn(5, 4)
+    with pytest.raises(TypeError, match=r"ptr must be a torch\.Tensor"):
+        aggr.permutation_loss(x, ptr=[0, 2, 5])
+    with pytest.raises(TypeError, match=r"index must be a torch\.Tensor"):
+        aggr.permutation_loss(x, [0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="index must be non-negative"):
+        aggr.permutation_loss(x, torch.full((5,), -2))
+    with pytest.raises(ValueError, match="ptr must have at least one entry"):
+        aggr.permutation_loss(x, ptr=torch.tensor([], dtype=torch.long))
