@@ -38,10 +38,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from graphseq.continual.hnets import HyperNetwork, RNNHyperNetwork, hypernetwork_from_config
 from graphseq.continual.targets import TargetNetwork, target_from_config
+from graphseq.kernels._autograd import first_order_only
 
 __all__ = [
     "EWC",
@@ -73,7 +73,7 @@ class _ScaledSquaredDistance(torch.autograd.Function):
         return torch.linalg.vecdot(d, d, dim=1)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("the output regulariser's fused distance")
     def backward(ctx, grad: Tensor):
         d, raw, scale = ctx.saved_tensors
         g = grad.unsqueeze(1)  # [S, 1]

@@ -16,6 +16,7 @@ from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_p
 
 from graphseq.models._init import reset_children
 from graphseq.models.registry import InputSpec, register_model
+from graphseq.nn.seq.base import check_positive_int
 
 __all__ = ["GIN", "OGB_ATOM_FEATURE_DIMS", "OGB_BOND_FEATURE_DIMS", "AtomEncoder", "BondEncoder"]
 
@@ -108,8 +109,8 @@ class GIN(nn.Module):
         pool: str = "mean",
     ) -> None:
         super().__init__()
-        if hidden < 1 or layers < 1:
-            raise ValueError(f"GIN: hidden and layers must be >= 1, got {hidden}, {layers}")
+        check_positive_int("GIN", "hidden", hidden)
+        check_positive_int("GIN", "layers", layers)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"GIN: dropout must be in [0, 1), got {dropout}")
         if pool not in ("mean", "sum"):
@@ -162,6 +163,7 @@ class GIN(nn.Module):
 
     def forward(self, batch) -> Tensor:
         x, edge_index = batch.x, batch.edge_index
+        self.spec.check_inputs(type(self).__name__, x, getattr(batch, "edge_attr", None))
         node_batch = getattr(batch, "batch", None)
         if node_batch is None:
             node_batch = x.new_zeros(x.size(0), dtype=torch.long)

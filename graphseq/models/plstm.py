@@ -15,6 +15,7 @@ from graphseq.models._init import reset_children
 from graphseq.models.gin import AtomEncoder, BondEncoder
 from graphseq.models.registry import InputSpec, register_model
 from graphseq.nn.plstm.graph import PLSTMGraph, prepare_dag
+from graphseq.nn.seq.base import check_positive_int
 
 __all__ = ["PLSTMGraphNet"]
 
@@ -34,7 +35,8 @@ class PLSTMGraphNet(nn.Module):
     Layer :math:`l` runs in P-mode for even :math:`l` and D-mode for odd :math:`l`; its DAG
     (bonds pointed from lower to higher atom index, see
     :func:`~graphseq.nn.plstm.graph.orient_edges`) is reversed for :math:`l \bmod 4 \in
-    \{1, 2\}`, so every pair of consecutive layers sees both directions and every mode sees
+    \{1, 2\}` (P forward, D reversed, P reversed, D forward, ...), so each P/D pair of layers
+    (:math:`2j, 2j + 1`) sees both directions, and with four layers or more each mode sees
     both. The graph preprocessing runs once per batch for each (mode, direction) and is shared
     by the layers. Then a final LayerNorm, pooling and a linear head.
 
@@ -65,11 +67,13 @@ class PLSTMGraphNet(nn.Module):
     ) -> None:
         super().__init__()
         cls = type(self).__name__
-        if hidden < 1 or layers < 1 or heads < 1 or mlp_ratio < 1:
-            raise ValueError(
-                f"{cls}: hidden, layers, heads and mlp_ratio must be >= 1, got "
-                f"{hidden}, {layers}, {heads}, {mlp_ratio}"
-            )
+        for name, value in (
+            ("hidden", hidden),
+            ("layers", layers),
+            ("heads", heads),
+            ("mlp_ratio", mlp_ratio),
+        ):
+            check_positive_int(cls, name, value)
         if hidden % heads != 0:
             raise ValueError(f"{cls}: heads ({heads}) must divide hidden ({hidden})")
         if not 0.0 <= dropout < 1.0:
@@ -121,6 +125,7 @@ class PLSTMGraphNet(nn.Module):
 
     def forward(self, batch) -> Tensor:
         x, edge_index = batch.x, batch.edge_index
+        self.spec.check_inputs(type(self).__name__, x, getattr(batch, "edge_attr", None))
         N = x.size(0)
         node_batch = getattr(batch, "batch", None)
         if node_batch is None:

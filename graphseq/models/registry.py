@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 __all__ = ["InputSpec", "ModelEntry", "build_model", "get_model", "list_models", "register_model"]
@@ -50,6 +51,38 @@ class InputSpec:
             )
         if self.out_dim < 1:
             raise ValueError(f"InputSpec: out_dim must be >= 1, got {self.out_dim}")
+
+    def check_inputs(self, cls: str, x: object, edge_attr: object) -> None:
+        """Check a batch's ``x`` and ``edge_attr`` against this spec, naming the attribute at
+        fault (a model calls this first in ``forward``, so a batch from another benchmark
+        fails here rather than inside an embedding or a matrix product)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{cls}: batch.x must be a torch.Tensor, got {type(x).__name__}")
+        if self.node_features == "ogb-atom":
+            if x.dim() != 2 or x.is_floating_point() or x.is_complex():
+                raise ValueError(
+                    f"{cls}: batch.x must be the integer OGB atom features [N, 9] of this "
+                    f"model's spec (node_features='ogb-atom'), got {x.dtype} {tuple(x.shape)}"
+                )
+        elif x.dim() != 2 or x.shape[1] != self.node_dim:
+            raise ValueError(
+                f"{cls}: batch.x must have shape [N, node_dim] = [N, {self.node_dim}], got "
+                f"{tuple(x.shape)}"
+            )
+        if self.edge_features is None:
+            return
+        if not isinstance(edge_attr, torch.Tensor):
+            raise ValueError(
+                f"{cls}: the spec has edge_features={self.edge_features!r} but batch.edge_attr "
+                f"is {type(edge_attr).__name__}"
+            )
+        if self.edge_features == "dense" and (
+            edge_attr.dim() != 2 or edge_attr.shape[1] != self.edge_dim
+        ):
+            raise ValueError(
+                f"{cls}: batch.edge_attr must have shape [E, edge_dim] = [E, {self.edge_dim}], "
+                f"got {tuple(edge_attr.shape)}"
+            )
 
 
 @dataclass(frozen=True)

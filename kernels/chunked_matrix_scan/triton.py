@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._autograd import first_order_only
 from .._triton import autotune
 from . import chunked
 
@@ -405,7 +406,7 @@ class _TritonChunkedMatrixScan(torch.autograd.Function):
         return y, h_last
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("chunked_matrix_scan (triton backend)", "backend='torch' records a graph")
     def backward(ctx, dy, dh):
         q, k, v, log_f, i, f_sign, m, d, h0, cu_seqlens = ctx.saved_tensors
         # differentiable inputs, in forward-argument order; f_sign (index 5) never is

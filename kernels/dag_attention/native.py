@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from .._autograd import first_order_only
 from .plan import DagAttentionPlan
 
 __all__ = ["available", "dag_attention", "unavailable_reason"]
@@ -243,7 +243,7 @@ class _DagAttention(torch.autograd.Function):
         return _forward(plan, scale, qkv, source, transition, mark, direct)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("dag_attention (native backend)", "backend='reference' records a graph")
     def backward(ctx, dh):
         qkv, source, transition, mark, direct = ctx.saved_tensors
         lib = _library(qkv.dtype)

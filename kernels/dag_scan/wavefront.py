@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from .._autograd import first_order_only
 from .plan import DagScanPlan, _numel
 
 
@@ -70,7 +71,7 @@ class DagScanFn(torch.autograd.Function):
         return C
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("dag_scan (torch backend)", "backend='reference' records a graph")
     def backward(ctx, dC):
         C, w = ctx.saved_tensors
         plan = ctx.plan

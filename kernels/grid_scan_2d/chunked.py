@@ -114,7 +114,7 @@ def grid_scan_2d(
         t = t.to(acc)
         if Xp != X or Yp != Y:
             t = torch.nn.functional.pad(t, (0, 0, 0, 0, 0, Yp - Y, 0, Xp - X))
-        return _tiles(t, bx, by).reshape(B, TX, TY, nc, H, -1).transpose(3, 4)
+        return _tiles(t, bx, by).reshape(B, TX, TY, nc, H, t.shape[-1]).transpose(3, 4)
 
     qt, kt, vt = cells(q), cells(k), cells(v)
 

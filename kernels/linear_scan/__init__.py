@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from .._autograd import first_order_only
 from .._backend import resolve_backend
 from .._checks import check_boundaries, check_float, check_same, check_shape, check_tensor
 from . import blelloch, reference
@@ -49,7 +50,7 @@ class _LinearScanFn(torch.autograd.Function):
         return h
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("linear_scan (torch/triton backends)", "backend='reference' records a graph")
     def backward(ctx, dh):
         a, h, h0, cu_seqlens = ctx.saved_tensors
         reverse, core = ctx.reverse, ctx.core

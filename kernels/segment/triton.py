@@ -30,8 +30,8 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 
+from .._autograd import first_order_only
 from .._triton import autotune
 
 OPS = {"sum": 0, "max": 1, "min": 2, "prod": 3}
@@ -224,7 +224,7 @@ class _SegmentReduce(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("segment_tree_reduce (triton backend)", "backend='torch' records a graph")
     def backward(ctx, grad_out):
         x2, ptr, out = ctx.saved_tensors
         E, N = x2.shape[0], ptr.numel() - 1
@@ -255,7 +255,7 @@ class _SegmentScan(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("segment_scan (triton backend)", "backend='torch' records a graph")
     def backward(ctx, grad_y):
         x2, ptr, y = ctx.saved_tensors
         E = x2.shape[0]

@@ -287,6 +287,15 @@ def test_empty_grid(shape):
             assert torch.equal(r, h0_left)
 
 
+def test_empty_batch():
+    """B = 0 on a grid of any size: empty outputs (the tiled path used to fail to reshape)."""
+    q, k, v, gates = make(0, 5, 7, 2, 3, 4)
+    for backend in ("reference", *FAST):
+        h, (r, b) = run(q, k, v, gates, backend)
+        assert h.shape == (0, 5, 7, 2, 4)
+        assert r.shape == (0, 7, 2, 3, 4) and b.shape == (0, 5, 2, 3, 4)
+
+
 @pytest.mark.parametrize("path", list(FAST))
 def test_nan_stays_in_its_batch_row(path):
     q, k, v, gates = make(2, 4, 4, 1, 2, 2)

@@ -126,3 +126,27 @@ def test_model_passes_graph_sizes_so_auto_picks_the_paths_algorithm(monkeypatch)
     data = Batch.from_data_list([molecule(n, gen) for n in (5, 7)])
     build_model("plstm", MOL, hidden=16, layers=2, heads=2)(data)
     assert calls and all(b is not None and torch.equal(b, data.batch) for b in calls)
+
+
+@pytest.mark.parametrize("name", ["plstm", "gin"])
+def test_molecular_models_check_the_batch_against_their_spec(name):
+    """A batch of another benchmark fails with the attribute named, not inside a matmul."""
+    import graphseq.models.gin  # noqa: F401  (registers "gin")
+
+    spec = InputSpec("graph", 1, "dense", 5, "dense", 3)
+    model = build_model(name, spec, hidden=8, layers=2)
+    ei = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    ok = Data(x=torch.randn(4, 5), edge_index=ei, edge_attr=torch.randn(3, 3))
+    assert model(Batch.from_data_list([ok])).shape == (1, 1)
+    for bad, match in [
+        (Data(x=torch.randn(4, 6), edge_index=ei, edge_attr=ok.edge_attr), r"batch.x .*\[N, 5\]"),
+        (Data(x=ok.x, edge_index=ei), "batch.edge_attr is NoneType"),
+        (Data(x=ok.x, edge_index=ei, edge_attr=torch.randn(3, 2)), r"\[E, 3\]"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            model(Batch.from_data_list([bad]))
+    atoms = build_model(name, InputSpec("graph", 1, "ogb-atom", 0, None), hidden=8, layers=1)
+    with pytest.raises(ValueError, match="integer OGB atom features"):
+        atoms(Batch.from_data_list([Data(x=torch.randn(4, 9), edge_index=ei)]))
+    with pytest.raises(TypeError, match="hidden must be an int"):
+        build_model(name, spec, hidden=8.0)

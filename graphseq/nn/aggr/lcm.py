@@ -9,6 +9,7 @@ from torch.nn import GRUCell, Linear, Parameter
 from torch_geometric.nn.aggr import Aggregation
 
 from graphseq.kernels import SegmentPlan, segment_tree_reduce
+from graphseq.kernels._autograd import first_order_only
 
 from ..seq.base import check_matches_parameters
 from ._grouping import check_input, group, infer_dim_size, segment_ids, shuffle_within_groups
@@ -80,7 +81,7 @@ class _SymmetricGRU(torch.autograd.Function):
         return o1.add_(o2).mul_(0.5)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("LCMAggregation fused GRU cell", "fused=False records a graph")
     def backward(ctx, grad: Tensor):
         a, b, rz1, n1, rz2, n2, hn_a, hn_b = ctx.saved_tensors
         g = 0.5 * grad

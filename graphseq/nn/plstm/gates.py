@@ -26,6 +26,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..seq.base import check_real
+
 __all__ = [
     "DIRECT_BIAS",
     "MARK_BIAS",
@@ -101,8 +103,8 @@ class HeadGate(torch.nn.Module):
                 raise ValueError(f"{cls}: {name} must be positive, got {value}")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"{cls}: activation must be one of {_ACTIVATIONS}, got {activation!r}")
-        if float(weight_std) < 0:
-            raise ValueError(f"{cls}: weight_std must be >= 0, got {weight_std}")
+        weight_std = check_real(cls, "weight_std", weight_std, minimum=0.0)
+        factor = check_real(cls, "factor", factor)
         bias = torch.as_tensor(bias_init, dtype=torch.get_default_dtype())
         if bias.dim() != 0 and tuple(bias.shape) != (groups, heads):
             raise ValueError(

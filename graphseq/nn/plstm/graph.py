@@ -34,8 +34,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from graphseq.kernels._autograd import first_order_only
 from graphseq.kernels._index import exclusive_cumsum as _exclusive_cumsum
 from graphseq.kernels._index import ranges as _ranges
 from graphseq.kernels.dag_attention import DagAttentionPlan, dag_attention, native_available
@@ -122,18 +122,23 @@ def _to_device(obj, device: torch.device | str):
 
 
 def _check_edge_index(op: str, edge_index: object, num_nodes: int) -> Tensor:
-    if not isinstance(edge_index, Tensor):
-        raise TypeError(f"{op}: edge_index must be a torch.Tensor, got {type(edge_index).__name__}")
-    if edge_index.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"{op}: edge_index must be an int32/int64 tensor, got {edge_index.dtype}")
-    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"{op}: edge_index must have shape [2, E], got {tuple(edge_index.shape)}")
+    _check_edge_index_form(op, edge_index)
     if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
         raise ValueError(
             f"{op}: edge_index entries must lie in [0, num_nodes) = [0, {num_nodes}), got values "
             f"in [{int(edge_index.min())}, {int(edge_index.max())}]"
         )
     return edge_index.long()
+
+
+def _check_edge_index_form(op: str, edge_index: object) -> None:
+    """Type, dtype and shape of ``edge_index`` (no host sync; the range check needs one)."""
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(f"{op}: edge_index must be a torch.Tensor, got {type(edge_index).__name__}")
+    if edge_index.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{op}: edge_index must be an int32/int64 tensor, got {edge_index.dtype}")
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"{op}: edge_index must have shape [2, E], got {tuple(edge_index.shape)}")
 
 
 def orient_edges(
@@ -1275,7 +1280,7 @@ class _PathForm(torch.autograd.Function):
         return h.to(qkv.dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("PLSTMGraph path form", "no PLSTMGraph algorithm is twice differentiable")
     def backward(ctx, dh):
         with torch.autocast(dh.device.type, enabled=False):  # as in _path_form
             return _path_form_backward(ctx, dh)
@@ -1495,7 +1500,10 @@ class PLSTMGraph(torch.nn.Module):
       :data:`PATH_BLOCK_BYTES` unless one graph's own block does (then that graph is a chunk
       of its own); when autograd records and a bucket has several chunks, the backward
       recomputes each chunk's blocks: about one more forward, but only one chunk's blocks held
-      at a time. Its backward is written by hand (once differentiable: no double backward).
+      at a time. Its backward is written by hand (once differentiable), as is the
+      ``"states"`` algorithm's (:func:`graphseq.kernels.dag_scan`'s wavefront): no
+      algorithm supports double backward, and asking for a gradient's graph
+      (``create_graph=True``) raises instead of returning a partial second derivative.
       **On CPU** the same sums run by the compiled kernel of
       :func:`graphseq.kernels.dag_attention.dag_attention` instead (when a C compiler is
       there to build it on first use; :data:`NATIVE_PATHS`): graph by graph without padding
@@ -1810,6 +1818,7 @@ class PLSTMGraph(torch.nn.Module):
         check_matches_parameters(cls, "x", x, self.out_proj.weight)
         N = x.shape[0]
         if self.edge_dim is not None:
+            _check_edge_index_form(cls, edge_index)  # its width is read below
             if edge_attr is None:
                 raise ValueError(f"{cls}: built with edge_dim={self.edge_dim}; pass edge_attr")
             if not isinstance(edge_attr, Tensor) or tuple(edge_attr.shape) != (

@@ -197,8 +197,9 @@ class PLSTM2D(torch.nn.Module):
     PyTorch builds :math:`G` one anti-diagonal at a time (``"dense"``); time
     :math:`O(B H N^2 (K + V))`, memory :math:`O(B H N^2)` for ``"dense"`` and
     :math:`O(N^2)` per thread for ``"native"``; the compiled path's backward is
-    once-differentiable (double backward, e.g. a gradient penalty, needs ``method="dense"``
-    or :data:`NATIVE_GRID` ``= False``). On larger grids
+    once-differentiable: asking it for the gradient's graph (``create_graph=True``, e.g. a
+    gradient penalty) raises, and double backward needs ``method="dense"`` or
+    :data:`NATIVE_GRID` ``= False``. On larger grids
     :func:`~graphseq.kernels.grid_scan_2d.grid_scan_2d` runs the four corners with cost
     linear in the number of cells.
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..seq.base import check_choice, check_positive_int
+from ..seq.base import check_choice, check_matches_parameters, check_positive_int
 from .plstm2d import PLSTM2D
 
 __all__ = ["PLSTMVision", "PLSTMVisionBlock"]
@@ -172,6 +172,12 @@ class PLSTMVision(torch.nn.Module):
                 f"{cls}: images must have shape [B, {self.in_channels}, H, W], "
                 f"got {tuple(images.shape)}"
             )
+        if not images.is_floating_point():
+            raise TypeError(
+                f"{cls}: images must be a floating-point tensor (scale integer pixels first, "
+                f"e.g. images.float() / 255), got dtype {images.dtype}"
+            )
+        check_matches_parameters(cls, "images", images, self.patch_embed.weight)
         H, W = images.shape[-2:]
         p = self.patch_size
         if H % p or W % p or H == 0 or W == 0:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from graphseq.kernels import linear_scan
+from graphseq.kernels._autograd import first_order_only
 
 from .base import SequenceLayer, check_choice, check_positive_int, first_steps, last_steps
 
@@ -389,7 +390,7 @@ class _Adjoint(torch.autograd.Function):
         return f.view_as(f)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only("ParallelGRU (parallel mode)", "mode='sequential' records a graph")
     def backward(ctx, dh):
         (J,) = ctx.saved_tensors
         cu, vjp = ctx.cu, ctx.vjp

@@ -32,3 +32,12 @@ def test_graph_gate_bias_values_are_checked():
     with pytest.raises(ValueError, match=r"gate_bias\['mark'\]"):
         PLSTMGraph(4, 4, gate_bias={"mark": float("inf")})
     assert PLSTMGraph(4, 4, gate_bias={"mark": 1}).gate_bias["mark"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["weight_std", "factor"])
+@pytest.mark.parametrize("value, error", [("a", TypeError), (float("nan"), ValueError)])
+def test_head_gate_reals_are_checked(name, value, error):
+    from graphseq.nn.plstm.gates import HeadGate
+
+    with pytest.raises(error, match=rf"HeadGate: {name}"):
+        HeadGate(4, 2, "sigmoid", 0.0, **{name: value})

@@ -417,6 +417,11 @@ def test_bad_arguments_and_repr():
     )
     x = torch.randn(3, 4, device=DEVICE)
     ei = torch.tensor([[0, 1], [1, 2]], device=DEVICE)
+    # edge_index is checked before its width is compared with edge_attr's
+    with pytest.raises(TypeError, match=r"edge_index must be a torch\.Tensor"):
+        conv(x, [[0, 1], [1, 2]], edge_attr=torch.randn(2, 3, device=DEVICE))
+    with pytest.raises(ValueError, match=r"edge_index must have shape \[2, E\]"):
+        conv(x, ei[0], edge_attr=torch.randn(2, 3, device=DEVICE))
     with pytest.raises(ValueError, match="pass edge_attr"):
         conv(x, ei)
     with pytest.raises(ValueError, match="edge_attr must have shape"):

@@ -456,16 +456,21 @@ def test_hand_written_backward_of_every_recurrence_input(monkeypatch, mode, budg
         torch.testing.assert_close(a, w, atol=1e-12, rtol=1e-10)
 
 
-def test_path_form_refuses_double_backward():
+def test_no_algorithm_gives_a_partial_second_derivative():
+    """Both hand-written backward passes (path form, states wavefront) refuse as soon as the
+    gradient's graph is requested, not later: a second derivative with respect to the weights
+    alone would otherwise drop the kernels' share silently. First order is unaffected."""
     gen = torch.Generator().manual_seed(22)
     b, _ = mixed_batch([4, 5], gen, chords=1)
-    conv = layer("P", algorithm="paths")
     x = torch.randn(b.num_nodes, 6, generator=gen, dtype=torch.float64).to(DEVICE)
     x.requires_grad_()
-    out = conv(x, b.edge_index, b.batch)
-    (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        g.sum().backward()
+    grads = []
+    for algorithm, what in (("paths", "PLSTMGraph path form"), ("states", "dag_scan")):
+        conv = layer("P", algorithm=algorithm)
+        with pytest.raises(RuntimeError, match=f"{what}.*once_differentiable"):
+            torch.autograd.grad(conv(x, b.edge_index, b.batch).square().sum(), x, create_graph=True)
+        grads.append(torch.autograd.grad(conv(x, b.edge_index, b.batch).square().sum(), x)[0])
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_structure_to_device_moves_every_field_and_cached_layout():

@@ -111,3 +111,7 @@ def test_bad_input():
         model(torch.randn(2, 1, 32, 32))
     with pytest.raises(ValueError, match="multiples of patch_size"):
         model(torch.randn(2, 3, 30, 32))
+    with pytest.raises(TypeError, match="images must be a floating-point tensor"):
+        model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"images has dtype torch\.float64"):
+        model(torch.randn(2, 3, 32, 32, dtype=torch.float64))
