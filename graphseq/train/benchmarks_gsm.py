@@ -59,9 +59,13 @@ LAP_PE_DIM = 6
 
 def weighted_cross_entropy(out: Tensor, y: Tensor) -> Tensor:
     """Cross-entropy with class weights ``1 - (class frequency in the batch)`` (GraphGPS's
-    ``weighted_cross_entropy`` for PATTERN / CLUSTER; absent classes get no weight)."""
+    ``weighted_cross_entropy`` for PATTERN / CLUSTER; absent classes get no weight). A batch
+    of a single class would give that class weight 0 and the loss 0 / 0; it takes the plain
+    cross-entropy instead (GraphGPS's returns NaN there)."""
     y = y.reshape(-1).long()
     counts = torch.bincount(y, minlength=out.size(-1)).to(out.dtype)
+    if int((counts > 0).sum()) < 2:
+        return nn.functional.cross_entropy(out, y)
     weight = torch.where(counts > 0, (y.numel() - counts) / max(y.numel(), 1), counts)
     return nn.functional.cross_entropy(out, y, weight=weight)
 
@@ -123,6 +127,9 @@ def sbm_task(
 ) -> Task:
     """PATTERN or CLUSTER with ``sizes`` = (train, valid, test) graphs, tokenized."""
     from graphseq.datasets.sbm import sbm_splits
+
+    if len(sizes) == 3 and isinstance(sizes[0], int) and sizes[0] < 1:
+        raise ValueError(f"sbm_task: sizes[0] (training graphs) must be >= 1, got {sizes!r}")
 
     raw = sbm_splits(name, sizes, seed)
     if transform is None:

@@ -5,7 +5,13 @@ import torch
 
 import graphseq.models.gsm  # noqa: F401
 from graphseq.train.benchmarks import get_benchmark
-from graphseq.train.benchmarks_gsm import LAP_PE_DIM, graph_tasks_task, heterophilous_task, sbm_task
+from graphseq.train.benchmarks_gsm import (
+    LAP_PE_DIM,
+    graph_tasks_task,
+    heterophilous_task,
+    sbm_task,
+    weighted_cross_entropy,
+)
 from graphseq.train.metrics import HIGHER_IS_BETTER, accuracy_sbm, make_evaluator
 from graphseq.train.trainer import TrainConfig, fit
 
@@ -111,3 +117,24 @@ def test_gsm_transform_hac_on_pe_changes_the_tree():
     plain = gsm_transform(k=1)(rw(g.clone()))
     on_pe = gsm_transform(k=1, hac_on=("x", "rw_pe"))(rw(g.clone()))
     assert not torch.equal(plain.hac_rank, on_pe.hac_rank)
+
+
+def test_weighted_cross_entropy():
+    """GraphGPS's weights 1 - frequency; a one-class batch falls back to the plain loss
+    instead of 0 / 0."""
+    torch.manual_seed(0)
+    out = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.tensor([0, 0, 0, 0, 1, 1])
+    weight = torch.tensor([1 - 4 / 6, 1 - 2 / 6, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(
+        weighted_cross_entropy(out, y), torch.nn.functional.cross_entropy(out, y, weight=weight)
+    )
+    one = torch.ones(6, dtype=torch.long)
+    loss = weighted_cross_entropy(out, one)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(out, one))
+
+
+def test_sbm_task_needs_training_graphs():
+    with pytest.raises(ValueError, match=r"sizes\[0\] \(training graphs\)"):
+        sbm_task("pattern", (0, 2, 2))

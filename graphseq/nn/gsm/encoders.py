@@ -463,7 +463,7 @@ def global_pattern(kind: str, layers: int) -> str:
         return "M" * layers
     if kind == "hybrid":
         return "M" * (layers - 1) + "T"
-    raise ValueError(f"global encoder must be 'transformer', 'ssm' or 'hybrid', got {kind!r}")
+    raise ValueError(f"global_pattern: kind must be 'transformer', 'ssm' or 'hybrid', got {kind!r}")
 
 
 class SequenceEncoder(nn.Module):

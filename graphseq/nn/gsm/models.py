@@ -37,6 +37,7 @@ from torch_geometric.utils import scatter
 from graphseq.nn.seq.base import check_choice, check_matches_parameters, check_positive_int
 
 from .encoders import (
+    LOCAL_ENCODERS,
     AttentionLayer,
     HierarchicalPE,
     LocalEncoder,
@@ -99,6 +100,17 @@ def _require(batch, tokenization: str, cls: str):
             f"apply graphseq.nn.gsm.{_TRANSFORM[tokenization]} to the dataset first"
         )
     return value
+
+
+def _require_hac_tree(batch, cls: str, what: str) -> tuple[Tensor, Tensor]:
+    """``(hac_child, hac_size)``, the HAC tree that the hierarchical PE reads."""
+    child, size = getattr(batch, "hac_child", None), getattr(batch, "hac_size", None)
+    if child is None or size is None:
+        raise ValueError(
+            f"{cls}: {what} reads the HAC tree (data.hac_child, data.hac_size), which the "
+            "input lacks; apply graphseq.nn.gsm.HACTokenizer to the dataset first"
+        )
+    return child, size
 
 
 def _graph_info(batch, num_nodes: int, device) -> tuple[Tensor, Tensor]:
@@ -349,6 +361,12 @@ class GSM(_Base):
             check_positive_int(cls, name, v)
         check_choice(cls, "level", level, ("node", "graph"))
         check_choice(cls, "pool", pool, ("mean", "sum"))
+        check_choice(cls, "local", local, LOCAL_ENCODERS)
+        check_choice(cls, "global_", global_, ("transformer", "ssm", "hybrid"))
+        if global_ != "ssm" and hidden % heads:  # the attention layers split hidden by heads
+            raise ValueError(
+                f"{cls}: heads ({heads}) must divide hidden ({hidden}) for global_={global_!r}"
+            )
         self._init_pe(pe, pe_dim, pe_sign_flip, hidden)
         self.tokenization = resolve_tokenization(tokenization, cls)
         self.pattern = global_pattern(global_, seq_layers)
@@ -377,8 +395,8 @@ class GSM(_Base):
     def _embed(self, batch, x: Tensor) -> Tensor:
         h = self.encoder(x)
         if self.pe is not None:
-            _require(batch, "hac_dfs", type(self).__name__)
-            h = h + self.pe(batch.hac_child, batch.hac_size)
+            child, size = _require_hac_tree(batch, type(self).__name__, "hpe=True")
+            h = h + self.pe(child, size)
         if self.pe_proj is not None:
             h = h + self.pe_proj(self._node_pe(batch, x.size(0)).to(h.dtype))
         return h
@@ -610,6 +628,14 @@ class GSMPlusPlus(_Base):
         check_choice(cls, "level", level, ("node", "graph"))
         check_choice(cls, "pool", pool, ("mean", "sum"))
         check_choice(cls, "local", local, ("gatedgcn", "gine", "sage", "gat"))
+        if attention and hidden % heads:  # the attention layers split hidden by heads
+            raise ValueError(
+                f"{cls}: heads ({heads}) must divide hidden ({hidden}) with attention=True"
+            )
+        if local == "gat" and hidden % heads:
+            raise ValueError(
+                f"{cls}: heads ({heads}) must divide hidden ({hidden}) for local='gat'"
+            )
         if local_norm_sum and local in ("sage", "gat"):
             raise ValueError(
                 f"{cls}: local_norm_sum applies to local='gatedgcn' or 'gine' only; "
@@ -699,8 +725,8 @@ class GSMPlusPlus(_Base):
     def forward(self, batch, return_gates: bool = False):
         cls = type(self).__name__
         x, edge_index, node_batch, ptr, num_graphs, edge_attr = self._input(batch)
-        _require(batch, "hac_dfs", cls)
-        pe = self.pe(batch.hac_child, batch.hac_size)
+        child, size = _require_hac_tree(batch, cls, "the hierarchical PE (always on in GSM++)")
+        pe = self.pe(child, size)
         h = self.encoder(x) if self._prenorm else self.encoder(x) + pe
         if self.pe_proj is not None:
             h = h + self.pe_proj(self._node_pe(batch, x.size(0)).to(h.dtype))

@@ -26,6 +26,13 @@ HACTokenizer           ``hac_rank`` ``[n]`` (leaf position in the depth-first wa
                        siblings, cluster size), ``hac_num_clusters`` and ``hac_depth`` ``[1]``
 =====================  =========================================================================
 
+Tokenize last: the stored attributes describe the graph as it was tokenized, and a transform
+that changes the structure afterwards (``subgraph``, ``ToUndirected``, ``AddSelfLoops``, ...)
+does not update them. It may even mistake them for edge features: PyG tells edge attributes
+by size, and at ``k = 1`` a simple undirected graph has exactly as many ``khop_index`` pairs as
+``edge_index`` columns, so ``Data.subgraph`` keeps them unrelabelled and ``ToUndirected``
+fails. (Batching is unaffected: the ``DataLoader`` shifts and concatenates them correctly.)
+
 All tokenizers read ``edge_index`` as undirected and ignore self-loops and duplicate edges.
 Every result is a deterministic function of the graph (and ``seed`` where randomness is
 involved); ties are broken by node id as documented per class. Empty graphs, one-node graphs,
@@ -349,6 +356,11 @@ class HACTokenizer(BaseTransform):
                 raise ValueError(
                     f"{type(self).__name__}: node attribute {name!r} must have {n} rows, "
                     f"got shape {tuple(value.shape)}"
+                )
+            if not torch.isfinite(value).all():
+                raise ValueError(
+                    f"{type(self).__name__}: node attribute {name!r} contains NaN or inf; "
+                    "the affinities would be undefined"
                 )
             parts.append(value.reshape(n, -1).numpy() if n else np.zeros((0, 1)))
         return np.concatenate(parts, axis=1)

@@ -74,7 +74,7 @@ def test_attention_layer_matches_per_sequence_softmax():
 def test_sequence_encoder_patterns_and_gradcheck():
     assert global_pattern("hybrid", 3) == "MMT" and global_pattern("hybrid", 1) == "T"
     assert global_pattern("ssm", 2) == "MM" and global_pattern("transformer", 2) == "TT"
-    with pytest.raises(ValueError, match="global encoder"):
+    with pytest.raises(ValueError, match="global_pattern: kind"):
         global_pattern("mamba", 2)
     enc = SequenceEncoder(2, "MT", heads=1).double()
     assert repr(enc) == "SequenceEncoder(2, pattern='MT')"

@@ -151,6 +151,40 @@ def test_gsm_plus_plus_bad_arguments(kwargs, match):
         GSMPlusPlus(**args)
 
 
+@pytest.mark.parametrize(
+    "model, kwargs, match",
+    [
+        (GSM, {"local": "gcn"}, "GSM: local"),
+        (GSM, {"global_": "mamba"}, "GSM: global_"),
+        (GSM, {"hidden": 6}, r"GSM: heads \(4\) must divide hidden \(6\)"),
+        (GSMPlusPlus, {"hidden": 6}, r"GSMPlusPlus: heads \(4\) must divide hidden \(6\)"),
+        (GSMPlusPlus, {"hidden": 6, "attention": False, "local": "gat"}, "local='gat'"),
+    ],
+)
+def test_model_errors_name_the_model_argument(model, kwargs, match):
+    """Not a sub-layer's (LocalEncoder's conv, AttentionLayer's channels)."""
+    args = {"in_channels": 3, "hidden": 8, "out_channels": 2}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        model(**args)
+    if model is GSM and "hidden" in kwargs:  # scans alone do not split the width by heads
+        GSM(3, 6, 2, global_="ssm")
+    if model is GSMPlusPlus and kwargs == {"hidden": 6}:
+        GSMPlusPlus(3, 6, 2, attention=False)
+
+
+def test_missing_hac_tree_names_the_hierarchical_pe():
+    from graphseq.nn.gsm import NodeTokenizer
+
+    d = NodeTokenizer("bfs")(
+        Data(x=torch.randn(4, 3), edge_index=torch.tensor([[0, 1, 2], [1, 2, 3]]))
+    )
+    with pytest.raises(ValueError, match=r"GSM: hpe=True reads the HAC tree \(data.hac_child"):
+        GSM(3, 16, 2, tokenization="bfs", hpe=True)(d)
+    with pytest.raises(ValueError, match=r"GSMPlusPlus: the hierarchical PE .*HACTokenizer"):
+        GSMPlusPlus(3, 16, 2, tokenizations=("bfs", "degree"))(d)
+
+
 @pytest.mark.parametrize("tokenization", ["khop"])
 def test_token_sizes_let_subgraph_tokens_see_degree(tokenization):
     # a star: equal features everywhere, so mean-pooled tokens alone cannot tell centre from leaf

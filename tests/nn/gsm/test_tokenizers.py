@@ -167,10 +167,15 @@ def test_bad_data():
         HACTokenizer(on="pos")(_graph())
     with pytest.raises(ValueError, match="levels"):
         HACTokenizer(levels=1)(_graph(n=40, m=80, isolated=False))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="node attribute 'x' contains NaN"):
         HACTokenizer()(
             Data(x=torch.tensor([[float("nan")], [1.0]]), edge_index=torch.tensor([[0], [1]]))
         )
+    with pytest.raises(ValueError, match="node attribute 'pos' contains NaN"):
+        HACTokenizer(on=("x", "pos"))(
+            Data(x=torch.ones(2, 1), pos=torch.tensor([[0.0], [float("inf")]]),
+                 edge_index=torch.tensor([[0], [1]]))
+        )  # fmt: skip
 
 
 def test_reprs():
