@@ -304,6 +304,7 @@ def graph_tasks(
     """
     from torch_geometric.data import Data
 
+    num_types = _check_count("num_types", num_types, 10**4)
     pairs = list(itertools.combinations_with_replacement(range(num_types), 2))
     num_tasks = _check_count("num_tasks", num_tasks, len(pairs))
     for name, v in (("num_train", num_train), ("num_test", num_test)):

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graphseq.continual.targets import ParamSpec
+from graphseq.continual.targets import ParamSpec, int_sequence
 
 __all__ = [
     "CHUNKINGS",
@@ -348,6 +348,13 @@ class HyperNetwork(nn.Module):
         raw, features = self.generate_padded(tasks)
         return raw * self.padded_scale, features
 
+    def _reset_task_parameters(self) -> None:
+        """Re-draw every task-owned parameter, standard normal as :meth:`add_task` draws it
+        (called by ``reset_parameters`` before the calibration that may read them)."""
+        with torch.no_grad():
+            for e in self.task_embeddings:
+                e.normal_()
+
     @torch.no_grad()
     def _calibrate(self) -> None:
         # rescale the output layer so raw outputs have unit std for N(0, I) embeddings: with the
@@ -398,7 +405,7 @@ class FullHyperNetwork(HyperNetwork):
         output_scale: bool = True,
     ) -> None:
         super().__init__(spec, embedding_dim, output_scale)
-        self.hidden = tuple(_check_int("FullHyperNetwork", "hidden", h) for h in hidden)
+        self.hidden = int_sequence("FullHyperNetwork", "hidden", hidden, _check_int)
         self.activation = activation
         self.body = _mlp([embedding_dim, *self.hidden], activation)
         self.out = nn.Linear(([embedding_dim, *self.hidden])[-1], spec.numel)
@@ -410,6 +417,7 @@ class FullHyperNetwork(HyperNetwork):
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
         self.out.reset_parameters()
+        self._reset_task_parameters()
         self._calibrate()
 
     def _output_layer(self) -> nn.Linear:
@@ -472,7 +480,7 @@ class ChunkedHyperNetwork(HyperNetwork):
         self.chunk_embedding_dim = _check_int(
             "ChunkedHyperNetwork", "chunk_embedding_dim", chunk_embedding_dim
         )
-        self.hidden = tuple(_check_int("ChunkedHyperNetwork", "hidden", h) for h in hidden)
+        self.hidden = int_sequence("ChunkedHyperNetwork", "hidden", hidden, _check_int)
         self.activation = activation
         self.conditional_chunk_embeddings = bool(conditional_chunk_embeddings)
         self.num_chunks = math.ceil(spec.numel / self.chunk_size)
@@ -492,8 +500,9 @@ class ChunkedHyperNetwork(HyperNetwork):
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
         self.out.reset_parameters()
-        for c in self.chunk_embeddings:
+        for c in self.chunk_embeddings:  # shared, or one per task
             nn.init.normal_(c)
+        self._reset_task_parameters()
         self._calibrate()
 
     def _needs_task_ids(self) -> bool:
@@ -683,7 +692,14 @@ class RNNHyperNetwork(HyperNetwork):
         self.out.reset_parameters()
         if self.step_embeddings is not None:
             nn.init.normal_(self.step_embeddings)
+        self._reset_task_parameters()
         self._calibrate()
+
+    def _reset_task_parameters(self) -> None:
+        super()._reset_task_parameters()
+        with torch.no_grad():
+            for e in self.task_step_embeddings:
+                e.normal_()
 
     def _output_layer(self) -> nn.Linear:
         return self.out

@@ -92,9 +92,14 @@ class ContinualConfig:
             raise ValueError(
                 f"ContinualConfig: schedule must be 'constant' or 'cosine', got {self.schedule!r}"
             )
-        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+        if self.clip_grad_norm is not None and (
+            isinstance(self.clip_grad_norm, bool)
+            or not isinstance(self.clip_grad_norm, (int, float))
+            or not (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0)
+        ):
             raise ValueError(
-                f"ContinualConfig: clip_grad_norm must be > 0, got {self.clip_grad_norm!r}"
+                "ContinualConfig: clip_grad_norm must be None or a finite number > 0, got "
+                f"{self.clip_grad_norm!r}"
             )
 
     def lr_at(self, step: int, steps: int) -> float:
@@ -155,6 +160,20 @@ def _evaluation_mode(method: ContinualMethod):
             m.training = training
 
 
+def _check_labels(target, split, what: str) -> None:
+    """The labels of ``split`` must be local to one head: ``0 .. classes_per_head - 1``."""
+    y = getattr(split, "y", None)
+    if not isinstance(y, Tensor) or y.numel() == 0:
+        return
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= target.classes_per_head:
+        raise ValueError(
+            f"{what}: labels in [{lo}, {hi}] do not fit the target's heads of "
+            f"classes_per_head={target.classes_per_head} logits (labels are local to a head: "
+            f"0 .. {target.classes_per_head - 1})"
+        )
+
+
 @torch.no_grad()
 def evaluate_task_incremental(
     method: ContinualMethod, task: int, split, batch_size: int = 1000
@@ -164,6 +183,7 @@ def evaluate_task_incremental(
     if len(split) == 0:
         raise ValueError("evaluation split is empty")
     _check_batch_size(batch_size)
+    _check_labels(method.target, split, "split")
     correct = 0
     with _evaluation_mode(method):
         target, w = method.target, method.weights(task)
@@ -183,8 +203,13 @@ def evaluate_task_inferred(
     if len(split) == 0:
         raise ValueError("evaluation split is empty")
     _check_batch_size(batch_size)
+    if isinstance(seen, bool) or not isinstance(seen, int) or not 1 <= seen <= method.num_tasks:
+        raise ValueError(
+            f"seen must be an int in [1, method.num_tasks = {method.num_tasks}], got {seen!r}"
+        )
     if not 0 <= task < seen:
         raise ValueError(f"task {task} must be one of the {seen} seen tasks")
+    _check_labels(method.target, split, "split")
     target = method.target
     correct = right_task = 0
     with _evaluation_mode(method):
@@ -288,6 +313,9 @@ def train_continual(
         raise ValueError(
             f"start_task {start_task} skips tasks: the method has seen {method.num_tasks}"
         )
+    for t in range(start_task, T):
+        for part in ("train", "test"):
+            _check_labels(method.target, getattr(stream[t], part, None), f"stream[{t}].{part}")
     R = [[math.nan] * T for _ in range(T)]
     seconds, growths = [math.nan] * T, [0] * T
     if previous is not None:
@@ -326,7 +354,7 @@ def train_continual(
             result.inferred.append(acc)
             result.task_inference.append(ti)
     if not any(math.isnan(R[i][j]) for i in range(T) for j in range(i + 1)):
-        result.metrics = summarize_matrix(torch.tensor(R))
+        result.metrics = summarize_matrix(torch.tensor(R, dtype=torch.float64))
     if result.inferred:
         result.metrics["inferred_acc"] = sum(result.inferred) / T
         result.metrics["task_inference"] = sum(result.task_inference) / T
@@ -337,11 +365,14 @@ def save_method(path: str | Path, method: ContinualMethod, extra: dict | None = 
     """Save a method: its target and method configs, state (hypernetwork, task embeddings,
     EWC/SI buffers, ...) and the number of tasks; atomically, loadable with
     ``torch.load(weights_only=True)``."""
+    dtypes = {p.dtype for p in method.parameters() if p.is_floating_point()}
     state = {
         "format": CHECKPOINT_FORMAT,
         "target": method.target.config(),
         "method": method.config(),
         "num_tasks": method.num_tasks,
+        # the parameters' dtype (a .double() model reloads as one); None: mixed or none
+        "dtype": str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else None,
         "model": {
             k: v.detach().cpu() if isinstance(v, Tensor) else v
             for k, v in method.state_dict().items()
@@ -363,6 +394,11 @@ def load_method(path: str | Path) -> tuple[ContinualMethod, dict]:
         # written before reg_outputs existed: those runs compared every generated number
         config.setdefault("reg_outputs", "all")
     method = method_from_config(state["target"], config)
+    dtype = state.get("dtype")  # absent in checkpoints written before it was recorded
+    if dtype is not None:
+        if dtype not in ("float16", "bfloat16", "float32", "float64"):
+            raise ValueError(f"{path}: unknown parameter dtype {dtype!r}")
+        method.to(getattr(torch, dtype))
     method.prepare_tasks(int(state["num_tasks"]))
     model = dict(state["model"])
     if isinstance(method, HypernetworkMethod):

@@ -66,8 +66,8 @@ class ParamSpec(Sequence):
     The tensors must list the layers in order (0, 1, 2, ...), each layer's tensors together.
 
     Raises:
-        ValueError: ``shapes`` is empty, a ``fan_in`` is below 1, or the layers are out of
-            order or split.
+        ValueError: ``shapes`` is empty, a ``fan_in`` is below 1, a shape is not a tuple of
+            positive ints, or the layers are out of order or split.
     """
 
     def __init__(self, shapes: Sequence[ParamShape]) -> None:
@@ -79,6 +79,15 @@ class ParamSpec(Sequence):
                 raise TypeError(f"ParamSpec: expected ParamShape, got {type(s).__name__}")
             if isinstance(s.fan_in, bool) or not isinstance(s.fan_in, int) or s.fan_in < 1:
                 raise ValueError(f"ParamSpec: {s.name} has fan_in {s.fan_in!r}; it must be >= 1")
+            if (
+                not isinstance(s.shape, tuple)
+                or not s.shape
+                or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in s.shape)
+            ):
+                raise ValueError(
+                    f"ParamSpec: {s.name} has shape {s.shape!r}; it must be a non-empty tuple of "
+                    "positive ints"
+                )
         # layers must be contiguous and in order (0, 1, 2, ...): the hypernetworks read the
         # flat vector layer by layer, so an out-of-order spec would mix layers up
         layers = [s.layer for s in shapes]
@@ -171,6 +180,17 @@ def _positive_int(cls: str, name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{cls}: {name} must be a positive int, got {value!r}")
     return value
+
+
+def int_sequence(cls: str, name: str, value: object, check=None) -> tuple[int, ...]:
+    """``value`` as a tuple of positive ints (``check(cls, name, v)`` per entry), refusing a
+    bare int or a string with an error that names the argument."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"{cls}: {name} must be a sequence of ints (one per layer), got "
+            f"{type(value).__name__} {value!r}; write ({value!r},) for one"
+        )
+    return tuple((check or _positive_int)(cls, name, v) for v in value)
 
 
 class TargetNetwork(nn.Module):
@@ -269,7 +289,7 @@ class MLPTarget(TargetNetwork):
             raise ValueError(f"MLPTarget: dropout must be in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
         self.in_features = _positive_int("MLPTarget", "in_features", in_features)
-        self.hidden = tuple(_positive_int("MLPTarget", "hidden", h) for h in hidden)
+        self.hidden = int_sequence("MLPTarget", "hidden", hidden)
         self.classes_per_head = _positive_int("MLPTarget", "classes_per_head", classes_per_head)
         self.num_heads = _positive_int("MLPTarget", "num_heads", num_heads)
         sizes = [self.in_features, *self.hidden, self.num_heads * self.classes_per_head]
@@ -279,7 +299,7 @@ class MLPTarget(TargetNetwork):
         self.param_spec = ParamSpec(shapes)
 
     def _forward(self, x: Tensor, tensors: list[Tensor]) -> Tensor:
-        h = x.reshape(x.shape[0], -1)
+        h = x.flatten(1) if x.dim() > 1 else x.reshape(x.shape[0], -1)  # [0, ...] too
         if h.shape[1] != self.in_features:
             raise ValueError(
                 f"MLPTarget: x must have {self.in_features} features, got {h.shape[1]}"
@@ -343,11 +363,11 @@ class CNNTarget(TargetNetwork):
         super().__init__()
         self.in_channels = _positive_int("CNNTarget", "in_channels", in_channels)
         self.image_size = _positive_int("CNNTarget", "image_size", image_size)
-        self.channels = tuple(_positive_int("CNNTarget", "channels", c) for c in channels)
+        self.channels = int_sequence("CNNTarget", "channels", channels)
         self.kernel_size = _positive_int("CNNTarget", "kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"CNNTarget: kernel_size must be odd, got {kernel_size}")
-        self.hidden = tuple(_positive_int("CNNTarget", "hidden", h) for h in hidden)
+        self.hidden = int_sequence("CNNTarget", "hidden", hidden)
         self.classes_per_head = _positive_int("CNNTarget", "classes_per_head", classes_per_head)
         self.num_heads = _positive_int("CNNTarget", "num_heads", num_heads)
         size = self.image_size

@@ -231,3 +231,29 @@ def test_constructor_checks():
         FullHyperNetwork(SPEC, activation="gelu")
     with pytest.raises(ValueError, match="kind"):
         hypernetwork_from_config(SPEC, {"kind": "lstm"})
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "rnn-cond"])
+def test_reset_parameters_redraws_every_parameter_task_ones_included(kind):
+    if kind == "rnn-cond":
+        torch.manual_seed(0)
+        h = RNNHyperNetwork(SPEC, 11, 4, 6, step_signal="learned", conditional_step_embeddings=True)
+    else:
+        h = make(kind)
+    h.add_task(), h.add_task()
+    before = {n: p.detach().clone() for n, p in h.named_parameters()}
+    h.reset_parameters()
+    kept = [n for n, p in h.named_parameters() if torch.equal(before[n], p)]
+    assert kept == []
+    assert any(n.startswith("task_embeddings") for n in before)
+    # the output calibration still holds for the new draws: unit-std raw outputs
+    assert h(0).isfinite().all()
+
+
+@pytest.mark.parametrize("make_h", [
+    lambda: FullHyperNetwork(SPEC, 4, hidden=6),
+    lambda: ChunkedHyperNetwork(SPEC, 13, 4, 3, hidden=6),
+])  # fmt: skip
+def test_hidden_must_be_a_sequence(make_h):
+    with pytest.raises(TypeError, match=r"hidden must be a sequence of ints .* write \(6,\)"):
+        make_h()

@@ -498,3 +498,35 @@ def test_methods_repr_shows_their_settings():
     assert "beta=0.25" in text and "output_lr_scale=3.0" in text
     assert "RNNHyperNetwork(" in text  # the nested hypernetwork prints itself
     assert "c=0.1" in repr(SI(small_target(), c=0.1))
+
+
+def test_double_precision_method_reloads_in_double(tmp_path):
+    target = small_target(2)
+    m = HypernetworkMethod(target, RNNHyperNetwork(target.param_spec, 7, 4, 5)).double()
+    m.begin_task(0)
+    save_method(tmp_path / "m.pt", m)
+    back, _ = load_method(tmp_path / "m.pt")
+    assert all(p.dtype == torch.float64 for p in back.parameters())
+    assert torch.equal(back.weights(0), m.weights(0))
+
+
+def test_labels_must_fit_the_heads(stream):
+    from graphseq.datasets.continual import permuted_digits
+
+    ten_way = permuted_digits(2)  # labels 0..9
+    m = FineTune(small_target(2))
+    with pytest.raises(ValueError, match=r"stream\[0\].train: labels in \[0, 9\].*=2"):
+        train_continual(m, ten_way)
+    m.begin_task(0)
+    with pytest.raises(ValueError, match=r"split: labels in \[0, 9\]"):
+        evaluate_task_incremental(m, 0, ten_way[0].test)
+    with pytest.raises(ValueError, match=r"split: labels in \[0, 9\]"):
+        evaluate_task_inferred(m, 0, ten_way[0].test, seen=1)
+    with pytest.raises(ValueError, match=r"seen must be an int in \[1, method.num_tasks = 1\]"):
+        evaluate_task_inferred(m, 0, stream[0].test, seen=5)
+
+
+@pytest.mark.parametrize("bad", ["1.0", True, float("nan"), 0.0, -1.0])
+def test_clip_grad_norm_is_checked(bad):
+    with pytest.raises(ValueError, match="clip_grad_norm must be None or a finite number"):
+        ContinualConfig(clip_grad_norm=bad)

@@ -160,3 +160,31 @@ def test_target_config_round_trip(target):
 def test_param_shape_properties():
     s = ParamShape("fc0.bias", (7,), 0, 5)
     assert s.numel == 7 and s.is_bias
+
+
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: MLPTarget(64, hidden=100), "hidden"),
+        (lambda: CNNTarget(1, 8, channels=8), "channels"),
+        (lambda: CNNTarget(1, 8, hidden="64"), "hidden"),
+    ],
+)
+def test_layer_sizes_must_be_sequences(make, name):
+    with pytest.raises(TypeError, match=f"{name} must be a sequence of ints"):
+        make()
+
+
+@pytest.mark.parametrize("shape", [(-2, 3), (0, 3), (), (2.0, 3), (True, 3)])
+def test_param_spec_refuses_bad_shapes(shape):
+    with pytest.raises(ValueError, match=r"fc\.weight has shape"):
+        ParamSpec([ParamShape("fc.weight", shape, 0, 3)])
+
+
+def test_mlp_target_on_an_empty_batch():
+    t = MLPTarget(4, (3,), 2, num_heads=2)
+    w = torch.randn(t.param_spec.numel)
+    assert t(torch.zeros(0, 4), w).shape == (0, 4)
+    assert t(torch.zeros(0, 2, 2), w).shape == (0, 4)  # flattened like a non-empty batch
+    with pytest.raises(ValueError, match="x must have 4 features, got 5"):
+        t(torch.zeros(0, 5), w)

@@ -92,6 +92,9 @@ def test_graph_tasks():
     assert torch.equal(again[2].test.y, stream[2].test.y)
     with pytest.raises(ValueError, match="num_tasks"):
         graph_tasks(11)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="num_types must be an int"):
+            graph_tasks(1, num_types=bad)
 
 
 def _fake_mnist(path: Path, n_train: int = 40, n_test: int = 20) -> None:
