@@ -61,6 +61,9 @@ def exact_match(y_true: Tensor, y_pred: Tensor) -> float:
 
 def task_info(task: str, max_degree: int = 10, num_colours: int = 4) -> dict:
     """``{"level", "task_type", "out_dim", "metric", "node_dim"}`` of ``task``."""
+    for name, value in (("max_degree", max_degree), ("num_colours", num_colours)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"task_info: {name} must be an int >= 1, got {value!r}")
     info = {
         "node_degree": ("node", "multiclass classification", max_degree + 1, "acc", 1),
         "cycle_check": ("graph", "multiclass classification", 2, "acc", 1),
@@ -171,6 +174,11 @@ def graph_task(
         raise ValueError(f"graph_task: task must be one of {GRAPH_TASKS}, got {task!r}")
     if isinstance(num_graphs, bool) or not isinstance(num_graphs, int) or num_graphs < 0:
         raise ValueError(f"graph_task: num_graphs must be an int >= 0, got {num_graphs!r}")
+    ints = (("min_nodes", min_nodes, MIN_NODES), ("max_nodes", max_nodes, 1),
+            ("max_degree", max_degree, 1), ("num_colours", num_colours, 1))  # fmt: skip
+    for name, value, low in ints:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"graph_task: {name} must be an int >= {low}, got {value!r}")
     if not MIN_NODES <= min_nodes <= max_nodes:
         raise ValueError(
             f"graph_task: need {MIN_NODES} <= min_nodes <= max_nodes, got {min_nodes}, {max_nodes}"

@@ -48,6 +48,33 @@ def _find(name: str, data_dir: str | Path | None) -> Path:
     )
 
 
+def _check_arrays(path: Path, a: dict[str, np.ndarray]) -> None:
+    """The layout of Platonov et al.'s files: features ``[N, F]``, edges ``[E, 2]`` in
+    ``[0, N)``, binary labels ``[N]``, masks ``[10, N]``; anything else is named."""
+
+    def bad(key: str, why: str) -> ValueError:
+        return ValueError(f"load_heterophilous: {path}: {key} {why}")
+
+    x = a["node_features"]
+    if x.ndim != 2:
+        raise bad("node_features", f"must be [N, F], got shape {x.shape}")
+    n = x.shape[0]
+    e = a["edges"]
+    if e.ndim != 2 or e.shape[1] != 2 or not np.issubdtype(e.dtype, np.integer):
+        raise bad("edges", f"must be integer [E, 2], got {e.dtype} shape {e.shape}")
+    if e.size and (e.min() < 0 or e.max() >= n):
+        raise bad("edges", f"must lie in [0, N = {n}), got values in [{e.min()}, {e.max()}]")
+    y = a["node_labels"]
+    if y.shape != (n,):
+        raise bad("node_labels", f"must be [N] = [{n}], got shape {y.shape}")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise bad("node_labels", f"must be binary (0/1), got values {np.unique(y)[:5].tolist()}")
+    for key in ("train_masks", "val_masks", "test_masks"):
+        m = a[key]
+        if m.ndim != 2 or m.shape[1] != n:
+            raise bad(key, f"must be [num_splits, N = {n}], got shape {m.shape}")
+
+
 def load_heterophilous(name: str, data_dir: str | Path | None = None) -> Data:
     """The graph ``name`` as one PyG ``Data``.
 
@@ -62,6 +89,7 @@ def load_heterophilous(name: str, data_dir: str | Path | None = None) -> Data:
         if missing:
             raise ValueError(f"load_heterophilous: {path} lacks the keys {missing}")
         arrays = {k: f[k] for k in _KEYS}
+    _check_arrays(path, arrays)
     n = arrays["node_features"].shape[0]
     edges = torch.from_numpy(arrays["edges"].astype(np.int64)).t().contiguous()
     data = Data(

@@ -493,7 +493,19 @@ def _read_source_csv(src: _Source) -> tuple[list[str], np.ndarray]:
             f"{src.path}: expected columns {[src.smiles_column, *src.label_columns]}, "
             f"missing {missing} (found {list(frame.columns)})"
         )
-    labels = frame[list(src.label_columns)].to_numpy(dtype=np.float64)
+    columns = []
+    for c in src.label_columns:  # an empty cell is a missing label (NaN); anything else a number
+        raw = frame[c]
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = values.isna() & raw.notna() | np.isinf(values.to_numpy(dtype=np.float64))
+        if bad.any():
+            rows = np.flatnonzero(bad.to_numpy())
+            raise ValueError(
+                f"{src.path}: column {c!r} holds {len(rows)} value(s) that are not finite "
+                f"numbers, first at data row {int(rows[0]) + 1}: {str(raw.iloc[rows[0]])!r}"
+            )
+        columns.append(values.to_numpy(dtype=np.float64))
+    labels = np.stack(columns, axis=1) if columns else np.zeros((len(frame), 0))
     return frame[src.smiles_column].astype(str).tolist(), labels
 
 

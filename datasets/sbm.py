@@ -121,6 +121,7 @@ def sbm_splits(
         raise ValueError(f"sbm_splits: sizes must be (train, valid, test), got {sizes!r}")
     out = {}
     for j, (split, n) in enumerate(zip(("train", "valid", "test"), sizes, strict=True)):
+        _check(n, f"sbm_splits ({split} size)")
         if name == "pattern":
             out[split] = pattern(int(n), seed=3 * seed + j + 1, pattern_seed=seed)
         else:

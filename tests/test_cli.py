@@ -161,3 +161,27 @@ def test_run_schedule_flags_and_a_default_warmup_shortened_to_fit(capsys, tmp_pa
     capsys.readouterr()
     assert cli.main([*argv, "--warmup-epochs", "2"]) == 2
     assert "warmup_epochs must be an int in [0, epochs=2), got 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, error",
+    [
+        (["--model-arg", "foo=1"], "unknown hyperparameters ['foo']"),
+        (["--dropout", "2"], "dropout must be in [0, 1)"),
+        (["--lr", "nan"], "lr must be a finite number"),
+    ],
+)
+def test_a_bad_flag_on_a_rerun_is_named_not_blamed_on_the_results(flags, error, capsys, tmp_path):
+    """A finished run in --out: a typo must not read as 'different settings; delete it'."""
+    assert cli.main(["run", "fake-graph", "--out", str(tmp_path), *FAST]) == 0
+    capsys.readouterr()
+    assert cli.main(["run", "fake-graph", "--out", str(tmp_path), *FAST, *flags]) == 2
+    err = capsys.readouterr().err
+    assert error in err and "different settings" not in err
+
+
+def test_batch_size_on_a_full_graph_benchmark_is_refused(capsys, tmp_path):
+    assert cli.main(["run", "fake-node", "--out", str(tmp_path), "--batch-size", "8"]) == 2
+    assert "batch_size: benchmark 'fake-node' trains on its one graph" in capsys.readouterr().err
+    assert cli.main(["run", "fake-node", "--out", str(tmp_path), *FAST]) == 0
+    assert "full graph" in capsys.readouterr().out

@@ -139,6 +139,11 @@ def run_benchmark(
         )
     from graphseq.models import get_model
 
+    if batch_size is not None and bench.level == "node":
+        raise ValueError(
+            f"batch_size: benchmark {benchmark!r} trains on its one graph at once (level "
+            "'node'), so a batch size does not apply; leave it unset"
+        )
     entry = get_model(model)
     d = bench.defaults
     if seeds is None:
@@ -194,7 +199,9 @@ def run_benchmark(
                 f"check, {build['dropped_smiles']} unparsable and dropped (see the results JSON)"
             )
         say(
-            f"model {model} {margs}, {base.epochs} epochs, batch {base.batch_size}, lr {base.lr}"
+            f"model {model} {margs}, {base.epochs} epochs, "
+            + ("full graph" if bench.level == "node" else f"batch {base.batch_size}")
+            + f", lr {base.lr}"
             + (
                 f" ({base.schedule}, warm-up {base.warmup_epochs})"
                 if base.schedule != "constant"

@@ -116,8 +116,8 @@ class TrainConfig:
             )
         if w and self.schedule == "constant":
             raise ValueError("TrainConfig: warmup_epochs needs schedule='cosine'")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig: lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig: lr must be a finite number > 0, got {self.lr}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"TrainConfig: patience must be >= 1 or None, got {self.patience}")
 
@@ -336,6 +336,8 @@ def fit(
                 hint="Delete it to rerun this seed; other seeds' results are separate files.",
             )
             if not isinstance(done, dict) or done.get("config_digest") != digest:
+                if model_factory is None:  # a bad model argument is named, not blamed on the file
+                    build_model(config.model, task.spec, **config.model_args)
                 raise ResultsFileError(
                     f"{results_path} holds a run with different settings "
                     f"({(done or {}).get('config') if isinstance(done, dict) else done!r}); "

@@ -76,6 +76,10 @@ def test_exact_match():
         ({"min_nodes": 1}, "min_nodes"),
         ({"min_nodes": 9, "max_nodes": 5}, "min_nodes"),
         ({"family": "ba"}, "family"),
+        ({"task": "node_degree", "max_degree": -1}, "max_degree must be an int >= 1"),
+        ({"min_nodes": 7.5, "max_nodes": 9}, "min_nodes must be an int"),
+        ({"max_nodes": 8.9}, "max_nodes must be an int"),
+        ({"task": "colour_counting", "num_colours": 0}, "num_colours must be an int >= 1"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -85,6 +89,8 @@ def test_bad_arguments(kwargs, match):
         graph_task(**args)
     with pytest.raises(ValueError, match="task must"):
         task_info("diameter")
+    with pytest.raises(ValueError, match="max_degree must be an int >= 1"):
+        task_info("node_degree", max_degree=-1)
 
 
 @pytest.mark.parametrize("task", GRAPH_TASKS)

@@ -74,3 +74,35 @@ def test_env_variable_and_bad_file(tmp_path, monkeypatch):
     monkeypatch.setenv("GRAPHSEQ_DATA", str(tmp_path))
     with pytest.raises(ValueError, match="lacks the keys"):
         load_heterophilous("minesweeper")
+
+
+def _npz(path, **override):
+    n = 5
+    arrays = dict(
+        node_features=np.zeros((n, 2)), node_labels=np.array([0, 1, 0, 1, 1]),
+        edges=np.array([[0, 1], [1, 2], [3, 4]]), train_masks=np.ones((10, n), bool),
+        val_masks=np.zeros((10, n), bool), test_masks=np.zeros((10, n), bool),
+    )  # fmt: skip
+    arrays.update(override)
+    (path / "heterophilous").mkdir(exist_ok=True)
+    np.savez(path / "heterophilous" / "minesweeper.npz", **arrays)
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ({"edges": np.array([[0, 1], [1, 9]])}, r"edges must lie in \[0, N = 5\)"),
+        ({"edges": np.array([[0, -1]])}, "edges must lie"),
+        ({"edges": np.zeros((3, 3), np.int64)}, r"edges must be integer \[E, 2\]"),
+        ({"node_labels": np.array([0, 1, 0])}, r"node_labels must be \[N\] = \[5\]"),
+        ({"node_labels": np.arange(5)}, "node_labels must be binary"),
+        ({"train_masks": np.ones((5, 10), bool)}, r"train_masks must be \[num_splits, N = 5\]"),
+        ({"node_features": np.zeros(5)}, r"node_features must be \[N, F\]"),
+    ],
+)
+def test_malformed_arrays_are_named(tmp_path, override, match):
+    _npz(tmp_path, **override)
+    with pytest.raises(ValueError, match=match):
+        load_heterophilous("minesweeper", tmp_path)
+    _npz(tmp_path)  # the well-formed file loads
+    assert load_heterophilous("minesweeper", tmp_path).num_nodes == 5

@@ -174,3 +174,16 @@ def test_molhiv_split_sizes(cache):
 
         y = dataset.y[split["valid"]]
         assert Evaluator("ogbg-molhiv").eval({"y_true": y, "y_pred": y.float()})["rocauc"] == 1.0
+
+
+@pytest.mark.parametrize("cell, shown", [("abc", "'abc'"), ("inf", "'inf'")])
+def test_a_label_that_is_not_a_finite_number_is_named(tmp_path, cell, shown):
+    path = tmp_path / "esol.csv"
+    path.write_text(f"smiles,logSolubility\nCCO,0.5\nCCN,{cell}\nCCC,\n")
+    src = molecules._Source("csv", path, "smiles", ("logSolubility",))
+    with pytest.raises(ValueError, match=f"column 'logSolubility' .* data row 2: {shown}"):
+        molecules._read_source_csv(src)
+    path.write_text("smiles,logSolubility\nCCO,0.5\nCCN,\nCCC,-1e3\n")  # blank: missing label
+    smiles, labels = molecules._read_source_csv(src)
+    assert smiles == ["CCO", "CCN", "CCC"] and labels.shape == (3, 1)
+    assert labels[0, 0] == 0.5 and np.isnan(labels[1, 0]) and labels[2, 0] == -1000.0

@@ -64,6 +64,7 @@ def test_splits_are_seeded_and_share_patterns():
         (lambda: pattern(2, num_patterns=0), "num_patterns"),
         (lambda: sbm_splits("zinc"), "name"),
         (lambda: sbm_splits("pattern", (1, 2)), "sizes"),
+        (lambda: sbm_splits("pattern", (2.9, 1, 1)), r"train size\): num_graphs"),
     ],
 )
 def test_bad_arguments(call, match):
