@@ -7,6 +7,7 @@ backends are in this folder's README.md.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -64,10 +65,14 @@ def dag_attention(
         scale: multiplies every score (e.g. :math:`C^{-1/2}`).
         backend: ``"native"`` (the compiled CPU kernel, ``native.c``: sparse propagation of
             ``P`` and products over ``G``'s structural support only; float32, or float64
-            for float64 inputs; hand-written backward, once differentiable) or
+            when any input is float64 (mixed dtypes, e.g. bfloat16 ``qkv`` with float32
+            gates under autocast, are computed in the wider working dtype, never narrowed
+            below an input's); hand-written backward, once differentiable) or
             ``"reference"`` (dense per-graph solve in float64, a Python loop). ``None``:
-            ``"native"`` for CPU tensors when :func:`native_available`, else
-            ``"reference"``. There is no GPU kernel; :class:`~graphseq.nn.plstm.PLSTMGraph`
+            ``"reference"`` under ``GRAPHSEQ_BACKEND=reference``, else ``"native"`` for CPU
+            tensors when :func:`native_available`, else ``"reference"`` (the variable's
+            other values name paths this op does not have, so they keep that default).
+            There is no GPU kernel; :class:`~graphseq.nn.plstm.PLSTMGraph`
             runs its bucketed PyTorch path form there.
 
     Returns:
@@ -75,8 +80,9 @@ def dag_attention(
         reference always float64); the nodes of graphs not in ``plan`` get zeros.
 
     Raises:
-        ValueError: for shapes that do not match each other or the plan, or an unknown
-            ``backend``; ``"native"`` on a non-CPU tensor or where it cannot be built.
+        ValueError: for shapes that do not match each other or the plan, gates on another
+            device than ``qkv``, or an unknown ``backend``; ``"native"`` on a non-CPU tensor
+            or where it cannot be built.
         TypeError: for non-floating inputs.
     """
     if not isinstance(plan, DagAttentionPlan):
@@ -111,6 +117,8 @@ def dag_attention(
             raise ValueError(f"{_OP}: {name} is on {t.device} but qkv is on {qkv.device}")
     if plan.node_ptr.device != qkv.device:
         raise ValueError(f"{_OP}: plan is on {plan.node_ptr.device} but qkv is on {qkv.device}")
+    if backend is None and os.environ.get("GRAPHSEQ_BACKEND") == "reference":
+        backend = "reference"  # the process-wide preference; 'torch' / 'triton' keep the default
     if backend is None:
         use_native = qkv.device.type == "cpu" and native.available()
         backend = "native" if use_native else "reference"

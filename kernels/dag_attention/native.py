@@ -278,9 +278,12 @@ def dag_attention(
     scale: float = 1.0,
 ) -> Tensor:
     """The native kernel on checked CPU inputs (see the public op); computes in float32 (or
-    float64 for float64 inputs) and returns that dtype. Raises ``RuntimeError`` when the
-    kernel is unavailable."""
-    dtype = working_dtype(qkv.dtype)
+    float64 when any input is float64: gates are never narrowed below it) and returns that
+    dtype. Raises ``RuntimeError`` when the kernel is unavailable."""
+    widest = qkv.dtype
+    for t in (source, transition, mark, direct):
+        widest = torch.promote_types(widest, t.dtype)
+    dtype = working_dtype(widest)
     if _library(dtype) is None:
         raise RuntimeError(f"dag_attention: the native kernel is unavailable ({_failure})")
     args = [t.to(dtype).contiguous() for t in (qkv, source, transition, mark, direct)]

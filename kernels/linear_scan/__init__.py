@@ -65,8 +65,14 @@ class _LinearScanFn(torch.autograd.Function):
         else:
             a_adj[:, :-1] = a[:, 1:]
             a_adj[:, -1:] = 0
-        g = core(a_adj, dh.contiguous(), None, not reverse, cu_seqlens)
         packed = cu_seqlens is not None
+        if packed:
+            # there the shifted gate is the neighbouring sequence's: a kernel that multiplies it
+            # by a zero carry instead of selecting would turn a NaN or inf gate into a NaN
+            # gradient across the boundary
+            adjoint_first, _ = _first_steps(cu_seqlens, not reverse)
+            a_adj[0, adjoint_first] = 0
+        g = core(a_adj, dh.contiguous(), None, not reverse, cu_seqlens)
         if packed:
             first, nonempty = _first_steps(cu_seqlens, reverse)
         if ctx.needs_input_grad[1]:
@@ -134,7 +140,7 @@ def _scan_fast(a, b, h0, reverse, cu_seqlens, core):
     b3 = b.to(acc).reshape(B, T, M).contiguous()
     h03 = None if h0 is None else h0.to(acc).reshape(h0.shape[0], M).contiguous()
     if T == 0 or M == 0:
-        h = b3.clone()  # empty, but still part of the autograd graph
+        h = b3 + 0 * a3  # empty, but still part of the autograd graph of both inputs
     else:
         h = _LinearScanFn.apply(a3, b3, h03, reverse, cu_seqlens, core)
     # final states

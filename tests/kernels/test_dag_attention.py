@@ -312,3 +312,24 @@ def test_a_cached_library_that_cannot_be_loaded_is_rebuilt(monkeypatch, tmp_path
     lib.write_bytes(b"")  # truncated
     assert native._compile("double") is not None
     assert lib.stat().st_size > 0
+
+
+@needs_native
+def test_mixed_dtypes_run_in_the_widest_and_the_backend_variable(monkeypatch):
+    """float32 qkv with float64 gates: computed in float64 (the gates are never narrowed),
+    equal to the reference; GRAPHSEQ_BACKEND=reference selects the reference."""
+    gen = torch.Generator().manual_seed(5)
+    edge_index, lg, batch, N = random_batch(SIZES, gen)
+    qkv, *gates = random_inputs(N, edge_index.shape[1], lg.shape[1], 2, 3, gen)
+    plan = DagAttentionPlan.from_graph(edge_index, lg, N, batch)
+    qkv32 = qkv.float()
+    got = dag_attention(qkv32, *gates, plan, backend="native")
+    ref = dag_attention(qkv32.double(), *gates, plan, backend="reference")
+    assert got.dtype == torch.float64
+    assert (got - ref).abs().max().item() <= 1e-12
+    # bfloat16 qkv with float32 gates (autocast) runs in float32
+    assert dag_attention(qkv.bfloat16(), *(g.float() for g in gates), plan).dtype == torch.float32
+    monkeypatch.setenv("GRAPHSEQ_BACKEND", "reference")
+    assert dag_attention(qkv32, *(g.float() for g in gates), plan).dtype == torch.float64
+    monkeypatch.setenv("GRAPHSEQ_BACKEND", "torch")  # a path this op lacks: the default
+    assert dag_attention(qkv32, *(g.float() for g in gates), plan).dtype == torch.float32

@@ -141,10 +141,13 @@ def test_empty_inputs(backend):
     torch.testing.assert_close(h_last, h0)
     h, h_last = linear_scan(a, a, backend=backend)
     assert h_last.shape == (2, 3) and not h_last.any()
-    # no channels
-    a = torch.zeros(2, 5, 0, device=DEVICE)
-    h, h_last = linear_scan(a, a, backend=backend)
+    # no channels: still differentiable in both inputs
+    a = torch.zeros(2, 5, 0, device=DEVICE, requires_grad=True)
+    b = torch.zeros(2, 5, 0, device=DEVICE, requires_grad=True)
+    h, h_last = linear_scan(a, b, backend=backend)
     assert h.shape == (2, 5, 0) and h_last.shape == (2, 0)
+    h.sum().backward()
+    assert a.grad.shape == (2, 5, 0) and b.grad.shape == (2, 5, 0)
     # no sequences at all, and only empty sequences
     e = torch.zeros(1, 0, 3, device=DEVICE)
     _, h_last = linear_scan(e, e, cu_seqlens=torch.tensor([0], device=DEVICE), backend=backend)
@@ -249,3 +252,24 @@ def test_triton_matches_torch_path_float32():
     h2, l2 = linear_scan(a, b, h0, backend="torch")
     torch.testing.assert_close(h1, h2, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(l1, l2, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("backend", (*FAST_BACKENDS, "reference"))
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_non_finite_gate_does_not_reach_the_neighbours_gradients(backend, reverse):
+    """A NaN / inf gate at a sequence's first step (forward; last step in reverse) multiplies
+    only its own sequence's carry; the neighbour's gradients stay finite and exact."""
+    cu = torch.tensor([0, 3, 6], device=DEVICE)
+    for bad in (float("nan"), float("inf")):
+        a = torch.full((1, 6, 1), 0.5, dtype=torch.float64, device=DEVICE)
+        a[0, 2 if reverse else 3] = bad  # the step next to the boundary, in the other sequence
+        a.requires_grad_()
+        b = torch.ones_like(a, requires_grad=True)
+        h, _ = linear_scan(a, b, cu_seqlens=cu, reverse=reverse, backend=backend)
+        own = slice(3, 6) if reverse else slice(0, 3)  # the sequence without the bad gate
+        h[0, own].sum().backward()
+        want = [1.0, 1.5, 1.75] if reverse else [1.75, 1.5, 1.0]
+        torch.testing.assert_close(
+            b.grad[0, own, 0], torch.tensor(want, dtype=torch.float64, device=DEVICE)
+        )
+        assert torch.isfinite(a.grad[0, own]).all()
