@@ -143,7 +143,7 @@ def train(model, train_set, args, seed, log):
     return epoch_times
 
 
-def plot(path, results, resolutions):
+def plot(path, results, resolutions, train_resolution):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,7 +158,7 @@ def plot(path, results, resolutions):
         mean = [sum(a) / len(a) for a in accs]
         ax.plot(resolutions, mean, marker="o", label=label)
         ax.fill_between(resolutions, [min(a) for a in accs], [max(a) for a in accs], alpha=0.2)
-    ax.axvline(resolutions[0], color="grey", ls=":", label="train resolution")
+    ax.axvline(train_resolution, color="grey", ls=":", label="train resolution")
     ax.set_xlabel("test resolution (pixels, square)")
     ax.set_ylabel("test accuracy")
     ax.set_xticks(resolutions)
@@ -214,7 +214,7 @@ def merge(paths, out):
     resolutions = first["test_resolutions"]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "arrow_pointing.json", {"runs": files, "results": results})
-    plot(out / "arrow_pointing.png", results, resolutions)
+    plot(out / "arrow_pointing.png", results, resolutions, first["train_resolution"])
     summarize(results, resolutions, print)
 
 
@@ -281,6 +281,9 @@ def main(argv=None):
         "batch of training images, print the best wall and CPU seconds per step, and exit",
     )
     args = p.parse_args(argv)
+    for flag in ("train_size", "test_size", "batch_size", "epochs"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.merge:
         try:
             return merge(args.merge, Path(args.out))
@@ -325,7 +328,7 @@ def main(argv=None):
             "args": vars(args), "command": " ".join(sys.argv), "machine": machine_info(),
             "results": results,
         })  # fmt: skip
-    plot(out / "arrow_pointing.png", results, args.test_resolutions)
+    plot(out / "arrow_pointing.png", results, args.test_resolutions, args.train_resolution)
     summarize(results, args.test_resolutions, log)
 
 

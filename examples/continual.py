@@ -548,8 +548,14 @@ def main(argv=None) -> int:
                   if getattr(args, f)]  # fmt: skip
     if args.chunked_beta is not None and not {"chunked", "chunked-eq"} & set(methods):
         ap.error("--chunked-beta applies to the chunked methods, and none was asked for")
-    if args.output_lr_scale is not None and not set(HNET_METHODS) & set(methods):
-        ap.error("--output-lr-scale applies to the hypernetwork methods, and none was asked for")
+    for flag in ("output_lr_scale", "reg_weighting", "fisher_floor", "train_old_embeddings"):
+        if getattr(args, flag) is not None and not set(HNET_METHODS) & set(methods):
+            ap.error(
+                f"--{flag.replace('_', '-')} applies to the hypernetwork methods, and none was "
+                "asked for"
+            )
+    if args.fisher_floor is not None and args.reg_weighting == "uniform":
+        ap.error("--fisher-floor applies with Fisher weighting, not --reg-weighting uniform")
     if rnn_flags and not {"rnn", "rnn-nostep"} & set(methods):
         ap.error(f"{', '.join(rnn_flags)} applies to the rnn methods, and none was asked for")
     torch.set_num_threads(args.threads)

@@ -67,8 +67,10 @@ REDUCED = {
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(GRAPH_TASKS), choices=GRAPH_TASKS)
-    parser.add_argument("--tokenizations", nargs="+", default=list(TOKENIZATIONS))
-    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    parser.add_argument(
+        "--tokenizations", nargs="+", default=list(TOKENIZATIONS), choices=TOKENIZATIONS
+    )
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
     parser.add_argument("--sizes", type=int, nargs=3, default=[1000, 500, 500])
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -95,6 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", default="runs/graph_tasks")
     args = parser.parse_args(argv)
+    for flag in ("epochs", "hidden"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if min(args.sizes) < 1:
+        parser.error(f"--sizes must all be >= 1, got {args.sizes}")
     torch.set_num_threads(1)
     if args.grid == "reduced":
         args.tasks = list(REDUCED)

@@ -92,6 +92,11 @@ def accuracy(model: SetNet, data: SetBatch, batch: int = 1024) -> float:
     return hits / max(len(data), 1)
 
 
+#: the settings that runs merged into one table must share (seeds and aggregators aside)
+MERGE_KEYS = ("epochs", "budget", "train_sets", "test_sets", "batch", "channels", "lr",
+              "assoc_weight", "assoc_operand_size")  # fmt: skip
+
+
 def run(cfg: dict) -> dict:
     torch.set_num_threads(1)
     name, seed = cfg["aggr"], cfg["seed"]
@@ -267,14 +272,24 @@ def main(argv=None) -> None:
     )
     args = p.parse_args(argv)
     if args.merge:
-        results = []
+        results, settings, first = [], None, None
         for path in args.merge:
             with open(path) as f:
-                results += json.load(f)["runs"]
+                data = json.load(f)
+            # runs of other settings are not averaged into one row
+            own = {k: (data.get("args") or {}).get(k) for k in MERGE_KEYS}
+            if settings is None:
+                settings, first = own, path
+            elif own != settings:
+                diff = {k: (settings[k], own[k]) for k in MERGE_KEYS if own[k] != settings[k]}
+                p.error(f"--merge: {path} was run with other settings than {first}: {diff}")
+            results += data["runs"]
         aggrs = [a for a in AGGRS if any(r["aggr"] == a for r in results)]
         rows = summarise(results, aggrs)
         print_table(rows)
-        _write(args, rows, results, aggrs)
+        seeds = sorted({r["seed"] for r in results})
+        record = {**settings, "seeds": seeds, "aggrs": aggrs, "merged": args.merge}
+        _write(args, rows, results, aggrs, record)
         return
 
     cfgs = [
@@ -308,12 +323,14 @@ def main(argv=None) -> None:
     _write(args, rows, results, args.aggrs)
 
 
-def _write(args, rows: list[dict], results: list[dict], aggrs: list[str]) -> None:
+def _write(
+    args, rows: list[dict], results: list[dict], aggrs: list[str], record: dict | None = None
+) -> None:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(
             {
-                "args": vars(args),
+                "args": vars(args) if record is None else record,
                 "machine": platform.platform(),
                 "command": " ".join(sys.argv),
                 "summary": rows,

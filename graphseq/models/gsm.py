@@ -84,7 +84,10 @@ class GPS(nn.Module):
         attn_type: ``"multihead"`` (exact, quadratic) or ``"performer"`` (PyG's linear-time
             FAVOR+ attention, the GPS+Performer variant for large graphs).
         pe: name of a node attribute concatenated to ``x`` (e.g. ``"lap_pe"``), or ``None``.
-        pe_dim: its width. dropout / attn_dropout: as in ``GPSConv``. pool: graph pooling.
+        pe_dim: its width. dropout / attn_dropout: as in ``GPSConv``, each in ``[0, 1)``
+            (``attn_dropout`` drops attention weights of ``"multihead"`` only; PyG's Performer
+            attention has no such dropout, so ``"performer"`` ignores it). pool: graph
+            pooling.
 
     Shapes:
         input: a PyG batch; output ``[N, out]`` (node level) or ``[G, out]``.
@@ -115,6 +118,9 @@ class GPS(nn.Module):
             check_positive_int("GPS", "pe_dim", pe_dim)
         elif pe_dim:
             raise ValueError(f"GPS: pe_dim ({pe_dim}) given without pe")
+        for name, rate in (("dropout", dropout), ("attn_dropout", attn_dropout)):
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+                raise ValueError(f"GPS: {name} must be a number in [0, 1), got {rate!r}")
         if attn_type not in ("multihead", "performer"):
             raise ValueError(
                 f"GPS: attn_type must be 'multihead' or 'performer', got {attn_type!r}"

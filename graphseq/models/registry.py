@@ -97,6 +97,18 @@ class ModelEntry:
         params = list(inspect.signature(self.factory).parameters.values())[1:]
         return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
+    def accepts(self, names) -> list[str]:
+        """The names among ``names`` the factory does not take (none when it takes
+        ``**kwargs``); required hyperparameters count as taken."""
+        params = list(inspect.signature(self.factory).parameters.values())[1:]
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return []
+        named = {
+            p.name for p in params
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        }  # fmt: skip
+        return sorted(set(names) - named)
+
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
@@ -112,6 +124,15 @@ def register_model(
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"register_model: name must be a non-empty str, got {name!r}")
+    if (
+        isinstance(levels, str)
+        or not isinstance(levels, (tuple, list))
+        or not levels
+        or any(v not in ("graph", "node") for v in levels)
+    ):
+        raise ValueError(
+            f"register_model: levels must be a non-empty tuple of 'graph' / 'node', got {levels!r}"
+        )
 
     def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY and _REGISTRY[name].factory is not factory:
@@ -145,10 +166,10 @@ def build_model(name: str, spec: InputSpec, **hyperparameters: Any) -> nn.Module
         raise ValueError(
             f"model {name!r} supports {', '.join(entry.levels)}-level tasks, not {spec.level!r}"
         )
-    known = entry.hyperparameters()
-    unknown = sorted(set(hyperparameters) - set(known))
+    unknown = entry.accepts(hyperparameters)
     if unknown:
+        params = list(inspect.signature(entry.factory).parameters)[1:]
         raise TypeError(
-            f"model {name!r} got unknown hyperparameters {unknown}; it takes {sorted(known)}"
+            f"model {name!r} got unknown hyperparameters {unknown}; it takes {sorted(params)}"
         )
     return entry.factory(spec, **hyperparameters)

@@ -343,12 +343,30 @@ def fit(
                     f"({(done or {}).get('config') if isinstance(done, dict) else done!r}); "
                     "use another output folder or delete it. It was left untouched."
                 )
+            old_sizes = (done.get("task") or {}).get("sizes")
+            _check_same_data(results_path, ResultsFileError, old_sizes, task)
             if done.get("status") == "finished":
                 return done
         return _fit(task, config, env, out, results_path, ckpt_path, digest, model_factory, extra)
     finally:
         if own_env:
             env.close()
+
+
+def _check_same_data(path: Path, error: type, old_sizes, task) -> None:
+    """A run stored at ``path`` must be on data of the same split sizes: the settings digest
+    holds the benchmark's name, not its data, and scripts build differently sized data under
+    one name (``--sizes``). Files written before the sizes were recorded are not checked."""
+    new_sizes = task.info.get("sizes")
+    if old_sizes is None or new_sizes is None:
+        return
+    old = {str(k): int(v) for k, v in dict(old_sizes).items()}
+    new = {str(k): int(v) for k, v in dict(new_sizes).items()}
+    if old != new:
+        raise error(
+            f"{path} holds a run on other data (split sizes {old}, this task {new}); use "
+            "another output folder or delete it. It was left untouched."
+        )
 
 
 def _fit(task, config, env, out, results_path, ckpt_path, digest, model_factory, extra):
@@ -370,6 +388,7 @@ def _fit(task, config, env, out, results_path, ckpt_path, digest, model_factory,
                 f"({state.get('config')}); use another output folder or delete it. "
                 "It was left untouched."
             )
+        _check_same_data(ckpt_path, CheckpointError, state.get("task_sizes"), task)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
@@ -454,7 +473,7 @@ def _fit(task, config, env, out, results_path, ckpt_path, digest, model_factory,
                             "config": config.identity(), "model": _unwrap(model).state_dict(),
                             "optimizer": optimizer.state_dict(), "history": history,
                             "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                            "elapsed": elapsed,
+                            "elapsed": elapsed, "task_sizes": task.info.get("sizes"),
                         },
                     )  # fmt: skip
             if bar is not None:

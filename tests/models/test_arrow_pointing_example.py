@@ -33,3 +33,36 @@ def test_runs_of_one_model_each_merge(tmp_path, load_example, capsys):
         mod.main(["--merge", files[0], str(c / "arrow_pointing.json"), "--out", str(merged)])
     err = capsys.readouterr().err
     assert "differs" in err and "test_resolutions" in err
+
+
+@pytest.mark.parametrize("flag", ["--test-size", "--train-size", "--batch-size", "--epochs"])
+def test_sizes_below_one_are_argparse_errors(flag, tmp_path, load_example, capsys):
+    """--test-size 0 used to report an accuracy of 0 over no images."""
+    with pytest.raises(SystemExit):
+        load_example("arrow_pointing").main([flag, "0", "--out", str(tmp_path)])
+    assert f"{flag} must be >= 1" in capsys.readouterr().err
+
+
+def test_plot_marks_the_train_resolution(tmp_path, load_example):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mod = load_example("arrow_pointing")
+    results = [{"vit": {"accuracy": {"144": 0.6, "192": 0.55}}}]
+    mod.plot(tmp_path / "a.png", results, [144, 192], 96)
+    # the figure is closed after saving; re-draw to read the line back
+    seen = []
+    real = plt.Axes.axvline
+
+    def spy(self, x, *a, **k):
+        seen.append(x)
+        return real(self, x, *a, **k)
+
+    plt.Axes.axvline = spy
+    try:
+        mod.plot(tmp_path / "b.png", results, [144, 192], 96)
+    finally:
+        plt.Axes.axvline = real
+    assert seen == [96] and (tmp_path / "a.png").exists()

@@ -56,6 +56,10 @@ def test_bad_hyperparameters():
     spec = InputSpec("graph", 1, "dense", 4)
     with pytest.raises(TypeError, match="unknown hyperparameters"):
         build_model("gsm++", spec, width=3)
+    for name in ("dropout", "attn_dropout"):
+        for bad in (-1.0, 1.0, True):
+            with pytest.raises(ValueError, match=rf"GPS: {name} must be a number in \[0, 1\)"):
+                build_model("gps", spec, hidden=8, heads=2, **{name: bad})
     with pytest.raises(ValueError, match="dense node features"):
         build_model("gsm", InputSpec("graph", 1, "ogb-atom"))
     with pytest.raises(ValueError, match="local"):

@@ -30,3 +30,17 @@ def test_graph_tasks_example_summary(tmp_path, capsys, load_example):
     summary = json.loads((out / "summary.json").read_text())
     assert all(v is None for v in summary["std"]["colour_counting"].values())
     assert (out / "colour_counting" / "gin" / "seed0" / "results.json").stat().st_mtime_ns == first
+
+
+def test_graph_tasks_example_rejects_bad_names_and_sizes(load_example, capsys):
+    import pytest
+
+    mod = load_example("graph_tasks")
+    for argv, msg in (
+        (["--tokenizations", "hacdfs"], "invalid choice: 'hacdfs'"),
+        (["--backbones", "mamba"], "invalid choice: 'mamba'"),
+        (["--sizes", "0", "1", "1"], "--sizes must all be >= 1"),
+    ):
+        with pytest.raises(SystemExit):
+            mod.main(argv)
+        assert msg in capsys.readouterr().err

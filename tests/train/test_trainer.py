@@ -169,6 +169,24 @@ def test_checkpoint_of_other_settings_is_refused(fake_graph, tmp_path):
         fit(fake_graph, _config(epochs=2, lr=0.5), tmp_path)
 
 
+def test_a_run_on_other_data_is_refused_not_read_back(fake_graph, tmp_path):
+    """The digest holds the benchmark's name, not its data: a script that builds a differently
+    sized task under the same name (--sizes) must not get the old run's score back."""
+    fit(fake_graph, _config(epochs=2), tmp_path)
+    splits = dict(fake_graph.splits)
+    splits["train"] = splits["train"][:-8]
+    smaller = replace(
+        fake_graph, splits=splits,
+        info={**fake_graph.info, "sizes": {k: len(v) for k, v in splits.items()}},
+    )  # fmt: skip
+    with pytest.raises(ResultsFileError, match=r"holds a run on other data .*'train': 192"):
+        fit(smaller, _config(epochs=2), tmp_path)
+    (tmp_path / "results.json").unlink()  # the checkpoint is checked the same way
+    with pytest.raises(CheckpointError, match="holds a run on other data"):
+        fit(smaller, _config(epochs=2), tmp_path)
+    assert fit(fake_graph, _config(epochs=2), tmp_path)["status"] == "finished"
+
+
 def test_corrupted_results_file_is_a_clear_error(fake_graph, tmp_path):
     (tmp_path / "results.json").write_text('{"status": "finis')
     with pytest.raises(ResultsFileError, match=r"results\.json is unreadable"):
@@ -301,6 +319,26 @@ def test_model_registry_lists_and_validates():
     task = get_benchmark("fake-graph").load(None, None)
     r = fit(task, _config(model="test-mlp", model_args={"hidden": 4}, epochs=1), None)
     assert r["num_parameters"] == 9
+
+
+def test_registry_takes_required_and_keyword_hyperparameters_and_checks_levels():
+    spec = InputSpec("graph", 1, "dense", 3)
+
+    @register_model("test-required", levels=("graph",))
+    def _required(spec, hidden: int):
+        return torch.nn.Linear(spec.node_dim, hidden)
+
+    @register_model("test-kwargs")
+    def _kwargs(spec, **kw):
+        return torch.nn.Linear(spec.node_dim, kw.get("hidden", 2))
+
+    assert build_model("test-required", spec, hidden=5).out_features == 5
+    assert build_model("test-kwargs", spec, hidden=7).out_features == 7
+    with pytest.raises(TypeError, match=r"unknown hyperparameters \['width'\]; it takes"):
+        build_model("test-required", spec, hidden=5, width=2)
+    for bad in ("graph", (), ("graph", "edge")):
+        with pytest.raises(ValueError, match="levels must be a non-empty tuple"):
+            register_model("test-bad-levels", levels=bad)
 
 
 def test_gin_matches_ogb_baselines():

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 
 def _row(aggr, fwd, fwd_bwd, status="ok"):
     return {"config": "skewed", "aggr": aggr, "status": status, "fwd_ms": fwd,
@@ -28,3 +32,31 @@ def test_ratio_column(load_example, capsys):
     assert _ratio_column(capsys.readouterr().out)["LCMAggregation (graphseq, gru)"] == (
         "PyG LCM failed"
     )
+
+
+def test_second_minimum_merge_refuses_other_settings_and_records_the_runs_own(
+    tmp_path, load_example, capsys
+):
+    """--merge used to average runs of different settings into one row and to record the
+    merge command's own defaults as the settings."""
+    mod = load_example("second_minimum")
+    curve = [{"epoch": 1, "acc32": 0.5, "acc64": 0.4, "cpu_s": 1.0}]
+    settings = {k: 1 for k in mod.MERGE_KEYS}
+
+    def write(name, seed, **override):
+        path = tmp_path / f"{name}.json"
+        args = {**settings, **override, "seeds": [seed]}
+        runs = [{"aggr": "sum", "seed": seed, "curve": curve}]
+        path.write_text(json.dumps({"args": args, "runs": runs}))
+        return str(path)
+
+    a, b, c = write("a", 0), write("b", 1), write("c", 2, channels=16)
+    out = str(tmp_path / "merged")
+    mod.main(["--merge", a, b, "--out", out])
+    record = json.loads((tmp_path / "merged.json").read_text())["args"]
+    assert record["channels"] == 1 and record["seeds"] == [0, 1] and record["merged"] == [a, b]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        mod.main(["--merge", a, c, "--out", out])
+    err = capsys.readouterr().err
+    assert "was run with other settings" in err and "'channels': (1, 16)" in err
