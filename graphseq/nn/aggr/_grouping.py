@@ -44,7 +44,8 @@ class Grouped:
         return self.ptr[1:] - self.ptr[:-1]
 
 
-def _check_x(name: str, x: object) -> None:
+def check_x(name: str, x: object) -> None:
+    """``x`` must be a two-dimensional floating-point tensor."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -56,7 +57,9 @@ def _check_x(name: str, x: object) -> None:
         )
 
 
-def _check_groups(name: str, x: Tensor, index: object, ptr: object) -> None:
+def check_groups(name: str, x: Tensor, index: object, ptr: object) -> None:
+    """``index`` / ``ptr`` (either may be ``None``): one-dimensional int tensors on ``x``'s
+    device, ``index`` with one entry per element of ``x``."""
     for arg, t in (("index", index), ("ptr", ptr)):
         if t is None:
             continue
@@ -86,12 +89,12 @@ def check_input(
     dim: object,
 ) -> None:
     """Validate the arguments of ``Aggregation.forward`` (after PyG's ``__call__``)."""
-    _check_x(name, x)
+    check_x(name, x)
     if dim not in (0, -2):
         raise ValueError(f"{name}: dim must be 0 or -2 (the element dimension), got {dim!r}")
     if isinstance(dim_size, bool) or not isinstance(dim_size, int) or dim_size < 0:
         raise ValueError(f"{name}: dim_size must be a non-negative int, got {dim_size!r}")
-    _check_groups(name, x, index, ptr)
+    check_groups(name, x, index, ptr)
 
 
 def infer_dim_size(name: str, x: object, index: object, ptr: object) -> int:
@@ -99,8 +102,8 @@ def infer_dim_size(name: str, x: object, index: object, ptr: object) -> int:
     ``0`` when empty), or ``1`` when both are ``None`` (one group), after checking ``x``,
     ``index`` and ``ptr``, so that a bad one is named rather than a ``dim_size`` the caller
     never passed (for the methods that, unlike ``forward``, take no ``dim_size``)."""
-    _check_x(name, x)
-    _check_groups(name, x, index, ptr)
+    check_x(name, x)
+    check_groups(name, x, index, ptr)
     if ptr is not None:
         if ptr.numel() == 0:
             raise ValueError(f"{name}: ptr must have at least one entry (its leading 0), got none")
@@ -114,7 +117,9 @@ def infer_dim_size(name: str, x: object, index: object, ptr: object) -> int:
     return 1
 
 
-def _check_ptr(name: str, ptr: Tensor, num_elements: int, dim_size: int) -> Tensor:
+def check_ptr(name: str, ptr: Tensor, num_elements: int, dim_size: int) -> Tensor:
+    """``ptr`` as int64 after checking it has ``dim_size + 1`` non-decreasing entries from 0
+    to ``num_elements``."""
     if ptr.numel() != dim_size + 1:
         raise ValueError(
             f"{name}: ptr must have dim_size + 1 = {dim_size + 1} entries, got {ptr.numel()}"
@@ -154,7 +159,7 @@ def group(
     num = x.size(0)
     order = None
     if ptr is not None:
-        ptr = _check_ptr(name, ptr, num, dim_size)
+        ptr = check_ptr(name, ptr, num, dim_size)
         lengths = ptr[1:] - ptr[:-1]
     else:
         if index is None:  # PyG's __call__ fills this in; kept for direct forward() calls

@@ -14,10 +14,10 @@ from graphseq.kernels._index import ranges as _ranges
 from ..seq.base import check_matches_parameters
 from ._grouping import (
     Grouped,
-    _check_groups,
-    _check_ptr,
-    _check_x,
+    check_groups,
     check_input,
+    check_ptr,
+    check_x,
     group,
     infer_dim_size,
     segment_ids,
@@ -168,15 +168,15 @@ class RecurrentAggregation(Aggregation):
                 to ``E``) or ``state`` (the shape above, ``x``'s dtype and device) is malformed.
         """
         name = f"{type(self).__name__}.final_states"
-        _check_x(name, x)
+        check_x(name, x)
         if x.size(1) != self.in_channels:
             raise ValueError(
                 f"{name}: x must have in_channels = {self.in_channels} columns, got {x.size(1)}"
             )
-        _check_groups(name, x, None, ptr)
+        check_groups(name, x, None, ptr)
         if ptr.numel() == 0:
             raise ValueError(f"{name}: ptr must have at least one entry (its leading 0), got none")
-        ptr = _check_ptr(name, ptr, x.size(0), ptr.numel() - 1)
+        ptr = check_ptr(name, ptr, x.size(0), ptr.numel() - 1)
         if state is not None:
             state = self._check_state(name, x, state, ptr.numel() - 1)
         return self._final_states(x, ptr, state)
