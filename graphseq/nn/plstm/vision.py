@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..seq.base import check_choice, check_matches_parameters, check_positive_int
+from ..seq.base import check_choice, check_matches_parameters, check_positive_int, check_real
 from .plstm2d import PLSTM2D
 
 __all__ = ["PLSTMVision", "PLSTMVisionBlock"]
@@ -112,6 +112,7 @@ class PLSTMVision(torch.nn.Module):
             ("heads", heads), ("depth", depth), ("mlp_ratio", mlp_ratio),
         ):  # fmt: skip
             check_positive_int(cls, name, value)
+        check_real(cls, "gate_weight_std", gate_weight_std, minimum=0.0)  # named as ours
         if image_size % patch_size != 0:
             raise ValueError(
                 f"{cls}: image_size ({image_size}) must be divisible by patch_size ({patch_size})"

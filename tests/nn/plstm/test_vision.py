@@ -106,6 +106,8 @@ def test_bad_input():
         PLSTMVision(30, 8, 2)
     with pytest.raises(TypeError, match="dim"):
         PLSTMVision(32, 8, 2, dim=8.5)
+    with pytest.raises(TypeError, match="PLSTMVision: gate_weight_std"):
+        PLSTMVision(32, 8, 2, gate_weight_std="a")
     model = PLSTMVision(32, 8, 2, dim=8, heads=2, depth=1)
     with pytest.raises(ValueError, match="images must have shape"):
         model(torch.randn(2, 1, 32, 32))
