@@ -275,13 +275,12 @@ def main(argv=None) -> None:
             )
             rows.append(row)
     print_table(rows)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(
-            {"machine": machine, "command": " ".join(sys.argv), "args": vars(args), "rows": rows},
-            f,
-            indent=1,
-        )
+    from graphseq.train.io import write_json  # here: the parent imports no torch until now
+
+    write_json(  # atomically (a killed run leaves the previous file whole)
+        args.out,
+        {"machine": machine, "command": " ".join(sys.argv), "args": vars(args), "rows": rows},
+    )
     print(f"wrote {args.out}")
 
 

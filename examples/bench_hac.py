@@ -14,10 +14,10 @@ scaling exponent is the least-squares slope of log(time) against log(n).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -27,6 +27,7 @@ import torch
 from torch_geometric.data import Data
 
 from graphseq.nn.gsm.tokenizers import HACTokenizer
+from graphseq.train.io import machine_info, write_json
 
 
 def random_graph(n: int, avg_degree: float, seed: int) -> Data:
@@ -82,9 +83,12 @@ def main() -> None:
     print(f"\nfitted scaling exponent (time ~ n^k): k = {slope:.3f}")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1 thread"
     print(f"machine: {machine}; numpy {np.__version__}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"rows": rows, "exponent": slope, "machine": machine}, f, indent=2)
+    if args.out:  # atomically, the folder created, with the command and versions
+        write_json(
+            args.out,
+            {"command": sys.argv, "machine": machine, "versions": machine_info(),
+             "rows": rows, "exponent": slope},
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

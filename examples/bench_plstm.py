@@ -37,15 +37,16 @@ from graphseq.train.io import machine_info, write_json
 
 
 def fwd_bwd_seconds(model, images, reps):
-    """Best of ``reps`` timed forward+backward passes (after one untimed warm-up if reps > 1):
-    ``(wall seconds, CPU seconds of this process)``. On a shared, loaded machine the CPU time
-    is the steadier of the two (it does not count time spent waiting for a core)."""
+    """Best of ``reps`` timed forward+backward passes after one untimed warm-up, the same for
+    both sides (a cold single run of one side only overstates the ratio): ``(wall seconds, CPU
+    seconds of this process)``. On a shared, loaded machine the CPU time is the steadier of the
+    two (it does not count time spent waiting for a core)."""
     times = []
-    for i in range(reps + (1 if reps > 1 else 0)):
+    for i in range(reps + 1):
         model.zero_grad(set_to_none=True)
         t0, c0 = time.perf_counter(), time.process_time()
         model(images).float().square().mean().backward()
-        if reps == 1 or i > 0:
+        if i > 0:
             times.append((time.perf_counter() - t0, time.process_time() - c0))
     return min(t[0] for t in times), min(t[1] for t in times)
 

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import statistics
@@ -67,6 +66,7 @@ import torch
 import graphseq.nn.plstm.graph as graph_module
 from graphseq.kernels.dag_attention import native_available
 from graphseq.nn.plstm.graph import PLSTMGraph, plstm_graph_reference
+from graphseq.train.io import machine_info, write_json
 
 
 def interleaved(fns: dict, repeats: int, warm: tuple = ()) -> dict:
@@ -378,8 +378,8 @@ def main(argv=None) -> int:
             ]
     if args.batch_sizes:
         print_batch_size_table(results)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+    if args.out:  # atomically, with the command and the machine
+        write_json(args.out, {"command": sys.argv, "machine": machine_info(), "results": results})
         print(f"\nwrote {args.out}")
     return 0
 

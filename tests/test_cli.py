@@ -185,3 +185,34 @@ def test_batch_size_on_a_full_graph_benchmark_is_refused(capsys, tmp_path):
     assert "batch_size: benchmark 'fake-node' trains on its one graph" in capsys.readouterr().err
     assert cli.main(["run", "fake-node", "--out", str(tmp_path), *FAST]) == 0
     assert "full graph" in capsys.readouterr().out
+
+
+def test_recorded_command_under_torchrun_reproduces_the_run(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(sys, "argv", ["/x/graphseq/cli.py", "submit", "fake-graph", "--seeds", "2"])
+    assert runner_module._command() == (
+        "torchrun --nproc_per_node=2 -m graphseq.cli submit fake-graph --seeds 2"
+    )
+    # a script keeps its own path (it used to be replaced by -m graphseq.cli, which fails)
+    monkeypatch.setattr(sys, "argv", ["examples/ogb_submit.py", "fake-graph", "--seeds", "2"])
+    assert runner_module._command() == (
+        "torchrun --nproc_per_node=2 examples/ogb_submit.py fake-graph --seeds 2"
+    )
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert runner_module._command() == "examples/ogb_submit.py fake-graph --seeds 2"
+
+
+def test_submit_refuses_seeds_of_different_world_sizes(monkeypatch, tmp_path):
+    real_fit = runner_module.fit
+
+    def fit(task, cfg, seed_dir, **kw):
+        r = dict(real_fit(task, cfg, seed_dir, **kw))
+        r["world_size"] = 2 if cfg.seed == 0 else 1  # seed 0 as if from a torchrun run
+        return r
+
+    monkeypatch.setattr(runner_module, "fit", fit)
+    with pytest.raises(ValueError, match=r"different numbers of processes \{0: 2, 1: 1\}"):
+        runner_module.submit(
+            "fake-graph", "gin", seeds=2, out_dir=tmp_path, log=lambda *a: None, epochs=1,
+            model_args={"hidden": 8, "layers": 1}, progress=False,
+        )  # fmt: skip

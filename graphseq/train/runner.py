@@ -246,12 +246,16 @@ def run_benchmark(
 
 def _command() -> str:
     argv = list(sys.argv)
-    if argv and os.path.basename(argv[0]) in ("cli.py", "__main__.py", "graphseq"):
+    via_cli = bool(argv) and os.path.basename(argv[0]) in ("cli.py", "__main__.py", "graphseq")
+    if via_cli:
         argv[0] = "graphseq"
     command = " ".join(shlex.quote(a) for a in argv)
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1:  # launched by torchrun: the command that reproduces the run says so
-        command = f"torchrun --nproc_per_node={world} -m graphseq.cli " + command.split(" ", 1)[-1]
+        launcher = f"torchrun --nproc_per_node={world} "
+        # the CLI runs as a module; a script (examples/ogb_submit.py) keeps its own path
+        rest = "-m graphseq.cli " + command.split(" ", 1)[-1] if via_cli else command
+        command = launcher + rest
     return command
 
 
@@ -279,6 +283,13 @@ def submit(
         benchmark, model, seeds=seeds, out_dir=out_dir, log=log, **kwargs
     )
     first = results[0]
+    worlds = {int(r.get("seed", i)): int(r.get("world_size") or 1) for i, r in enumerate(results)}
+    if len(set(worlds.values())) > 1:  # the digest leaves the world size out: check it here
+        raise ValueError(
+            f"submit: the seeds ran with different numbers of processes {worlds} (the "
+            "effective batch differs); one submission needs one protocol: rerun them with one "
+            "world size into a fresh --out"
+        )
     world = int(first.get("world_size") or 1)
     n_in = len(summary["seeds_in_mean"])
     batch = first["config"].get("batch_size")
