@@ -59,18 +59,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(
-    fn: Callable[[], object], device: torch.device, repeats: int, warmup: bool = True
-) -> float:
+def _time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Minimum wall time of ``fn`` in milliseconds over ``repeats`` runs after one warm-up.
 
     Fast paths and reference loops are timed the same way (warm-up, then the minimum), the
     references over ``--ref-repeats`` runs: a cold single run of a reference overstated the
     speed-ups of small cases by up to 1.6x.
     """
-    if warmup:
-        fn()
-        _sync(device)
+    fn()
+    _sync(device)
     best = float("inf")
     for _ in range(repeats):
         _sync(device)

@@ -412,8 +412,7 @@ class LCMAggregation(Aggregation):
         name = type(self).__name__
         if isinstance(num, bool) or not isinstance(num, int) or num <= 0:
             raise ValueError(f"{name}: num_samples must be a positive int, got {num!r}")
-        dim_size = infer_dim_size(name, x, index, ptr)
-        check_input(name, x, index, ptr, dim_size, 0)
+        dim_size = infer_dim_size(name, x, index, ptr)  # checks x, index and ptr
         h = self._project(x)
         grouped = group(name, h, index, ptr, dim_size)
         if h.size(0) == 0:

@@ -367,8 +367,7 @@ class RecurrentAggregation(Aggregation):
         name = type(self).__name__
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"{name}: num_samples must be a positive int, got {num_samples!r}")
-        dim_size = infer_dim_size(name, x, index, ptr)
-        check_input(name, x, index, ptr, dim_size, 0)
+        dim_size = infer_dim_size(name, x, index, ptr)  # checks x, index and ptr
         grouped = self._prepare(group(name, x, index, ptr, dim_size))
         xs, gptr = grouped.x, grouped.ptr
         lengths = gptr[1:] - gptr[:-1]

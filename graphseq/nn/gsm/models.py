@@ -628,13 +628,10 @@ class GSMPlusPlus(_Base):
         check_choice(cls, "level", level, ("node", "graph"))
         check_choice(cls, "pool", pool, ("mean", "sum"))
         check_choice(cls, "local", local, ("gatedgcn", "gine", "sage", "gat"))
-        if attention and hidden % heads:  # the attention layers split hidden by heads
+        if (attention or local == "gat") and hidden % heads:  # both split hidden by heads
             raise ValueError(
-                f"{cls}: heads ({heads}) must divide hidden ({hidden}) with attention=True"
-            )
-        if local == "gat" and hidden % heads:
-            raise ValueError(
-                f"{cls}: heads ({heads}) must divide hidden ({hidden}) for local='gat'"
+                f"{cls}: heads ({heads}) must divide hidden ({hidden}) with attention=True or "
+                "local='gat'"
             )
         if local_norm_sum and local in ("sage", "gat"):
             raise ValueError(
