@@ -31,13 +31,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from graphseq.kernels import (
+    DagScanPlan,
     chunked_matrix_scan,
+    dag_scan,
     linear_scan,
     segment_scan,
     segment_tree_reduce,
 )
 
-OPS = ("linear_scan", "chunked_matrix_scan", "segment_tree_reduce", "segment_scan")
+OPS = ("linear_scan", "chunked_matrix_scan", "segment_tree_reduce", "segment_scan", "dag_scan")
 
 
 @dataclass
@@ -136,6 +138,10 @@ def _gate(op: str, backend: str | None, device: torch.device) -> str | None:
             log_f = -rnd(1, 70, 2).abs() * 0.1
             got = chunked_matrix_scan(q, k, v, log_f, chunk_size=16, backend=backend)[0]
             want = chunked_matrix_scan(q, k, v, log_f, backend="reference")[0]
+        elif op == "dag_scan":
+            ei = torch.tensor([[0, 0, 1, 2, 4, 3], [1, 2, 3, 3, 5, 5]], device=device)
+            x, w = rnd(6, 2, 3, 3), rnd(6, 2)
+            got, want = dag_scan(x, w, ei, backend=backend), dag_scan(x, w, ei, backend="reference")
         else:
             x = rnd(40, 6)
             ptr = torch.tensor([0, 3, 3, 20, 40], device=device)
@@ -181,7 +187,9 @@ def _linear_scan_rows(quick: bool, backend, device, repeats, ref_repeats: int = 
             _fwd_bwd(lambda x, y: linear_scan(x, y, backend=backend), ga, gb), device, repeats
         )
         ref = _time(
-            _fwd_bwd(lambda x, y: linear_scan(x, y, backend="reference"), ga, gb), device, 1
+            _fwd_bwd(lambda x, y: linear_scan(x, y, backend="reference"), ga, gb),
+            device,
+            ref_repeats,
         )
         (gc,) = _grad_inputs(b)
         cums = _time(_fwd_bwd(lambda x: torch.cumsum(x, 1), gc), device, repeats)
@@ -250,6 +258,59 @@ def _chunked_rows(quick: bool, backend, device, repeats, ref_repeats: int = 3) -
     fast = _time(_fwd_bwd(fast_fn, *g), device, repeats)
     ref = _time(_fwd_bwd(ref_fn, *g), device, ref_repeats)
     rows.append(Row("chunked_matrix_scan", name, "fwd+bwd", fast, ref, ref / fast))
+    return rows
+
+
+def _random_dags(graphs: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``edge_index`` of ``graphs`` disjoint random DAGs on ``n`` states each (about 1.5 edges
+    per state, from lower to higher rank of a random order: molecule-sized line graphs)."""
+    a, b = torch.triu_indices(n, n, offset=1)
+    edges = []
+    for g in range(graphs):
+        rank = torch.randperm(n, generator=gen)
+        keep = torch.rand(a.numel(), generator=gen) < 3.0 / n
+        edges.append(torch.stack([rank[a[keep]], rank[b[keep]]]) + g * n)
+    return torch.cat(edges, 1)
+
+
+def _dag_rows(quick: bool, backend, device, repeats, ref_repeats: int = 3) -> list[Row]:
+    """A batch of small DAGs with matrix states (pLSTM's edge states on molecules).
+
+    Against the reference loop; with ``--backend triton`` the PyTorch wavefront path is the
+    baseline column as well (the same levels as three launches per level instead of one).
+    """
+    G, n, H, K = (8, 24, 2, 8) if quick else (256, 40, 4, 16)
+    ei = _random_dags(G, n, torch.Generator().manual_seed(0)).to(device)
+    S, L = G * n, ei.shape[1]
+    x = torch.randn(S, H, K, K, device=device) / K
+    w = torch.rand(L, H, device=device) - 0.5
+    plan = DagScanPlan.from_edge_index(ei, S)
+    name = f"{G} DAGs x {n} states L{L} depth{plan.depth} H{H} {K}x{K}"
+
+    def fast_fn(x, w):
+        return dag_scan(x, w, ei, plan=plan, backend=backend)
+
+    def ref_fn(x, w):
+        return dag_scan(x, w, ei, plan=plan, backend="reference")
+
+    def torch_fn(x, w):
+        return dag_scan(x, w, ei, plan=plan, backend="torch")
+
+    with_torch = backend == "triton"
+    rows = []
+    for mode in ("fwd", "fwd+bwd"):
+        ins = (x, w) if mode == "fwd" else tuple(_grad_inputs(x, w))
+
+        def timed(fn, reps, ins=ins, mode=mode):
+            run = (lambda: fn(*ins)) if mode == "fwd" else _fwd_bwd(fn, *ins)
+            return _time(run, device, reps)
+
+        fast, ref = timed(fast_fn, repeats), timed(ref_fn, ref_repeats)
+        row = Row("dag_scan", name, mode, fast, ref, ref / fast)
+        if with_torch:
+            base = timed(torch_fn, repeats)
+            row.baseline, row.baseline_ms, row.ratio_to_baseline = "torch path", base, fast / base
+        rows.append(row)
     return rows
 
 
@@ -425,6 +486,8 @@ def main(argv: list[str] | None = None) -> dict:
                 new += _bandwidth_rows(args.backend, device, args.repeats)
         elif op == "chunked_matrix_scan":
             new = _chunked_rows(args.quick, args.backend, device, args.repeats, args.ref_repeats)
+        elif op == "dag_scan":
+            new = _dag_rows(args.quick, args.backend, device, args.repeats, args.ref_repeats)
         else:
             new = _segment_rows(
                 op, args.quick, args.backend, device, args.repeats, args.ref_repeats

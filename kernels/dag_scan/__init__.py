@@ -53,10 +53,10 @@ def dag_scan(
             ``DagScanPlan.from_edge_index(edge_index, S)`` and reused across calls on the same
             graph; built here when ``None``. It must describe this ``edge_index`` (checked:
             its state and edge counts).
-        backend: ``"reference"`` (loop over states in topological order) or ``"torch"``
-            (vectorised wavefront, the default on every device); there is no Triton path yet,
-            so ``"triton"`` raises ``ValueError``. ``None`` picks the default, see
-            :mod:`graphseq.kernels._backend`.
+        backend: ``"reference"`` (loop over states in topological order), ``"torch"``
+            (vectorised wavefront, the default on CPU) or ``"triton"`` (one fused launch per
+            level, no atomics; the default for CUDA tensors when Triton is installed).
+            ``None`` picks the default, see :mod:`graphseq.kernels._backend`.
 
     Shapes and dtypes:
         ``x`` and ``weight`` share one floating dtype and device. float16/bfloat16 inputs are
@@ -66,9 +66,10 @@ def dag_scan(
     Returns:
         ``C``, the states, with ``x``'s shape and dtype.
 
-    The torch path is differentiable with respect to ``x`` and ``weight`` (first order) by a
-    custom autograd function whose backward pass is the reverse wavefront scan; it keeps the
-    states ``C`` for the backward pass and nothing per level, so memory is linear in ``S``.
+    The torch and Triton paths are differentiable with respect to ``x`` and ``weight`` (first
+    order) by custom autograd functions whose backward pass is the reverse wavefront scan; they
+    keep the states ``C`` for the backward pass and nothing per level, so memory is linear in
+    ``S``.
     The sequential depth is the number of levels (the longest path), not the number of
     states. NaN or inf in ``x_s`` or in a weight reaches exactly the states downstream of it.
 
@@ -128,7 +129,11 @@ def dag_scan(
                 "build it with DagScanPlan.from_edge_index(edge_index, num_states)"
             )
 
-    backend = resolve_backend(backend, x.device, op=_OP, triton_supported=False)
+    backend = resolve_backend(backend, x.device, op=_OP)
     if backend == "reference":
         return reference.dag_scan(x, weight, edge_index, plan)
+    if backend == "triton":
+        from . import triton as triton_path  # imports triton only when it is asked for
+
+        return triton_path.dag_scan(x, weight, edge_index, plan)
     return wavefront.dag_scan(x, weight, edge_index, plan)

@@ -113,6 +113,7 @@ class DagScanPlan:
         self.dst = dst
         self.edge_ptr = edge_ptr
         self._level_edges: list | None = None  # views of src/dst, made on first use
+        self._triton_schedule = None  # the Triton path's rows (triton.py), made on first use
 
     def level_edges(self) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
         """``(lo, hi, src, dst)`` of the sorted edges entering each level ``1 .. depth - 1``

@@ -54,11 +54,14 @@ def dag_scan(
     preds: list[list[tuple[int, int]]] = [[] for _ in range(S)]  # (edge id, source state)
     for j, (s, d) in enumerate(edge_index.t().tolist()):
         preds[d].append((j, s))
+    # unbind, not x_[s] / w_[j]: autograd of one indexing op per state would build an
+    # [S, H, F] gradient for each state (quadratic backward); unbind's backward is one stack
+    xs, ws = x_.unbind(0), w_.unbind(0)
     C: list[torch.Tensor | None] = [None] * S
     for s in topological_order(edge_index, S):
-        c = x_[s]  # [H, F]
+        c = xs[s]  # [H, F]
         for j, p in preds[s]:
-            c = c + w_[j][:, None] * C[p]
+            c = c + ws[j][:, None] * C[p]
         C[s] = c
     out = torch.stack(C) if S else x_.clone()  # type: ignore[arg-type]
     return out.reshape(x.shape).to(x.dtype)

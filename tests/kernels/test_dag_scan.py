@@ -1,4 +1,5 @@
-"""dag_scan: the wavefront path against the loop reference, a dense solve, and bad input."""
+"""dag_scan: the wavefront and Triton paths against the loop reference, a dense solve, and bad
+input (the Triton path runs in the interpreter on CPU)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from graphseq.kernels.dag_scan import DagCycleError, DagScanPlan, dag_scan
-from graphseq.testing import DEVICE, assert_close
+from graphseq.testing import DEVICE, FAST_BACKENDS, assert_close, requires_triton
 
 
 def random_dag(num_states: int, p: float, gen: torch.Generator, parallel: bool = True):
@@ -52,27 +53,29 @@ def dense_solution(x, w, edge_index):
 
 @pytest.mark.parametrize("num_states,p", [(1, 0.5), (2, 1.0), (7, 0.4), (33, 0.15), (101, 0.05)])
 @pytest.mark.parametrize("state", [(), (5,), (3, 7)])
-def test_torch_matches_reference_float64(num_states, p, state):
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_fast_paths_match_reference_float64(num_states, p, state, backend):
     gen = torch.Generator().manual_seed(num_states * 31 + len(state))
     ei = random_dag(num_states, p, gen)
     H = 3
     x = torch.randn(num_states, H, *state, generator=gen, dtype=torch.float64).to(DEVICE)
     w = random_weights(ei.shape[1], H, gen)
     ref = dag_scan(x, w, ei, backend="reference")
-    out = dag_scan(x, w, ei, backend="torch")
+    out = dag_scan(x, w, ei, backend=backend)
     assert out.shape == x.shape and out.dtype == x.dtype
     assert (out - ref).abs().max().item() <= 1e-12 * max(1.0, ref.abs().max().item())
     assert_close(ref, dense_solution(x, w, ei))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_low_precision_against_float64(dtype):
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_low_precision_against_float64(dtype, backend):
     gen = torch.Generator().manual_seed(3)
     ei = random_dag(40, 0.1, gen)
     x = torch.randn(40, 2, 4, 3, generator=gen, dtype=torch.float64).to(DEVICE)
     w = random_weights(ei.shape[1], 2, gen) * 0.5
     ref = dag_scan(x, w, ei, backend="reference")
-    out = dag_scan(x.to(dtype), w.to(dtype), ei)
+    out = dag_scan(x.to(dtype), w.to(dtype), ei, backend=backend)
     assert out.dtype == dtype
     # inputs are rounded to dtype before the scan, so compare with the rounded problem
     ref_rounded = dag_scan(x.to(dtype).double(), w.to(dtype).double(), ei, backend="reference")
@@ -81,7 +84,8 @@ def test_low_precision_against_float64(dtype):
 
 
 @pytest.mark.parametrize("num_states,p", [(9, 0.4), (31, 0.12)])
-def test_gradients_match_reference(num_states, p):
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_gradients_match_reference(num_states, p, backend):
     gen = torch.Generator().manual_seed(num_states)
     ei = random_dag(num_states, p, gen)
     H = 2
@@ -89,15 +93,16 @@ def test_gradients_match_reference(num_states, p):
     w = random_weights(ei.shape[1], H, gen)
     dy = torch.randn(num_states, H, 3, 2, generator=gen, dtype=torch.float64).to(DEVICE)
     grads = {}
-    for backend in ("reference", "torch"):
+    for b in ("reference", backend):
         xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-        (dag_scan(xr, wr, ei, backend=backend) * dy).sum().backward()
-        grads[backend] = (xr.grad, wr.grad)
-    for a, b in zip(grads["torch"], grads["reference"]):
+        (dag_scan(xr, wr, ei, backend=b) * dy).sum().backward()
+        grads[b] = (xr.grad, wr.grad)
+    for a, b in zip(grads[backend], grads["reference"]):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
-def test_gradcheck_small():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_gradcheck_small(backend):
     gen = torch.Generator().manual_seed(5)
     ei = random_dag(6, 0.6, gen)
     x = torch.randn(6, 2, 2, 2, generator=gen, dtype=torch.float64).to(DEVICE)
@@ -105,63 +110,81 @@ def test_gradcheck_small():
     x.requires_grad_()
     w.requires_grad_()
     plan = DagScanPlan.from_edge_index(ei, 6)
-    assert torch.autograd.gradcheck(lambda a, b: dag_scan(a, b, ei, plan=plan), (x, w))
+    # fast mode (a random projection of the Jacobian) keeps the interpreted kernels quick
+    assert torch.autograd.gradcheck(
+        lambda a, b: dag_scan(a, b, ei, plan=plan, backend=backend),
+        (x, w),
+        fast_mode=backend == "triton",
+    )
 
 
-def test_only_weight_or_only_x_requires_grad():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_only_weight_or_only_x_requires_grad(backend):
     gen = torch.Generator().manual_seed(6)
     ei = random_dag(8, 0.5, gen)
     x = torch.randn(8, 1, 2, generator=gen, dtype=torch.float64).to(DEVICE)
     w = random_weights(ei.shape[1], 1, gen).requires_grad_()
-    dag_scan(x, w, ei).sum().backward()
+    dag_scan(x, w, ei, backend=backend).sum().backward()
     assert w.grad is not None and torch.isfinite(w.grad).all()
     x.requires_grad_()
-    dag_scan(x, w.detach(), ei).sum().backward()
+    dag_scan(x, w.detach(), ei, backend=backend).sum().backward()
     assert x.grad is not None
 
 
-def test_batch_equals_graphs_alone():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_batch_equals_graphs_alone(backend):
     gen = torch.Generator().manual_seed(7)
     sizes = [5, 1, 0, 17, 2, 9]
     graphs = [(random_dag(n, 0.3, gen), n) for n in sizes]
     ei, S = batch_of(graphs)
     x = torch.randn(S, 2, 3, generator=gen, dtype=torch.float64).to(DEVICE)
     w = random_weights(ei.shape[1], 2, gen)
-    out = dag_scan(x, w, ei)
+    out = dag_scan(x, w, ei, backend=backend)
     offset, e_off = 0, 0
     for g_ei, n in graphs:
         L = g_ei.shape[1]
-        alone = dag_scan(x[offset : offset + n], w[e_off : e_off + L], g_ei)
+        alone = dag_scan(x[offset : offset + n], w[e_off : e_off + L], g_ei, backend=backend)
         assert torch.equal(out[offset : offset + n], alone)  # bit-identical
         offset, e_off = offset + n, e_off + L
 
 
-def test_empty_and_single_state():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_empty_and_single_state(backend):
     x = torch.zeros(0, 2, 3, 3, dtype=torch.float64, device=DEVICE)
     w = torch.zeros(0, 2, dtype=torch.float64, device=DEVICE)
     ei = torch.zeros(2, 0, dtype=torch.long, device=DEVICE)
-    for backend in ("reference", "torch"):
-        assert dag_scan(x, w, ei, backend=backend).shape == (0, 2, 3, 3)
+    for b in ("reference", backend):
+        assert dag_scan(x, w, ei, backend=b).shape == (0, 2, 3, 3)
     x1 = torch.randn(1, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    out = dag_scan(x1, w, ei)
+    out = dag_scan(x1, w, ei, backend=backend)
     assert torch.equal(out, x1)
     out.sum().backward()
     assert torch.equal(x1.grad, torch.ones_like(x1))
     assert DagScanPlan.from_edge_index(ei, 0).depth == 0
+    # states with no entries (a zero-size state shape) on a graph with edges
+    chain = torch.tensor([[0, 1], [1, 2]], device=DEVICE)
+    x0 = torch.zeros(3, 2, 0, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    w0 = torch.ones(2, 2, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    out = dag_scan(x0, w0, chain, backend=backend)
+    assert out.shape == (3, 2, 0)
+    gx, gw = torch.autograd.grad(out.sum(), (x0, w0))
+    assert gx.shape == x0.shape and torch.equal(gw, torch.zeros_like(w0))
 
 
-def test_zero_weights_cut_paths_and_nan_stays_downstream():
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_zero_weights_cut_paths_and_nan_stays_downstream(backend):
     # chain 0 -> 1 -> 2 -> 3 with w(1 -> 2) = 0: state 0 no longer reaches 2 and 3
     ei = torch.tensor([[0, 1, 2], [1, 2, 3]], device=DEVICE)
     x = torch.zeros(4, 1, 1, dtype=torch.float64, device=DEVICE)
     x[0] = 1.0
     w = torch.tensor([[2.0], [0.0], [-3.0]], dtype=torch.float64, device=DEVICE)
-    assert dag_scan(x, w, ei).flatten().tolist() == [1.0, 2.0, 0.0, 0.0]
+    assert dag_scan(x, w, ei, backend=backend).flatten().tolist() == [1.0, 2.0, 0.0, 0.0]
     # NaN at state 1 of a diamond-free batch reaches 1's descendants only
     ei = torch.tensor([[0, 1, 3], [1, 2, 4]], device=DEVICE)
     x = torch.ones(5, 1, 1, dtype=torch.float64, device=DEVICE)
     x[1] = float("nan")
-    out = dag_scan(x, torch.ones(3, 1, dtype=torch.float64, device=DEVICE), ei).flatten()
+    w = torch.ones(3, 1, dtype=torch.float64, device=DEVICE)
+    out = dag_scan(x, w, ei, backend=backend).flatten()
     assert torch.isnan(out).tolist() == [False, True, True, False, False]
 
 
@@ -212,8 +235,6 @@ def test_bad_arguments():
     w = torch.zeros(2, 2, device=DEVICE)
     with pytest.raises(ValueError, match="backend"):
         dag_scan(x, w, ei, backend="cuda-graph")
-    with pytest.raises(ValueError, match="triton"):
-        dag_scan(x, w, ei, backend="triton")
     with pytest.raises(ValueError, match="weight must have shape"):
         dag_scan(x, w[:1], ei)
     with pytest.raises(TypeError, match="x must be a floating"):
@@ -257,3 +278,47 @@ def test_plan_of_another_graph_with_the_same_sizes_is_refused():
         dag_scan(x, w, chain, plan=other)
     own = DagScanPlan.from_edge_index(chain, 3)
     assert dag_scan(x, w, chain, plan=own).flatten().tolist() == [1.0, 2.0, 3.0]
+
+
+@requires_triton
+def test_triton_wide_states_span_several_programs():
+    # 300 entries per state: more than one program per (state, head) in both passes
+    gen = torch.Generator().manual_seed(12)
+    ei = random_dag(14, 0.3, gen)
+    x = torch.randn(14, 2, 300, generator=gen, dtype=torch.float64).to(DEVICE)
+    w = random_weights(ei.shape[1], 2, gen)
+    dy = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(DEVICE)
+    grads = {}
+    for backend in ("reference", "triton"):
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = dag_scan(xr, wr, ei, backend=backend)
+        (y * dy).sum().backward()
+        grads[backend] = (y.detach(), xr.grad, wr.grad)
+    for a, b in zip(grads["triton"], grads["reference"]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+@requires_triton
+def test_triton_schedule_rows_cover_every_edge_once():
+    from graphseq.kernels.dag_scan.triton import schedule
+
+    gen = torch.Generator().manual_seed(13)
+    ei = random_dag(40, 0.1, gen)
+    plan = DagScanPlan.from_edge_index(ei, 40)
+    sched = schedule(plan)
+    assert schedule(plan) is sched  # built once per plan
+    level = plan.level
+    # forward rows: a state's incoming edges, levels ascending
+    rows = torch.repeat_interleave(sched.in_state, sched.in_ptr.diff())
+    assert torch.equal(rows, plan.dst)
+    lv = [int(level[sched.in_state[lo]]) for lo, _ in sched.in_levels]
+    assert lv == sorted(lv) and len(set(lv)) == len(lv) and min(lv) >= 1
+    # backward rows: a state's outgoing edges, levels descending
+    rows = torch.repeat_interleave(sched.out_state, sched.out_ptr.diff())
+    assert torch.equal(rows, plan.src[sched.out_perm])
+    assert torch.equal(sched.out_nbr, plan.dst[sched.out_perm])
+    assert sorted(sched.out_perm.tolist()) == list(range(plan.num_edges))
+    lv = [int(level[sched.out_state[lo]]) for lo, _ in sched.out_levels]
+    assert lv == sorted(lv, reverse=True) and len(set(lv)) == len(lv)
+    for lo, hi in sched.out_levels:  # one level per launch
+        assert (level[sched.out_state[lo:hi]] == level[sched.out_state[lo]]).all()
