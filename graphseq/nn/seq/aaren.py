@@ -158,8 +158,16 @@ class Aaren(SequenceLayer):
         p = torch.exp(s - m).unsqueeze(-1)  # [B,T,H,1], the current token's weight
         b = torch.cat([p, p * v], dim=-1)  # [B,T,H,1+Dh]: (u, w) inputs
         h0 = None if state is None else torch.cat([state.u.unsqueeze(-1), state.w], dim=-1)
-        h, h_last = linear_scan(gate.unsqueeze(-1).expand_as(b), b, h0=h0, cu_seqlens=cu)
-        o = h[..., 1:] / h[..., :1]  # u_t >= 1
+        # scan and divide in the accumulation dtype (float32 for half inputs): u_t grows like
+        # t and would overflow float16 (65,504) on long sequences, turning o_t into 0
+        acc = torch.promote_types(b.dtype, torch.float32)
+        h, h_last = linear_scan(
+            gate.unsqueeze(-1).expand_as(b).to(acc),
+            b.to(acc),
+            h0=None if h0 is None else h0.to(acc),
+            cu_seqlens=cu,
+        )
+        o = (h[..., 1:] / h[..., :1]).to(b.dtype)  # u_t >= 1
         y = self.out_proj(o.flatten(-2))
         if not return_state:
             return y

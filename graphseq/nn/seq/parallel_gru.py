@@ -56,10 +56,13 @@ class ParallelGRU(SequenceLayer):
     diagonal, converging linearly to the same solution. Either way iteration :math:`k` makes
     at least the first :math:`k` steps exact, so it converges in at most :math:`T` iterations.
 
-    **Stopping rule.** Stop as soon as :math:`\max_{t, b, c} |F_t| \le` ``tol``; if that has not
-    happened after ``max_iter`` scans, raise :class:`RuntimeError` (with the residual reached).
-    For a contractive cell the distance to the sequential solution is at most
-    ``tol / (1 - ρ)``, with ρ the largest :math:`\|\partial f / \partial \mathbf{h}\|`.
+    **Stopping rule.** Stop as soon as :math:`\max_{t, b, c} |F_t| \le` ``tol`` :math:`\cdot
+    \max(1, \max |\mathbf{h}_0|)` (every state is bounded by that, each step being a convex
+    combination of :math:`\tanh(\cdot)` and :math:`\mathbf{h}_{t-1}`, so rounding alone leaves
+    a residual of a few ulps of it); if that has not happened after ``max_iter`` scans, raise
+    :class:`RuntimeError` (with the residual reached). For a contractive cell the distance to
+    the sequential solution is at most that bound over :math:`1 - ρ`, with ρ the largest
+    :math:`\|\partial f / \partial \mathbf{h}\|`.
 
     **Gradients** do not go through the iterations: at the solution, :math:`g_t =
     \partial L / \partial \mathbf{h}_t` solves the adjoint recurrence :math:`g_t =
@@ -79,7 +82,8 @@ class ParallelGRU(SequenceLayer):
         bias (bool, optional): use ``bias_ih`` and ``bias_hh``. (default: :obj:`True`)
         mode (str, optional): ``"parallel"`` or ``"sequential"``; ``forward(mode=...)``
             overrides it per call. (default: :obj:`"parallel"`)
-        tol (float, optional): Newton tolerance on the max-norm residual; :obj:`None` picks
+        tol (float, optional): Newton tolerance on the max-norm residual, relative to
+            :math:`\max(1, \max |\mathbf{h}_0|)` (see the stopping rule); :obj:`None` picks
             ``1e-6`` for float32 (also used for float16/bfloat16, which are solved in float32)
             and ``1e-12`` for float64. (default: :obj:`None`)
         max_iter (int, optional): most linear scans in one solve. (default: :obj:`100`)
@@ -284,9 +288,10 @@ class ParallelGRU(SequenceLayer):
             if x.shape[1] > 0:
                 h_last = h[:, -1]
             else:
-                h_last = self.init_state(x.shape[0]) if state is None else state
+                h_last = h.new_zeros(x.shape[0], self.hidden_channels) if state is None else state
         else:
-            h_last = self.init_state(n) if state is None else state.clone()
+            # zeros in h's dtype (x's): under autocast x may be lower precision than the weights
+            h_last = h.new_zeros(n, self.hidden_channels) if state is None else state.clone()
             if x.shape[1] > 0:
                 last, nonempty = last_steps(cu)
                 h_last = h_last.index_put((nonempty.nonzero().flatten(),), h[0, last])
@@ -305,9 +310,11 @@ class ParallelGRU(SequenceLayer):
         tol = DEFAULT_TOL.get(acc, 1e-6) if self.tol is None else self.tol
         gi = self._input_gates(x).to(acc)  # [B, T, 3H], with autograd
         h0a = None if h0 is None else h0.to(acc)
+        # |h_t| <= max(1, max|h0|): the residual's rounding floor scales with it
+        scale = 1.0 if h0a is None or h0a.numel() == 0 else max(1.0, h0a.abs().max().item())
         with torch.no_grad():
             h_star, prev, J = self._solve(
-                gi.detach(), None if h0a is None else h0a.detach(), cu, tol
+                gi.detach(), None if h0a is None else h0a.detach(), cu, tol * scale
             )
         # One more cell evaluation at the solution, with autograd: it depends directly on x,
         # the weights and h0. The adjoint below turns the upstream gradient into the solution
@@ -325,24 +332,30 @@ class ParallelGRU(SequenceLayer):
         return f.to(x.dtype)
 
     def _sequential(self, x: Tensor, h0: Tensor | None, cu: Tensor | None) -> Tensor:
+        # states and outputs in x's dtype, as in the parallel mode: under autocast a step's
+        # result may come back in the weights' dtype instead
+        if x.shape[1] == 0:
+            # no step to loop over; still return an (empty) result inside the autograd graph,
+            # as the parallel mode does, so a loss built from it can be backpropagated
+            return self._input_gates(x)[..., : self.hidden_channels].to(x.dtype)
         if cu is None:
-            h = self.init_state(x.shape[0]) if h0 is None else h0
+            h = x.new_zeros(x.shape[0], self.hidden_channels) if h0 is None else h0
             out = []
             for x_t in x.unbind(1):
-                h, _ = self.step(x_t, h)
+                h = self.step(x_t, h)[0].to(x.dtype)
                 out.append(h)
-            return torch.stack(out, 1) if out else x.new_zeros(*x.shape[:2], self.hidden_channels)
+            return torch.stack(out, 1)
         # packed: pad to [N, max_len], freeze finished sequences, gather back
         n = cu.numel() - 1
         lengths = cu[1:] - cu[:-1]
         max_len = int(lengths.max()) if n > 0 else 0
-        h = self.init_state(n) if h0 is None else h0
+        h = x.new_zeros(n, self.hidden_channels) if h0 is None else h0
         out = x.new_zeros(1, x.shape[1], self.hidden_channels)
         seqs = torch.arange(n, device=x.device)
         for t in range(max_len):
             active = seqs[lengths > t]
             pos = cu[:-1][active] + t
-            h_new, _ = self.step(x[0, pos], h[active])
+            h_new = self.step(x[0, pos], h[active])[0].to(x.dtype)
             h = h.index_put((active,), h_new)
             out = out.index_put((torch.zeros_like(pos), pos), h_new)
         return out

@@ -135,15 +135,38 @@ def test_extreme_scores_stay_finite():
     top = (sign > 0).float()
     ref = (top.cumsum(0)[:, None] ** -1) * (v * top[:, None]).cumsum(1)
     torch.testing.assert_close(y.detach(), layer.out_proj(ref), atol=1e-5, rtol=1e-5)
-    # streaming stays finite too
-    state = None
-    handle = layer.key.register_forward_hook(
-        lambda m, i, o: o.fill_(0).index_fill_(-1, torch.tensor([0]), -1e4)
-    )
-    for t in range(5):
+    # streaming stays finite too, and equals the parallel output, with the same scores (a
+    # constant score would not exercise the running max: the drops from +1e4 to -1e4 do)
+    state, at = None, [0]
+
+    def step_hook(module, inputs, output):
+        out = output.clone()
+        out[..., 0] = sign[at[0]] * 1e4
+        return out
+
+    handle = layer.key.register_forward_hook(step_hook)
+    for t in range(T):
+        at[0] = t
         y_t, state = layer.step(x[:, t].detach(), state)
+        assert torch.isfinite(y_t).all()
+        torch.testing.assert_close(y_t, y[:, t].detach(), atol=1e-5, rtol=1e-5)
     handle.remove()
-    assert torch.isfinite(y_t).all()
+
+
+def test_float16_denominator_beyond_float16_range():
+    """u_t grows like t; in float16 it must not be rounded to inf before o_t = w_t / u_t
+    (here: a carried prefix of 65,472 tokens, then 64 more, uniform attention)."""
+    torch.manual_seed(0)
+    layer = Aaren(4, heads=1)
+    with torch.no_grad():
+        layer.query.zero_()  # every score 0: u grows by exactly 1 per token
+    x = torch.randn(2, 64, 4)
+    c = 1.8 * torch.rand(2, 1, 4) - 0.9  # the prefix's mean value, |w| < 65,504
+    state = AarenState(torch.zeros(2, 1), torch.full((2, 1), 65472.0), 65472.0 * c)
+    want = layer(x, state=state)  # float32
+    got = layer.half()(x.half(), state=AarenState(*(t.half() for t in state)))
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=1e-2)
 
 
 def test_empty_inputs_and_bad_state():

@@ -136,6 +136,20 @@ def test_step_streaming_equals_parallel():
         torch.testing.assert_close(y_t, y[:, t], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("recurrence", ["full", "diagonal"])
+def test_a_large_initial_state_converges(recurrence):
+    """An absolute tolerance of 1e-6 is below float32 rounding once |h| > 8; the solve must
+    still converge (and match the sequential mode) for a carried state of size ~100."""
+    torch.manual_seed(0)
+    layer = ParallelGRU(4, 16, recurrence=recurrence)
+    x = torch.randn(2, 64, 4)
+    h0 = 100 * torch.randn(2, 16)
+    y = layer(x, h0)
+    ys = layer(x, h0, mode="sequential")
+    assert layer.last_num_iters < layer.max_iter
+    torch.testing.assert_close(y, ys, atol=1e-4 * h0.abs().max().item(), rtol=1e-5)
+
+
 def test_no_convergence_raises():
     layer = ParallelGRU(4, 8, recurrence="full", max_iter=2)
     with pytest.raises(RuntimeError, match="ParallelGRU: the parallel solve did not converge"):
@@ -173,6 +187,36 @@ def test_empty_inputs():
     y, h = layer(torch.randn(1, 0, 2), cu_seqlens=torch.tensor([0, 0, 0]), return_state=True)
     assert y.shape == (1, 0, 4) and h.shape == (2, 4)
     assert layer(torch.randn(0, 5, 2)).shape == (0, 5, 4)
+
+
+@pytest.mark.parametrize("recurrence", ["full", "diagonal"])
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+def test_packed_under_autocast_after_a_lower_precision_layer(recurrence, mode):
+    """Under autocast the input may be a previous layer's bfloat16 output; packed batches
+    work like dense ones and outputs and states stay in x's dtype in both modes."""
+    torch.manual_seed(0)
+    proj, layer = torch.nn.Linear(4, 4), ParallelGRU(4, 4, recurrence=recurrence, mode=mode)
+    cu = _packed([3, 0, 5])
+    x = torch.randn(1, 8, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = proj(x)
+        y, last = layer(h, cu_seqlens=cu, return_state=True)
+        y_dense, last_dense = layer(h[:, 3:], return_state=True)
+    assert h.dtype == y.dtype == last.dtype == y_dense.dtype == torch.bfloat16
+    torch.testing.assert_close(y[:, 3:], y_dense, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(last[2:], last_dense, atol=2e-2, rtol=2e-2)
+    assert torch.equal(last[1], torch.zeros(4, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+@pytest.mark.parametrize("cu", [None, torch.tensor([0, 0, 0])])
+def test_empty_time_axis_is_part_of_the_graph(mode, cu):
+    layer = ParallelGRU(2, 4, mode=mode)
+    x = torch.randn(1, 0, 2, requires_grad=True)
+    y = layer(x, cu_seqlens=cu)
+    assert y.shape == (1, 0, 4) and y.requires_grad
+    y.sum().backward()  # an empty batch in a training loop must not crash
+    assert x.grad is not None and x.grad.shape == x.shape
 
 
 def test_bad_inputs():
