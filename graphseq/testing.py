@@ -14,16 +14,16 @@ from graphseq.kernels._backend import HAS_TRITON, triton_usable
 #: The device the test-suite runs on: CUDA when present, else CPU.
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-#: Backends that can run on :data:`DEVICE` in this environment.
-FAST_BACKENDS: tuple[str, ...] = (
-    ("torch", "triton") if (HAS_TRITON and triton_usable(DEVICE)) else ("torch",)
-)
-
 #: Mark a test that needs a runnable Triton (CUDA, or the interpreter on CPU).
 requires_triton = pytest.mark.skipif(
     not (HAS_TRITON and triton_usable(DEVICE)),
     reason="needs the triton package and CUDA or TRITON_INTERPRET=1",
 )
+
+#: The fast backends, for ``pytest.mark.parametrize("backend", FAST_BACKENDS)``: ``"torch"``
+#: and ``"triton"``, the latter marked :data:`requires_triton`, so that where Triton cannot
+#: run its cases are reported as skipped instead of vanishing from the run.
+FAST_BACKENDS: tuple = ("torch", pytest.param("triton", marks=requires_triton))
 
 #: (atol, rtol) of a fast path against a float64 reference, by input dtype.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {

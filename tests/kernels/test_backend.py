@@ -79,3 +79,22 @@ def test_triton_environment_without_triton_names_the_variable(monkeypatch):
     monkeypatch.setenv("GRAPHSEQ_BACKEND", "triton")
     with pytest.raises(ValueError, match=r"op: GRAPHSEQ_BACKEND='triton' needs the 'triton'"):
         resolve_backend(None, CPU, op="op")
+
+
+def test_fast_backends_report_triton_as_skipped_where_it_cannot_run(monkeypatch):
+    """Without Triton the triton cases of every FAST_BACKENDS parametrisation must show up as
+    skipped, not silently disappear from the run (pip install -e .[dev] has no triton)."""
+    import importlib
+
+    import graphseq.testing as testing
+
+    monkeypatch.setattr("graphseq.kernels._backend.HAS_TRITON", False)
+    try:
+        reloaded = importlib.reload(testing)
+        params = {getattr(p, "values", (p,))[0]: p for p in reloaded.FAST_BACKENDS}
+        assert set(params) == {"torch", "triton"}
+        marks = getattr(params["triton"], "marks", ())
+        assert any(m.name == "skipif" and m.args[0] for m in marks)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(testing)
