@@ -169,6 +169,8 @@ def test_run_schedule_flags_and_a_default_warmup_shortened_to_fit(capsys, tmp_pa
         (["--model-arg", "foo=1"], "unknown hyperparameters ['foo']"),
         (["--dropout", "2"], "dropout must be in [0, 1)"),
         (["--lr", "nan"], "lr must be a finite number"),
+        (["--weight-decay", "-1"], "weight_decay must be a finite number >= 0, got -1.0"),
+        (["--weight-decay", "nan"], "weight_decay must be a finite number >= 0, got nan"),
     ],
 )
 def test_a_bad_flag_on_a_rerun_is_named_not_blamed_on_the_results(flags, error, capsys, tmp_path):

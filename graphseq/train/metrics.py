@@ -1,8 +1,13 @@
 """Evaluation metrics. OGB datasets are scored by ``ogb``'s own ``Evaluator``; the rest by the
-same formulas here (RMSE and ROC-AUC averaged over tasks with labels, NaN = missing label)."""
+same formulas here (RMSE and ROC-AUC averaged over tasks with labels, NaN = missing label).
+
+A NaN prediction at a labelled entry (a diverged model) makes the score NaN, for every metric
+and for the ``Evaluator`` too (where scikit-learn would raise), so the trainer treats the
+epoch as unscored: it is never the best epoch."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -15,12 +20,21 @@ HIGHER_IS_BETTER = {
 }  # fmt: skip
 
 
+def _columns(name: str, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
+    """Both as float64 ``[N, T]``; like OGB's ``Evaluator``, other shapes are refused (a
+    ``[N, 2]`` prediction for ``[N]`` labels would otherwise be scored on its first column)."""
+    yt = y_true.double().reshape(len(y_true), -1)
+    if len(y_pred) != len(y_true) or y_pred.numel() != y_true.numel():
+        raise ValueError(
+            f"{name}: y_pred must have the shape of y_true (one column per task), got y_true "
+            f"{tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)}"
+        )
+    return yt, y_pred.double().reshape(yt.shape)
+
+
 def rmse(y_true: Tensor, y_pred: Tensor) -> float:
     """Root mean squared error per task over labelled entries, averaged over tasks (as OGB)."""
-    y_true, y_pred = (
-        y_true.double().reshape(len(y_true), -1),
-        y_pred.double().reshape(len(y_true), -1),
-    )
+    y_true, y_pred = _columns("rmse", y_true, y_pred)
     values = []
     for t in range(y_true.size(1)):
         ok = ~torch.isnan(y_true[:, t])
@@ -46,17 +60,16 @@ def _binary_auc(y: Tensor, s: Tensor) -> float:
 
 
 def rocauc(y_true: Tensor, y_pred: Tensor) -> float:
-    """ROC-AUC per task with both classes present, averaged over tasks (as OGB)."""
-    y_true, y_pred = (
-        y_true.double().reshape(len(y_true), -1),
-        y_pred.double().reshape(len(y_true), -1),
-    )
+    """ROC-AUC per task with both classes present, averaged over tasks (as OGB); NaN if a
+    labelled entry's prediction is NaN (a ranking would place NaN silently)."""
+    y_true, y_pred = _columns("rocauc", y_true, y_pred)
     values = []
     for t in range(y_true.size(1)):
         ok = ~torch.isnan(y_true[:, t])
         y = y_true[ok, t]
         if (y > 0.5).any() and (y <= 0.5).any():
-            values.append(_binary_auc(y, y_pred[ok, t]))
+            s = y_pred[ok, t]
+            values.append(math.nan if torch.isnan(s).any() else _binary_auc(y, s))
     if not values:
         raise ValueError("rocauc: no task has both positive and negative labels")
     return sum(values) / len(values)
@@ -98,10 +111,10 @@ def make_evaluator(metric: str, ogb_name: str | None = None) -> Callable[[Tensor
 
         def evaluate(y_true: Tensor, y_pred: Tensor) -> float:
             shape = (len(y_true), -1)
-            out = evaluator.eval(
-                {"y_true": y_true.reshape(shape).cpu(), "y_pred": y_pred.reshape(shape).cpu()}
-            )
-            return float(out[metric])
+            y_true, y_pred = y_true.reshape(shape).cpu(), y_pred.reshape(shape).cpu()
+            if y_true.shape == y_pred.shape and torch.isnan(y_pred[~torch.isnan(y_true)]).any():
+                return math.nan  # scikit-learn's roc_auc_score would raise "Input contains NaN"
+            return float(evaluator.eval({"y_true": y_true, "y_pred": y_pred})[metric])
 
         return evaluate
     if metric not in _LOCAL:

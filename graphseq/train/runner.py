@@ -39,9 +39,13 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sample standard deviation over seeds of the valid/test metric at the best epoch."""
-    valid = [r["best"]["valid"] for r in results if r.get("best")]
-    test = [r["best"]["test"] for r in results if r.get("best")]
+    """Mean and sample standard deviation over seeds of the valid/test metric at the best epoch.
+
+    Both means are over the same seeds, ``seeds_in_mean``: those with a best epoch whose test
+    score is a number (a NaN or missing test score drops the seed from both)."""
+    scored = [r for r in results if r.get("best") and _mean_std([r["best"]["test"]])[0] is not None]
+    valid = [r["best"]["valid"] for r in scored]
+    test = [r["best"]["test"] for r in scored]
     vm, vs = _mean_std(valid)
     tm, ts = _mean_std(test)
     first = results[0] if results else {}
@@ -52,11 +56,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "seeds": [r["seed"] for r in results],
         # the seeds behind the mean: a run without a best epoch (e.g. a NaN metric every
         # epoch) or a NaN test score drops out of it
-        "seeds_in_mean": [
-            r["seed"]
-            for r in results
-            if r.get("best") and _mean_std([r["best"]["test"]])[0] is not None
-        ],
+        "seeds_in_mean": [r["seed"] for r in scored],
         "valid_mean": vm,
         "valid_std": vs,
         "test_mean": tm,

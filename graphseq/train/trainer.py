@@ -118,6 +118,10 @@ class TrainConfig:
             raise ValueError("TrainConfig: warmup_epochs needs schedule='cosine'")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TrainConfig: lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(
+                f"TrainConfig: weight_decay must be a finite number >= 0, got {self.weight_decay}"
+            )
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"TrainConfig: patience must be >= 1 or None, got {self.patience}")
 

@@ -78,7 +78,10 @@ def test_fit_writes_results_plot_and_checkpoint(fake_graph, tmp_path):
 
 
 def test_kill_and_resume_gives_the_same_run(fake_graph, tmp_path, monkeypatch):
-    full = fit(fake_graph, _config(epochs=5), tmp_path / "full")
+    # dropout > 0: the resumed run must also continue the random stream (dropout masks), which
+    # a dropout-free model would not notice
+    cfg = _config(epochs=5, model_args={**SMALL, "dropout": 0.5})
+    full = fit(fake_graph, cfg, tmp_path / "full")
     real_epoch = trainer_module._train_epoch_graph
 
     def dies_at_epoch_4(task, model, optimizer, sampler, config, env, epoch):
@@ -88,15 +91,40 @@ def test_kill_and_resume_gives_the_same_run(fake_graph, tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_module, "_train_epoch_graph", dies_at_epoch_4)
     with pytest.raises(KeyboardInterrupt):
-        fit(fake_graph, _config(epochs=5), tmp_path / "killed")
+        fit(fake_graph, cfg, tmp_path / "killed")
     assert not (tmp_path / "killed" / "results.json").exists()
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 3
     monkeypatch.setattr(trainer_module, "_train_epoch_graph", real_epoch)
-    resumed = fit(fake_graph, _config(epochs=5), tmp_path / "killed")
+    resumed = fit(fake_graph, cfg, tmp_path / "killed")
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
-    for a, b in zip(full["history"], resumed["history"]):
+    for a, b in zip(full["history"], resumed["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["valid_rocauc"] == pytest.approx(b["valid_rocauc"], rel=1e-5)
+        assert a["test_rocauc"] == pytest.approx(b["test_rocauc"], rel=1e-5)
+    assert (resumed["best_epoch"], resumed["best"]) == (full["best_epoch"], full["best"])
+
+
+@pytest.mark.parametrize(
+    "metric, valid, test, best_epoch",
+    [
+        # higher is better: the highest valid score, the first of tied epochs (OGB's argmax);
+        # the test score is the one of that epoch, not the best test score
+        ("rocauc", [0.6, 0.8, 0.8, 0.7], [0.9, 0.5, 0.95, 0.99], 2),
+        # lower is better: the lowest valid score (a NaN epoch is never the best)
+        ("rmse", [float("nan"), 1.0, 0.5, 0.5], [0.1, 0.05, 0.9, 0.2], 3),
+    ],
+)
+def test_the_test_score_is_taken_at_the_best_validation_epoch(
+    fake_graph, monkeypatch, metric, valid, test, best_epoch
+):
+    scores = iter([v for pair in zip(valid, test, strict=True) for v in pair])
+    monkeypatch.setattr(
+        trainer_module, "_evaluate_graph", lambda task, model, split, config, env: next(scores)
+    )
+    r = fit(replace(fake_graph, metric=metric), _config(epochs=4), None)
+    assert r["higher_is_better"] == (metric == "rocauc")
+    assert r["best_epoch"] == best_epoch
+    assert r["best"] == {"valid": valid[best_epoch - 1], "test": test[best_epoch - 1]}
 
 
 def test_cosine_schedule_values_and_validation():
@@ -215,6 +243,9 @@ def test_config_validation():
         _config(epochs=0)
     with pytest.raises(ValueError, match="patience"):
         _config(patience=0)
+    for bad in (-1e-4, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
+            _config(weight_decay=bad)
     assert _config().digest() != replace(_config(), seed=1).digest()
     assert _config().digest() == replace(_config(), progress=True, threads=3).digest()
     # one-graph batches are skipped in training, so batch_size 1 would train on nothing
@@ -255,6 +286,12 @@ def test_summary_says_which_seeds_are_in_the_mean():
     assert summary["seeds"] == [0, 1, 2] and summary["seeds_in_mean"] == [0, 2]
     summary.update(benchmark="b", model="m", num_parameters=1)
     assert "mean ± std (2 of 3 seeds)" in format_table(runs, summary)
+    # a seed with a valid score but a NaN test score leaves both means, not the test mean only
+    runs[1]["best"] = {"valid": 0.1, "test": float("nan")}
+    summary = summarize(runs)
+    assert summary["seeds_in_mean"] == [0, 2]
+    assert summary["valid_mean"] == pytest.approx(1.1)
+    assert summary["test_mean"] == pytest.approx(1.2)
 
 
 def test_gin_atom_and_bond_embeddings_keep_ogbs_xavier_init():
@@ -291,6 +328,40 @@ def test_metrics_match_reference_implementations():
     assert rmse(yr, pr) == pytest.approx(
         Evaluator("ogbg-molesol").eval({"y_true": yr, "y_pred": pr})["rmse"]
     )
+
+
+def test_a_nan_prediction_makes_the_score_nan_not_a_ranking():
+    """A diverged model's NaN outputs must not get a ROC-AUC (NaN would rank as the highest
+    score): the score is NaN, as RMSE's, so the epoch can never be the best one."""
+    from graphseq.train.metrics import make_evaluator
+
+    y = torch.tensor([[0.0], [1.0], [0.0], [1.0], [float("nan")]])
+    s = torch.tensor([[0.1], [0.9], [0.2], [0.8], [0.5]])
+    assert rocauc(y, s) == 1.0
+    for bad in (torch.full_like(s, float("nan")), torch.where(y == 0, float("nan"), s)):
+        assert math.isnan(rocauc(y, bad))
+        assert math.isnan(make_evaluator("rocauc", "ogbg-molhiv")(y, bad))
+        assert math.isnan(rmse(y, bad))
+    # a NaN prediction where the label is missing is ignored, as OGB does
+    s_unlabelled_nan = s.clone()
+    s_unlabelled_nan[4] = float("nan")
+    assert rocauc(y, s_unlabelled_nan) == 1.0
+    assert make_evaluator("rocauc", "ogbg-molhiv")(y, s_unlabelled_nan) == 1.0
+
+
+def test_metrics_refuse_predictions_of_another_shape():
+    """As OGB's Evaluator: a [N, 2] two-class output for [N] labels is not scored on its
+    first column (which gave 1 - AUC), nor [N, 3] regression outputs on the first."""
+    y = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    logits = torch.stack([-y, y], 1)
+    with pytest.raises(ValueError, match=r"rocauc: y_pred must have the shape of y_true.*\(4, 2\)"):
+        rocauc(y, logits)
+    with pytest.raises(ValueError, match="rmse: y_pred must have the shape of y_true"):
+        rmse(y.view(4, 1), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="rocauc: y_pred must have the shape"):
+        rocauc(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.zeros(4))  # rows differ
+    # [N] labels with [N, 1] predictions (and the reverse) are one task, as before
+    assert rocauc(y, y.view(4, 1)) == 1.0 and rmse(y.view(4, 1), y) == 0.0
 
 
 def test_model_registry_lists_and_validates():
