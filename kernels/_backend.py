@@ -52,6 +52,7 @@ def resolve_backend(
     *,
     op: str,
     triton_supported: bool = True,
+    triton_default: bool = True,
 ) -> str:
     """Choose the implementation an op runs.
 
@@ -60,6 +61,9 @@ def resolve_backend(
         device: the device of the op's inputs.
         op: the op's name, used in error messages.
         triton_supported: ``False`` when the op has no Triton path for these arguments.
+        triton_default: ``False`` when the op's Triton path is not the automatic choice for
+            CUDA tensors (not yet shown faster than its PyTorch path there); ``backend="triton"``
+            and ``GRAPHSEQ_BACKEND=triton`` still select it.
 
     Returns:
         One of :data:`BACKENDS`.
@@ -71,7 +75,7 @@ def resolve_backend(
     if backend is None:
         # Triton only pays off on a GPU; on CPU the vectorised PyTorch path is the fast one
         # (the interpreter is a correctness tool, never a default).
-        if device.type == "cuda" and HAS_TRITON and triton_supported:
+        if device.type == "cuda" and HAS_TRITON and triton_supported and triton_default:
             return "triton"
         return "torch"
     if backend not in BACKENDS:

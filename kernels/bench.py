@@ -34,12 +34,20 @@ from graphseq.kernels import (
     DagScanPlan,
     chunked_matrix_scan,
     dag_scan,
+    grid_scan_2d,
     linear_scan,
     segment_scan,
     segment_tree_reduce,
 )
 
-OPS = ("linear_scan", "chunked_matrix_scan", "segment_tree_reduce", "segment_scan", "dag_scan")
+OPS = (
+    "linear_scan",
+    "chunked_matrix_scan",
+    "segment_tree_reduce",
+    "segment_scan",
+    "dag_scan",
+    "grid_scan_2d",
+)
 
 
 @dataclass
@@ -138,6 +146,11 @@ def _gate(op: str, backend: str | None, device: torch.device) -> str | None:
             log_f = -rnd(1, 70, 2).abs() * 0.1
             got = chunked_matrix_scan(q, k, v, log_f, chunk_size=16, backend=backend)[0]
             want = chunked_matrix_scan(q, k, v, log_f, backend="reference")[0]
+        elif op == "grid_scan_2d":
+            q, k, v = rnd(2, 3, 5, 2, 3), rnd(2, 3, 5, 2, 3), rnd(2, 3, 5, 2, 4)
+            gates = [rnd(2, 3, 5, 2).tanh() for _ in range(8)]
+            got = grid_scan_2d(q, k, v, *gates, backend=backend)[0]
+            want = grid_scan_2d(q, k, v, *gates, backend="reference")[0]
         elif op == "dag_scan":
             ei = torch.tensor([[0, 0, 1, 2, 4, 3], [1, 2, 3, 3, 5, 5]], device=device)
             x, w = rnd(6, 2, 3, 3), rnd(6, 2)
@@ -309,6 +322,46 @@ def _dag_rows(quick: bool, backend, device, repeats, ref_repeats: int = 3) -> li
         row = Row("dag_scan", name, mode, fast, ref, ref / fast)
         if with_torch:
             base = timed(torch_fn, repeats)
+            row.baseline, row.baseline_ms, row.ratio_to_baseline = "torch path", base, fast / base
+        rows.append(row)
+    return rows
+
+
+def _grid_rows(quick: bool, backend, device, repeats, ref_repeats: int = 3) -> list[Row]:
+    """The 2D pLSTM scan of a small vision model: 12 x 12 patches, dim 32 in 4 heads, the four
+    corners of 64 images stacked on the batch axis (as ``PLSTM2D`` runs them).
+
+    Against the reference loop; with ``--backend triton`` the PyTorch path that ``"torch"``
+    picks for this size is the baseline column as well.
+    """
+    B, X, Y, H, K = (8, 6, 6, 2, 4) if quick else (256, 12, 12, 4, 8)
+    q, k, v = (torch.randn(B, X, Y, H, K, device=device) / K**0.5 for _ in range(3))
+    gates = [torch.rand(B, X, Y, H, device=device) for _ in range(8)]
+    gates[:4] = [0.5 * g for g in gates[:4]]  # transitions: P-mode-like, sum <= 1
+    gates[3] = None  # D-mode's missing cross transition
+    name = f"B{B} {X}x{Y} H{H} K=V={K}"
+    ins = (q, k, v, *[g for g in gates if g is not None])
+
+    def call(be):
+        def fn(q, k, v, *gs):
+            it = iter(gs)
+            full = [None if g is None else next(it) for g in gates]
+            return grid_scan_2d(q, k, v, *full, backend=be)[0]  # h, as PLSTM2D uses it
+
+        return fn
+
+    rows = []
+    for mode in ("fwd", "fwd+bwd"):
+        args = ins if mode == "fwd" else tuple(_grad_inputs(*ins))
+
+        def timed(fn, reps, args=args, mode=mode):
+            run = (lambda: fn(*args)) if mode == "fwd" else _fwd_bwd(fn, *args)
+            return _time(run, device, reps)
+
+        fast, ref = timed(call(backend), repeats), timed(call("reference"), ref_repeats)
+        row = Row("grid_scan_2d", name, mode, fast, ref, ref / fast)
+        if backend == "triton":
+            base = timed(call("torch"), repeats)
             row.baseline, row.baseline_ms, row.ratio_to_baseline = "torch path", base, fast / base
         rows.append(row)
     return rows
@@ -488,6 +541,8 @@ def main(argv: list[str] | None = None) -> dict:
             new = _chunked_rows(args.quick, args.backend, device, args.repeats, args.ref_repeats)
         elif op == "dag_scan":
             new = _dag_rows(args.quick, args.backend, device, args.repeats, args.ref_repeats)
+        elif op == "grid_scan_2d":
+            new = _grid_rows(args.quick, args.backend, device, args.repeats, args.ref_repeats)
         else:
             new = _segment_rows(
                 op, args.quick, args.backend, device, args.repeats, args.ref_repeats

@@ -81,11 +81,13 @@ def grid_scan_2d(
         d: direct gate, ``[B, X, Y, H]`` or ``None``.
         h0_left: states entering through the left edge, ``[B, Y, H, K, V]``; default zeros.
         h0_top: states entering through the top edge, ``[B, X, H, K, V]``; default zeros.
-        backend: ``"reference"`` (loop over the cells) or ``"torch"`` (vectorised; the
-            default on every device). This op has no Triton kernel: ``"triton"`` raises
-            ``ValueError``. ``None`` picks ``"torch"``.
+        backend: ``"reference"`` (loop over the cells), ``"torch"`` (vectorised; the
+            default on every device) or ``"triton"`` (one launch: a program per batch row,
+            head and value block sweeps its grid; checked in the interpreter, not yet timed
+            on a GPU, so never picked automatically). ``None`` picks ``"torch"``.
         method: for the ``"torch"`` backend, ``"wavefront"``, ``"tiled"`` or ``"dense"``
-            forces one of its exact paths (below); ``None`` picks by size.
+            forces one of its exact paths (below); ``None`` picks by size. With
+            ``backend="triton"`` it raises ``ValueError``.
 
     Shapes and dtypes:
         All tensors share one floating dtype and device (``h0_*`` may also be float32 for
@@ -115,7 +117,8 @@ def grid_scan_2d(
     The wavefront and tiled paths are linear in the number of cells; the dense path is
     quadratic (like the released pLSTM code's fused path) and is chosen only for small grids,
     where it is the fastest. None pads beyond the last partial tile.
-    Gradients come from autograd through the vectorised steps.
+    Gradients come from autograd through the vectorised steps (the Triton path has a
+    hand-written, first-order backward: a reverse sweep with the adjoints).
 
     NaN or inf in a cell's inputs reach the outputs of the cells downstream of it (as in the
     loop) on the reference and wavefront paths; on the tiled path they reach every cell of
@@ -188,10 +191,20 @@ def grid_scan_2d(
 
     if method is not None and method not in METHODS:
         raise ValueError(f"{_OP}: method must be one of {METHODS} or None, got {method!r}")
-    backend = resolve_backend(backend, q.device, op=_OP, triton_supported=False)
+    if method is not None and backend == "triton":
+        raise ValueError(
+            f"{_OP}: method={method!r} selects a path of backend='torch', not 'triton'"
+        )
+    backend = resolve_backend(backend, q.device, op=_OP, triton_default=False)
+    if method is not None and backend == "triton":
+        backend = "torch"  # GRAPHSEQ_BACKEND=triton is a preference; method= names a torch path
     args = (q, k, v, t_rl, t_ru, t_du, t_dl, s_r, s_d, m_l, m_u, d)
     if backend == "reference":
         return reference.grid_scan_2d(*args, h0_left=h0_left, h0_top=h0_top)
+    if backend == "triton":
+        from . import triton as triton_path  # imports triton only when it is asked for
+
+        return triton_path.grid_scan_2d(*args, h0_left=h0_left, h0_top=h0_top)
     if method is None:
         if K * V < TILED_MIN_STATE:
             method = "wavefront"

@@ -1,4 +1,5 @@
-"""grid_scan_2d: the wavefront path against the loop reference, gradients, edges, bad input."""
+"""grid_scan_2d: the fast paths (wavefront, tiled, dense; Triton in the interpreter on CPU)
+against the loop reference, gradients, edges, bad input."""
 
 import doctest
 from functools import partial
@@ -8,7 +9,7 @@ import torch
 
 from graphseq.kernels.grid_scan_2d import chunked, dense, grid_scan_2d, wavefront
 from graphseq.nn.plstm.plstm1d import plstm1d_reference
-from graphseq.testing import assert_close
+from graphseq.testing import assert_close, requires_triton
 
 
 @pytest.fixture(autouse=True)
@@ -344,8 +345,8 @@ def test_bad_input():
         run(q.long(), k, v, gates, None)
     with pytest.raises(ValueError, match="h0_top must have shape"):
         run(q, k, v, gates, None, h0_top=torch.zeros(1, 3, 1, 2, 2, dtype=torch.float64))
-    with pytest.raises(ValueError, match="triton"):
-        run(q, k, v, gates, "triton")
+    with pytest.raises(ValueError, match="method='dense' selects a path of backend='torch'"):
+        run(q, k, v, gates, "triton", method="dense")
     with pytest.raises(ValueError, match="backend must be one of"):
         run(q, k, v, gates, "cuda")
 
@@ -356,3 +357,102 @@ def test_docstring_example():
     for test in doctest.DocTestFinder().find(grid_scan_2d, "grid_scan_2d", globs={}):
         runner.run(test)
     assert runner.tries > 0 and runner.failures == 0
+
+
+@requires_triton
+@pytest.mark.parametrize(
+    "B,X,Y,H,K,V,drop",
+    [
+        (2, 3, 4, 2, 3, 5, ()),
+        (1, 5, 2, 1, 4, 70, ("t_dl",)),  # two value blocks of 64
+        (2, 1, 1, 1, 2, 2, ("t_ru", "d")),
+        (1, 4, 3, 2, 5, 3, ("t_rl", "t_du")),
+    ],
+)
+def test_triton_matches_reference_float64(B, X, Y, H, K, V, drop):
+    q, k, v, gates = make(B, X, Y, H, K, V)
+    for name in drop:
+        gates[name] = None
+    g = torch.Generator().manual_seed(1)
+    h0_left = torch.randn(B, Y, H, K, V, generator=g, dtype=torch.float64)
+    h0_top = torch.randn(B, X, H, K, V, generator=g, dtype=torch.float64)
+    present = [t for t in gates.values() if t is not None]
+    leaves = [t.requires_grad_() for t in (q, k, v, h0_left, h0_top, *present)]
+    results = {}
+    for backend in ("reference", "triton"):
+        h, (r, b) = run(q, k, v, gates, backend, h0_left=h0_left, h0_top=h0_top)
+        w = torch.linspace(-1, 1, h.numel(), dtype=h.dtype).view_as(h)
+        loss = (h * w).sum() + r.square().sum() + 1.5 * b.sum()
+        results[backend] = (h, r, b, *torch.autograd.grad(loss, leaves))
+    for got, want in zip(results["triton"], results["reference"]):
+        assert_close(got, want)
+
+
+@requires_triton
+def test_triton_gradcheck_and_unused_outputs():
+    q, k, v, gates = make(1, 2, 3, 1, 2, 3)
+    gates["t_dl"] = None
+    names = [n for n in GATES if gates[n] is not None]
+    h0 = torch.randn(1, 2, 1, 2, 3, dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (q, k, v, h0, *(gates[n] for n in names))]
+
+    def f(q, k, v, h0, *gs):
+        full = dict(gates)
+        full.update(zip(names, gs))
+        h, (r, b) = run(q, k, v, full, "triton", h0_top=h0)
+        return h, r, b
+
+    assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
+    # only h used: the edge states' gradients are absent, not garbage
+    h, _ = run(q, k, v, gates, "triton", h0_top=h0)
+    ref, _ = run(q, k, v, gates, "reference", h0_top=h0)
+    got = torch.autograd.grad(h.sum(), inputs)
+    want = torch.autograd.grad(ref.sum(), inputs)
+    for a, b in zip(got, want):
+        assert_close(a, b)
+
+
+@requires_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_low_precision(dtype):
+    q, k, v, gates = make(2, 4, 5, 2, 3, 4)
+    h0 = torch.randn(2, 5, 2, 3, 4, dtype=torch.float64)
+    want, (wr, wb) = run(q, k, v, gates, "reference", h0_left=h0)
+    low = {n: g.to(dtype) for n, g in gates.items()}
+    h, (r, b) = run(q.to(dtype), k.to(dtype), v.to(dtype), low, "triton", h0_left=h0.float())
+    assert h.dtype == dtype and r.dtype == b.dtype == torch.float32
+    ref_low, (rr, rb) = run(
+        q.to(dtype).double(), k.to(dtype).double(), v.to(dtype).double(),
+        {n: g.double() for n, g in low.items()}, "reference", h0_left=h0.float().double(),
+    )  # fmt: skip
+    assert_close(h, ref_low, dtype=dtype)
+    for got, want_ in ((r, rr), (b, rb)):  # the edge states, float32 for both input dtypes
+        assert_close(got, want_, dtype=torch.float32 if dtype == torch.float32 else dtype)
+    assert want.shape == h.shape and wr.shape == r.shape and wb.shape == b.shape
+
+
+@requires_triton
+def test_triton_empty_and_nan():
+    for B, X, Y in ((0, 3, 4), (2, 0, 3), (2, 3, 0)):
+        q, k, v, gates = make(B, X, Y, 2, 3, 4)
+        h, (r, b) = run(q, k, v, gates, "triton")
+        assert h.shape == (B, X, Y, 2, 4)
+        assert r.shape == (B, Y, 2, 3, 4) and b.shape == (B, X, 2, 3, 4)
+    q, k, v, gates = make(2, 4, 4, 2, 2, 2, zero_frac=0.0)
+    v[0, 2, 1, 0] = float("nan")
+    h, _ = run(q, k, v, gates, "triton")
+    xs, ys = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    assert torch.equal(h[0, :, :, 0].isnan().any(-1), (xs >= 2) & (ys >= 1))  # downstream
+    assert not h[0, :, :, 1].isnan().any() and not h[1].isnan().any()
+
+
+def test_triton_is_not_the_automatic_choice_on_cuda(monkeypatch):
+    """Until it is timed against the PyTorch paths on a GPU, the Triton grid scan runs only
+    when asked for (backend='triton' or GRAPHSEQ_BACKEND=triton)."""
+    from graphseq.kernels import _backend
+
+    monkeypatch.setattr(_backend, "HAS_TRITON", True)
+    monkeypatch.delenv("GRAPHSEQ_BACKEND", raising=False)
+    cuda = torch.device("cuda")
+    assert _backend.resolve_backend(None, cuda, op="grid_scan_2d", triton_default=False) == "torch"
+    assert _backend.resolve_backend(None, cuda, op="dag_scan") == "triton"

@@ -444,11 +444,13 @@ class PLSTM2D(torch.nn.Module):
     def forward(self, x: Tensor, backend: str | None = None, method: str | None = None) -> Tensor:
         """``x`` ``[B, X, Y, D]`` -> ``[B, X, Y, D]``.
 
-        ``backend`` (``"reference"`` loop or ``"torch"``) and ``method`` (``"native"``,
+        ``backend`` (``"reference"`` loop, ``"torch"``, or ``"triton"``: the grid scan's
+        Triton kernel, the four corners in one launch) and ``method`` (``"native"``,
         ``"dense"``, ``"wavefront"``, ``"tiled"`` or ``None``: automatic, ``"native"`` on CPU
         where the kernel can be built and ``"dense"`` elsewhere for grids of at most
         :data:`DENSE_MAX_CELLS` cells) force a path; all paths give the same result (and
-        gradients; ``"native"``'s backward cannot itself be differentiated)."""
+        gradients; ``"native"``'s and ``"triton"``'s backward cannot itself be
+        differentiated)."""
         cls = type(self).__name__
         if not isinstance(x, Tensor):
             raise TypeError(f"{cls}: x must be a torch.Tensor, got {type(x).__name__}")
