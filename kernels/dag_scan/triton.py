@@ -31,6 +31,7 @@ from .._autograd import first_order_only
 from .plan import DagScanPlan, _numel
 
 _MAX_BLOCK_F = 256  # state entries per program; larger states use more programs per row
+_MAX_GRID_YZ = 65535  # CUDA's limit on grid dimensions 1 and 2 (dimension 0 allows 2**31 - 1)
 
 
 @triton.jit
@@ -43,22 +44,26 @@ def _pull_kernel(
     row_lo,  # first row of this launch
     H,
     F,
+    N_F,  # blocks of BLOCK_F entries per (state, head)
     BLOCK_F: tl.constexpr,
 ):
+    # grid (rows, min(H * N_F, 65535)): the second axis strides over the (head, block) pairs,
+    # so neither many heads nor wide states exceed CUDA's grid limits
     r = row_lo + tl.program_id(0)
-    h = tl.program_id(1)
-    offs = tl.program_id(2) * BLOCK_F + tl.arange(0, BLOCK_F)
-    mask = offs < F
     s = tl.load(ROW_STATE + r)
     start = tl.load(ROW_PTR + r)
     end = tl.load(ROW_PTR + r + 1)
-    target = C + (s * H + h) * F + offs
-    acc = tl.load(target, mask=mask, other=0.0)
-    for e in range(start, end):
-        n = tl.load(NBR + e)
-        w = tl.load(W + e * H + h)
-        acc += w * tl.load(C + (n * H + h) * F + offs, mask=mask, other=0.0)
-    tl.store(target, acc, mask=mask)
+    for j in range(tl.program_id(1), H * N_F, tl.num_programs(1)):
+        h = j // N_F
+        offs = (j % N_F) * BLOCK_F + tl.arange(0, BLOCK_F)
+        mask = offs < F
+        target = C + (s * H + h) * F + offs
+        acc = tl.load(target, mask=mask, other=0.0)
+        for e in range(start, end):
+            n = tl.load(NBR + e)
+            w = tl.load(W + e * H + h)
+            acc += w * tl.load(C + (n * H + h) * F + offs, mask=mask, other=0.0)
+        tl.store(target, acc, mask=mask)
 
 
 @triton.jit
@@ -72,18 +77,19 @@ def _edge_dot_kernel(
     F,
     BLOCK_F: tl.constexpr,
 ):
-    e = tl.program_id(0)
-    h = tl.program_id(1)
+    # grid (L, min(H, 65535)); int64 edge index: L * H may exceed 2**31
+    e = tl.program_id(0).to(tl.int64)
     s = tl.load(SRC + e)
     d = tl.load(DST + e)
-    acc = tl.zeros([BLOCK_F], dtype=OUT.dtype.element_ty)
-    for f0 in range(0, F, BLOCK_F):
-        offs = f0 + tl.arange(0, BLOCK_F)
-        mask = offs < F
-        g = tl.load(G + (d * H + h) * F + offs, mask=mask, other=0.0)
-        c = tl.load(C + (s * H + h) * F + offs, mask=mask, other=0.0)
-        acc += g * c
-    tl.store(OUT + e * H + h, tl.sum(acc, axis=0))
+    for h in range(tl.program_id(1), H, tl.num_programs(1)):
+        acc = tl.zeros([BLOCK_F], dtype=OUT.dtype.element_ty)
+        for f0 in range(0, F, BLOCK_F):
+            offs = f0 + tl.arange(0, BLOCK_F)
+            mask = offs < F
+            g = tl.load(G + (d * H + h) * F + offs, mask=mask, other=0.0)
+            c = tl.load(C + (s * H + h) * F + offs, mask=mask, other=0.0)
+            acc += g * c
+        tl.store(OUT + e * H + h, tl.sum(acc, axis=0))
 
 
 class TritonSchedule:
@@ -147,15 +153,16 @@ def _pull(C, W, nbr, row_state, row_ptr, levels, H, F) -> None:
     """Run the pull kernel level by level, in the order of ``levels``."""
     block = _block_f(F)
     n_f = triton.cdiv(F, block)
+    grid_y = min(H * n_f, _MAX_GRID_YZ)
     for lo, hi in levels:
-        _pull_kernel[(hi - lo, H, n_f)](C, W, nbr, row_state, row_ptr, lo, H, F, BLOCK_F=block)
+        _pull_kernel[(hi - lo, grid_y)](C, W, nbr, row_state, row_ptr, lo, H, F, n_f, BLOCK_F=block)
 
 
 def scan_forward(x: torch.Tensor, w: torch.Tensor, plan: DagScanPlan) -> torch.Tensor:
     """States ``C`` ``[S, H, F]`` from ``x`` ``[S, H, F]`` and sorted weights ``[L, H]``."""
     C = x.contiguous().clone()
     _, H, F = C.shape
-    if F == 0 or plan.num_edges == 0:
+    if F == 0 or H == 0 or plan.num_edges == 0:
         return C
     sched = schedule(plan)
     _pull(C, w.contiguous(), plan.src, sched.in_state, sched.in_ptr, sched.in_levels, H, F)
@@ -169,7 +176,7 @@ def scan_backward(
     G = dC.contiguous().clone()
     _, H, F = G.shape
     L = plan.num_edges
-    if F == 0 or L == 0:
+    if F == 0 or H == 0 or L == 0:
         return G, (w.new_zeros(L, H) if need_dw else None)
     sched = schedule(plan)
     w_out = w[sched.out_perm].contiguous()
@@ -177,7 +184,8 @@ def scan_backward(
     dw = None
     if need_dw:
         dw = torch.empty(L, H, dtype=C.dtype, device=C.device)
-        _edge_dot_kernel[(L, H)](G, C, plan.src, plan.dst, dw, H, F, BLOCK_F=_block_f(F))
+        grid = (L, min(H, _MAX_GRID_YZ))
+        _edge_dot_kernel[grid](G, C, plan.src, plan.dst, dw, H, F, BLOCK_F=_block_f(F))
     return G, dw
 
 

@@ -322,3 +322,47 @@ def test_triton_schedule_rows_cover_every_edge_once():
     assert lv == sorted(lv, reverse=True) and len(set(lv)) == len(lv)
     for lo, hi in sched.out_levels:  # one level per launch
         assert (level[sched.out_state[lo:hi]] == level[sched.out_state[lo]]).all()
+
+
+@requires_triton
+def test_triton_grids_stay_within_cuda_limits(monkeypatch):
+    # CUDA allows at most 65535 programs along grid dimensions 1 and 2: many heads (a
+    # channel-wise scan) or one 4096 x 4096 state per head must not ask for more
+    from graphseq.kernels.dag_scan import triton as triton_path
+
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: grids.append(tuple(grid))
+
+    monkeypatch.setattr(triton_path, "_pull_kernel", Recorder())
+    monkeypatch.setattr(triton_path, "_edge_dot_kernel", Recorder())
+    chain = torch.tensor([[0], [1]], device=DEVICE)
+    for shape in ((2, 70000), (2, 1, 4096, 4096)):
+        x = torch.zeros(shape, device=DEVICE, requires_grad=True)
+        w = torch.ones(1, shape[1], device=DEVICE, requires_grad=True)
+        dag_scan(x, w, chain, backend="triton").sum().backward()
+    assert len(grids) == 6
+    assert all(max(g[1:], default=1) <= 65535 for g in grids), grids
+
+
+@requires_triton
+def test_triton_programs_loop_when_the_grid_is_capped(monkeypatch):
+    # with the cap at 2 programs, every program covers several (head, block) pairs
+    from graphseq.kernels.dag_scan import triton as triton_path
+
+    monkeypatch.setattr(triton_path, "_MAX_GRID_YZ", 2)
+    gen = torch.Generator().manual_seed(14)
+    ei = random_dag(9, 0.4, gen)
+    x = torch.randn(9, 3, 300, generator=gen, dtype=torch.float64).to(DEVICE)
+    w = random_weights(ei.shape[1], 3, gen)
+    dy = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(DEVICE)
+    grads = {}
+    for backend in ("reference", "triton"):
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = dag_scan(xr, wr, ei, backend=backend)
+        (y * dy).sum().backward()
+        grads[backend] = (y.detach(), xr.grad, wr.grad)
+    for a, b in zip(grads["triton"], grads["reference"]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
