@@ -11,8 +11,9 @@ and its labels are local to the head (``0..num_classes-1``). Splits have ``len()
   (1,797 images shipped with scikit-learn; stratified 70/30 split, ``random_state=0``): fast
   streams for tests.
 * :func:`graph_tasks`: synthetic graph classification tasks for GNN targets; task ``k`` asks
-  whether a random graph has at least the median number of edges between node types
-  ``a_k`` and ``b_k``, so it needs one round of message passing.
+  whether a random graph has at least a threshold number of edges between node types
+  ``a_k`` and ``b_k`` (the threshold that splits the task's training graphs most evenly), so
+  it needs one round of message passing.
 
 MNIST is read from ``mnist.npz`` (keys ``x_train``, ``y_train``, ``x_test``, ``y_test``, as
 distributed by Keras/TensorFlow: https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz)
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import check_seed
 from .molecules import DATA_ENV, MissingDataError, default_data_dir
 
 __all__ = [
@@ -223,6 +225,7 @@ def permuted_mnist(
     (``numpy.random.default_rng(seed)``). Images scaled to ``[0, 1]``, zero-padded by
     ``padding`` pixels per side, flattened to ``(28 + 2 padding)**2`` features."""
     num_tasks = _check_count("num_tasks", num_tasks, 1000)
+    check_seed("permuted_mnist", seed)
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
         raise ValueError(f"padding must be an int >= 0, got {padding!r}")
     d = load_mnist(data_dir)
@@ -269,6 +272,7 @@ def permuted_digits(num_tasks: int = 10, seed: int = 0) -> list[ContinualTask]:
     """Permuted-Digits: scikit-learn's 8x8 digits (64 features, 1,257 train / 540 test),
     task 0 unpermuted, then fixed random feature permutations."""
     num_tasks = _check_count("num_tasks", num_tasks, 1000)
+    check_seed("permuted_digits", seed)
     return _permuted("permuted-digits", *_digits(), num_tasks, seed, tuple(range(10)))
 
 
@@ -299,8 +303,11 @@ def graph_tasks(
     Every graph has 8-16 nodes, each edge present with probability 0.25 (undirected, stored
     in both directions) and one-hot node types. Task ``k`` uses the ``k``-th pair of types
     ``(a, b)`` with ``a <= b`` (in ``itertools.combinations_with_replacement`` order) and
-    labels a graph 1 if it has at least as many ``a``-``b`` edges as the median training
-    graph of the task. Each task draws its own graphs from ``seed`` and ``k``.
+    labels a graph 1 if it has at least ``c_k`` ``a``-``b`` edges, where ``c_k`` is the
+    threshold that splits the task's training graphs most evenly (the smallest such count on a
+    tie). A plain ``>= median`` would label every graph 1 whenever half of the training graphs
+    have no ``a``-``b`` edge at all, as happens for same-type pairs. Each task draws its own
+    graphs from ``seed`` and ``k``.
     """
     from torch_geometric.data import Data
 
@@ -309,6 +316,7 @@ def graph_tasks(
     num_tasks = _check_count("num_tasks", num_tasks, len(pairs))
     for name, v in (("num_train", num_train), ("num_test", num_test)):
         _check_count(name, v, 10**7)
+    check_seed("graph_tasks", seed)
     tasks = []
     for k in range(num_tasks):
         a, b = pairs[k]
@@ -322,7 +330,10 @@ def graph_tasks(
             x = torch.nn.functional.one_hot(torch.from_numpy(types).long(), num_types).float()
             graphs.append(Data(x=x, edge_index=edge_index))
         counts_t = torch.tensor(counts)
-        threshold = counts_t[:num_train].float().median()
+        train_counts = counts_t[:num_train]
+        candidates = train_counts.unique()  # sorted; argmin keeps the smallest on a tie
+        positive = (train_counts[None, :] >= candidates[:, None]).double().mean(1)
+        threshold = candidates[(positive - 0.5).abs().argmin()]
         y = (counts_t >= threshold).long()
         tasks.append(
             ContinualTask(

@@ -40,6 +40,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from ._checks import check_seed
+
 __all__ = ["GRAPH_TASKS", "exact_match", "graph_task", "task_info"]
 
 GRAPH_TASKS = (
@@ -185,6 +187,7 @@ def graph_task(
         )
     if family not in ("er", "regular"):
         raise ValueError(f"graph_task: family must be 'er' or 'regular', got {family!r}")
+    check_seed("graph_task", seed)
     rng = np.random.default_rng(seed)
     out = []
     for i in range(num_graphs):

@@ -34,7 +34,7 @@ def _find(name: str, data_dir: str | Path | None) -> Path:
     from .molecules import default_data_dir
 
     # --data-dir, else $GRAPHSEQ_DATA, else ~/.cache/graphseq/data (as the other loaders)
-    roots = [Path(data_dir) if data_dir is not None else default_data_dir()]
+    roots = [Path(data_dir).expanduser() if data_dir is not None else default_data_dir()]
     tried = []
     for root in roots:
         for cand in (root / "heterophilous" / f"{name}.npz", root / f"{name}.npz"):

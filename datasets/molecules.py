@@ -214,17 +214,32 @@ def _parse(smiles: str):
     mol = Chem.MolFromSmiles(smiles)
     if mol is not None:
         return mol, False
+    mol = _parse_lenient(smiles)
+    return (mol, True) if mol is not None else (None, False)
+
+
+def _parse_lenient(smiles: str):
+    """``Chem.MolFromSmiles`` without the valence check, else ``None``.
+
+    The other steps of ``MolFromSmiles`` are kept, so the molecule is featurised as
+    ``smiles2graph`` featurises every other one: explicit ``[H]`` atoms are removed and stereo
+    is perceived (E/Z bonds, chiral tags cleaned).
+    """
+    from rdkit import Chem
+
     mol = Chem.MolFromSmiles(smiles, sanitize=False)
     if mol is None:
-        return None, False
+        return None
     try:
         mol.UpdatePropertyCache(strict=False)
+        mol = Chem.RemoveHs(mol, sanitize=False)
         flags = Chem.SanitizeFlags.SANITIZE_ALL ^ Chem.SanitizeFlags.SANITIZE_PROPERTIES
         if Chem.SanitizeMol(mol, flags, catchErrors=True) != Chem.SanitizeFlags.SANITIZE_NONE:
-            return None, False
+            return None
+        Chem.AssignStereochemistry(mol, cleanIt=True, force=True)
     except Exception:
-        return None, False
-    return mol, True
+        return None
+    return mol
 
 
 def _mol_to_graph(mol) -> dict[str, Any]:
@@ -376,6 +391,9 @@ def build_ogb_directory(
     from ogb.utils import smiles2graph
     from rdkit import RDLogger
 
+    # by position: a pandas Series indexed by labels (sorted, filtered) must not be looked up
+    # by label when the mapping file is written
+    smiles = [str(s) for s in smiles]
     labels = np.asarray(labels, dtype=np.float64)
     if labels.ndim != 2 or labels.shape[0] != len(smiles):
         raise ValueError(
@@ -391,15 +409,15 @@ def build_ogb_directory(
     RDLogger.DisableLog("rdApp.*")
     try:
         for i, s in enumerate(smiles):
-            mol, lenient = _parse(str(s))
+            mol, lenient = _parse(s)
             if mol is None:
-                report.dropped.append((i, str(s)))
+                report.dropped.append((i, s))
                 continue
             if lenient:
-                report.lenient.append((i, str(s)))
+                report.lenient.append((i, s))
                 graphs.append(_mol_to_graph(mol))
             else:
-                graphs.append(smiles2graph(str(s)))
+                graphs.append(smiles2graph(s))
             scaffolds.append(_scaffold(mol, lenient))
             keep.append(i)
     finally:
@@ -437,7 +455,7 @@ def build_ogb_directory(
             _write_csv_gz(tmp / "split" / "scaffold" / f"{k}.csv.gz", v)
         (tmp / "mapping").mkdir()
         mapping = pd.DataFrame(labels[keep], columns=[f"label_{t}" for t in range(labels.shape[1])])
-        mapping.insert(0, "smiles", [str(smiles[i]) for i in keep])
+        mapping.insert(0, "smiles", [smiles[i] for i in keep])
         mapping.insert(1, "source_row", keep)
         mapping.to_csv(tmp / "mapping" / "mol.csv.gz", index=False, compression="gzip")
         (tmp / "mapping" / "README.md").write_text(
@@ -624,6 +642,7 @@ def load_chembl2321810(
     Returns:
         ``(dataset, split, report)`` as in :func:`load_ogb_molecules`.
     """
+    _require_chem()
     import pandas as pd
     from ogb.graphproppred import PygGraphPropPredDataset
 

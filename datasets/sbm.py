@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from ._checks import check_seed
+
 __all__ = ["cluster", "pattern", "sbm_splits"]
 
 
@@ -64,8 +66,11 @@ def pattern(
     20 valid and 20 test graphs).
     """
     _check(num_graphs, "pattern")
-    if num_patterns < 1:
-        raise ValueError(f"pattern: num_patterns must be >= 1, got {num_patterns}")
+    if isinstance(num_patterns, bool) or not isinstance(num_patterns, int) or num_patterns < 1:
+        raise ValueError(f"pattern: num_patterns must be an int >= 1, got {num_patterns!r}")
+    check_seed("pattern", seed)
+    if pattern_seed is not None:
+        check_seed("pattern", pattern_seed, "pattern_seed")
     vocab, p, q, q_pattern = 3, 0.5, 0.35, 0.5
     prng = np.random.default_rng([seed if pattern_seed is None else pattern_seed, 0])
     patterns = []
@@ -91,6 +96,7 @@ def pattern(
 def cluster(num_graphs: int, seed: int = 0) -> list[Data]:
     """``num_graphs`` CLUSTER graphs (node labels 0..5) from ``numpy.random.default_rng(seed)``."""
     _check(num_graphs, "cluster")
+    check_seed("cluster", seed)
     rng = np.random.default_rng(seed)
     k, p, q = 6, 0.55, 0.25
     graphs = []
@@ -119,6 +125,7 @@ def sbm_splits(
         raise ValueError(f"sbm_splits: name must be 'pattern' or 'cluster', got {name!r}")
     if len(sizes) != 3:
         raise ValueError(f"sbm_splits: sizes must be (train, valid, test), got {sizes!r}")
+    check_seed("sbm_splits", seed)
     out = {}
     for j, (split, n) in enumerate(zip(("train", "valid", "test"), sizes, strict=True)):
         _check(n, f"sbm_splits ({split} size)")

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._checks import check_seed
+
 __all__ = ["SetBatch", "second_minimum", "to_bits"]
 
 
@@ -115,6 +117,7 @@ def second_minimum(
         )
     if isinstance(num_bits, bool) or not isinstance(num_bits, int) or not 1 <= num_bits <= 62:
         raise ValueError(f"second_minimum: num_bits must be an int in [1, 62], got {num_bits!r}")
+    check_seed("second_minimum", seed, allow_negative=True)  # torch's generator takes any int
     gen = torch.Generator().manual_seed(seed)
     sizes = torch.randint(min_size, max_size + 1, (num_sets,), generator=gen)
     ptr = torch.zeros(num_sets + 1, dtype=torch.long)

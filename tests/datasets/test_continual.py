@@ -97,6 +97,16 @@ def test_graph_tasks():
             graph_tasks(1, num_types=bad)
 
 
+def test_graph_tasks_are_never_constant():
+    # With the default arguments, seed 0, the same-type pairs (0-0, 1-1, 2-2) have no a-b edge
+    # in half of the training graphs: a ">= median" threshold labelled every graph 1.
+    for task in graph_tasks(10, seed=0):
+        for split in (task.train, task.test):
+            assert 0.3 < split.y.float().mean() < 0.7, task.name
+    for task in graph_tasks(4, num_train=200, num_test=100, seed=2):
+        assert 0.3 < task.train.y.float().mean() < 0.7, task.name
+
+
 def _fake_mnist(path: Path, n_train: int = 40, n_test: int = 20) -> None:
     rng = np.random.default_rng(0)
     np.savez(
@@ -159,6 +169,15 @@ def test_validation_stream_holds_out_the_tail_of_each_training_split():
         x, y = held.train.batch(torch.arange(n - k))
         assert torch.equal(x, task.train.batch(torch.arange(n - k))[0])
         assert held.train.x.data_ptr() == task.train.x.data_ptr()  # a view, not a copy
+
+
+def test_bad_seeds_are_named():
+    with pytest.raises(ValueError, match="graph_tasks: seed must be >= 0"):
+        graph_tasks(1, num_train=4, num_test=2, seed=-1)
+    with pytest.raises(ValueError, match="permuted_digits: seed must be >= 0"):
+        permuted_digits(2, seed=-1)
+    with pytest.raises(TypeError, match="permuted_mnist: seed must be an int"):
+        permuted_mnist(2, data_dir="/nonexistent", seed=0.5)  # checked before the file is read
 
 
 def test_validation_stream_bad_input():

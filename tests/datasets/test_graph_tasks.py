@@ -80,6 +80,7 @@ def test_exact_match():
         ({"min_nodes": 7.5, "max_nodes": 9}, "min_nodes must be an int"),
         ({"max_nodes": 8.9}, "max_nodes must be an int"),
         ({"task": "colour_counting", "num_colours": 0}, "num_colours must be an int >= 1"),
+        ({"seed": -1}, "seed must be >= 0"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -103,6 +104,11 @@ def test_smallest_allowed_graphs_are_generated_with_correct_sizes(task):
         if task == "cycle_check":  # label 1 exactly when the graph has a cycle
             for d in data:
                 assert int(d.y) == int(d.edge_index.shape[1] // 2 >= d.num_nodes)
+
+
+def test_seed_must_be_an_int():
+    with pytest.raises(TypeError, match="seed must be an int"):
+        graph_task("cycle_check", 2, seed=0.5)
 
 
 def _contiguous_components(graphs) -> tuple[int, int]:

@@ -106,3 +106,11 @@ def test_malformed_arrays_are_named(tmp_path, override, match):
         load_heterophilous("minesweeper", tmp_path)
     _npz(tmp_path)  # the well-formed file loads
     assert load_heterophilous("minesweeper", tmp_path).num_nodes == 5
+
+
+def test_data_dir_expands_the_home_folder(tmp_path, monkeypatch):
+    # "~/data" works as it does for load_mnist and the molecule loaders
+    (tmp_path / "data").mkdir()
+    _npz(tmp_path / "data")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_heterophilous("minesweeper", "~/data").num_nodes == 5

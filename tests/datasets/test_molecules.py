@@ -89,6 +89,25 @@ def test_split_sizes_and_evaluator(name, sizes, cache):
 
 
 @needs_shared
+def test_graphs_equal_smiles2graph(cache):
+    # every graph read back through PygGraphPropPredDataset is ogb.utils.smiles2graph of its
+    # SMILES: same atom/bond feature values (AtomEncoder's vocabularies), each bond once per
+    # direction, in smiles2graph's order
+    import pandas as pd
+    from ogb.utils import smiles2graph
+
+    dataset, _, _ = load_ogb_molecules("ogbg-molfreesolv", SHARED, cache, quiet=True)
+    mapping = pd.read_csv(cache / "ogb" / "ogbg_molfreesolv" / "mapping" / "mol.csv.gz")
+    frame = pd.read_csv(SHARED / "moleculenet" / "freesolv.csv")
+    assert mapping["source_row"].tolist() == list(range(len(frame)))
+    for i, smiles in enumerate(frame["smiles"]):
+        want, g = smiles2graph(smiles), dataset[i]
+        assert torch.equal(g.x, torch.from_numpy(want["node_feat"])), smiles
+        assert torch.equal(g.edge_index, torch.from_numpy(want["edge_index"])), smiles
+        assert torch.equal(g.edge_attr, torch.from_numpy(want["edge_feat"])), smiles
+
+
+@needs_shared
 def test_real_ogb_download_is_used_instead(tmp_path, cache):
     load_ogb_molecules("ogbg-molfreesolv", SHARED, cache, quiet=True)
     real = tmp_path / "data" / "ogbg_molfreesolv"
@@ -138,12 +157,50 @@ def test_unparsable_smiles_are_counted_and_reported(tmp_path):
     assert labels.tolist() == [0.0, 1.0, 3.0]
 
 
+@pytest.mark.parametrize(
+    "smiles",
+    [
+        "CC/C=C/C",  # E/Z bond stereo
+        "OCC[C@@H]1CCN(CC\\C=C2/c3ccc(F)cc3Sc4ccc(cc24)C(F)(F)F)CC1",  # chiral tags, cleaned
+        "IC1=C(N([H])[H])C=CC(C2=NC3=CC=C(O[H])C=C3S2)=C1",  # explicit hydrogens (BBBP)
+    ],
+)
+def test_lenient_parse_featurises_like_smiles2graph(smiles):
+    # molecules that fail the valence check go through the lenient parse; everything else it
+    # does must match MolFromSmiles, so their graphs are featurised like the others
+    from ogb.utils import smiles2graph
+
+    got = molecules._mol_to_graph(molecules._parse_lenient(smiles))
+    want = smiles2graph(smiles)
+    for key in ("node_feat", "edge_index", "edge_feat"):
+        np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_lenient_molecules_keep_stereo_and_drop_explicit_hydrogens():
+    # pentavalent N fails RDKit's valence check, so both take the lenient parse
+    mol, lenient = molecules._parse("C/C=C/[N](C)(C)(C)C")
+    assert lenient and molecules._mol_to_graph(mol)["edge_feat"][2, 1] == 2  # C=C: STEREOE
+    mol, lenient = molecules._parse("[H]OC(=O)C[N](C)(C)(C)C")
+    assert lenient and molecules._mol_to_graph(mol)["num_nodes"] == 9  # heavy atoms only
+
+
 def test_chembl2321810_ships_with_rdkit(cache):
     dataset, split, report = load_chembl2321810(cache, quiet=True)
     assert len(dataset) == 1017 and report.dropped == []
     assert tuple(len(split[k]) for k in ("train", "valid", "test")) == (813, 102, 102)
     assert dataset.eval_metric == "rmse" and dataset.task_type == "regression"
     assert 4.0 < float(dataset.y.min()) and float(dataset.y.max()) < 9.5
+
+
+def test_mapping_follows_the_position_of_a_pandas_series(tmp_path):
+    # a sorted Series: its index labels are not positions
+    import pandas as pd
+
+    smiles = pd.Series(["CCO", "c1ccccc1", "CC(=O)O"], index=[2, 0, 1])
+    build_ogb_directory("toy", smiles, np.arange(3.0)[:, None], tmp_path / "toy")
+    mapping = pd.read_csv(tmp_path / "toy" / "mapping" / "mol.csv.gz")
+    assert mapping["smiles"].tolist() == ["CCO", "c1ccccc1", "CC(=O)O"]
+    build_ogb_directory("toy", smiles.iloc[1:], np.arange(2.0)[:, None], tmp_path / "sliced")
 
 
 def test_safe_load_is_scoped():
@@ -187,3 +244,16 @@ def test_a_label_that_is_not_a_finite_number_is_named(tmp_path, cell, shown):
     smiles, labels = molecules._read_source_csv(src)
     assert smiles == ["CCO", "CCN", "CCC"] and labels.shape == (3, 1)
     assert labels[0, 0] == 0.5 and np.isnan(labels[1, 0]) and labels[2, 0] == -1000.0
+
+
+def test_chembl2321810_without_ogb_says_what_to_install(monkeypatch, tmp_path):
+    import importlib.util
+    import sys
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ogb" else find_spec(name, *a)
+    )
+    monkeypatch.setitem(sys.modules, "ogb.graphproppred", None)  # its import fails
+    with pytest.raises(ImportError, match=r"graphseq\[chem\]"):
+        load_chembl2321810(tmp_path)

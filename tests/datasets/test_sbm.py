@@ -53,6 +53,18 @@ def test_splits_are_seeded_and_share_patterns():
             assert torch.equal(x.edge_index, y.edge_index)
     bigger = sbm_splits("pattern", (6, 2, 2), seed=0)
     assert torch.equal(bigger["test"][0].edge_index, a["test"][0].edge_index)
+
+    def pattern_of(g):  # the pattern's signal multiset and its number of internal edges
+        inside = g.y.bool()
+        internal = (inside[g.edge_index[0]] & inside[g.edge_index[1]]).sum()
+        return sorted(g.x[inside].argmax(1).tolist()), int(internal)
+
+    # graph i of every split carries pattern i (mod 100), drawn once from the dataset's seed
+    for i in range(2):
+        assert pattern_of(a["train"][i]) == pattern_of(a["valid"][i]) == pattern_of(a["test"][i])
+    assert pattern_of(a["train"][0]) != pattern_of(a["train"][1])
+    other = sbm_splits("pattern", (4, 2, 2), seed=1)
+    assert pattern_of(other["train"][0]) != pattern_of(a["train"][0])
     assert len(sbm_splits("cluster", (3, 1, 1))["train"]) == 3
 
 
@@ -65,8 +77,18 @@ def test_splits_are_seeded_and_share_patterns():
         (lambda: sbm_splits("zinc"), "name"),
         (lambda: sbm_splits("pattern", (1, 2)), "sizes"),
         (lambda: sbm_splits("pattern", (2.9, 1, 1)), r"train size\): num_graphs"),
+        (lambda: pattern(2, num_patterns=2.5), "num_patterns must be an int"),
+        (lambda: pattern(2, seed=-1), "seed must be >= 0"),
+        (lambda: pattern(2, pattern_seed=-1), "pattern_seed must be >= 0"),
+        (lambda: cluster(2, seed=-1), "seed must be >= 0"),
+        (lambda: sbm_splits("cluster", (1, 1, 1), seed=-1), "sbm_splits: seed must be >= 0"),
     ],
 )
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_seed_must_be_an_int():
+    with pytest.raises(TypeError, match="seed must be an int"):
+        cluster(2, seed="0")

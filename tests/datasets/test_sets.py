@@ -53,5 +53,7 @@ def test_errors():
         second_minimum(3, 5, 4)
     with pytest.raises(ValueError, match="num_bits"):
         second_minimum(3, num_bits=0)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        second_minimum(3, seed=1.5)
     with pytest.raises(ValueError, match="sets must lie"):
         second_minimum(3).select(torch.tensor([3]))
