@@ -127,8 +127,9 @@ PRESETS = {
     "permuted-digits": {
         "target": {"in": 64, "hidden": (100, 100), "classes": 10},
         "train": {"iterations": 500, "batch_size": 32, "lr": 1e-3, "clip_grad_norm": None},
-        # output_lr_scale 30 for every hypernetwork: the best of 1, 10, 30, 100, 300 for both
-        # the RNN and the chunked one on a validation split (eighteenth session, BENCHMARKS.md)
+        # output_lr_scale 30 for the RNN and chunked hypernetworks: the best of 1, 10, 30, 100,
+        # 300 for both on a validation split (eighteenth session, BENCHMARKS.md); "full" was
+        # not tuned and keeps 1
         "rnn": {"chunk_size": 300, "embedding_dim": 8, "hidden_size": 24, "step_dim": 8,
                 "beta": 0.1, "output_lr_scale": 30.0},
         "chunked": {"chunk_size": 300, "embedding_dim": 8, "chunk_embedding_dim": 8,
@@ -210,7 +211,7 @@ def hnet_options(p: dict, args) -> dict:
     """``HypernetworkMethod`` options every hypernetwork method takes (the output regulariser's,
     the output layer's learning-rate multiple): the command line's, else the preset's."""
     return {
-        "reg_outputs": args.reg_outputs,
+        "reg_outputs": _given(args, "reg_outputs", "used"),
         "reg_weighting": _given(args, "reg_weighting", p.get("reg_weighting", "uniform")),
         "fisher_floor": _given(args, "fisher_floor", p.get("fisher_floor", 0.1)),
         "train_old_embeddings": _given(
@@ -446,7 +447,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chunked-beta", type=float, default=None)
     ap.add_argument("--hidden-beta", type=float, default=0.0)
     ap.add_argument(
-        "--reg-outputs", choices=("used", "all"), default="used",
+        "--reg-outputs", choices=("used", "all"), default=None,
         help="hypernetworks: regularise only the numbers each old task's head reads (default) "
         "or every generated number",
     )  # fmt: skip
@@ -517,14 +518,32 @@ def main(argv=None) -> int:
         math.isfinite(args.output_lr_scale) and args.output_lr_scale > 0
     ):
         ap.error(f"--output-lr-scale must be a positive number, got {args.output_lr_scale}")
-    for flag in ("rnn_hidden_size", "rnn_chunk_size", "num_tasks"):
+    for flag in ("rnn_hidden_size", "rnn_chunk_size", "num_tasks", "iterations", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             ap.error(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    # checked here, not by the methods: those are built after the data is loaded and the
+    # methods listed before them have trained
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        ap.error(f"--lr must be a positive number, got {args.lr}")
+    for flag in ("beta", "chunked_beta", "hidden_beta", "fisher_floor"):
+        value = getattr(args, flag)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            ap.error(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {value}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     if args.task_step_embeddings is not None and args.task_step_embeddings < 0:
         ap.error(f"--task-step-embeddings must be >= 0, got {args.task_step_embeddings}")
     if args.growth_units < 0 or args.growth_iterations < 0:
         ap.error("--growth-units and --growth-iterations must be >= 0")
+    if not 0.0 <= args.growth_threshold <= 1.0:  # a training accuracy; also refuses nan
+        ap.error(f"--growth-threshold must be in [0, 1], got {args.growth_threshold}")
+    if not args.growth_units and (args.growth_threshold or args.growth_iterations):
+        # without units to add the hypernetwork never grows: the other two would be recorded
+        # in the run's settings and silently do nothing
+        ap.error("--growth-threshold and --growth-iterations apply with --growth-units > 0")
     if args.growth_units and not (args.growth_iterations > 0 and args.growth_threshold > 0):
         # growth happens when the training accuracy is below the threshold, and is followed by
         # --growth-iterations steps: with either at 0 the hypernetwork would never grow
@@ -548,7 +567,9 @@ def main(argv=None) -> int:
                   if getattr(args, f)]  # fmt: skip
     if args.chunked_beta is not None and not {"chunked", "chunked-eq"} & set(methods):
         ap.error("--chunked-beta applies to the chunked methods, and none was asked for")
-    for flag in ("output_lr_scale", "reg_weighting", "fisher_floor", "train_old_embeddings"):
+    hnet_flags = ("output_lr_scale", "reg_outputs", "reg_weighting", "fisher_floor",
+                  "train_old_embeddings")  # fmt: skip
+    for flag in hnet_flags:
         if getattr(args, flag) is not None and not set(HNET_METHODS) & set(methods):
             ap.error(
                 f"--{flag.replace('_', '-')} applies to the hypernetwork methods, and none was "
@@ -556,8 +577,25 @@ def main(argv=None) -> int:
             )
     if args.fisher_floor is not None and args.reg_weighting == "uniform":
         ap.error("--fisher-floor applies with Fisher weighting, not --reg-weighting uniform")
+    if args.fisher_floor is not None and args.reg_weighting is None:
+        # the weighting is each method's preset's: the floor must reach at least one of them
+        weightings = {
+            PRESETS[args.stream]
+            .get("rnn" if m.startswith("rnn") else m, {})
+            .get("reg_weighting", "uniform")
+            for m in methods
+            if m in HNET_METHODS
+        }
+        if "fisher" not in weightings:
+            ap.error(
+                f"--fisher-floor applies with Fisher weighting, and the {args.stream!r} presets "
+                "of the methods asked for weight uniformly; add --reg-weighting fisher"
+            )
     if rnn_flags and not {"rnn", "rnn-nostep"} & set(methods):
         ap.error(f"{', '.join(rnn_flags)} applies to the rnn methods, and none was asked for")
+    if args.task_step_embeddings is not None and "rnn" not in methods:
+        ap.error("--task-step-embeddings applies to the rnn method (rnn-nostep has no step "
+                 "vectors), and it was not asked for")  # fmt: skip
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.stream]
     stream = load_stream(args.stream, args.data_dir, args.num_tasks)
@@ -578,7 +616,6 @@ def main(argv=None) -> int:
     data = {"stream": args.stream, "num_tasks": len(stream), "validation": args.validation}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
     runs = []
     for method in methods:
         train_m = dict(train, lr=method_lr(preset, method, args.lr),

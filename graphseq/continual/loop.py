@@ -309,6 +309,12 @@ def train_continual(
         )
     if not 0 <= start_task < T:
         raise ValueError(f"start_task must be in [0, {T}), got {start_task}")
+    if getattr(method, "growth_units", 0) and config.growth_iterations == 0:
+        raise ValueError(
+            f"the method grows by growth_units={method.growth_units} but "
+            "config.growth_iterations is 0: growth is only checked when it is followed by "
+            "growth_iterations > 0 training steps"
+        )
     if start_task > method.num_tasks:
         raise ValueError(
             f"start_task {start_task} skips tasks: the method has seen {method.num_tasks}"

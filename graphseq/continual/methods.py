@@ -320,6 +320,14 @@ class HypernetworkMethod(ContinualMethod):
         if isinstance(max_growths, bool) or not isinstance(max_growths, int) or max_growths < 0:
             raise ValueError(f"max_growths must be an int >= 0, got {max_growths!r}")
         self.max_growths = max_growths
+        if growth_units and (self.growth_threshold == 0 or max_growths == 0):
+            # the accuracy is never below 0, and max_growths=0 allows no growth: either would
+            # keep growth_units silently unused
+            raise ValueError(
+                f"growth_units={growth_units} needs growth_threshold > 0 and max_growths >= 1 "
+                f"(got growth_threshold={growth_threshold!r}, max_growths={max_growths!r}); "
+                "with either at 0 the hypernetwork never grows"
+            )
         if not isinstance(train_old_embeddings, bool):
             raise ValueError(
                 f"train_old_embeddings must be a bool, got {type(train_old_embeddings).__name__}"

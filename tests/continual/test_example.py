@@ -68,6 +68,17 @@ def test_example_writes_table_json_and_png(tmp_path, load_example, capsys):
         (["--output-lr-scale", "10", "--methods", "ewc,si"], "--output-lr-scale applies"),
         (["--rnn-chunking", "rows", "--methods", "chunked"], "--rnn-chunking applies"),
         (["--num-tasks", "0"], "--num-tasks must be"),
+        # numbers the methods would refuse only after the data is loaded (and after the
+        # methods listed before theirs have trained)
+        (["--methods", "ewc,rnn", "--beta", "-1"], "--beta must be a finite number >= 0"),
+        (["--hidden-beta", "-1"], "--hidden-beta must be a finite number >= 0"),
+        (["--chunked-beta", "nan"], "--chunked-beta must be a finite number >= 0"),
+        (["--fisher-floor", "-1", "--reg-weighting", "fisher"], "--fisher-floor must be"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--iterations", "0"], "--iterations must be a positive integer"),
+        (["--lr", "0"], "--lr must be a positive number"),
+        (["--lr", "inf"], "--lr must be a positive number"),
+        (["--seeds", "0,x"], "--seeds must be comma-separated integers"),
         (["--task-step-embeddings", "-2"], "--task-step-embeddings must be"),
         (["--task-step-embeddings", "4", "--methods", "ewc"], "applies to the rnn methods"),
         (["--hidden-beta", "5", "--methods", "chunked"], "applies to the rnn methods"),
@@ -90,9 +101,25 @@ def test_example_writes_table_json_and_png(tmp_path, load_example, capsys):
         (["--reg-weighting", "fisher", "--methods", "ewc"], "--reg-weighting applies"),
         (["--train-old-embeddings", "--methods", "si"], "--train-old-embeddings applies"),
         (["--fisher-floor", "5", "--reg-weighting", "uniform"], "with Fisher weighting"),
+        # flags that would be accepted and then do nothing
+        (["--reg-outputs", "all", "--methods", "ewc"], "--reg-outputs applies"),
+        (["--fisher-floor", "5", "--methods", "rnn,chunked"], "with Fisher weighting"),
+        (["--task-step-embeddings", "4", "--methods", "rnn-nostep"], "--task-step-embeddings"),
         (["--growth-units", "2"], "--growth-units needs"),
         (["--growth-units", "2", "--growth-threshold", "0.9"], "--growth-units needs"),
         (["--growth-units", "-1"], "must be >= 0"),
+        (["--growth-threshold", "0.9"], "apply with --growth-units > 0"),
+        (["--growth-iterations", "5"], "apply with --growth-units > 0"),
+        (["--growth-threshold", "0.9", "--growth-iterations", "5"], "apply with --growth-units"),
+        (["--growth-threshold", "0.5", "--methods", "ewc"], "apply with --growth-units > 0"),
+        (
+            ["--growth-units", "2", "--growth-threshold", "1.5", "--growth-iterations", "3"],
+            "--growth-threshold must be in [0, 1]",
+        ),
+        (
+            ["--growth-units", "2", "--growth-threshold", "nan", "--growth-iterations", "3"],
+            "--growth-threshold must be in [0, 1]",
+        ),
     ],
 )
 def test_example_rejects_bad_flags_before_loading_data(
@@ -247,6 +274,7 @@ def test_example_merges_seeds_that_grew_differently(tmp_path, load_example):
         ("permuted-digits", "chunked-eq", 30.0),
         ("split-mnist", "rnn", 1.0),  # tried at 10 on this stream, not taken
         ("permuted-mnist", "rnn", 1.0),
+        ("permuted-digits", "full", 1.0),  # not tuned; the README says so
     ],
 )
 def test_presets_output_lr_scale_and_its_override(stream, method, scale, load_example):

@@ -192,9 +192,18 @@ def test_growth_keeps_every_task_exact():
     h.grow(5)
     assert h.hidden_size == 11 and h.num_shared_parameters() > n
     torch.testing.assert_close(h([0, 1, 2]).detach(), before, rtol=0, atol=1e-6)
-    # the new units are trainable: their incoming weights get gradients
+    # the new units are trainable: their outgoing weights get gradients at once; their
+    # incoming weights (zero gradient while the outgoing ones are zero) once those have moved
+    new_rows = torch.cat([torch.arange(g * 11 + 6, (g + 1) * 11) for g in range(4)])
     h(0).pow(2).sum().backward()
     assert h.out.weight.grad[:, 6:].abs().sum() > 0
+    assert h.lstm.weight_ih_l0.grad[new_rows].abs().sum() == 0
+    with torch.no_grad():
+        h.out.weight -= 0.1 * h.out.weight.grad
+    h.zero_grad()
+    h(0).pow(2).sum().backward()
+    assert h.lstm.weight_ih_l0.grad[new_rows].abs().sum() > 0
+    assert h.lstm.weight_hh_l0.grad[new_rows].abs().sum() > 0
     again = hypernetwork_from_config(SPEC, h.config())
     assert again.hidden_size == 11
 

@@ -274,6 +274,20 @@ def test_growth_in_the_loop(stream):
     assert m.config()["hnet"]["hidden_size"] == 12
 
 
+def test_growth_options_that_could_never_grow_are_refused(stream):
+    # growth_threshold 0 (the default): the accuracy is never below it; max_growths 0 forbids it
+    for kw in ({}, {"growth_threshold": 0.0}, {"growth_threshold": 0.9, "max_growths": 0}):
+        with pytest.raises(ValueError, match="never grows"):
+            rnn_method(small_target(), growth_units=4, **kw)
+    # without growth_iterations the loop never checks for growth
+    m = rnn_method(small_target(), growth_units=4, growth_threshold=1.0)
+    with pytest.raises(ValueError, match="growth_iterations"):
+        train_continual(m, stream[:2], ContinualConfig(iterations=2), task_inferred=False)
+    assert m.num_tasks == 0  # refused before training
+    # growth_units 0 keeps every other option as it was
+    assert rnn_method(small_target(), growth_threshold=0.0).growth_units == 0
+
+
 def test_gnn_target_in_the_loop():
     stream = graph_tasks(2, num_train=120, num_test=60)
     target = GNNTarget(4, hidden=16, num_layers=2, classes_per_head=2, num_heads=2)
