@@ -102,13 +102,19 @@ def _require(batch, tokenization: str, cls: str):
     return value
 
 
-def _require_hac_tree(batch, cls: str, what: str) -> tuple[Tensor, Tensor]:
-    """``(hac_child, hac_size)``, the HAC tree that the hierarchical PE reads."""
+def _require_hac_tree(batch, cls: str, what: str, levels: int) -> tuple[Tensor, Tensor]:
+    """``(hac_child, hac_size)``, the HAC tree that the hierarchical PE reads, checked against
+    the model's ``hpe_levels``."""
     child, size = getattr(batch, "hac_child", None), getattr(batch, "hac_size", None)
     if child is None or size is None:
         raise ValueError(
             f"{cls}: {what} reads the HAC tree (data.hac_child, data.hac_size), which the "
             "input lacks; apply graphseq.nn.gsm.HACTokenizer to the dataset first"
+        )
+    if child.dim() == 2 and child.size(1) != levels:
+        raise ValueError(
+            f"{cls}: the data's HAC paths have {child.size(1)} levels but hpe_levels={levels}; "
+            f"build the model with hpe_levels={child.size(1)} (the HACTokenizer's levels)"
         )
     return child, size
 
@@ -246,7 +252,10 @@ class _Base(nn.Module):
         edge_attr = getattr(batch, "edge_attr", None) if self.edge_dim is not None else None
         if edge_attr is not None and edge_attr.dim() == 1:
             edge_attr = edge_attr.unsqueeze(1)
-        return x, batch.edge_index, node_batch, ptr, num_graphs, edge_attr
+        edge_index = getattr(batch, "edge_index", None)
+        if edge_index is None:  # no edges, as the tokenizers read a graph without edge_index
+            edge_index = torch.zeros(2, 0, dtype=torch.long, device=x.device)
+        return x, edge_index, node_batch, ptr, num_graphs, edge_attr
 
     def _init_pe(self, pe: str | None, pe_dim: int, pe_sign_flip: bool, hidden: int) -> None:
         """Check the node-PE arguments and build their linear map (``None`` without ``pe``)."""
@@ -299,7 +308,8 @@ class GSM(_Base):
         hidden (int): width :math:`D`.
         out_channels (int): outputs per node / graph.
         tokenization (str): see the module docstring. (default: ``"hac_dfs"``)
-        local (str): ``"gatedgcn"``, ``"gine"`` or ``"none"``. (default: ``"gatedgcn"``)
+        local (str): ``"gatedgcn"``, ``"gine"``, ``"sage"``, ``"gat"`` (GAT-sep with
+            ``heads`` heads) or ``"none"``. (default: ``"gatedgcn"``)
         global_ (str): ``"transformer"``, ``"ssm"`` or ``"hybrid"``. (default: ``"hybrid"``)
         layers (int): blocks :math:`L`. (default: ``2``)
         seq_layers (int): mixers per global encoder. (default: ``2``)
@@ -367,6 +377,10 @@ class GSM(_Base):
             raise ValueError(
                 f"{cls}: heads ({heads}) must divide hidden ({hidden}) for global_={global_!r}"
             )
+        if local == "gat" and hidden % heads:  # so does the GAT local encoder
+            raise ValueError(
+                f"{cls}: heads ({heads}) must divide hidden ({hidden}) for local='gat'"
+            )
         self._init_pe(pe, pe_dim, pe_sign_flip, hidden)
         self.tokenization = resolve_tokenization(tokenization, cls)
         self.pattern = global_pattern(global_, seq_layers)
@@ -379,7 +393,8 @@ class GSM(_Base):
         self.pe = HierarchicalPE(hidden, hpe_levels) if hpe else None
         self.size_proj = nn.Linear(1, hidden) if token_sizes else None
         self.locals = nn.ModuleList(
-            LocalEncoder(hidden, local, edge_dim, dropout=dropout) for _ in range(layers)
+            LocalEncoder(hidden, local, edge_dim, dropout=dropout, heads=heads)
+            for _ in range(layers)
         )
         self.globals = nn.ModuleList(
             SequenceEncoder(hidden, self.pattern, heads, dropout=dropout) for _ in range(layers)
@@ -395,7 +410,7 @@ class GSM(_Base):
     def _embed(self, batch, x: Tensor) -> Tensor:
         h = self.encoder(x)
         if self.pe is not None:
-            child, size = _require_hac_tree(batch, type(self).__name__, "hpe=True")
+            child, size = _require_hac_tree(batch, type(self).__name__, "hpe=True", self.hpe_levels)
             h = h + self.pe(child, size)
         if self.pe_proj is not None:
             h = h + self.pe_proj(self._node_pe(batch, x.size(0)).to(h.dtype))
@@ -722,7 +737,9 @@ class GSMPlusPlus(_Base):
     def forward(self, batch, return_gates: bool = False):
         cls = type(self).__name__
         x, edge_index, node_batch, ptr, num_graphs, edge_attr = self._input(batch)
-        child, size = _require_hac_tree(batch, cls, "the hierarchical PE (always on in GSM++)")
+        child, size = _require_hac_tree(
+            batch, cls, "the hierarchical PE (always on in GSM++)", self.hpe_levels
+        )
         pe = self.pe(child, size)
         h = self.encoder(x) if self._prenorm else self.encoder(x) + pe
         if self.pe_proj is not None:

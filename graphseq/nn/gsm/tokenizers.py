@@ -335,7 +335,14 @@ class HACTokenizer(BaseTransform):
             raise ValueError(f"{cls}: linkage must be one of {LINKAGES}, got {linkage!r}")
         if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
             raise ValueError(f"{cls}: levels must be an int >= 1, got {levels!r}")
-        self.on = (on,) if isinstance(on, str) else tuple(on)
+        names = (on,) if isinstance(on, str) else on
+        if not isinstance(names, Sequence) or not all(
+            isinstance(name, str) and name for name in names
+        ):
+            raise TypeError(
+                f"{cls}: on must be a node attribute name or a sequence of names, got {on!r}"
+            )
+        self.on = tuple(names)
         if not self.on:
             raise ValueError(f"{cls}: on must name at least one node attribute")
         self.affinity, self.linkage, self.levels = affinity, linkage, levels

@@ -509,3 +509,38 @@ def test_hac_bfs_aliases():
     for name in ("hac_bfs", "ancestor_path", "bfs_hac"):
         assert GSM(3, 8, 1, tokenization=name).tokenization == "hac_bfs"
     assert GSM(3, 8, 1, tokenization="bfs").tokenization == "bfs"
+
+
+def test_gsm_gat_local_uses_the_model_heads():
+    """GSM(local='gat') builds its GAT layers with GSM's heads, and a width those heads do not
+    divide is refused naming GSM's arguments (not LocalEncoder's default of 4 heads)."""
+    model = GSM(3, 8, 2, heads=2, local="gat")
+    assert all(local.conv.heads == 2 for local in model.locals)
+    assert GSM(3, 6, 2, heads=3, local="gat").locals[0].conv.heads == 3
+    with pytest.raises(ValueError, match=r"GSM: heads \(4\) must divide hidden \(6\) for local="):
+        GSM(3, 6, 2, global_="ssm", local="gat")
+    out = GSM(3, 6, 2, heads=3, local="gat", level="node").eval()(BATCH)
+    assert out.shape == (20, 2) and torch.isfinite(out).all()
+
+
+def test_hpe_levels_mismatch_names_hpe_levels():
+    """A model whose hpe_levels differs from the HACTokenizer's levels says so in its own
+    terms, not in those of its HierarchicalPE sub-layer."""
+    g = Batch.from_data_list([GRAPHS[0]])  # tokenized with HACTokenizer(levels=6)
+    for model in (GSM(3, 8, 2, heads=2, hpe=True), GSMPlusPlus(3, 8, 2, heads=2)):
+        name = type(model).__name__
+        with pytest.raises(ValueError, match=rf"{name}: .* 6 levels but hpe_levels=16"):
+            model(g)
+
+
+@pytest.mark.parametrize("local", ["gatedgcn", "sage"])
+def test_graph_without_edge_index_is_edgeless(local):
+    """The tokenizers read a graph without edge_index as one without edges; so do the models."""
+    x = torch.randn(3, 3)
+    bare, empty = Data(x=x), Data(x=x, edge_index=torch.zeros(2, 0, dtype=torch.long))
+    torch.manual_seed(0)
+    model = GSMPlusPlus(3, 8, 2, heads=2, hpe_levels=6, local=local, level="node").eval()
+    gsm = GSM(3, 8, 2, heads=2, tokenization="khop", level="node").eval()
+    for m in (model, gsm):
+        a, b = (m(Batch.from_data_list([TRANSFORM(d)])) for d in (bare, empty))
+        torch.testing.assert_close(a, b)

@@ -188,3 +188,9 @@ def test_reprs():
     assert (
         repr(HACTokenizer()) == "HACTokenizer(on='x', affinity='cosine', linkage='max', levels=16)"
     )
+
+
+@pytest.mark.parametrize("on", [5, None, ["x", 3], ("x", "")])
+def test_hac_tokenizer_on_must_be_names(on):
+    with pytest.raises(TypeError, match="HACTokenizer: on must be a node attribute name"):
+        HACTokenizer(on=on)
