@@ -9,7 +9,8 @@ Each op has three implementations behind one signature:
     The vectorised PyTorch path (log-depth or chunkwise). The default on CPU and for any
     tensor when Triton is not installed.
 ``"triton"``
-    The GPU kernel. The default for CUDA tensors when Triton is importable. On a CPU-only
+    The GPU kernel. The default for CUDA tensors when Triton is importable, unless the op
+    passes ``triton_default=False`` (``grid_scan_2d``, not yet timed on a GPU). On a CPU-only
     machine it runs under the Triton interpreter when ``TRITON_INTERPRET=1`` is set before
     graphseq is imported (that is how the test-suite checks it).
 

@@ -195,9 +195,11 @@ def grid_scan_2d(
         raise ValueError(
             f"{_OP}: method={method!r} selects a path of backend='torch', not 'triton'"
         )
-    backend = resolve_backend(backend, q.device, op=_OP, triton_default=False)
-    if method is not None and backend == "triton":
-        backend = "torch"  # GRAPHSEQ_BACKEND=triton is a preference; method= names a torch path
+    # method= names a torch path, which has no Triton kernel: GRAPHSEQ_BACKEND=triton (a
+    # preference) then runs PyTorch, before any check that Triton could run here
+    backend = resolve_backend(
+        backend, q.device, op=_OP, triton_supported=method is None, triton_default=False
+    )
     args = (q, k, v, t_rl, t_ru, t_du, t_dl, s_r, s_d, m_l, m_u, d)
     if backend == "reference":
         return reference.grid_scan_2d(*args, h0_left=h0_left, h0_top=h0_top)

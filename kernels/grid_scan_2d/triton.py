@@ -21,8 +21,8 @@ and the inputs' gradients are inner products of these with the stored states. Su
 value channels (``dq``, ``dk``, the gates) are written per value block and added afterwards.
 
 Accumulation is in float32 (float64 for float64 inputs): the wrapper casts half-precision
-inputs first. Grids with no cells, and batches with no rows or heads, go to the PyTorch
-wavefront path (there is nothing to launch).
+inputs first. Grids with no cells, batches with no rows or heads, and empty states
+(``K == 0`` or ``V == 0``) go to the PyTorch wavefront path (there is nothing to launch).
 
 This module imports triton; :mod:`graphseq.kernels.grid_scan_2d` imports it lazily.
 """
@@ -285,8 +285,8 @@ def grid_scan_2d(
     q, k, v, t_rl, t_ru, t_du, t_dl, s_r, s_d, m_l, m_u, d=None, *, h0_left=None, h0_top=None
 ):
     """Triton path; same contract as the public function (arguments already validated)."""
-    B, X, Y, H = q.shape[:4]
-    if B * H == 0 or X == 0 or Y == 0:  # no cell to scan: nothing to launch
+    B, X, Y, H, K = q.shape
+    if B * H == 0 or X == 0 or Y == 0 or K * v.shape[-1] == 0:  # no cell or no state: no launch
         return wavefront.grid_scan_2d(
             q, k, v, t_rl, t_ru, t_du, t_dl, s_r, s_d, m_l, m_u, d, h0_left=h0_left, h0_top=h0_top
         )

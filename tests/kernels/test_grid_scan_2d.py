@@ -2,6 +2,7 @@
 against the loop reference, gradients, edges, bad input."""
 
 import doctest
+import sys
 from functools import partial
 
 import pytest
@@ -359,6 +360,21 @@ def test_docstring_example():
     assert runner.tries > 0 and runner.failures == 0
 
 
+@pytest.mark.parametrize("method", ["wavefront", "tiled", "dense"])
+def test_env_triton_with_method_runs_the_torch_path(monkeypatch, method):
+    """GRAPHSEQ_BACKEND=triton is a preference: method= has no Triton kernel, so the torch path
+    runs, even where Triton itself could not (no package here, or no GPU)."""
+    from graphseq.kernels import _backend
+
+    q, k, v, gates = make(1, 3, 4, 2, 3, 5)
+    want, (wr, wb) = run(q, k, v, gates, "torch", method=method)
+    monkeypatch.setenv("GRAPHSEQ_BACKEND", "triton")
+    monkeypatch.setattr(_backend, "HAS_TRITON", False)
+    got, (r, b) = run(q, k, v, gates, None, method=method)
+    for a, e in ((got, want), (r, wr), (b, wb)):
+        assert torch.equal(a, e)
+
+
 @requires_triton
 @pytest.mark.parametrize(
     "B,X,Y,H,K,V,drop",
@@ -438,6 +454,15 @@ def test_triton_empty_and_nan():
         h, (r, b) = run(q, k, v, gates, "triton")
         assert h.shape == (B, X, Y, 2, 4)
         assert r.shape == (B, Y, 2, 3, 4) and b.shape == (B, X, 2, 3, 4)
+    for K, V in ((0, 4), (3, 0)):  # empty states: zeros, as the loop gives, and their gradients
+        q, k, v, gates = make(2, 3, 2, 1, K, V)
+        leaves = [t.requires_grad_() for t in (q, k, v, *gates.values())]
+        got, want = (run(q, k, v, gates, be) for be in ("triton", "reference"))
+        for a, e in zip((got[0], *got[1]), (want[0], *want[1])):
+            assert_close(a, e)
+        loss = (got[0].sum() + got[1][0].sum(), want[0].sum() + want[1][0].sum())
+        for a, e in zip(*(torch.autograd.grad(x, leaves, allow_unused=True) for x in loss)):
+            assert (a is None) == (e is None) and (a is None or torch.equal(a, e))
     q, k, v, gates = make(2, 4, 4, 2, 2, 2, zero_frac=0.0)
     v[0, 2, 1, 0] = float("nan")
     h, _ = run(q, k, v, gates, "triton")
@@ -456,3 +481,15 @@ def test_triton_is_not_the_automatic_choice_on_cuda(monkeypatch):
     cuda = torch.device("cuda")
     assert _backend.resolve_backend(None, cuda, op="grid_scan_2d", triton_default=False) == "torch"
     assert _backend.resolve_backend(None, cuda, op="dag_scan") == "triton"
+    # and the op asks for that: what its own resolve_backend call would pick for CUDA tensors
+    op = sys.modules["graphseq.kernels.grid_scan_2d"]
+    real, picked = op.resolve_backend, []
+
+    def spy(backend, device, **kw):
+        picked.append(real(backend, cuda, **kw))
+        return real(backend, device, **kw)
+
+    monkeypatch.setattr(op, "resolve_backend", spy)
+    q, k, v, gates = make(1, 2, 3, 1, 2, 2)
+    run(q, k, v, gates, None)
+    assert picked == ["torch"]

@@ -307,11 +307,14 @@ class PLSTM2D(torch.nn.Module):
         """The un-normalised output ``h`` ``[B, X, Y, H, K]`` (four corners + direct term).
 
         ``backend`` and ``method`` as in :meth:`forward`."""
-        if method is not None and method not in METHODS:
-            raise ValueError(
-                f"{type(self).__name__}: method must be one of {METHODS} or None, got {method!r}"
-            )
         cls = type(self).__name__
+        if method is not None and method not in METHODS:
+            raise ValueError(f"{cls}: method must be one of {METHODS} or None, got {method!r}")
+        if method is not None and backend == "triton":
+            raise ValueError(
+                f"{cls}: method={method!r} selects a PyTorch or compiled CPU path, and "
+                "backend='triton' runs the Triton grid scan; pass one of them"
+            )
         H, C = self.heads, self.head_channels
         qkv = self.qkv(x).unflatten(-1, (3, H, C))  # [B, X, Y, 3, H, C]
         gates = self.corner_gates(x)
@@ -448,9 +451,9 @@ class PLSTM2D(torch.nn.Module):
         Triton kernel, the four corners in one launch) and ``method`` (``"native"``,
         ``"dense"``, ``"wavefront"``, ``"tiled"`` or ``None``: automatic, ``"native"`` on CPU
         where the kernel can be built and ``"dense"`` elsewhere for grids of at most
-        :data:`DENSE_MAX_CELLS` cells) force a path; all paths give the same result (and
-        gradients; ``"native"``'s and ``"triton"``'s backward cannot itself be
-        differentiated)."""
+        :data:`DENSE_MAX_CELLS` cells; not with ``backend="triton"``) force a path; all paths
+        give the same result (and gradients; ``"native"``'s and ``"triton"``'s backward cannot
+        itself be differentiated)."""
         cls = type(self).__name__
         if not isinstance(x, Tensor):
             raise TypeError(f"{cls}: x must be a torch.Tensor, got {type(x).__name__}")

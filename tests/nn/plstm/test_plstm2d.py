@@ -344,3 +344,12 @@ def test_triton_backend_matches_the_loop(mode):
         grads[backend] = (y, *torch.autograd.grad((y * y.detach()).sum(), [x, *layer.parameters()]))
     for got, want in zip(grads["triton"], grads["reference"]):
         assert_close(got, want)
+
+
+@pytest.mark.parametrize("method", ["native", "dense", "wavefront", "tiled"])
+def test_triton_backend_with_a_method_raises_in_the_layers_name(method):
+    """backend='triton' names the Triton grid scan and method= a PyTorch or native path: asking
+    for both is refused (it used to run 'native' or 'dense' silently, Triton or not)."""
+    layer = PLSTM2D(8, heads=2)
+    with pytest.raises(ValueError, match=f"PLSTM2D: method='{method}'.*backend='triton'"):
+        layer(torch.randn(1, 3, 4, 8), backend="triton", method=method)
