@@ -13,6 +13,9 @@ cosine decay, gradient clipping at 1, cross-entropy, no augmentation.
     python examples/arrow_pointing.py                          # defaults sized for a 2-core CPU
     python examples/arrow_pointing.py --train-size 2000 --epochs 1 --seeds 0   # a quick look
 
+It runs on a GPU when there is one (``--device auto``, the default; ``--device cpu`` forces
+the CPU): the images stay on the host and go to the device batch by batch.
+
 Writes ``<out>/arrow_pointing.json`` (per seed and model: accuracy per test resolution, time
 per epoch, parameter counts, the machine) and ``<out>/arrow_pointing.png`` (accuracy against
 test resolution, mean and min/max over seeds).
@@ -88,18 +91,21 @@ def build_models(args):
     return {"plstm": plstm, "vit": vit}
 
 
-def evaluate(model, data, batch_size):
+def evaluate(model, data, batch_size, device=None):
+    device = torch.device("cpu") if device is None else device
     model.eval()
     x, y = data.tensors()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
     with torch.no_grad():
         for i in range(0, len(y), batch_size):
-            correct += (model(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum()
+            xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+            correct += (model(xb).argmax(-1) == yb).sum()
     model.train()
     return float(correct) / max(1, len(y))
 
 
-def train(model, train_set, args, seed, log):
+def train(model, train_set, args, seed, log, device=None):
+    device = torch.device("cpu") if device is None else device
     torch.manual_seed(seed)
     x, y = train_set.tensors()
     n = len(y)
@@ -125,21 +131,25 @@ def train(model, train_set, args, seed, log):
     for epoch in range(args.epochs):
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen)
-        running, seen = 0.0, 0
+        running, seen = torch.zeros((), device=device), 0  # summed on the device: no sync
         for step in range(steps_per_epoch):
             idx = perm[step * args.batch_size : (step + 1) * args.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            running += float(loss.detach()) * len(idx)
+            running += loss.detach() * len(idx)
             seen += len(idx)
             if step % 50 == 0:
-                log(f"  epoch {epoch} step {step}/{steps_per_epoch} loss {running / seen:.4f}")
+                log(f"  epoch {epoch} step {step}/{steps_per_epoch} loss "
+                    f"{float(running) / seen:.4f}")  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         epoch_times.append(time.perf_counter() - t0)
-        log(f"  epoch {epoch} done in {epoch_times[-1]:.1f}s, train loss {running / seen:.4f}")
+        loss_mean = float(running) / seen
+        log(f"  epoch {epoch} done in {epoch_times[-1]:.1f}s, train loss {loss_mean:.4f}")
     return epoch_times
 
 
@@ -218,13 +228,15 @@ def merge(paths, out):
     summarize(results, resolutions, print)
 
 
-def time_steps(args):
+def time_steps(args, device=None):
     """Best-of-N wall and CPU seconds of one training step per model, same batch, same
     process (the CPU time is the steadier figure on a shared machine)."""
+    device = torch.device("cpu") if device is None else device
     data = ArrowPointing(args.batch_size, args.train_resolution, seed=0)
-    x, y = data.tensors()
+    x, y = (t.to(device) for t in data.tensors())
     torch.manual_seed(0)
     for name, model in build_models(args).items():
+        model.to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
         best = (math.inf, math.inf)
         for i in range(args.time_steps + 1):  # the first step is an untimed warm-up
@@ -233,6 +245,8 @@ def time_steps(args):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             if i > 0:
                 best = (
                     min(best[0], time.perf_counter() - t0),
@@ -264,6 +278,10 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--models", nargs="+", default=["plstm", "vit"], choices=["plstm", "vit"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--device", default="auto",
+        help="auto (CUDA if available, else CPU), cpu, cuda, cuda:1, ...",
+    )  # fmt: skip
     p.add_argument("--out", default="runs/arrow_pointing")
     p.add_argument(
         "--merge",
@@ -289,9 +307,18 @@ def main(argv=None):
             return merge(args.merge, Path(args.out))
         except ValueError as err:
             p.error(f"--merge: {err}")
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as err:
+            p.error(f"--device: {err}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            p.error(f"--device {args.device}: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
     if args.time_steps:
-        return time_steps(args)
+        return time_steps(args, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -311,12 +338,13 @@ def main(argv=None):
         entry = {"seed": seed}
         for name in args.models:
             model = models[name]
-            log(f"seed {seed} {name}: {n_params(model)} parameters")
-            epoch_times = train(model, train_set, args, seed, log)
+            model.to(device)
+            log(f"seed {seed} {name}: {n_params(model)} parameters, on {device}")
+            epoch_times = train(model, train_set, args, seed, log, device)
             acc = {}
             for res, data in tests.items():
                 t = time.perf_counter()
-                acc[str(res)] = evaluate(model, data, args.batch_size)
+                acc[str(res)] = evaluate(model, data, args.batch_size, device)
                 log(f"  test {res}px: acc {acc[str(res)]:.4f} ({time.perf_counter() - t:.1f}s)")
             entry[name] = {
                 "params": n_params(model),
@@ -326,6 +354,7 @@ def main(argv=None):
         results.append(entry)
         write_json(out / "arrow_pointing.json", {
             "args": vars(args), "command": " ".join(sys.argv), "machine": machine_info(),
+            "device": str(device),
             "results": results,
         })  # fmt: skip
     plot(out / "arrow_pointing.png", results, args.test_resolutions, args.train_resolution)

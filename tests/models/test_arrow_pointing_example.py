@@ -66,3 +66,19 @@ def test_plot_marks_the_train_resolution(tmp_path, load_example):
     finally:
         plt.Axes.axvline = real
     assert seen == [96] and (tmp_path / "a.png").exists()
+
+
+def test_device_flag(tmp_path, load_example, capsys):
+    """--device picks where the models train (auto: CUDA when present); an unavailable or
+    malformed device is an argparse error before any data is generated."""
+    mod = load_example("arrow_pointing")
+    out = tmp_path / "cpu"
+    mod.main([*TINY, "--test-resolutions", "96", "--models", "vit", "--seeds", "0",
+              "--device", "cpu", "--out", str(out)])  # fmt: skip
+    assert json.loads((out / "arrow_pointing.json").read_text())["device"] == "cpu"
+    import torch
+
+    bad = ["--device", "gpu0"] if torch.cuda.is_available() else ["--device", "cuda"]
+    with pytest.raises(SystemExit):
+        mod.main([*TINY, *bad, "--out", str(tmp_path / "bad")])
+    assert "--device" in capsys.readouterr().err
