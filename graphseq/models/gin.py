@@ -168,7 +168,10 @@ class GIN(nn.Module):
         if node_batch is None:
             node_batch = x.new_zeros(x.size(0), dtype=torch.long)
         num_graphs = int(batch.num_graphs) if hasattr(batch, "num_graphs") else 1
-        h = self.node_encoder(x if self.spec.node_features == "ogb-atom" else x.float())  # [N, d]
+        # dense features in the model's dtype (a .double() model takes float64 batches)
+        if self.spec.node_features != "ogb-atom":
+            x = x.to(self.node_encoder.weight.dtype)
+        h = self.node_encoder(x)  # [N, d]
         if self.virtual_node:
             vn = self.vn_embedding.weight.new_zeros(num_graphs, self.hidden)  # [G, d]
             vn = vn + self.vn_embedding.weight
@@ -181,7 +184,7 @@ class GIN(nn.Module):
             else:
                 edge_attr = batch.edge_attr
                 if self.spec.edge_features == "dense":
-                    edge_attr = edge_attr.float()
+                    edge_attr = edge_attr.to(h.dtype)
                 h = self.convs[layer](h, edge_index, self.edge_encoders[layer](edge_attr))
             h = self.norms[layer](h)
             if layer < self.layers - 1:

@@ -61,14 +61,16 @@ def _check_common(cls: str, hidden, layers, heads, pool) -> None:
     check_choice(cls, "pool", pool, ("mean", "sum"))
 
 
-def _features(batch, pe: str | None, cls: str) -> Tensor:
-    x = batch.x.float()
+def _features(batch, pe: str | None, cls: str, dtype: torch.dtype) -> Tensor:
+    """``x`` (and the ``pe`` attribute) as one ``dtype`` matrix: the model's parameter dtype,
+    so that a ``.double()`` model takes float64 batches."""
+    x = batch.x.to(dtype)
     x = x.unsqueeze(1) if x.dim() == 1 else x
     if pe is not None:
         value = getattr(batch, pe, None)
         if value is None:
             raise ValueError(f"{cls}: pe={pe!r} but the input has no attribute {pe!r}")
-        x = torch.cat([x, value.float()], -1)
+        x = torch.cat([x, value.to(dtype)], -1)
     return x
 
 
@@ -166,11 +168,11 @@ class GPS(nn.Module):
         reset_children(self)
 
     def forward(self, batch) -> Tensor:
-        h = self.encoder(_features(batch, self.pe, "GPS"))
+        h = self.encoder(_features(batch, self.pe, "GPS", self.encoder.weight.dtype))
         node_batch = getattr(batch, "batch", None)
         kwargs = {}
         if self.edge_encoder is not None:
-            kwargs["edge_attr"] = self.edge_encoder(batch.edge_attr.float())
+            kwargs["edge_attr"] = self.edge_encoder(batch.edge_attr.to(h.dtype))
         elif self.local == "gine":
             kwargs["edge_attr"] = h.new_zeros(batch.edge_index.size(1), 1)
         for conv in self.convs:
@@ -250,7 +252,7 @@ class GNNBaseline(nn.Module):
         reset_children(self)
 
     def forward(self, batch) -> Tensor:
-        h = self.encoder(_features(batch, None, "GNNBaseline"))
+        h = self.encoder(_features(batch, None, "GNNBaseline", self.encoder.weight.dtype))
         edge_index = batch.edge_index
         if self.conv == "sage":  # one sparse adjacency for all layers: SpMM instead of scatter
             edge_index = mean_adjacency(edge_index, h.size(0), h.dtype)

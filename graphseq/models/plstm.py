@@ -131,10 +131,12 @@ class PLSTMGraphNet(nn.Module):
         if node_batch is None:
             node_batch = x.new_zeros(N, dtype=torch.long)
         num_graphs = int(batch.num_graphs) if hasattr(batch, "num_graphs") else 1
-        h = self.node_encoder(x if self.spec.node_features == "ogb-atom" else x.float())  # [N, d]
+        if self.spec.node_features != "ogb-atom":
+            x = x.to(self.node_encoder.weight.dtype)
+        h = self.node_encoder(x)  # [N, d]
         edge_attr = getattr(batch, "edge_attr", None)
         if self.spec.edge_features == "dense":
-            edge_attr = edge_attr.float()
+            edge_attr = edge_attr.to(h.dtype)
         structures = {}  # (mode, reverse) -> DagStructure, shared by the layers
         for layer, conv in enumerate(self.convs):
             key = (conv.mode, conv.reverse)

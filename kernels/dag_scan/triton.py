@@ -222,5 +222,7 @@ def dag_scan(
     del edge_index  # the plan holds the sorted edges
     S, H = x.shape[0], x.shape[1]
     acc = torch.promote_types(x.dtype, torch.float32)
+    schedule(plan)  # built (and cached on the plan) outside the autograd function, as in
+    # wavefront.py: torch.compile refuses tensors created and stored inside its traced forward
     C = DagScanTritonFn.apply(x.to(acc).reshape(S, H, _numel(x.shape[2:])), weight.to(acc), plan)
     return C.reshape(x.shape).to(x.dtype)

@@ -92,5 +92,8 @@ def dag_scan(
     del edge_index  # the plan holds the sorted edges
     S, H = x.shape[0], x.shape[1]
     acc = torch.promote_types(x.dtype, torch.float32)
+    # build the plan's cached level views here, not inside DagScanFn.forward: torch.compile
+    # traces that forward as a subgraph and refuses tensors it creates and stores on the plan
+    plan.level_edges()
     C = DagScanFn.apply(x.to(acc).reshape(S, H, _numel(x.shape[2:])), weight.to(acc), plan)
     return C.reshape(x.shape).to(x.dtype)

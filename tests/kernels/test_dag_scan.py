@@ -366,3 +366,24 @@ def test_triton_programs_loop_when_the_grid_is_capped(monkeypatch):
         grads[backend] = (y.detach(), xr.grad, wr.grad)
     for a, b in zip(grads["triton"], grads["reference"]):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("prebuilt", [False, True])
+def test_compile_with_backward_matches_eager(prebuilt):
+    """torch.compile through the wavefront path and its backward (PLSTMGraph's "states"
+    algorithm builds its plan inside the compiled forward)."""
+    gen = torch.Generator().manual_seed(7)
+    ei = random_dag(9, 0.4, gen).cpu()
+    x = torch.randn(9, 2, 3, generator=gen, requires_grad=True)
+    w = (torch.rand(ei.shape[1], 2, generator=gen) - 0.5).requires_grad_()
+    dx, dw = torch.autograd.grad(dag_scan(x, w, ei, backend="torch").square().sum(), (x, w))
+
+    def f(x, w):
+        plan = DagScanPlan.from_edge_index(ei, 9) if prebuilt else None
+        return dag_scan(x, w, ei, plan=plan, backend="torch")
+
+    torch._dynamo.reset()
+    out = torch.compile(f, backend="eager")(x, w)
+    cdx, cdw = torch.autograd.grad(out.square().sum(), (x, w))
+    torch.testing.assert_close(cdx, dx)
+    torch.testing.assert_close(cdw, dw)
