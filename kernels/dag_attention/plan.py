@@ -135,8 +135,15 @@ class DagAttentionPlan:
         G = int(batch.max()) + 1 if num_nodes else 0
         if graphs is None:
             graphs = torch.ones(G, dtype=torch.bool, device=dev)
+        elif not isinstance(graphs, Tensor):
+            raise TypeError(
+                f"{op}: graphs must be a bool tensor of shape [{G}], got {type(graphs).__name__}"
+            )
         elif graphs.shape != (G,) or graphs.dtype != torch.bool:
-            raise ValueError(f"{op}: graphs must be a bool tensor of shape [{G}]")
+            raise ValueError(
+                f"{op}: graphs must be a bool tensor of shape [{G}], got dtype {graphs.dtype} "
+                f"and shape {list(graphs.shape)}"
+            )
         sizes = torch.bincount(batch, minlength=G)
         keep_graph = graphs & (sizes > 0)
         node = torch.nonzero(keep_graph[batch]).flatten()  # graph after graph (batch sorted)

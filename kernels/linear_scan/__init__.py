@@ -181,8 +181,13 @@ def linear_scan(
     With ``reverse=True`` the recurrence runs from the end, :math:`h_t = a_t \odot h_{t+1} +
     b_t` with :math:`h_T = h_0`. Gates may take any real value: negative (negative-eigenvalue
     linear RNNs, pLSTM's tanh transitions) and exactly zero (a reset) are exact, because the
-    scan multiplies gates instead of working in log space. The fast paths never loop over time
-    in Python, forward or backward; their backward pass is itself a reverse scan.
+    scan multiplies gates instead of working in log space. Gates with :math:`|a| > 1` are
+    allowed too: the torch path then carries the products of gates over spans as mantissa and
+    exponent, so a product that would overflow where the loop's state is still 0 (or before an
+    exact reset) does not turn into ``0 * inf = NaN``. The Triton path forms those products
+    directly: with :math:`|a| > 1` over long spans it can return inf/NaN where the loop is
+    finite (use ``backend="torch"`` there). The fast paths never loop over time in Python,
+    forward or backward; their backward pass is itself a reverse scan.
 
     Args:
         a: gates, ``[B, T, *]``.

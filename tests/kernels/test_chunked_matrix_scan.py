@@ -481,3 +481,21 @@ def test_gradient_of_the_readout_gates_only(backend):
         grads.append((m.grad, d.grad))
     assert_close(grads[1][0], grads[0][0])
     assert_close(grads[1][1], grads[0][1])
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_reset_after_an_overflowing_gate_product(backend):
+    # |f| > 1 for 390 steps with no input (the state is exactly 0), then an exact reset: the
+    # product of the gates over the chunks overflows, the loop's state does not
+    T, dtype = 400, torch.float32
+    q = torch.ones(1, T, 1, 2, dtype=dtype, device=DEVICE)
+    k = torch.zeros(1, T, 1, 2, dtype=dtype, device=DEVICE)
+    k[:, 390:] = 1.0
+    v = torch.ones(1, T, 1, 2, dtype=dtype, device=DEVICE)
+    log_f = torch.full((1, T, 1), 3.0, dtype=dtype, device=DEVICE)
+    log_f[:, 390] = float("-inf")
+    y, h = chunked_matrix_scan(q, k, v, log_f, chunk_size=8, backend=backend)
+    y_ref, h_ref = chunked_matrix_scan(q, k, v, log_f, backend="reference")
+    assert torch.isfinite(y_ref).all() and torch.isfinite(h_ref).all()
+    assert_close(y, y_ref, dtype=dtype, msg="y")
+    assert_close(h, h_ref, dtype=dtype, msg="h_last")

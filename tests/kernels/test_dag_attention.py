@@ -240,6 +240,8 @@ def test_plan_checks_its_arguments():
         DagAttentionPlan.from_graph(ei, lg.tolist(), 3)
     with pytest.raises(ValueError, match=r"num_nodes must be a non-negative int, got 3\.0"):
         DagAttentionPlan.from_graph(ei, lg, 3.0)
+    with pytest.raises(TypeError, match="graphs must be a bool tensor of shape \\[1\\], got list"):
+        DagAttentionPlan.from_graph(ei, lg, 3, graphs=[True])
 
 
 def test_op_checks_its_arguments():

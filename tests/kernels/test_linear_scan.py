@@ -273,3 +273,35 @@ def test_a_non_finite_gate_does_not_reach_the_neighbours_gradients(backend, reve
             b.grad[0, own, 0], torch.tensor(want, dtype=torch.float64, device=DEVICE)
         )
         assert torch.isfinite(a.grad[0, own]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_large_gates_with_a_zero_state_or_a_reset_stay_finite(dtype, reverse):
+    # |a| > 1 is allowed: the product of the gates over a span overflows although the loop's
+    # state, which is exactly 0 until the first input, stays finite; an exactly-zero gate
+    # after such a span is still an exact reset (no 0 * inf = NaN)
+    big = 1e5 if dtype == torch.float32 else 1e40
+    T = 64
+    a = torch.full((2, T, 3), big, dtype=dtype, device=DEVICE)
+    a[:, :, 1] = -big
+    b = torch.zeros(2, T, 3, dtype=dtype, device=DEVICE)
+    end = 0 if reverse else T - 1
+    b[0, end] = 1.0
+    reset = 20 if reverse else 43
+    a[1, reset] = 0.0
+    b[1, reset] = 2.0
+    a = a.requires_grad_()
+    b = b.requires_grad_()
+    h, h_last = linear_scan(a, b, reverse=reverse, backend="torch")
+    h_ref, last_ref = linear_scan(a, b, reverse=reverse, backend="reference")
+    assert torch.isfinite(h_ref[0]).all() and torch.isfinite(h_ref[1, reset]).all()
+    assert torch.equal(h[0], h_ref[0]) and torch.equal(h[1, reset], h_ref[1, reset])
+    assert torch.equal(h_last[0], last_ref[0])
+    # the adjoint scan runs the same products the other way
+    g = torch.zeros_like(h)
+    g[0, T - 1 - end] = 1.0
+    (da,) = torch.autograd.grad(h, a, g)
+    (da_ref,) = torch.autograd.grad(h_ref, a, g)
+    assert torch.isfinite(da_ref[0]).all()
+    assert_close(da[0], da_ref[0], dtype=dtype, msg="da")
