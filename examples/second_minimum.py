@@ -239,30 +239,41 @@ def plot(results: list[dict], aggrs: list[str], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (a zero epoch count, batch or set count cannot run)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--aggrs", nargs="+", default=list(AGGRS), choices=AGGRS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=_positive_int, default=40)
     p.add_argument(
         "--budget",
         type=float,
         default=float("inf"),
         help="stop a run after the epoch that passes this many training CPU s",
     )
-    p.add_argument("--train-sets", type=int, default=2**16)
-    p.add_argument("--test-sets", type=int, default=2**10)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--train-sets", type=_positive_int, default=2**16)
+    p.add_argument("--test-sets", type=_positive_int, default=2**10)
+    p.add_argument("--batch", type=_positive_int, default=128)
+    p.add_argument("--channels", type=_positive_int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     p.add_argument("--assoc-weight", type=float, default=0.0)
     p.add_argument(
         "--assoc-operand-size",
-        type=int,
+        type=_positive_int,
         default=4,
         help="operands of the associativity loss reduce up to this many elements",
     )
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=_positive_int, default=2)
     p.add_argument("--out", default="runs/second_minimum")
     p.add_argument(
         "--merge",

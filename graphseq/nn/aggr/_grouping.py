@@ -97,6 +97,15 @@ def check_input(
     check_groups(name, x, index, ptr)
 
 
+def check_call(name: str, x: object, index: object, ptr: object) -> None:
+    """The checks of ``x``, ``index`` and ``ptr`` that must run before PyG's
+    ``Aggregation.__call__``, which calls ``x.dim()`` and ``index.max()`` on whatever it is
+    given (an ``AttributeError`` for a list or an array, a message about ``dim`` for a
+    one-dimensional ``x``)."""
+    check_x(name, x)
+    check_groups(name, x, index, ptr)
+
+
 def infer_dim_size(name: str, x: object, index: object, ptr: object) -> int:
     """The number of groups implied by ``ptr`` (its length - 1) or ``index`` (its maximum + 1;
     ``0`` when empty), or ``1`` when both are ``None`` (one group), after checking ``x``,

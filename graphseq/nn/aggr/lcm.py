@@ -12,7 +12,14 @@ from graphseq.kernels import SegmentPlan, segment_tree_reduce
 from graphseq.kernels._autograd import first_order_only
 
 from ..seq.base import check_matches_parameters
-from ._grouping import check_input, group, infer_dim_size, segment_ids, shuffle_within_groups
+from ._grouping import (
+    check_call,
+    check_input,
+    group,
+    infer_dim_size,
+    segment_ids,
+    shuffle_within_groups,
+)
 
 CELLS = ("gru", "mlp")
 IDENTITIES = ("learned", "zeros")
@@ -361,6 +368,10 @@ class LCMAggregation(Aggregation):
         return x
 
     # -- forward ---------------------------------------------------------------------------
+
+    def __call__(self, x, index=None, ptr=None, dim_size=None, dim=-2, **kwargs):
+        check_call(type(self).__name__, x, index, ptr)  # before PyG's __call__ touches them
+        return super().__call__(x, index, ptr, dim_size, dim, **kwargs)
 
     def forward(
         self,

@@ -14,6 +14,7 @@ from graphseq.kernels._index import ranges as _ranges
 from ..seq.base import check_matches_parameters
 from ._grouping import (
     Grouped,
+    check_call,
     check_groups,
     check_input,
     check_ptr,
@@ -135,10 +136,11 @@ class RecurrentAggregation(Aggregation):
 
     # -- the packed recurrence -------------------------------------------------------------
 
-    def _prepare(self, grouped: Grouped) -> Grouped:
-        """Apply the element order (and the score gate)."""
+    def _prepare(self, grouped: Grouped, generator: torch.Generator | None = None) -> Grouped:
+        """Apply the element order (and the score gate); ``generator`` draws the random
+        order."""
         if self.order == "random":
-            return shuffle_within_groups(grouped)
+            return shuffle_within_groups(grouped, generator)
         if self.order == "score":
             x, ptr = grouped.x, grouped.ptr
             s = self.score(x).squeeze(-1)  # [E]
@@ -293,6 +295,10 @@ class RecurrentAggregation(Aggregation):
 
     # -- forward ---------------------------------------------------------------------------
 
+    def __call__(self, x, index=None, ptr=None, dim_size=None, dim=-2, **kwargs):
+        check_call(type(self).__name__, x, index, ptr)  # before PyG's __call__ touches them
+        return super().__call__(x, index, ptr, dim_size, dim, **kwargs)
+
     def forward(
         self,
         x: Tensor,
@@ -316,13 +322,17 @@ class RecurrentAggregation(Aggregation):
         """
         name = type(self).__name__
         check_input(name, x, index, ptr, dim_size, dim)
+        self._check_matches_layer(name, x)
+        grouped = self._prepare(group(name, x, index, ptr, dim_size, max_num_elements))
+        return self._final_states(grouped.x, grouped.ptr)[0][-1]  # last layer's h, [N, C]
+
+    def _check_matches_layer(self, name: str, x: Tensor) -> None:
+        """``x`` (already a 2-D float tensor) has the layer's dtype, device and channels."""
         check_matches_parameters(name, "x", x, next(self.parameters()))
         if x.size(1) != self.in_channels:
             raise ValueError(
                 f"{name}: x must have in_channels = {self.in_channels} channels, got {x.size(1)}"
             )
-        grouped = self._prepare(group(name, x, index, ptr, dim_size, max_num_elements))
-        return self._final_states(grouped.x, grouped.ptr)[0][-1]  # last layer's h, [N, C]
 
     # -- regulariser -----------------------------------------------------------------------
 
@@ -359,7 +369,8 @@ class RecurrentAggregation(Aggregation):
                 ``ptr=None`` means one group. (default: ``None``)
             ptr (torch.Tensor, optional): ``[N + 1]`` boundaries of grouped ``x``.
             num_samples (int, optional): Number of samples :math:`S`. (default: ``128``)
-            generator (torch.Generator, optional): For reproducible sampling.
+            generator (torch.Generator, optional): For reproducible sampling (it also
+                draws the element order of ``order="random"``).
 
         Returns:
             A scalar tensor (zero if no group has two elements).
@@ -368,7 +379,8 @@ class RecurrentAggregation(Aggregation):
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples <= 0:
             raise ValueError(f"{name}: num_samples must be a positive int, got {num_samples!r}")
         dim_size = infer_dim_size(name, x, index, ptr)  # checks x, index and ptr
-        grouped = self._prepare(group(name, x, index, ptr, dim_size))
+        self._check_matches_layer(name, x)
+        grouped = self._prepare(group(name, x, index, ptr, dim_size), generator)
         xs, gptr = grouped.x, grouped.ptr
         lengths = gptr[1:] - gptr[:-1]
         eligible = torch.nonzero(lengths >= 2).flatten()

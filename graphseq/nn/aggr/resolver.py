@@ -79,7 +79,12 @@ def _resolve_one(query: Any, args: tuple, kwargs: dict, in_list: bool = False) -
         if in_list:
             return pyg_aggregation_resolver(query)
         return pyg_aggregation_resolver(query, *args, **kwargs)
-    except ValueError:
+    except ValueError as err:
+        # only PyG's own "unknown name" error is rewritten; a ValueError raised by the
+        # constructor of a class PyG did resolve (bad q, missing num_layers, ...) is the
+        # user's real error and passes through unchanged
+        if not str(err).startswith("Could not resolve"):
+            raise
         raise ValueError(
             f"aggregation_resolver: unknown aggregation {query!r}; graphseq knows "
             f"{sorted(AGGREGATIONS)}, the rest is resolved by PyG"

@@ -60,3 +60,14 @@ def test_second_minimum_merge_refuses_other_settings_and_records_the_runs_own(
         mod.main(["--merge", a, c, "--out", out])
     err = capsys.readouterr().err
     assert "was run with other settings" in err and "'channels': (1, 16)" in err
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--batch", "--train-sets", "--test-sets"])
+def test_second_minimum_refuses_non_positive_counts(flag, tmp_path, load_example, capsys):
+    """A zero count used to crash in the scheduler (naming total_steps), divide by zero, or
+    (--test-sets 0) report an accuracy of 0 measured on no set at all."""
+    mod = load_example("second_minimum")
+    small = "--aggrs sum --seeds 0 --workers 1 --epochs 1 --train-sets 64 --test-sets 16".split()
+    with pytest.raises(SystemExit):  # the last flag wins
+        mod.main([*small, "--channels", "8", flag, "0", "--out", str(tmp_path / "run")])
+    assert f"argument {flag}: expected a positive int, got 0" in capsys.readouterr().err

@@ -127,3 +127,23 @@ def test_resolver():
         )
         is PyGLCMAggregation
     )
+
+
+def test_resolver_keeps_pyg_constructor_errors():
+    """A known PyG name with bad arguments gets PyG's error, not 'unknown aggregation'."""
+    with pytest.raises(ValueError, match=r"`q` must be in the range"):
+        aggregation_resolver("quantile", q=1.5)
+    with pytest.raises(ValueError, match="unknown aggregation 'quantil'"):
+        aggregation_resolver("quantil", q=0.5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_tensor_inputs_are_named(kind):
+    """PyG's __call__ used to meet these first: AttributeError / a message about dim."""
+    aggr, x, index = make_aggr(kind), torch.randn(5, C), torch.tensor([0, 0, 1, 1, 2])
+    with pytest.raises(TypeError, match=r"x must be a torch\.Tensor, got ndarray"):
+        aggr(x.numpy(), index)
+    with pytest.raises(TypeError, match=r"index must be a torch\.Tensor, got list"):
+        aggr(x, index.tolist())
+    with pytest.raises(ValueError, match="x must be two-dimensional"):
+        aggr(torch.randn(5), index)

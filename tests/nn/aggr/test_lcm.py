@@ -374,3 +374,39 @@ def test_partial_non_strict_load_keeps_a_trained_identity():
     assert "aggr.identity_element" in res.missing_keys
     model["aggr"].load_state_dict(PyGLCMAggregation(4, 4).state_dict())  # strict
     assert torch.equal(model["aggr"].identity_element, torch.zeros(4))
+
+
+def test_associativity_loss_is_the_documented_gap():
+    """With one sample the loss is (a ⊕ b) ⊕ c - a ⊕ (b ⊕ c), squared and averaged over the
+    channels, for elements a, b, c of one group (never of two groups)."""
+    torch.manual_seed(0)
+    aggr = LCMAggregation(4, 4).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    index = torch.tensor([0, 0, 1, 1, 1])
+    h = torch.relu(aggr.lin(x)).detach()
+
+    def gap(i, j, k):
+        a, b, c = h[i : i + 1], h[j : j + 1], h[k : k + 1]
+        op = aggr.combine
+        return (op(op(a, b), c) - op(a, op(b, c))).pow(2).mean()
+
+    groups = ([0, 1], [2, 3, 4])
+    allowed = [gap(i, j, k) for rows in groups for i in rows for j in rows for k in rows]
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        got = aggr.associativity_loss(x, index, num_samples=1, generator=gen)
+        assert min((got - v).abs() for v in allowed) <= 1e-12
+    # groups of identical elements: a = b = c, so the gap is 0 (commutativity) unless the
+    # triples mixed groups
+    same = torch.cat([x[:1].expand(3, 4), x[1:2].expand(2, 4)])
+    assert aggr.associativity_loss(same, torch.tensor([0, 0, 0, 1, 1]), num_samples=64) <= 1e-20
+
+
+def test_identity_loss_is_the_documented_gap():
+    aggr = LCMAggregation(4, 4).double()
+    with torch.no_grad():
+        aggr.identity_element.normal_()
+    x = torch.randn(1, 4, dtype=torch.float64)  # every sample is this row
+    h = torch.relu(aggr.lin(x))
+    want = (aggr.combine(h, aggr.identity_element[None]) - h).pow(2).mean()
+    torch.testing.assert_close(aggr.identity_loss(x, num_samples=3), want, atol=1e-12, rtol=0)

@@ -229,3 +229,55 @@ def test_permutation_loss_names_the_bad_argument():
         aggr.permutation_loss(x, torch.full((5,), -2))
     with pytest.raises(ValueError, match="ptr must have at least one entry"):
         aggr.permutation_loss(x, ptr=torch.tensor([], dtype=torch.long))
+
+
+def test_permutation_loss_checks_x_like_forward():
+    aggr, index = RecurrentAggregation(4, 4), torch.tensor([0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="in_channels = 4 channels, got 3"):
+        aggr.permutation_loss(torch.randn(5, 3), index)
+    with pytest.raises(ValueError, match=r"x has dtype torch\.float64 but the layer's"):
+        aggr.permutation_loss(torch.randn(5, 4, dtype=torch.float64), index)
+
+
+def test_permutation_loss_generator_reproduces_random_order():
+    """The generator also draws order='random''s shuffle: same seed, same loss."""
+    aggr = RecurrentAggregation(4, 4, order="random")
+    x, index = torch.randn(30, 4), torch.randint(0, 3, (30,))
+    losses = [
+        aggr.permutation_loss(x, index, num_samples=16, generator=torch.Generator().manual_seed(0))
+        for _ in range(3)
+    ]
+    assert all(torch.equal(loss, losses[0]) for loss in losses)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_permutation_loss_is_the_documented_swap_gap(cell):
+    """One group x0, x1, x2 in the given order: a sample is the swap gap of (x0, x1) or
+    (x0, x2) from the zero state, or of (x1, x2) from the state after x0, with torch.nn's own
+    RNN, summed over layers, h (and c) and channels and divided by the state size; all three
+    cases occur."""
+    torch.manual_seed(0)
+    aggr = RecurrentAggregation(3, 4, cell=cell, num_layers=2).double()
+    x = torch.randn(3, 3, dtype=torch.float64)
+
+    def state(seq, hx=None):
+        out = aggr.rnn(seq.unsqueeze(1), hx)[1]
+        return out if isinstance(out, tuple) else (out,)
+
+    def gap(prefix, i, j):
+        hx = None
+        if prefix:
+            s = state(x[:prefix])
+            hx = s if cell == "lstm" else s[0]
+        one, two = state(x[[i, j]], hx), state(x[[j, i]], hx)
+        return sum((u - v).pow(2).sum() for u, v in zip(one, two)) / (len(one) * 2 * 4)
+
+    allowed = [gap(0, 0, 1), gap(0, 0, 2), gap(1, 1, 2)]
+    seen = set()
+    for seed in range(30):
+        gen = torch.Generator().manual_seed(seed)
+        got = aggr.permutation_loss(x, num_samples=1, generator=gen)
+        k = min(range(3), key=lambda k: float((got - allowed[k]).abs()))
+        assert (got - allowed[k]).abs() <= 1e-12
+        seen.add(k)
+    assert seen == {0, 1, 2}
