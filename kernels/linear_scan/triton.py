@@ -7,6 +7,13 @@ tile. Every input is read once and every state written once (the 12N-byte floor 
 forward pass), and packed sequences are native: a program reads its sequence's bounds from
 ``cu_seqlens`` and never touches a neighbour's steps. The backward pass reuses this kernel
 as a reverse scan (see ``__init__.py``).
+
+Gates with ``|a| > 1``: the products a tile forms can overflow to inf where the loop's state
+is still exactly 0 (no input yet) or right after an exact reset (a zero gate), and ``0 * inf``
+would be NaN. The combine therefore tracks whether a span's gates are all finite and, where
+they are, keeps an exact 0 exact (a product with a zero gate, a zero input, a zero carry).
+Unlike the torch path it does not carry exponents, so a product that overflows while the
+state it multiplies is small but non-zero still gives inf.
 """
 
 from __future__ import annotations
@@ -19,9 +26,15 @@ from .._triton import autotune
 
 
 @triton.jit
-def _affine_combine(a1, b1, a2, b2):
-    # apply (a1, b1) first, then (a2, b2): h -> a2 (a1 h + b1) + b2
-    return a1 * a2, a2 * b1 + b2
+def _affine_combine(a1, b1, f1, a2, b2, f2):
+    # apply (a1, b1) first, then (a2, b2): h -> a2 (a1 h + b1) + b2. f marks spans whose
+    # gates are all finite: there a product with an exact 0 is 0 (a reset, or no input yet),
+    # although the product of the other gates may have overflowed to inf (0 * inf = NaN), as
+    # the loop, which never forms these products, has it
+    f = f1 & f2
+    a = tl.where((f != 0) & ((a1 == 0) | (a2 == 0)), 0.0, a1 * a2)
+    ab = tl.where((f2 != 0) & (b1 == 0), 0.0, a2 * b1)
+    return a, ab + b2, f
 
 
 @autotune(
@@ -81,8 +94,12 @@ def _linear_scan_kernel(
         # padding rows are the identity map (a = 1, b = 0), so they pass the state through
         a = tl.load(a_ptr + offs, mask=mask, other=1.0)
         b = tl.load(b_ptr + offs, mask=mask, other=0.0)
-        A, B = tl.associative_scan((a, b), axis=0, combine_fn=_affine_combine, reverse=REVERSE)
-        h = A * carry[None, :] + B
+        finite = ((a == a) & (tl.abs(a) < float("inf"))).to(tl.int32)
+        A, B, F = tl.associative_scan(
+            (a, b, finite), axis=0, combine_fn=_affine_combine, reverse=REVERSE
+        )
+        # a zero carry contributes exactly 0 through finite gates, even where A overflowed
+        h = tl.where((F != 0) & (carry[None, :] == 0), B, A * carry[None, :] + B)
         tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
         if REVERSE:
             carry = tl.sum(tl.where(rows[:, None] == 0, h, 0.0), axis=0)

@@ -277,7 +277,10 @@ def test_a_non_finite_gate_does_not_reach_the_neighbours_gradients(backend, reve
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_large_gates_with_a_zero_state_or_a_reset_stay_finite(dtype, reverse):
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the interpreter's
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy
+def test_large_gates_with_a_zero_state_or_a_reset_stay_finite(dtype, reverse, backend):
     # |a| > 1 is allowed: the product of the gates over a span overflows although the loop's
     # state, which is exactly 0 until the first input, stays finite; an exactly-zero gate
     # after such a span is still an exact reset (no 0 * inf = NaN)
@@ -293,7 +296,7 @@ def test_large_gates_with_a_zero_state_or_a_reset_stay_finite(dtype, reverse):
     b[1, reset] = 2.0
     a = a.requires_grad_()
     b = b.requires_grad_()
-    h, h_last = linear_scan(a, b, reverse=reverse, backend="torch")
+    h, h_last = linear_scan(a, b, reverse=reverse, backend=backend)
     h_ref, last_ref = linear_scan(a, b, reverse=reverse, backend="reference")
     assert torch.isfinite(h_ref[0]).all() and torch.isfinite(h_ref[1, reset]).all()
     assert torch.equal(h[0], h_ref[0]) and torch.equal(h[1, reset], h_ref[1, reset])
