@@ -38,14 +38,20 @@ def random_graph(n: int, avg_degree: float, seed: int) -> Data:
     return Data(x=x, edge_index=edge_index, num_nodes=n)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--avg-degree", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--levels", type=int, default=32)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if min(args.sizes) < 1:
+        parser.error(f"--sizes must all be >= 1, got {args.sizes}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if not args.avg_degree >= 0 or args.avg_degree == float("inf"):
+        parser.error(f"--avg-degree must be a finite number >= 0, got {args.avg_degree}")
     torch.set_num_threads(1)
     tokenizer = HACTokenizer(levels=args.levels)
     rows = []

@@ -66,11 +66,15 @@ def bench_gru(B: int, T: int, D: int, H: int, repeats: int, seq_repeats: int) ->
     full.load_state_dict(cell.state_dict())
     diag = ParallelGRU(D, H, recurrence="diagonal")
     gru = torch.nn.GRU(D, H, batch_first=True)
+    with torch.no_grad():  # the same weights, so that its output can be checked too
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(gru, f"{name}_l0").copy_(getattr(cell, name))
     shape = f"B={B} T={T} D={D} H={H}"
 
     with torch.no_grad():
         ref = gru_cell_loop(cell, x)
         err_full = (full(x) - ref).abs().max().item()
+        err_gru = (gru(x)[0] - ref).abs().max().item()
         err_diag = (diag(x) - diag(x, mode="sequential")).abs().max().item()
     rows = []
     t_loop = timeit(_fwd_bwd(lambda: gru_cell_loop(cell, x), [x]), seq_repeats)
@@ -80,9 +84,11 @@ def bench_gru(B: int, T: int, D: int, H: int, repeats: int, seq_repeats: int) ->
     it_full = full.last_num_iters
     t_diag = timeit(_fwd_bwd(lambda: diag(x), [x]), repeats)
     it_diag = diag.last_num_iters
-    ok_full, ok_diag = err_full <= 1e-5, err_diag <= 1e-5
+    ok_full, ok_diag, ok_gru = err_full <= 1e-5, err_diag <= 1e-5, err_gru <= 1e-5
     rows.append(dict(case="GRUCell loop (autograd)", shape=shape, ms=t_loop, vs=None))
-    rows.append(dict(case="torch.nn.GRU (fused)", shape=shape, ms=t_gru, vs=None))
+    rows.append(dict(case="torch.nn.GRU (fused)", shape=shape, ms=t_gru, vs=None,
+                     check=f"max|y - GRUCell loop| = {err_gru:.1e}" + ("" if ok_gru else
+                                                                       " FAILED")))  # fmt: skip
     rows.append(
         dict(case="ParallelGRU diagonal, sequential mode", shape=shape, ms=t_diag_seq, vs=None)
     )
@@ -91,7 +97,14 @@ def bench_gru(B: int, T: int, D: int, H: int, repeats: int, seq_repeats: int) ->
             case=f"ParallelGRU full ({it_full} it)",
             shape=shape,
             ms=t_full,
-            vs={"GRUCell loop": t_loop / t_full, "nn.GRU": t_gru / t_full} if ok_full else None,
+            vs=(
+                None
+                if not ok_full
+                else {
+                    "GRUCell loop": t_loop / t_full,
+                    **({"nn.GRU": t_gru / t_full} if ok_gru else {}),
+                }
+            ),
             check=f"max|y - GRUCell loop| = {err_full:.1e}" + ("" if ok_full else " FAILED"),
         )
     )
@@ -164,7 +177,30 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="runs/bench_seq.json")
     args = p.parse_args(argv)
-    if args.threads:
+    for flag in ("T", "repeats", "seq_repeats"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+
+    def triples(flag, specs, names):  # checked before anything is timed
+        out = []
+        for spec in specs:
+            try:
+                values = tuple(int(v) for v in spec.split(","))
+            except ValueError:
+                values = ()
+            if len(values) != 3 or min(values) < 1:
+                p.error(f"--{flag}: expected {names} as three positive ints, got {spec!r}")
+            out.append(values)
+        return out
+
+    gru_shapes = triples("gru-shapes", args.gru_shapes, "B,D,H")
+    aaren_shapes = triples("aaren-shapes", args.aaren_shapes, "B,D,heads")
+    for spec, (_, D, heads) in zip(args.aaren_shapes, aaren_shapes):
+        if D % heads:
+            p.error(f"--aaren-shapes: heads must divide D, got {spec!r}")
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     print("command: python", " ".join(sys.argv))
     machine = (
@@ -173,11 +209,9 @@ def main(argv=None) -> None:
     )
     print(machine)
     rows: list[dict] = []
-    for spec in args.gru_shapes:
-        B, D, H = (int(v) for v in spec.split(","))
+    for B, D, H in gru_shapes:
         rows += bench_gru(B, args.T, D, H, args.repeats, args.seq_repeats)
-    for spec in args.aaren_shapes:
-        B, D, heads = (int(v) for v in spec.split(","))
+    for B, D, heads in aaren_shapes:
         rows += bench_aaren(B, args.T, D, heads, args.repeats)
 
     print(f"\n{'case':<40} {'shape':<24} {'ms':>10}  speed-up of this row over")

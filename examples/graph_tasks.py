@@ -40,9 +40,9 @@ Orderings checked (paper, Tables 1–2):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
+import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -52,6 +52,7 @@ import torch
 import graphseq.models.gsm  # noqa: F401  (registers gsm)
 from graphseq.datasets.graph_tasks import GRAPH_TASKS
 from graphseq.train.benchmarks_gsm import LAP_PE_DIM, graph_tasks_task
+from graphseq.train.io import machine_info, write_json
 from graphseq.train.trainer import TrainConfig, fit
 
 TOKENIZATIONS = ("none", "random", "hac_dfs", "khop", "hac_bfs")
@@ -97,9 +98,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", default="runs/graph_tasks")
     args = parser.parse_args(argv)
-    for flag in ("epochs", "hidden"):
+    for flag in ("epochs", "hidden", "gsmpp_hidden"):
         if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must be distinct (a repeated seed is one run), got {args.seeds}")
     if min(args.sizes) < 1:
         parser.error(f"--sizes must all be >= 1, got {args.sizes}")
     torch.set_num_threads(1)
@@ -168,10 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     checks = _orderings(cells, args.backbones)
     for line in checks:
         print(line)
-    out = Path(args.out) / "summary.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"cells": cells, "std": spread, "parameters": params,
-                               "checks": checks, "args": vars(args)}, indent=2))  # fmt: skip
+    write_json(Path(args.out) / "summary.json", {  # atomically, with what produced it
+        "cells": cells, "std": spread, "parameters": params, "checks": checks,
+        "args": vars(args), "command": sys.argv if argv is None else ["graph_tasks.py", *argv],
+        "machine": machine_info()})  # fmt: skip
 
 
 def _cell(mean: float, std: float | None) -> str:

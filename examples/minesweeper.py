@@ -30,9 +30,10 @@ and the single block were set by time per epoch on a 2-core CPU, not by score.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import statistics
+import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -41,6 +42,7 @@ import torch
 
 import graphseq.models.gsm  # noqa: F401  (registers gsm, gsm++, gps, gat, sage)
 from graphseq.train.benchmarks_gsm import heterophilous_task
+from graphseq.train.io import machine_info, write_json
 from graphseq.train.trainer import TrainConfig, fit
 
 MODELS = {
@@ -61,7 +63,7 @@ MODELS = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--name", default="minesweeper", choices=["minesweeper", "tolokers"])
     parser.add_argument("--data-dir", default=os.environ.get("GRAPHSEQ_DATA", "../shared/data"))
@@ -71,7 +73,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--attention", action="store_true", help="GSM++ with its attention layer")
     parser.add_argument("--out", default="runs/minesweeper_s4")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    # checked before the graph is loaded and tokenized (and before split 0 trains for minutes)
+    if not all(0 <= k < 10 for k in args.splits) or len(set(args.splits)) != len(args.splits):
+        parser.error(f"--splits must be distinct split numbers in [0, 10), got {args.splits}")
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a finite number > 0, got {args.lr}")
     torch.set_num_threads(1)
     summary = {}
     for model in args.models:
@@ -102,8 +111,9 @@ def main() -> None:
     for model, s in summary.items():
         print(f"| {model} | {s['params']:,} | {s['mean']:.4f} ± {s['std']:.4f} |")
     out = Path(args.out) / args.name / f"summary_{'_'.join(args.models)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
+    write_json(out, {**summary, "_run": {  # atomically, with what produced it
+        "command": sys.argv if argv is None else ["minesweeper.py", *argv],
+        "args": vars(args), "machine": machine_info()}})  # fmt: skip
 
 
 if __name__ == "__main__":

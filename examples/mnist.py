@@ -96,16 +96,25 @@ def main(argv=None):
     for flag in ("epochs", "train_size", "batch_size", "threads"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.shift < 0:
+        p.error(f"--shift must be >= 0, got {args.shift}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        p.error(f"--lr must be a finite number > 0, got {args.lr}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    x_train, y_train, x_test, y_test = load(args.data)
-    x_train, y_train = x_train[: args.train_size], y_train[: args.train_size]
+    # the model first: a bad --patch / --heads / --dim is refused before the data is read (the
+    # data loading draws no random numbers, so the initial weights are unchanged)
     model = PLSTMVision(
         28, args.patch, 10, in_channels=1, dim=args.dim, heads=args.heads, depth=args.depth
     )
+    x_train, y_train, x_test, y_test = load(args.data)
+    if args.train_size > len(y_train):  # a silent cut would record a size that never ran
+        p.error(f"--train-size {args.train_size} is more than the {len(y_train)} training "
+                f"images in {args.data}")  # fmt: skip
+    x_train, y_train = x_train[: args.train_size], y_train[: args.train_size]
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{model}: {n_params} parameters", flush=True)
     decay = [p for p in model.parameters() if p.dim() >= 2]

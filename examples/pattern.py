@@ -46,9 +46,10 @@ the table without training again.
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import statistics
+import sys
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -59,6 +60,7 @@ import torch_geometric.transforms as T
 import graphseq.models.gsm  # noqa: F401  (registers gsm++ and gps)
 from graphseq.models import build_model
 from graphseq.train.benchmarks_gsm import gsm_transform, sbm_task
+from graphseq.train.io import machine_info, write_json
 from graphseq.train.trainer import TrainConfig, count_parameters, fit
 
 
@@ -122,6 +124,19 @@ def main(argv: list[str] | None = None) -> None:
     for flag in ("gsm_layers", "gsm_local_layers", "gsm_global_hidden"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    # checked before the graphs are generated and tokenized
+    for flag in ("epochs", "gps_layers"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if min(args.sizes) < 1:  # an empty valid/test split cannot be scored
+        parser.error(f"--sizes must all be >= 1, got {args.sizes}")
+    if args.gps_hidden < 4 or args.gps_hidden % 4:
+        parser.error(f"--gps-hidden must be a positive multiple of 4 (GPS's 4 heads), got "
+                     f"{args.gps_hidden}")  # fmt: skip
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must be distinct (a repeated seed is one run), got {args.seeds}")
     if args.schedule == "cosine" and not 0 <= args.warmup < args.epochs:
         parser.error(f"--warmup must be in [0, --epochs={args.epochs}), got {args.warmup}")
     torch.set_num_threads(1)
@@ -186,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
             "mean": 100 * statistics.fmean(scores),
             "std": 100 * statistics.stdev(scores) if len(scores) > 1 else 0.0,
             "scores": scores, "params": res["num_parameters"], "model_args": model_args,
+            "command": sys.argv if argv is None else ["pattern.py", *argv], "args": vars(args),
+            "machine": machine_info(),
         }  # fmt: skip
     print(f"\nPATTERN {args.sizes}, {args.epochs} epochs, seeds {args.seeds}:")
     print("| model | params | test acc-SBM (%) |\n|---|---:|---|")
@@ -197,8 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) / (
         "summary.json" if len(summary) == 2 else f"summary_{args.models[0]}.json"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
+    write_json(out, summary)  # atomically
 
 
 if __name__ == "__main__":

@@ -236,7 +236,10 @@ def plot(results: list[dict], aggrs: list[str], path: str) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle("Second minimum: train on sizes 2-16, test on 32 and 64")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)  # then renamed: a killed run leaves the previous PNG whole
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def _positive_int(text: str) -> int:
@@ -282,8 +285,10 @@ def main(argv=None) -> None:
         help="train nothing: merge the runs of earlier result files, then tabulate and plot",
     )
     args = p.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds must be distinct (a repeated seed is the same run), got {args.seeds}")
     if args.merge:
-        results, settings, first = [], None, None
+        results, settings, first, origin = [], None, None, {}
         for path in args.merge:
             with open(path) as f:
                 data = json.load(f)
@@ -294,6 +299,12 @@ def main(argv=None) -> None:
             elif own != settings:
                 diff = {k: (settings[k], own[k]) for k in MERGE_KEYS if own[k] != settings[k]}
                 p.error(f"--merge: {path} was run with other settings than {first}: {diff}")
+            for r in data["runs"]:  # one run counted twice would pass for two seeds
+                key = (r["aggr"], r["seed"])
+                if key in origin:
+                    p.error(f"--merge: {r['aggr']} seed {r['seed']} is in both {origin[key]} "
+                            f"and {path}; merge each run once")  # fmt: skip
+                origin[key] = path
             results += data["runs"]
         aggrs = [a for a in AGGRS if any(r["aggr"] == a for r in results)]
         rows = summarise(results, aggrs)
@@ -337,19 +348,17 @@ def main(argv=None) -> None:
 def _write(
     args, rows: list[dict], results: list[dict], aggrs: list[str], record: dict | None = None
 ) -> None:
+    from graphseq.train.io import write_text
+
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(
-            {
-                "args": vars(args) if record is None else record,
-                "machine": platform.platform(),
-                "command": " ".join(sys.argv),
-                "summary": rows,
-                "runs": results,
-            },
-            f,
-            indent=1,
-        )
+    payload = {
+        "args": vars(args) if record is None else record,
+        "machine": platform.platform(),
+        "command": " ".join(sys.argv),
+        "summary": rows,
+        "runs": results,
+    }
+    write_text(args.out + ".json", json.dumps(payload, indent=1))  # atomically
     plot(results, aggrs, args.out + ".png")
     print(f"wrote {args.out}.json and {args.out}.png")
 

@@ -13,7 +13,6 @@ Transformer (sinusoidal positions). Prints a table, writes a results JSON and a 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -208,7 +207,10 @@ def plot(summary: dict, args, path: str) -> None:
         ax.set_ylabel("last-position accuracy (%)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)  # then renamed: a killed run leaves the previous PNG whole
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def _worker(job):
@@ -236,6 +238,25 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=1, help="runs trained in parallel processes")
     p.add_argument("--out", default="runs/state_tracking")
     args = p.parse_args(argv)
+    # every value is checked before the first run trains (a bad one used to stop the script
+    # only when its run came, losing the finished runs, or inside torch naming no flag)
+    for task in args.tasks:
+        try:
+            task_modulus(task)
+        except ValueError as err:
+            p.error(f"--tasks: {err}")
+    for flag in ("steps", "batch", "train_length", "test_samples", "eval_batch", "dim",
+                 "layers", "threads", "workers"):  # fmt: skip
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if min(args.test_lengths) < 1:
+        p.error(f"--test-lengths must all be >= 1, got {args.test_lengths}")
+    for flag in ("lr", "lr_transformer"):
+        if not (math.isfinite(getattr(args, flag)) and getattr(args, flag) > 0):
+            p.error(f"--{flag.replace('_', '-')} must be a finite number > 0, got "
+                    f"{getattr(args, flag)}")  # fmt: skip
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds must be distinct (a repeated seed is the same run), got {args.seeds}")
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     print("command: python", " ".join(sys.argv))
@@ -268,15 +289,18 @@ def main(argv=None) -> None:
     summary = summarize(results, args)
     print()
     print_table(summary, args)
+    from graphseq.train.io import machine_info, write_json
+
     payload = {
+        "command": sys.argv if argv is None else ["state_tracking.py", *argv],
         "config": vars(args),
         "torch": torch.__version__,
+        "machine": machine_info(),
         "wall_s": round(time.perf_counter() - start, 1),
         "runs": results,
         "summary": summary,
     }
-    with open(os.path.join(args.out, "state_tracking.json"), "w") as f:
-        json.dump(payload, f, indent=1)
+    write_json(os.path.join(args.out, "state_tracking.json"), payload)  # atomically
     plot(summary, args, os.path.join(args.out, "state_tracking.png"))
     print(f"wrote {args.out}/state_tracking.json and {args.out}/state_tracking.png")
 

@@ -22,6 +22,7 @@ def test_graph_tasks_example_summary(tmp_path, capsys, load_example):
     params = summary["parameters"]["colour_counting"]
     assert params["ssm/random"] > params["ssm/none"]  # the PE's linear map
     assert any("colour counting w/o PE" in line for line in summary["checks"])
+    assert "--hidden" in summary["command"] and summary["machine"]["torch"]
     printed = capsys.readouterr().out
     assert "| GSM++" in printed and "| GIN (MPNN anchor) |" in printed and "±" in printed
     # one seed: no spread is printed or stored; finished cells are read back, not retrained
@@ -40,6 +41,8 @@ def test_graph_tasks_example_rejects_bad_names_and_sizes(load_example, capsys):
         (["--tokenizations", "hacdfs"], "invalid choice: 'hacdfs'"),
         (["--backbones", "mamba"], "invalid choice: 'mamba'"),
         (["--sizes", "0", "1", "1"], "--sizes must all be >= 1"),
+        (["--gsmpp-hidden", "0"], "--gsmpp-hidden must be >= 1"),  # after GIN trained, before
+        (["--seeds", "0", "0"], "--seeds must be distinct"),  # one run counted as two seeds
     ):
         with pytest.raises(SystemExit):
             mod.main(argv)

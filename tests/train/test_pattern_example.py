@@ -100,3 +100,29 @@ def test_pattern_example_gsm_hac_on_pe(tmp_path, load_example):
     gps = json.loads((tmp_path / "gps" / "seed0" / "results.json").read_text())
     assert gsm["config"]["benchmark"] == "pattern-small+hac(x,rw_pe)"
     assert gps["config"]["benchmark"] == "pattern-small"  # GPS reads no HAC attribute
+
+
+def test_pattern_example_refuses_bad_flags_before_generating(tmp_path, capsys, load_example,
+                                                              monkeypatch):  # fmt: skip
+    """An empty valid/test split used to train an epoch and die in argmax; --lr and --gps-hidden
+    were refused only after the graphs were generated; a repeated seed counted twice."""
+    mod = load_example("pattern")
+    monkeypatch.setattr(mod, "sbm_task", lambda *a, **k: pytest.fail("data generated"))
+    base = ["--epochs", "1", "--warmup", "0", "--out", str(tmp_path)]
+    for argv, flag in ((["--sizes", "6", "0", "3"], "--sizes"), (["--lr", "-1"], "--lr"),
+                       (["--gps-hidden", "30"], "--gps-hidden"),
+                       (["--seeds", "0", "0"], "--seeds")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            mod.main([*base, *argv])
+        assert f"error: {flag} must" in capsys.readouterr().err
+
+
+def test_pattern_example_summary_records_the_run(tmp_path, load_example):
+    mod = load_example("pattern")
+    argv = ["--sizes", "6", "3", "3", "--epochs", "1", "--warmup", "0", "--seeds", "0",
+            "--gps-hidden", "32", "--gps-layers", "2", "--gsm-layers", "1", "--models", "gps",
+            "--out", str(tmp_path)]  # fmt: skip
+    mod.main(argv)
+    gps = json.loads((tmp_path / "summary_gps.json").read_text())["gps"]
+    assert gps["args"]["sizes"] == [6, 3, 3] and "--sizes" in gps["command"]
+    assert gps["machine"]["torch"]

@@ -71,3 +71,44 @@ def test_second_minimum_refuses_non_positive_counts(flag, tmp_path, load_example
     with pytest.raises(SystemExit):  # the last flag wins
         mod.main([*small, "--channels", "8", flag, "0", "--out", str(tmp_path / "run")])
     assert f"argument {flag}: expected a positive int, got 0" in capsys.readouterr().err
+
+
+def test_second_minimum_refuses_a_run_counted_twice(tmp_path, load_example, capsys):
+    """--merge of two files holding the same (aggregator, seed) run, or --seeds with a repeated
+    seed, used to report one run as two seeds (with a spread of 0)."""
+    mod = load_example("second_minimum")
+    curve = [{"epoch": 1, "acc32": 0.5, "acc64": 0.4, "cpu_s": 1.0}]
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"args": {**{k: 1 for k in mod.MERGE_KEYS}, "seeds": [0]},
+                                "runs": [{"aggr": "sum", "seed": 0, "curve": curve}]}))  # fmt: skip
+    for argv in (["--merge", str(path), str(path)], ["--seeds", "0", "0", "--epochs", "1"]):
+        with pytest.raises(SystemExit):
+            mod.main([*argv, "--out", str(tmp_path / "m")])
+        err = capsys.readouterr().err
+        assert "is in both" in err or "--seeds must be distinct" in err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_run_case_never_times_the_warm_up(load_example, monkeypatch):
+    """With --repeats 2, or a --budget-s that stops a slow case after one or two runs, the cold
+    first call used to be part of the reported median."""
+    import time
+
+    import torch
+
+    bench = load_example("bench_aggr")
+    calls = []
+
+    class ColdFirst(torch.nn.Module):
+        def forward(self, x, index, dim_size):
+            calls.append(1)
+            if len(calls) == 1:
+                t = time.process_time()
+                while time.process_time() - t < 0.2:
+                    pass
+            return torch.zeros(dim_size, x.size(1)).index_add_(0, index, x)
+
+    monkeypatch.setattr(bench, "make_aggr", lambda name, c: ColdFirst())
+    for repeats, budget in ((2, 1e9), (7, 0.01)):
+        calls.clear()
+        assert bench.run_case("skewed", "sum", 4, repeats, budget)["fwd_ms"] < 100
