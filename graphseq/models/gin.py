@@ -16,7 +16,7 @@ from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_p
 
 from graphseq.models._init import reset_children
 from graphseq.models.registry import InputSpec, register_model
-from graphseq.nn.seq.base import check_positive_int
+from graphseq.nn.seq.base import check_positive_int, check_real
 
 __all__ = ["GIN", "OGB_ATOM_FEATURE_DIMS", "OGB_BOND_FEATURE_DIMS", "AtomEncoder", "BondEncoder"]
 
@@ -111,7 +111,8 @@ class GIN(nn.Module):
         super().__init__()
         check_positive_int("GIN", "hidden", hidden)
         check_positive_int("GIN", "layers", layers)
-        if not 0.0 <= dropout < 1.0:
+        dropout = check_real("GIN", "dropout", dropout, minimum=0.0)
+        if not dropout < 1.0:
             raise ValueError(f"GIN: dropout must be in [0, 1), got {dropout}")
         if pool not in ("mean", "sum"):
             raise ValueError(f"GIN: pool must be 'mean' or 'sum', got {pool!r}")
@@ -167,7 +168,10 @@ class GIN(nn.Module):
         node_batch = getattr(batch, "batch", None)
         if node_batch is None:
             node_batch = x.new_zeros(x.size(0), dtype=torch.long)
-        num_graphs = int(batch.num_graphs) if hasattr(batch, "num_graphs") else 1
+        if hasattr(batch, "num_graphs"):
+            num_graphs = int(batch.num_graphs)
+        else:  # a Data with its own batch vector (no Batch's num_graphs): count its graphs
+            num_graphs = int(node_batch.max()) + 1 if node_batch.numel() else 1
         # dense features in the model's dtype (a .double() model takes float64 batches)
         if self.spec.node_features != "ogb-atom":
             x = x.to(self.node_encoder.weight.dtype)

@@ -130,7 +130,10 @@ class PLSTMGraphNet(nn.Module):
         node_batch = getattr(batch, "batch", None)
         if node_batch is None:
             node_batch = x.new_zeros(N, dtype=torch.long)
-        num_graphs = int(batch.num_graphs) if hasattr(batch, "num_graphs") else 1
+        if hasattr(batch, "num_graphs"):
+            num_graphs = int(batch.num_graphs)
+        else:  # a Data with its own batch vector (no Batch's num_graphs): count its graphs
+            num_graphs = int(node_batch.max()) + 1 if node_batch.numel() else 1
         if self.spec.node_features != "ogb-atom":
             x = x.to(self.node_encoder.weight.dtype)
         h = self.node_encoder(x)  # [N, d]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,21 +50,23 @@ class InputSpec:
                 "InputSpec: edge_features must be None, 'ogb-bond' or 'dense', "
                 f"got {self.edge_features!r}"
             )
-        if self.out_dim < 1:
-            raise ValueError(f"InputSpec: out_dim must be >= 1, got {self.out_dim}")
+        for name, minimum in (("out_dim", 1), ("node_dim", 0), ("edge_dim", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"InputSpec: {name} must be an int, got {type(value).__name__}")
+            if value < minimum:
+                raise ValueError(f"InputSpec: {name} must be >= {minimum}, got {value}")
 
     def check_inputs(self, cls: str, x: object, edge_attr: object) -> None:
         """Check a batch's ``x`` and ``edge_attr`` against this spec, naming the attribute at
         fault (a model calls this first in ``forward``, so a batch from another benchmark
         fails here rather than inside an embedding or a matrix product)."""
+        from graphseq.models.gin import OGB_ATOM_FEATURE_DIMS, OGB_BOND_FEATURE_DIMS
+
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{cls}: batch.x must be a torch.Tensor, got {type(x).__name__}")
         if self.node_features == "ogb-atom":
-            if x.dim() != 2 or x.is_floating_point() or x.is_complex():
-                raise ValueError(
-                    f"{cls}: batch.x must be the integer OGB atom features [N, 9] of this "
-                    f"model's spec (node_features='ogb-atom'), got {x.dtype} {tuple(x.shape)}"
-                )
+            _check_categorical(cls, "batch.x", "atom", "ogb-atom", x, OGB_ATOM_FEATURE_DIMS)
         elif x.dim() != 2 or x.shape[1] != self.node_dim:
             raise ValueError(
                 f"{cls}: batch.x must have shape [N, node_dim] = [N, {self.node_dim}], got "
@@ -76,6 +79,10 @@ class InputSpec:
                 f"{cls}: the spec has edge_features={self.edge_features!r} but batch.edge_attr "
                 f"is {type(edge_attr).__name__}"
             )
+        if self.edge_features == "ogb-bond":
+            _check_categorical(
+                cls, "batch.edge_attr", "bond", "ogb-bond", edge_attr, OGB_BOND_FEATURE_DIMS
+            )
         if self.edge_features == "dense" and (
             edge_attr.dim() != 2 or edge_attr.shape[1] != self.edge_dim
         ):
@@ -83,6 +90,29 @@ class InputSpec:
                 f"{cls}: batch.edge_attr must have shape [E, edge_dim] = [E, {self.edge_dim}], "
                 f"got {tuple(edge_attr.shape)}"
             )
+
+
+def _check_categorical(
+    cls: str, name: str, kind: str, spec_value: str, t: torch.Tensor, dims: tuple[int, ...]
+) -> None:
+    """``t`` must be ``[*, len(dims)]`` integers with column ``i`` in ``[0, dims[i])`` (the OGB
+    vocabularies), so a wrong batch fails here, not as an embedding's index error."""
+    if t.dim() != 2 or t.shape[1] != len(dims) or t.is_floating_point() or t.is_complex():
+        raise ValueError(
+            f"{cls}: {name} must be the integer OGB {kind} features [*, {len(dims)}] of this "
+            f"model's spec ({spec_value!r}), got {t.dtype} {tuple(t.shape)}"
+        )
+    if t.numel() == 0:
+        return
+    low, high = t.amin(0), t.amax(0)
+    size = torch.tensor(dims, device=t.device)
+    bad = (low < 0) | (high >= size)
+    if bool(bad.any()):
+        col = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{cls}: {name} column {col} must lie in [0, {dims[col]}) (the OGB {kind} "
+            f"vocabulary), got values in [{int(low[col])}, {int(high[col])}]"
+        )
 
 
 @dataclass(frozen=True)
@@ -162,6 +192,8 @@ def get_model(name: str) -> ModelEntry:
 def build_model(name: str, spec: InputSpec, **hyperparameters: Any) -> nn.Module:
     """Build model ``name`` for ``spec``; unknown hyperparameters raise ``TypeError``."""
     entry = get_model(name)
+    if not isinstance(spec, InputSpec):
+        raise TypeError(f"build_model: spec must be an InputSpec, got {type(spec).__name__}")
     if spec.level not in entry.levels:
         raise ValueError(
             f"model {name!r} supports {', '.join(entry.levels)}-level tasks, not {spec.level!r}"

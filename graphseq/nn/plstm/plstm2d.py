@@ -179,7 +179,13 @@ class PLSTM2D(torch.nn.Module):
         T_{dl} = T_{du} = 1 - \alpha t,\; M_l = M_u = m,
 
     so every incoming state's transitions sum to exactly 1 (critical propagation along a line
-    of slope set by :math:`\alpha t`) whenever :math:`0 \le \alpha t \le 1`.
+    of slope set by :math:`\alpha t`). The ``tanh`` transition can go negative, and then
+    :math:`|T_{rl}| + |T_{dl}| = 1 + 2 |\alpha t|` (up to 3): path sums grow like binomial
+    coefficients (about :math:`10^{15}` across a 24 x 24 grid). Unlike the released code,
+    :math:`t` is therefore clamped at 0, which keeps :math:`0 \le \alpha t \le 1` and the
+    P-mode bound (Eq. 9: the absolute transitions out of each incoming state sum to at most 1)
+    for every input, and changes nothing where :math:`t \ge 0` (at initialisation
+    :math:`t \approx \tanh 5`).
 
     **D-mode** (distribution) uses independent :math:`S_r, S_d, M_l, M_u` (sigmoid) and three
     ``tanh`` transitions :math:`T_{rl}, T_{du}, T_{ru}` with :math:`T_{dl} = 0` (the released
@@ -285,7 +291,8 @@ class PLSTM2D(torch.nn.Module):
             wx = torch.nn.functional.linear(x, self.angle.linear.weight)
             alpha = torch.sigmoid(b + scale * wx.unflatten(-1, b.shape))
             a_s = alpha * self.source(x)
-            a_t = alpha * self.transition(x)
+            # t < 0 would break the P-mode bound |T_rl| + |T_dl| <= 1 (released code: no clamp)
+            a_t = alpha * self.transition(x).clamp(min=0.0)
             m = self.mark(x)
             not_a_t = 1 - a_t  # one tensor for both: the dense path uses the sharing
             return dict(t_rl=a_t, t_ru=a_t, t_du=not_a_t, t_dl=not_a_t, s_r=a_s, s_d=1 - a_s,

@@ -113,6 +113,8 @@ class PLSTMVision(torch.nn.Module):
         ):  # fmt: skip
             check_positive_int(cls, name, value)
         check_real(cls, "gate_weight_std", gate_weight_std, minimum=0.0)  # named as ours
+        if dim % heads != 0:
+            raise ValueError(f"{cls}: heads ({heads}) must divide dim ({dim})")
         if image_size % patch_size != 0:
             raise ValueError(
                 f"{cls}: image_size ({image_size}) must be divisible by patch_size ({patch_size})"

@@ -118,6 +118,22 @@ def test_p_mode_is_the_released_code_form():
     assert_close(b, torch.linspace(-2, 2, 4).expand(4, 4), dtype=torch.float64)
 
 
+def test_p_mode_bound_holds_for_a_negative_transition():
+    """|T| out of every incoming state sums to <= 1 however far the inputs push t below 0,
+    so the un-normalised output stays bounded on a large grid."""
+    torch.manual_seed(5)
+    layer = PLSTM2D(8, heads=2, mode="P", gate_weight_std=0.5).double()
+    for scale in (1.0, 1e3):
+        g = layer.corner_gates(scale * torch.randn(1, 6, 6, 8, dtype=torch.float64))
+        assert (g["t_rl"].abs() + g["t_dl"].abs()).max() <= 1 + 1e-12
+        assert (g["t_ru"].abs() + g["t_du"].abs()).max() <= 1 + 1e-12
+    with torch.no_grad():
+        layer.transition.linear.bias.fill_(-1.0)  # t = tanh(-5): reachable by training
+        layer.angle.linear.bias.fill_(2.0)
+    h = layer.recurrence(torch.randn(1, 24, 24, 8, dtype=torch.float64))
+    assert h.abs().max() < 1e3
+
+
 def test_d_mode_has_no_cross_transition_to_down():
     layer = PLSTM2D(8, heads=2, mode="D")
     g = layer.corner_gates(torch.randn(1, 3, 3, 8))

@@ -43,6 +43,21 @@ def test_positional_embedding_is_interpolated():
     assert no_pos.pos_embed is None
 
 
+def test_positional_embedding_is_bicubic():
+    """The documented resampling: bicubic, half-pixel centres (align_corners=False), to the
+    token grid of any resolution, square or not; none at the training resolution."""
+    torch.manual_seed(4)
+    model = PLSTMVision(32, 8, 2, dim=8, heads=2, depth=1)
+    for size in [(32, 32), (48, 48), (64, 40), (16, 24)]:
+        images = torch.randn(1, 3, *size)
+        pos = model.embed(images) - model.patch_embed(images).permute(0, 2, 3, 1)
+        grid = (size[0] // 8, size[1] // 8)
+        expected = torch.nn.functional.interpolate(
+            model.pos_embed, size=grid, mode="bicubic", align_corners=False
+        )
+        torch.testing.assert_close(pos, expected.permute(0, 2, 3, 1).expand_as(pos))
+
+
 def _head_input_and_tokens(model, images):
     """What the model's head receives, and the normed token grid computed step by step."""
     captured = {}
@@ -94,11 +109,31 @@ def test_learns_a_toy_task():
 
 
 def test_reset_parameters():
-    model = PLSTMVision(16, 4, 2, dim=8, heads=2, depth=1)
+    model = PLSTMVision(16, 4, 2, dim=8, heads=2, depth=2)
     with torch.no_grad():
         model.blocks[0].plstm.source.linear.bias.fill_(3.0)
     model.reset_parameters()
     assert torch.allclose(model.blocks[0].plstm.source.linear.bias, torch.tensor(-4.0))
+    # every parameter is re-initialised: the deterministic ones (gate biases and zero weights,
+    # norm scales, zero q/k/v bias: equal under two seeds) come back exactly, random ones to
+    # their init's range
+    torch.manual_seed(1)
+    other = dict(PLSTMVision(16, 4, 2, dim=16, heads=2, depth=2).named_parameters())
+    torch.manual_seed(0)
+    model = PLSTMVision(16, 4, 2, dim=16, heads=2, depth=2)
+    fresh = {k: v.clone() for k, v in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(3.0 + torch.rand_like(p))
+    model.reset_parameters()
+    for name, p in model.named_parameters():
+        f = fresh[name]
+        if torch.equal(f, other[name]):
+            assert torch.equal(p, f), name
+        else:  # the perturbation added >= 3 everywhere; these inits stay within +-1.5
+            assert p.abs().max() < 1.5, name
+            if p.numel() >= 64:
+                assert 0.5 < p.std() / f.std() < 2.0, name
 
 
 def test_bad_input():
@@ -106,6 +141,8 @@ def test_bad_input():
         PLSTMVision(30, 8, 2)
     with pytest.raises(TypeError, match="dim"):
         PLSTMVision(32, 8, 2, dim=8.5)
+    with pytest.raises(ValueError, match=r"PLSTMVision: heads \(4\) must divide dim \(10\)"):
+        PLSTMVision(32, 8, 2, dim=10, heads=4)
     with pytest.raises(TypeError, match="PLSTMVision: gate_weight_std"):
         PLSTMVision(32, 8, 2, gate_weight_std="a")
     model = PLSTMVision(32, 8, 2, dim=8, heads=2, depth=1)
