@@ -1,10 +1,26 @@
-"""Initialisation helper shared by the model zoo."""
+"""Helpers shared by the model zoo: initialisation and reading a batch's graph structure."""
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-__all__ = ["reset_children"]
+__all__ = ["graph_batch", "reset_children"]
+
+
+def graph_batch(batch, num_nodes: int, device: torch.device) -> tuple[Tensor, int]:
+    """``(node_batch, num_graphs)`` of a PyG ``Batch`` or a plain ``Data``.
+
+    The batch vector is ``batch.batch`` (zeros when absent: one graph). The graph count is
+    ``batch.num_graphs`` when the object has it (a ``Batch``), else one more than the largest
+    entry of the batch vector (a ``Data`` carrying its own), else 1.
+    """
+    node_batch = getattr(batch, "batch", None)
+    if node_batch is None:
+        node_batch = torch.zeros(num_nodes, dtype=torch.long, device=device)
+    if hasattr(batch, "num_graphs"):
+        return node_batch, int(batch.num_graphs)
+    return node_batch, int(node_batch.max()) + 1 if node_batch.numel() else 1
 
 
 def reset_children(module: nn.Module) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
 
-from graphseq.models._init import reset_children
+from graphseq.models._init import graph_batch, reset_children
 from graphseq.models.registry import InputSpec, register_model
 from graphseq.nn.seq.base import check_positive_int, check_real
 
@@ -165,13 +165,7 @@ class GIN(nn.Module):
     def forward(self, batch) -> Tensor:
         x, edge_index = batch.x, batch.edge_index
         self.spec.check_inputs(type(self).__name__, x, getattr(batch, "edge_attr", None))
-        node_batch = getattr(batch, "batch", None)
-        if node_batch is None:
-            node_batch = x.new_zeros(x.size(0), dtype=torch.long)
-        if hasattr(batch, "num_graphs"):
-            num_graphs = int(batch.num_graphs)
-        else:  # a Data with its own batch vector (no Batch's num_graphs): count its graphs
-            num_graphs = int(node_batch.max()) + 1 if node_batch.numel() else 1
+        node_batch, num_graphs = graph_batch(batch, x.size(0), x.device)
         # dense features in the model's dtype (a .double() model takes float64 batches)
         if self.spec.node_features != "ogb-atom":
             x = x.to(self.node_encoder.weight.dtype)

@@ -27,7 +27,7 @@ from torch_geometric.nn import (
     global_mean_pool,
 )
 
-from graphseq.models._init import reset_children
+from graphseq.models._init import graph_batch, reset_children
 from graphseq.models.registry import InputSpec, register_model
 from graphseq.nn.gsm import GSM, GSMPlusPlus, LocalEncoder
 from graphseq.nn.gsm.encoders import mean_adjacency
@@ -47,10 +47,7 @@ def _dense_only(spec: InputSpec, name: str) -> tuple[int, int | None]:
 
 
 def _pool(h: Tensor, batch, pool: str) -> Tensor:
-    node_batch = getattr(batch, "batch", None)
-    if node_batch is None:
-        node_batch = torch.zeros(h.size(0), dtype=torch.long, device=h.device)
-    num_graphs = int(getattr(batch, "num_graphs", 1) or 1)
+    node_batch, num_graphs = graph_batch(batch, h.size(0), h.device)
     fn = global_mean_pool if pool == "mean" else global_add_pool
     return fn(h, node_batch, size=num_graphs)
 

@@ -7,11 +7,10 @@ pooling, MLP head) with OGB's atom and bond encoders in front.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torch_geometric.nn import global_add_pool, global_mean_pool
 
-from graphseq.models._init import reset_children
+from graphseq.models._init import graph_batch, reset_children
 from graphseq.models.gin import AtomEncoder, BondEncoder
 from graphseq.models.registry import InputSpec, register_model
 from graphseq.nn.plstm.graph import PLSTMGraph, prepare_dag
@@ -127,13 +126,7 @@ class PLSTMGraphNet(nn.Module):
         x, edge_index = batch.x, batch.edge_index
         self.spec.check_inputs(type(self).__name__, x, getattr(batch, "edge_attr", None))
         N = x.size(0)
-        node_batch = getattr(batch, "batch", None)
-        if node_batch is None:
-            node_batch = x.new_zeros(N, dtype=torch.long)
-        if hasattr(batch, "num_graphs"):
-            num_graphs = int(batch.num_graphs)
-        else:  # a Data with its own batch vector (no Batch's num_graphs): count its graphs
-            num_graphs = int(node_batch.max()) + 1 if node_batch.numel() else 1
+        node_batch, num_graphs = graph_batch(batch, N, x.device)
         if self.spec.node_features != "ogb-atom":
             x = x.to(self.node_encoder.weight.dtype)
         h = self.node_encoder(x)  # [N, d]

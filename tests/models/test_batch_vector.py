@@ -13,7 +13,7 @@ from graphseq.models import InputSpec, build_model
 MOL = InputSpec("graph", 2, "ogb-atom", edge_features="ogb-bond")
 
 
-@pytest.mark.parametrize("name", ["gin", "gin-vn", "plstm"])
+@pytest.mark.parametrize("name", ["gin", "gin-vn", "plstm", "gps", "sage", "gat"])
 def test_models_take_a_data_with_its_own_batch_vector(name):
     """A plain Data holding two graphs (a batch vector, no num_graphs) gives one row per
     graph, the same as the Batch of the two graphs."""
