@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._autograd import first_order_only
-from .plan import DagScanPlan, _numel
+from .plan import DagScanPlan
+from .wavefront import apply_scan
 
 _MAX_BLOCK_F = 256  # state entries per program; larger states use more programs per row
 _MAX_GRID_YZ = 65535  # CUDA's limit on grid dimensions 1 and 2 (dimension 0 allows 2**31 - 1)
@@ -189,40 +189,10 @@ def scan_backward(
     return G, dw
 
 
-class DagScanTritonFn(torch.autograd.Function):
-    """Autograd of the Triton path: the backward pass pulls over the reversed graph."""
-
-    @staticmethod
-    def forward(ctx, x, weight, plan):
-        w = weight[plan.edge_perm].contiguous()  # [L, H] in level order
-        C = scan_forward(x, w, plan)
-        ctx.save_for_backward(C, w)
-        ctx.plan = plan
-        return C
-
-    @staticmethod
-    @first_order_only("dag_scan (triton backend)", "backend='reference' records a graph")
-    def backward(ctx, dC):
-        C, w = ctx.saved_tensors
-        plan = ctx.plan
-        need_dw = ctx.needs_input_grad[1]
-        G, dw_sorted = scan_backward(C, w, dC, plan, need_dw)
-        dweight = None
-        if need_dw:
-            dweight = torch.empty_like(dw_sorted)
-            dweight[plan.edge_perm] = dw_sorted
-        dx = G if ctx.needs_input_grad[0] else None
-        return dx, dweight, None
-
-
 def dag_scan(
     x: torch.Tensor, weight: torch.Tensor, edge_index: torch.Tensor, plan: DagScanPlan
 ) -> torch.Tensor:
     """Triton path; same contract as the public function (``plan`` already built)."""
     del edge_index  # the plan holds the sorted edges
-    S, H = x.shape[0], x.shape[1]
-    acc = torch.promote_types(x.dtype, torch.float32)
-    schedule(plan)  # built (and cached on the plan) outside the autograd function, as in
-    # wavefront.py: torch.compile refuses tensors created and stored inside its traced forward
-    C = DagScanTritonFn.apply(x.to(acc).reshape(S, H, _numel(x.shape[2:])), weight.to(acc), plan)
-    return C.reshape(x.shape).to(x.dtype)
+    schedule(plan)  # cached on the plan, built outside the autograd function
+    return apply_scan(x, weight, plan, (scan_forward, scan_backward))

@@ -60,29 +60,41 @@ def scan_backward(
 
 
 class DagScanFn(torch.autograd.Function):
-    """Autograd of the wavefront path: the backward pass is the reverse wavefront scan."""
+    """Autograd of the level-by-level paths (this module's and ``triton.py``'s): ``scans`` is
+    the path's ``(scan_forward, scan_backward)`` pair; the backward pass is the reverse scan."""
 
     @staticmethod
-    def forward(ctx, x, weight, plan):
-        w = weight[plan.edge_perm]  # [L, H] in level order
-        C = scan_forward(x, w, plan)
+    def forward(ctx, x, weight, plan, scans):
+        w = weight[plan.edge_perm].contiguous()  # [L, H] in level order
+        C = scans[0](x, w, plan)
         ctx.save_for_backward(C, w)
-        ctx.plan = plan
+        ctx.plan, ctx.scan_backward = plan, scans[1]
         return C
 
     @staticmethod
-    @first_order_only("dag_scan (torch backend)", "backend='reference' records a graph")
+    @first_order_only("dag_scan (torch and triton backends)", "backend='reference' records a graph")
     def backward(ctx, dC):
         C, w = ctx.saved_tensors
         plan = ctx.plan
         need_dw = ctx.needs_input_grad[1]
-        G, dw_sorted = scan_backward(C, w, dC.contiguous(), plan, need_dw)
+        G, dw_sorted = ctx.scan_backward(C, w, dC.contiguous(), plan, need_dw)
         dweight = None
         if need_dw:
             dweight = torch.empty_like(dw_sorted)
             dweight[plan.edge_perm] = dw_sorted
         dx = G if ctx.needs_input_grad[0] else None
-        return dx, dweight, None
+        return dx, dweight, None, None
+
+
+def apply_scan(x: torch.Tensor, weight: torch.Tensor, plan: DagScanPlan, scans) -> torch.Tensor:
+    """Run a level-by-level path (``scans``, see :class:`DagScanFn`) in the accumulation dtype
+    on ``[S, H, F]`` states and return ``C`` with ``x``'s shape and dtype. Whatever the path
+    caches on the plan must be built before this call: torch.compile traces the autograd
+    function's forward as a subgraph and refuses tensors created and stored on the plan there."""
+    S, H = x.shape[0], x.shape[1]
+    acc = torch.promote_types(x.dtype, torch.float32)
+    C = DagScanFn.apply(x.to(acc).reshape(S, H, _numel(x.shape[2:])), weight.to(acc), plan, scans)
+    return C.reshape(x.shape).to(x.dtype)
 
 
 def dag_scan(
@@ -90,10 +102,5 @@ def dag_scan(
 ) -> torch.Tensor:
     """Wavefront path; same contract as the public function (``plan`` already built)."""
     del edge_index  # the plan holds the sorted edges
-    S, H = x.shape[0], x.shape[1]
-    acc = torch.promote_types(x.dtype, torch.float32)
-    # build the plan's cached level views here, not inside DagScanFn.forward: torch.compile
-    # traces that forward as a subgraph and refuses tensors it creates and stores on the plan
-    plan.level_edges()
-    C = DagScanFn.apply(x.to(acc).reshape(S, H, _numel(x.shape[2:])), weight.to(acc), plan)
-    return C.reshape(x.shape).to(x.dtype)
+    plan.level_edges()  # the plan's cached level views, built outside the autograd function
+    return apply_scan(x, weight, plan, (scan_forward, scan_backward))

@@ -49,6 +49,17 @@ def _gate(ptr, off, HAS: tl.constexpr):
 
 
 @triton.jit
+def _state(ptr, index, kv_off, mask, KD, VD, HAS: tl.constexpr, BLOCK_K: tl.constexpr,
+           BLOCK_V: tl.constexpr):  # fmt: skip
+    # this program's K x BLOCK_V block of state ``index`` of a [..., K, V] buffer; zeros when
+    # the buffer is absent (``ptr`` is then a placeholder of the same dtype)
+    if HAS:
+        return tl.load(ptr + index * KD * VD + kv_off, mask=mask, other=0.0)
+    else:
+        return tl.zeros([BLOCK_K, BLOCK_V], dtype=ptr.dtype.element_ty)
+
+
+@triton.jit
 def _forward_kernel(
     Q, Kt, Vt,  # [B, X, Y, H, K], [B, X, Y, H, K], [B, X, Y, H, V]
     T_RL, T_RU, T_DU, T_DL, S_R, S_D, M_L, M_U, Dg,  # [B, X, Y, H]
@@ -70,19 +81,15 @@ def _forward_kernel(
     m2 = mk[:, None] & mv[None, :]
     kv_off = kk[:, None] * VD + vv[None, :]  # within one K x V state
     for x in range(X):
-        if HAS_H0T:
-            above = tl.load(H0T + ((b * X + x) * H + h) * KD * VD + kv_off, mask=m2, other=0.0)
-        else:
-            above = tl.zeros([BLOCK_K, BLOCK_V], dtype=OUT.dtype.element_ty)
+        above = _state(H0T, (b * X + x) * H + h, kv_off, m2, KD, VD, HAS_H0T, BLOCK_K, BLOCK_V)
         for y in range(Y):
             cell = (b * X + x) * Y + y
             g = cell * H + h  # gate index
             if x > 0:
-                left = tl.load(CR + (g - Y * H) * KD * VD + kv_off, mask=m2, other=0.0)
-            elif HAS_H0L:
-                left = tl.load(H0L + ((b * Y + y) * H + h) * KD * VD + kv_off, mask=m2, other=0.0)
+                left = _state(CR, g - Y * H, kv_off, m2, KD, VD, True, BLOCK_K, BLOCK_V)
             else:
-                left = tl.zeros([BLOCK_K, BLOCK_V], dtype=OUT.dtype.element_ty)
+                left = _state(H0L, (b * Y + y) * H + h, kv_off, m2, KD, VD, HAS_H0L, BLOCK_K,
+                              BLOCK_V)  # fmt: skip
             q = tl.load(Q + g * KD + kk, mask=mk, other=0.0)
             k = tl.load(Kt + g * KD + kk, mask=mk, other=0.0)
             v = tl.load(Vt + g * VD + vv, mask=mv, other=0.0)
@@ -134,10 +141,8 @@ def _backward_kernel(
     block_base = vb * NB * X * Y * H  # this value block's slice of the per-block buffers
     for xi in range(X):
         x = X - 1 - xi
-        if HAS_DCB:  # dL/dC_d(x, Y-1), the state leaving the bottom edge
-            below = tl.load(DCB + ((b * X + x) * H + h) * KD * VD + kv_off, mask=m2, other=0.0)
-        else:
-            below = tl.zeros([BLOCK_K, BLOCK_V], dtype=DOUT.dtype.element_ty)
+        # dL/dC_d(x, Y-1), the state leaving the bottom edge
+        below = _state(DCB, (b * X + x) * H + h, kv_off, m2, KD, VD, HAS_DCB, BLOCK_K, BLOCK_V)
         for yi in range(Y):
             y = Y - 1 - yi
             cell = (b * X + x) * Y + y
@@ -145,17 +150,15 @@ def _backward_kernel(
             ga_off = ((b * Y + y) * H + h) * KD * VD + kv_off
             right = tl.load(GA + ga_off, mask=m2, other=0.0)  # dL/dC_r(x, y)
             if x > 0:
-                left = tl.load(CR + (g - Y * H) * KD * VD + kv_off, mask=m2, other=0.0)
-            elif HAS_H0L:
-                left = tl.load(H0L + ((b * Y + y) * H + h) * KD * VD + kv_off, mask=m2, other=0.0)
+                left = _state(CR, g - Y * H, kv_off, m2, KD, VD, True, BLOCK_K, BLOCK_V)
             else:
-                left = tl.zeros([BLOCK_K, BLOCK_V], dtype=DOUT.dtype.element_ty)
+                left = _state(H0L, (b * Y + y) * H + h, kv_off, m2, KD, VD, HAS_H0L, BLOCK_K,
+                              BLOCK_V)  # fmt: skip
             if y > 0:
-                above = tl.load(CD + (g - H) * KD * VD + kv_off, mask=m2, other=0.0)
-            elif HAS_H0T:
-                above = tl.load(H0T + ((b * X + x) * H + h) * KD * VD + kv_off, mask=m2, other=0.0)
+                above = _state(CD, g - H, kv_off, m2, KD, VD, True, BLOCK_K, BLOCK_V)
             else:
-                above = tl.zeros([BLOCK_K, BLOCK_V], dtype=DOUT.dtype.element_ty)
+                above = _state(H0T, (b * X + x) * H + h, kv_off, m2, KD, VD, HAS_H0T, BLOCK_K,
+                               BLOCK_V)  # fmt: skip
             q = tl.load(Q + g * KD + kk, mask=mk, other=0.0)
             k = tl.load(Kt + g * KD + kk, mask=mk, other=0.0)
             v = tl.load(Vt + g * VD + vv, mask=mv, other=0.0)

@@ -280,6 +280,19 @@ def test_plan_of_another_graph_with_the_same_sizes_is_refused():
     assert dag_scan(x, w, chain, plan=own).flatten().tolist() == [1.0, 2.0, 3.0]
 
 
+def assert_triton_matches_reference(x, w, edge_index, gen):
+    """Values and both gradients of the Triton path equal the loop's (float64)."""
+    dy = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(DEVICE)
+    grads = {}
+    for backend in ("reference", "triton"):
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = dag_scan(xr, wr, edge_index, backend=backend)
+        (y * dy).sum().backward()
+        grads[backend] = (y.detach(), xr.grad, wr.grad)
+    for a, b in zip(grads["triton"], grads["reference"]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
 @requires_triton
 def test_triton_wide_states_span_several_programs():
     # 300 entries per state: more than one program per (state, head) in both passes
@@ -287,15 +300,7 @@ def test_triton_wide_states_span_several_programs():
     ei = random_dag(14, 0.3, gen)
     x = torch.randn(14, 2, 300, generator=gen, dtype=torch.float64).to(DEVICE)
     w = random_weights(ei.shape[1], 2, gen)
-    dy = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(DEVICE)
-    grads = {}
-    for backend in ("reference", "triton"):
-        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-        y = dag_scan(xr, wr, ei, backend=backend)
-        (y * dy).sum().backward()
-        grads[backend] = (y.detach(), xr.grad, wr.grad)
-    for a, b in zip(grads["triton"], grads["reference"]):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    assert_triton_matches_reference(x, w, ei, gen)
 
 
 @requires_triton
@@ -357,15 +362,7 @@ def test_triton_programs_loop_when_the_grid_is_capped(monkeypatch):
     ei = random_dag(9, 0.4, gen)
     x = torch.randn(9, 3, 300, generator=gen, dtype=torch.float64).to(DEVICE)
     w = random_weights(ei.shape[1], 3, gen)
-    dy = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(DEVICE)
-    grads = {}
-    for backend in ("reference", "triton"):
-        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-        y = dag_scan(xr, wr, ei, backend=backend)
-        (y * dy).sum().backward()
-        grads[backend] = (y.detach(), xr.grad, wr.grad)
-    for a, b in zip(grads["triton"], grads["reference"]):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    assert_triton_matches_reference(x, w, ei, gen)
 
 
 @pytest.mark.parametrize("prebuilt", [False, True])
