@@ -105,7 +105,10 @@ class HeadGate(torch.nn.Module):
             raise ValueError(f"{cls}: activation must be one of {_ACTIVATIONS}, got {activation!r}")
         weight_std = check_real(cls, "weight_std", weight_std, minimum=0.0)
         factor = check_real(cls, "factor", factor)
-        bias = torch.as_tensor(bias_init, dtype=torch.get_default_dtype())
+        # on the CPU whatever the default device: under deferred initialisation (modules made
+        # on the meta device, then ``to_empty()`` and ``reset_parameters()``) a meta tensor
+        # would hold no values to reset to
+        bias = torch.as_tensor(bias_init, dtype=torch.get_default_dtype(), device="cpu")
         if bias.dim() != 0 and tuple(bias.shape) != (groups, heads):
             raise ValueError(
                 f"{cls}: bias_init must be a scalar or have shape ({groups}, {heads}), "
@@ -117,7 +120,9 @@ class HeadGate(torch.nn.Module):
         self.activation = activation
         self.weight_std = float(weight_std)
         self.factor = float(factor)
-        self.register_buffer("bias_init", bias.expand(groups, heads).clone(), persistent=False)
+        # a plain attribute, not a buffer: ``to_empty()`` would replace a buffer by
+        # uninitialised memory, which ``reset_parameters()`` would then copy into the bias
+        self.bias_init = bias.expand(groups, heads).clone()
         self.linear = torch.nn.Linear(in_channels, groups * heads)
         self.reset_parameters()
 

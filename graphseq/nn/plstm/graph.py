@@ -1759,6 +1759,11 @@ class PLSTMGraph(torch.nn.Module):
         """
         op = "PLSTMGraph.recurrence"
         check_choice(op, "algorithm", algorithm, _ALGORITHMS)
+        if not isinstance(structure, DagStructure):
+            raise TypeError(
+                f"{op}: structure must be a DagStructure (prepare_dag), got "
+                f"{type(structure).__name__}"
+            )
         if batch is not None:
             batch = _check_batch(op, batch, structure.num_nodes)
         if q.dim() != 3 or k.shape != q.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:

@@ -251,7 +251,7 @@ class PLSTM2D(torch.nn.Module):
                 D, H, "tanh", TRANSITION_BIAS, std, factor=TRANSITION_FACTOR, groups=G
             )
             self.mark = HeadGate(D, H, "sigmoid", MARK_BIAS, std, groups=G)
-            angle_bias = torch.linspace(-2.0, 2.0, H).expand(G, H)
+            angle_bias = torch.linspace(-2.0, 2.0, H, device="cpu").expand(G, H)
             # alpha = sigmoid(b + W x / (2 D)): the 1 / (2 D) slows the angle's learning
             self.angle = HeadGate(D, H, "identity", angle_bias, std, groups=G)
         else:

@@ -539,3 +539,13 @@ def test_stacked_layers_run_under_autocast():
         assert h.dtype == torch.bfloat16
         out = second(h, ei)
     assert torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("algorithm", ["states", "paths"])
+def test_recurrence_names_a_structure_of_the_wrong_type(algorithm):
+    conv = PLSTMGraph(4, 4, 2)
+    ei = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
+    gates = conv.gates(torch.randn(3, 4), prepare_dag(ei, 3))
+    for bad in (None, ei):
+        with pytest.raises(TypeError, match="structure must be a DagStructure"):
+            PLSTMGraph.recurrence(*gates, bad, algorithm=algorithm)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from graphseq.kernels import chunked_matrix_scan
-from graphseq.nn.plstm import PLSTM1D
+from graphseq.nn.plstm import PLSTM1D, PLSTM2D
 from graphseq.nn.plstm.plstm1d import plstm1d_recurrence, plstm1d_reference
 from graphseq.testing import assert_close
 
@@ -215,3 +215,26 @@ def test_gate_modules():
     norm = MultiHeadRMSNorm(2, 4)
     y = norm(torch.randn(5, 2, 4) * 10)
     torch.testing.assert_close(y.square().mean(-1), torch.ones(5, 2), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: PLSTM1D(8, heads=2),
+        lambda: PLSTM2D(8, heads=2, mode="P"),
+        lambda: PLSTM2D(8, heads=2, mode="D"),
+    ],
+)
+def test_deferred_init_resets_to_the_documented_gate_biases(make):
+    """Built on the meta device, materialised with to_empty() and reset: the gate biases are
+    the documented ones, not the uninitialised memory to_empty() hands out."""
+    with torch.device("meta"):
+        layer = make()
+    layer = layer.to_empty(device="cpu")
+    for t in layer.buffers():  # stand for arbitrary uninitialised memory
+        t.fill_(7.0)
+    layer.reset_parameters()
+    fresh = make()
+    for (name, got), (_, want) in zip(layer.named_parameters(), fresh.named_parameters()):
+        if name.endswith("linear.bias"):
+            assert torch.equal(got, want), name

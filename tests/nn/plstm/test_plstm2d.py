@@ -369,3 +369,19 @@ def test_triton_backend_with_a_method_raises_in_the_layers_name(method):
     layer = PLSTM2D(8, heads=2)
     with pytest.raises(ValueError, match=f"PLSTM2D: method='{method}'.*backend='triton'"):
         layer(torch.randn(1, 3, 4, 8), backend="triton", method=method)
+
+
+def test_grid_scan_readme_names_the_layers_own_threshold():
+    """kernels/grid_scan_2d/README.md says up to how many cells PLSTM2D bypasses the op (so
+    that GRAPHSEQ_BACKEND=triton does not reach it): that must be the layer's threshold."""
+    import re
+    from pathlib import Path
+
+    from graphseq.nn.plstm import plstm2d
+
+    readme = Path(__file__).parents[3] / "kernels" / "grid_scan_2d" / "README.md"
+    text = " ".join(readme.read_text().split())
+    pattern = r"keeps its own choice for grids of at most (?:`DENSE_MAX_CELLS` = )?(\d+)"
+    said = re.search(pattern, text)
+    assert said is not None
+    assert int(said.group(1)) == plstm2d.DENSE_MAX_CELLS
