@@ -58,16 +58,29 @@ def _check_common(cls: str, hidden, layers, heads, pool) -> None:
     check_choice(cls, "pool", pool, ("mean", "sum"))
 
 
-def _features(batch, pe: str | None, cls: str, dtype: torch.dtype) -> Tensor:
+def _width(cls: str, name: str, value: Tensor, rows: int | None, width: int, what: str) -> Tensor:
+    """``value`` as a ``[rows, width]`` matrix (a vector counts as one column), or a
+    ``ValueError`` naming the attribute, before a matrix product meets the wrong width."""
+    value = value.unsqueeze(1) if value.dim() == 1 else value
+    if value.dim() != 2 or value.size(1) != width or (rows is not None and value.size(0) != rows):
+        shape = f"[{rows if rows is not None else 'E'}, {what} = {width}]"
+        raise ValueError(f"{cls}: {name} must have shape {shape}, got {tuple(value.shape)}")
+    return value
+
+
+def _features(
+    batch, pe: str | None, cls: str, dtype: torch.dtype, node_dim: int, pe_dim: int = 0
+) -> Tensor:
     """``x`` (and the ``pe`` attribute) as one ``dtype`` matrix: the model's parameter dtype,
-    so that a ``.double()`` model takes float64 batches."""
-    x = batch.x.to(dtype)
-    x = x.unsqueeze(1) if x.dim() == 1 else x
+    so that a ``.double()`` model takes float64 batches. Widths are checked against the
+    spec's ``node_dim`` and ``pe_dim``."""
+    x = _width(cls, "batch.x", batch.x.to(dtype), None, node_dim, "node_dim")
     if pe is not None:
         value = getattr(batch, pe, None)
         if value is None:
             raise ValueError(f"{cls}: pe={pe!r} but the input has no attribute {pe!r}")
-        x = torch.cat([x, value.to(dtype)], -1)
+        value = _width(cls, f"batch.{pe}", value.to(dtype), x.size(0), pe_dim, "pe_dim")
+        x = torch.cat([x, value], -1)
     return x
 
 
@@ -134,7 +147,7 @@ class GPS(nn.Module):
             heads,
             local,
         )
-        self.pe, self.pool = pe, pool
+        self.pe, self.pe_dim, self.pool = pe, (pe_dim if pe else 0), pool
         self.encoder = nn.Linear(node_dim + (pe_dim if pe else 0), hidden)
         self.edge_encoder = nn.Linear(edge_dim, hidden) if edge_dim else None
         convs = []
@@ -165,11 +178,21 @@ class GPS(nn.Module):
         reset_children(self)
 
     def forward(self, batch) -> Tensor:
-        h = self.encoder(_features(batch, self.pe, "GPS", self.encoder.weight.dtype))
+        node_dim = self.spec.node_dim
+        x = _features(batch, self.pe, "GPS", self.encoder.weight.dtype, node_dim, self.pe_dim)
+        h = self.encoder(x)
         node_batch = getattr(batch, "batch", None)
         kwargs = {}
         if self.edge_encoder is not None:
-            kwargs["edge_attr"] = self.edge_encoder(batch.edge_attr.to(h.dtype))
+            edge_attr = getattr(batch, "edge_attr", None)
+            if not isinstance(edge_attr, Tensor):
+                raise ValueError(
+                    "GPS: the spec has dense edge features but batch.edge_attr is None"
+                )
+            edge_attr = _width("GPS", "batch.edge_attr", edge_attr.to(h.dtype),
+                               batch.edge_index.size(1), self.edge_encoder.in_features,
+                               "edge_dim")  # fmt: skip
+            kwargs["edge_attr"] = self.edge_encoder(edge_attr)
         elif self.local == "gine":
             kwargs["edge_attr"] = h.new_zeros(batch.edge_index.size(1), 1)
         for conv in self.convs:
@@ -249,7 +272,8 @@ class GNNBaseline(nn.Module):
         reset_children(self)
 
     def forward(self, batch) -> Tensor:
-        h = self.encoder(_features(batch, None, "GNNBaseline", self.encoder.weight.dtype))
+        dtype = self.encoder.weight.dtype
+        h = self.encoder(_features(batch, None, "GNNBaseline", dtype, self.spec.node_dim))
         edge_index = batch.edge_index
         if self.conv == "sage":  # one sparse adjacency for all layers: SpMM instead of scatter
             edge_index = mean_adjacency(edge_index, h.size(0), h.dtype)

@@ -130,3 +130,28 @@ def test_gsm_plus_plus_recipe_options_through_the_registry():
         build_model("gsm++", spec, local="gcn", hpe_levels=8)
     model = build_model("gsm++", spec, hidden=8, layers=1, hpe_levels=8, local_norm_sum=True)
     assert model.local_norm_sum and model.locals[0].norm_sum
+
+
+def test_wrong_input_widths_are_named():
+    """A batch whose x, edge_attr or pe width disagrees with the spec fails naming the
+    attribute, not inside a matrix product."""
+    ei = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    narrow = TRANSFORM(Data(x=torch.randn(3, 3), edge_index=ei))
+    spec = InputSpec("graph", 2, "dense", node_dim=4)
+    for name in ("gps", "gat", "sage", "gsm", "gsm++"):
+        model = build_model(name, spec, hidden=8)
+        with pytest.raises(ValueError, match=r"x must have shape"):
+            model(Batch.from_data_list([narrow]))
+    spec_e = InputSpec("graph", 2, "dense", node_dim=4, edge_features="dense", edge_dim=2)
+    wide_e = TRANSFORM(Data(x=torch.randn(3, 4), edge_index=ei, edge_attr=torch.randn(3, 3)))
+    for name in ("gps", "gsm", "gsm++"):
+        model = build_model(name, spec_e, hidden=8)
+        with pytest.raises(ValueError, match=r"edge_attr must have shape"):
+            model(Batch.from_data_list([wide_e]))
+    gps = build_model("gps", spec, hidden=8, pe="lap_pe", pe_dim=2)
+    with_pe = Data(x=torch.randn(3, 4), edge_index=ei, lap_pe=torch.randn(3, 3))
+    with pytest.raises(ValueError, match=r"batch\.lap_pe must have shape \[3, pe_dim = 2\]"):
+        gps(Batch.from_data_list([with_pe]))
+    # a vector x still counts as one column
+    one = build_model("gps", InputSpec("graph", 2, "dense", node_dim=1), hidden=8)
+    assert one(Batch.from_data_list([Data(x=torch.randn(3), edge_index=ei)])).shape == (1, 2)

@@ -219,7 +219,10 @@ class RecurrentAggregation(Aggregation):
         lengths = ptr[1:] - ptr[:-1]  # [N]
         nonempty = torch.nonzero(lengths > 0).flatten()
         if nonempty.numel() == 0:
-            return init
+            # no element at all: the initial states, still attached to x so that an empty
+            # batch backpropagates (as the tree aggregations' identity rows do)
+            link = x.sum() * 0
+            return tuple(s + link for s in init)
         lens = lengths[nonempty]
         by_length = torch.sort(lens, descending=True, stable=True)[1]
         groups = nonempty[by_length]  # group ids, longest first: active groups form a prefix

@@ -70,6 +70,15 @@ def _resolve_one(query: Any, args: tuple, kwargs: dict, in_list: bool = False) -
     wanted = normalize_string(query)
     for name, cls in AGGREGATIONS.items():
         if wanted == normalize_string(name):
+            # a name such as "lcm_mlp" fixes a keyword; a different value in kwargs would
+            # silently build another aggregation than the one named
+            for key, value in getattr(cls, "keywords", {}).items():
+                if key in kwargs and kwargs[key] != value:
+                    raise ValueError(
+                        f"aggregation_resolver: {query!r} means {key}={value!r}, but "
+                        f"{key}={kwargs[key]!r} was given; drop the argument or use the "
+                        f"name without the {key}"
+                    )
             return cls(*args, **kwargs)
     for cls in (LCMAggregation, RecurrentAggregation):
         if wanted == normalize_string(cls.__name__):

@@ -11,7 +11,8 @@ by GSM++ (`Behrouz et al., ICML 2025 <https://arxiv.org/abs/2411.15671>`_):
    carries over unchanged, as a one-child parent);
 3. the affinity between two clusters is recomputed from the edges between them (``"max"``:
    single linkage, the merge edges then form a maximum-affinity spanning forest; ``"mean"``:
-   average linkage);
+   average linkage, of the affinities rounded to multiples of ``MEAN_STEP = 2**-30`` so that
+   the average is exact and independent of the summation order);
 4. rounds stop when no edge joins two different clusters; if several clusters remain (a
    disconnected graph, isolated nodes) a virtual root joins them.
 
@@ -205,6 +206,16 @@ def edge_affinity(u: np.ndarray, v: np.ndarray, x: np.ndarray, affinity: str) ->
     return 1.0 / (1.0 + np.linalg.norm(x[u] - x[v], axis=1))
 
 
+#: ``"mean"`` linkage averages affinities rounded to multiples of this step: their sums are
+#: then exact in float64 (up to 2**22 edges between two clusters), so the mean does not depend
+#: on the summation order and both implementations break ties alike.
+MEAN_STEP = 2.0**-30
+
+
+def _linkage_weights(w: np.ndarray, linkage: str) -> np.ndarray:
+    return np.round(w / MEAN_STEP) * MEAN_STEP if linkage == "mean" else w
+
+
 def _undirected(ei: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Unique undirected edges as ``(lo, hi)`` with ``lo < hi``, sorted (self-loops dropped)."""
     lo, hi = np.minimum(ei[0], ei[1]), np.maximum(ei[0], ei[1])
@@ -274,7 +285,7 @@ def hac_tree(
     if n == 0:
         return HACTree(0, [])
     lo, hi = _undirected(ei, n)
-    w = edge_affinity(lo, hi, feats, affinity)
+    w = _linkage_weights(edge_affinity(lo, hi, feats, affinity), linkage)
     # both directions of every edge; (sum, count) so that "mean" linkage can be aggregated
     cu = np.concatenate([lo, hi])
     cv = np.concatenate([hi, lo])
@@ -323,7 +334,7 @@ def hac_tree_reference(
     if n == 0:
         return HACTree(0, [])
     lo, hi = _undirected(ei, n)
-    w = edge_affinity(lo, hi, feats, affinity)
+    w = _linkage_weights(edge_affinity(lo, hi, feats, affinity), linkage)
     edges = [(int(a), int(b), float(c)) for a, b, c in zip(lo, hi, w, strict=True)]
     label = list(range(n))
     levels: list[np.ndarray] = []

@@ -252,6 +252,11 @@ class _Base(nn.Module):
         edge_attr = getattr(batch, "edge_attr", None) if self.edge_dim is not None else None
         if edge_attr is not None and edge_attr.dim() == 1:
             edge_attr = edge_attr.unsqueeze(1)
+        if edge_attr is not None and (edge_attr.dim() != 2 or edge_attr.size(1) != self.edge_dim):
+            raise ValueError(
+                f"{cls}: edge_attr must have shape [num_edges, edge_dim = {self.edge_dim}], "
+                f"got {tuple(batch.edge_attr.shape)}"
+            )
         edge_index = getattr(batch, "edge_index", None)
         if edge_index is None:  # no edges, as the tokenizers read a graph without edge_index
             edge_index = torch.zeros(2, 0, dtype=torch.long, device=x.device)

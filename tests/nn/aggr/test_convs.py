@@ -147,3 +147,15 @@ def test_non_tensor_inputs_are_named(kind):
         aggr(x, index.tolist())
     with pytest.raises(ValueError, match="x must be two-dimensional"):
         aggr(torch.randn(5), index)
+
+
+def test_resolver_refuses_kwargs_that_contradict_the_name():
+    """'lcm_mlp' with cell='gru' (e.g. kwargs meant for another entry of a list) must not
+    silently build a GRU-cell LCM; a matching value is fine."""
+    for query in ("lcm_mlp", ["lcm_gru", "lcm_mlp"]):
+        with pytest.raises(ValueError, match=r"means cell='mlp', but cell='gru'"):
+            aggregation_resolver(query, 4, 4, cell="gru")
+    with pytest.raises(ValueError, match=r"means cell='lstm'"):
+        aggregation_resolver("recurrent_lstm", 4, 4, cell="gru")
+    assert aggregation_resolver("lcm_mlp", 4, 4, cell="mlp").cell == "mlp"
+    assert aggregation_resolver("lcm", 4, 4, cell="mlp").cell == "mlp"

@@ -281,3 +281,15 @@ def test_permutation_loss_is_the_documented_swap_gap(cell):
         assert (got - allowed[k]).abs() <= 1e-12
         seen.add(k)
     assert seen == {0, 1, 2}
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_empty_batch_backpropagates(cell):
+    """No element at all: zeros for every group, and the loss still backpropagates to x (as
+    through LCMAggregation's empty batch)."""
+    aggr = RecurrentAggregation(3, 4, cell=cell, num_layers=2)
+    x = torch.randn(0, 3, requires_grad=True)
+    out = aggr(x, torch.zeros(0, dtype=torch.long), dim_size=2)
+    assert torch.equal(out, torch.zeros(2, 4))
+    out.sum().backward()
+    assert x.grad is not None and x.grad.shape == (0, 3)
