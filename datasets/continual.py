@@ -332,8 +332,10 @@ def graph_tasks(
         counts_t = torch.tensor(counts)
         train_counts = counts_t[:num_train]
         candidates = train_counts.unique()  # sorted; argmin keeps the smallest on a tie
-        positive = (train_counts[None, :] >= candidates[:, None]).double().mean(1)
-        threshold = candidates[(positive - 0.5).abs().argmin()]
+        # |positives - num_train / 2| in integers: in floats, |0.8 - 0.5| > |0.2 - 0.5| and the
+        # larger of two equally even thresholds would win
+        positive = (train_counts[None, :] >= candidates[:, None]).sum(1)
+        threshold = candidates[(2 * positive - num_train).abs().argmin()]
         y = (counts_t >= threshold).long()
         tasks.append(
             ContinualTask(

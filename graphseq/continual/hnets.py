@@ -12,7 +12,8 @@ Three generators of the flat weight vector ``Theta^(t) = h(e^(t), theta)`` of a
   state is carried across layers, so later layers' weights depend on earlier ones (the
   dependency-preserving hypernetwork of Chandra et al., WACV 2023,
   `arXiv:2209.07712 <https://arxiv.org/abs/2209.07712>`_, as reconstructed in
-  ``README.md``). It has no chunk embeddings: its size does not grow with the target's.
+  ``README.md``). It has no chunk embeddings: with the default step signals its size does
+  not grow with the number of chunks (``step_signal="onehot"`` adds ``4H`` per chunk).
 
 Common to all (:class:`HyperNetwork`): one learned embedding per task (:meth:`add_task`),
 ``forward(task)`` returns ``[P]`` (or ``[B, P]`` for a list of tasks) and is deterministic
@@ -63,6 +64,14 @@ def _check_int(cls: str, name: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{cls}: {name} must be an int >= {minimum}, got {value!r}")
     return value
+
+
+def _draw_normal(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """A standard normal draw in ``like``'s dtype and on its device. The draw is made on the
+    generator's device and then moved, so a CPU generator (the methods' seeded one) also
+    serves a hypernetwork on a GPU, and a task's embedding does not depend on the device."""
+    where = like.device if generator is None else generator.device
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=where).to(like.device)
 
 
 def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
@@ -165,10 +174,7 @@ class HyperNetwork(nn.Module):
     def add_task(self, generator: torch.Generator | None = None) -> int:
         """Append a new task embedding (standard normal draw, in the hypernetwork's dtype);
         returns its task id."""
-        e = torch.randn(
-            self.embedding_dim, generator=generator, dtype=self.scale.dtype,
-            device=self.scale.device,
-        )  # fmt: skip
+        e = _draw_normal((self.embedding_dim,), generator, self.scale)
         self.task_embeddings.append(nn.Parameter(e))
         return self.num_tasks - 1
 
@@ -511,10 +517,7 @@ class ChunkedHyperNetwork(HyperNetwork):
     def add_task(self, generator: torch.Generator | None = None) -> int:
         t = super().add_task(generator)
         if self.conditional_chunk_embeddings:
-            c = torch.randn(
-                self.num_chunks, self.chunk_embedding_dim, generator=generator,
-                dtype=self.scale.dtype, device=self.scale.device,
-            )  # fmt: skip
+            c = _draw_normal((self.num_chunks, self.chunk_embedding_dim), generator, self.scale)
             self.chunk_embeddings.append(nn.Parameter(c))
             if t == 0:
                 self._calibrate()
@@ -588,8 +591,10 @@ class RNNHyperNetwork(HyperNetwork):
       of the chunked hypernetwork's conditional chunk embeddings);
     * ``"none"``: the task embedding only.
 
-    Size: :math:`4H(d_{in} + H + 2) + (H + 1)c` plus ``N * step_dim`` for ``"learned"``,
-    independent of the number of chunks otherwise.
+    Size: :math:`4H(d_{in} + H + 2) + (H + 1)c` plus ``N * step_dim`` for shared
+    ``"learned"`` vectors, with :math:`d_{in} = d` plus the step signal's width: ``step_dim``
+    for ``"learned"``, ``step_dim`` plus the number of target layers for ``"sinusoidal"``,
+    ``N`` for ``"onehot"`` (so that one grows by ``4H`` per chunk), 0 for ``"none"``.
 
     Network growth (:meth:`grow`) adds hidden units whose outgoing weights (into the output
     layer and into the old units' gates) are zero, so every old task's weights are reproduced
@@ -710,10 +715,7 @@ class RNNHyperNetwork(HyperNetwork):
     def add_task(self, generator: torch.Generator | None = None) -> int:
         t = super().add_task(generator)
         if self.conditional_step_embeddings:
-            e = torch.randn(
-                self.num_steps, self.step_dim, generator=generator, dtype=self.scale.dtype,
-                device=self.scale.device,
-            )  # fmt: skip
+            e = _draw_normal((self.num_steps, self.step_dim), generator, self.scale)
             self.task_step_embeddings.append(nn.Parameter(e))
             if t == 0:
                 self._calibrate()

@@ -321,7 +321,12 @@ def train_continual(
         )
     for t in range(start_task, T):
         for part in ("train", "test"):
-            _check_labels(method.target, getattr(stream[t], part, None), f"stream[{t}].{part}")
+            split = getattr(stream[t], part, None)
+            if split is not None and len(split) == 0:
+                # refused here, not after the earlier tasks have trained (an empty train split
+                # failed inside torch.randint, an empty test split after its task had trained)
+                raise ValueError(f"stream[{t}].{part} is empty: every task needs examples")
+            _check_labels(method.target, split, f"stream[{t}].{part}")
     R = [[math.nan] * T for _ in range(T)]
     seconds, growths = [math.nan] * T, [0] * T
     if previous is not None:

@@ -97,6 +97,7 @@ def test_example_writes_table_json_and_png(tmp_path, load_example, capsys):
             "applies to the rnn methods",
         ),
         (["--chunked-beta", "0.1", "--methods", "rnn"], "--chunked-beta applies"),
+        (["--threads", "0"], "--threads must be a positive integer"),
         (["--fisher-floor", "5", "--methods", "finetune"], "--fisher-floor applies to the hyp"),
         (["--reg-weighting", "fisher", "--methods", "ewc"], "--reg-weighting applies"),
         (["--train-old-embeddings", "--methods", "si"], "--train-old-embeddings applies"),
@@ -296,3 +297,26 @@ def test_presets_output_lr_scale_and_its_override(stream, method, scale, load_ex
 
     assert built().output_lr_scale == scale
     assert built(output_lr_scale=1.0).output_lr_scale == 1.0  # the flag wins
+
+
+@pytest.mark.parametrize(
+    "stream, tasks, match",
+    [("permuted-digits", 10, True), ("split-digits", 5, True), ("graphs", 4, True),
+     ("permuted-mnist", 10, False), ("split-mnist", 5, False)],
+)  # fmt: skip
+def test_chunked_eq_size_is_as_documented(stream, tasks, match, load_example):
+    """The docstring says where chunked-eq matches the RNN preset's shared parameter count."""
+    from argparse import Namespace
+
+    mod = load_example("continual")
+    args = Namespace(
+        reg_outputs=None, reg_weighting=None, fisher_floor=None, beta=None, chunked_beta=None,
+        hidden_beta=0.0, growth_units=0, growth_threshold=0.0, train_old_embeddings=None,
+        task_step_embeddings=None, dropout=None, rnn_hidden_size=None, rnn_chunk_size=None,
+        rnn_chunking=None, output_lr_scale=None,
+    )  # fmt: skip
+    rnn, eq = (mod.build(m, mod.PRESETS[stream], tasks, 0, args) for m in ("rnn", "chunked-eq"))
+    ratio = eq.hnet.num_shared_parameters() / rnn.hnet.num_shared_parameters()
+    assert (abs(ratio - 1) < 0.01) == match, ratio
+    if not match:
+        assert f"{eq.hnet.num_shared_parameters():,}" in mod.__doc__

@@ -97,6 +97,11 @@ def test_parameter_counts():
         learned.num_shared_parameters()
         == 4 * H * (d + 4 + H + 2) + (H + 1) * c + 4 * learned.num_steps
     )
+    # the documented input widths: "onehot" is N wide (4H parameters per chunk), "none" 0
+    onehot = RNNHyperNetwork(SPEC, c, d, H, step_signal="onehot", step_dim=4)
+    assert onehot.num_shared_parameters() == 4 * H * (d + onehot.num_steps + H + 2) + (H + 1) * c
+    none = RNNHyperNetwork(SPEC, c, d, H, step_signal="none", step_dim=4)
+    assert none.num_shared_parameters() == 4 * H * (d + H + 2) + (H + 1) * c
     ch = ChunkedHyperNetwork(SPEC, 13, 4, 3, (6,))
     n_chunks = -(-SPEC.numel // 13)
     assert ch.num_chunks == n_chunks
@@ -266,3 +271,27 @@ def test_reset_parameters_redraws_every_parameter_task_ones_included(kind):
 def test_hidden_must_be_a_sequence(make_h):
     with pytest.raises(TypeError, match=r"hidden must be a sequence of ints .* write \(6,\)"):
         make_h()
+
+
+@pytest.mark.parametrize(
+    "kind, kw",
+    [(k, {}) for k in KINDS]
+    + [("rnn", dict(step_signal="learned", conditional_step_embeddings=True))],
+)
+def test_add_task_draws_on_the_generators_device(kind, kw, monkeypatch):
+    """The methods seed task embeddings with a CPU generator. On a GPU, torch.randn refuses a
+    generator of another device, so the draw must happen on the generator's device and move.
+    The meta device stands in for the GPU; the patched randn enforces CUDA's rule."""
+    h = make(kind, **kw)
+    h.add_task()  # the first task calibrates, which needs values
+    h = h.to("meta")
+    real = torch.randn
+
+    def strict(*args, generator=None, device=None, **kwargs):
+        if generator is not None and torch.device(device or "cpu") != generator.device:
+            raise RuntimeError(f"generator on {generator.device}, draw on {device}")
+        return real(*args, generator=generator, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", strict)
+    t = h.add_task(torch.Generator().manual_seed(1))
+    assert all(p.device.type == "meta" for p in h.task_parameters(t))

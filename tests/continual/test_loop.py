@@ -544,3 +544,17 @@ def test_labels_must_fit_the_heads(stream):
 def test_clip_grad_norm_is_checked(bad):
     with pytest.raises(ValueError, match="clip_grad_norm must be None or a finite number"):
         ContinualConfig(clip_grad_norm=bad)
+
+
+@pytest.mark.parametrize("part", ["train", "test"])
+def test_an_empty_split_is_refused_before_training(stream, part):
+    from graphseq.datasets.continual import ContinualTask
+
+    empty = TensorSplit(torch.zeros(0, 64), torch.zeros(0, dtype=torch.long))
+    tasks = list(stream[:2])
+    splits = {"train": tasks[1].train, "test": tasks[1].test, part: empty}
+    tasks[1] = ContinualTask("empty", (0, 1), splits["train"], splits["test"])
+    m = FineTune(small_target(2))
+    with pytest.raises(ValueError, match=rf"stream\[1\]\.{part} is empty"):
+        train_continual(m, tasks, ContinualConfig(iterations=2), task_inferred=False)
+    assert m.num_tasks == 0  # nothing was trained

@@ -107,6 +107,25 @@ def test_graph_tasks_are_never_constant():
         assert 0.3 < task.train.y.float().mean() < 0.7, task.name
 
 
+def test_graph_tasks_threshold_ties_keep_the_smallest_count():
+    # seed 38, 10 training graphs: thresholds 1 (8 of 10 positive) and 2 (2 of 10) split them
+    # equally evenly; the docstring promises the smaller one (float |p - 0.5| picked 2)
+    for seed in (38, 7, 22):
+        for task in graph_tasks(3, num_train=10 if seed == 38 else 20, num_test=1, seed=seed):
+            a, b = map(int, task.name.split("/")[1].split("-"))
+            counts = []
+            for g in task.train.graphs:
+                t = g.x.argmax(1)
+                s, d = g.edge_index
+                hit = ((t[s] == a) & (t[d] == b)) | ((t[s] == b) & (t[d] == a))
+                counts.append(int(hit.sum()) // 2)
+            counts = torch.tensor(counts)
+            n = len(counts)
+            gap = {int(c): abs(2 * int((counts >= c).sum()) - n) for c in counts.unique()}
+            best = min(c for c in gap if gap[c] == min(gap.values()))
+            assert torch.equal(task.train.y, (counts >= best).long()), (seed, task.name)
+
+
 def _fake_mnist(path: Path, n_train: int = 40, n_test: int = 20) -> None:
     rng = np.random.default_rng(0)
     np.savez(
