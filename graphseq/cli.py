@@ -124,8 +124,15 @@ def _run(args: argparse.Namespace, submit: bool) -> int:
 
     model_args = _parse_model_args(args.model_arg)
     for key in ("hidden", "layers", "dropout"):
-        if getattr(args, key) is not None:
-            model_args[key] = getattr(args, key)
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key in model_args and model_args[key] != value:
+            raise ValueError(
+                f"--{key} {value} and --model-arg {key}={model_args[key]!r} disagree; give "
+                f"{key} once"
+            )
+        model_args[key] = value
     threads = args.threads
     if threads is None:
         from graphseq.train.distributed import select_device

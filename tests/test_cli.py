@@ -201,7 +201,10 @@ def test_recorded_command_under_torchrun_reproduces_the_run(monkeypatch):
         "torchrun --nproc_per_node=2 examples/ogb_submit.py fake-graph --seeds 2"
     )
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert runner_module._command() == "examples/ogb_submit.py fake-graph --seeds 2"
+    # without torchrun a script runs under the interpreter (examples are not executable)
+    assert runner_module._command() == "python examples/ogb_submit.py fake-graph --seeds 2"
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/graphseq", "submit", "fake-graph"])
+    assert runner_module._command() == "graphseq submit fake-graph"
 
 
 def test_submit_refuses_seeds_of_different_world_sizes(monkeypatch, tmp_path):
@@ -218,3 +221,12 @@ def test_submit_refuses_seeds_of_different_world_sizes(monkeypatch, tmp_path):
             "fake-graph", "gin", seeds=2, out_dir=tmp_path, log=lambda *a: None, epochs=1,
             model_args={"hidden": 8, "layers": 1}, progress=False,
         )  # fmt: skip
+
+
+def test_a_model_argument_given_twice_with_two_values_is_refused(capsys, tmp_path):
+    """--model-arg hidden=8 was silently replaced by --hidden 32."""
+    argv = ["run", "fake-graph", "--out", str(tmp_path), "--epochs", "1", "--no-progress"]
+    assert cli.main([*argv, "--model-arg", "hidden=8", "--hidden", "32"]) == 2
+    assert "--hidden 32 and --model-arg hidden=8 disagree" in capsys.readouterr().err
+    assert not (tmp_path / "fake-graph").exists()
+    assert cli.main([*argv, "--model-arg", "hidden=8", "--hidden", "8"]) == 0  # the same value

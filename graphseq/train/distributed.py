@@ -15,7 +15,10 @@ __all__ = ["DistEnv", "init_distributed", "select_device"]
 
 
 def select_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``"auto"``: ``cuda:<local_rank>`` when CUDA is available, else CPU; else ``device``."""
+    """``"auto"``: ``cuda:<local_rank>`` when CUDA is available, else CPU; else ``device``.
+
+    ``"cuda"`` without an index is this process's GPU too, ``cuda:<local_rank>`` (each
+    ``torchrun`` process its own; one process: ``cuda:0``)."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -26,6 +29,10 @@ def select_device(device: str = "auto", local_rank: int = 0) -> torch.device:
         raise ValueError(f"device={device!r} is not a torch device ({err})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is None:
+        # torch.cuda.set_device and DDP's device_ids need an index; "cuda" means the GPU of
+        # this process's local rank, as "auto" does
+        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
     return dev
 
 

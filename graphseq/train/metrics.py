@@ -75,16 +75,33 @@ def rocauc(y_true: Tensor, y_pred: Tensor) -> float:
     return sum(values) / len(values)
 
 
+def _class_scores(name: str, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Tensor]:
+    """``y_true`` as ``[N]`` class ids and ``y_pred`` checked to be ``[N, C]`` scores, C >= 2:
+    a single column (one binary logit, or class ids as OGB's ``acc`` takes them) or another
+    number of rows would otherwise be argmax-ed into a silently wrong score."""
+    y = y_true.reshape(-1).long()
+    if y_pred.dim() != 2 or y_pred.size(0) != y.numel() or y_pred.size(1) < 2:
+        raise ValueError(
+            f"{name}: y_pred must be [N, C] class scores with C >= 2 for the N = {y.numel()} "
+            f"labels (for one binary logit per row use 'rocauc', or output two scores), got "
+            f"y_pred {tuple(y_pred.shape)}"
+        )
+    return y, y_pred
+
+
 def accuracy(y_true: Tensor, y_pred: Tensor) -> float:
-    """Multi-class accuracy: ``y_pred`` are ``[N, C]`` scores, ``y_true`` ``[N]`` class ids."""
-    return float((y_pred.argmax(-1) == y_true.reshape(-1).long()).double().mean())
+    """Multi-class accuracy: ``y_pred`` are ``[N, C]`` scores (C >= 2), ``y_true`` ``[N]`` class
+    ids; other shapes raise ``ValueError``."""
+    y, y_pred = _class_scores("accuracy", y_true, y_pred)
+    return float((y_pred.argmax(-1) == y).double().mean())
 
 
 def accuracy_sbm(y_true: Tensor, y_pred: Tensor) -> float:
     """Class-balanced accuracy: the mean over classes present in ``y_true`` of the fraction of
     that class predicted correctly (Benchmarking-GNNs' ``accuracy_SBM`` for PATTERN / CLUSTER,
-    there reported in percent). ``y_pred`` are ``[N, C]`` scores, ``y_true`` ``[N]`` ids."""
-    y = y_true.reshape(-1).long()
+    there reported in percent). ``y_pred`` are ``[N, C]`` scores (C >= 2), ``y_true`` ``[N]``
+    ids; other shapes raise ``ValueError``."""
+    y, y_pred = _class_scores("accuracy_sbm", y_true, y_pred)
     hit = (y_pred.argmax(-1) == y).double()
     classes = torch.unique(y)
     if classes.numel() == 0:

@@ -251,6 +251,10 @@ def _command() -> str:
         argv[0] = "graphseq"
     command = " ".join(shlex.quote(a) for a in argv)
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1 and not via_cli and argv and argv[0].endswith(".py"):
+        # a script (examples/ogb_submit.py) is run by the interpreter: the examples are not
+        # executable files, so its bare path would not reproduce the run
+        command = "python " + command
     if world > 1:  # launched by torchrun: the command that reproduces the run says so
         launcher = f"torchrun --nproc_per_node={world} "
         # the CLI runs as a module; a script (examples/ogb_submit.py) keeps its own path

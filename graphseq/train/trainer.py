@@ -393,6 +393,15 @@ def _fit(task, config, env, out, results_path, ckpt_path, digest, model_factory,
                 "It was left untouched."
             )
         _check_same_data(ckpt_path, CheckpointError, state.get("task_sizes"), task)
+        old_world = state.get("world_size")  # checkpoints written before it was recorded: None
+        if old_world is not None and int(old_world) != env.world_size:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} was written by a run of {old_world} process(es), this "
+                f"run has {env.world_size} (the effective batch, {config.batch_size} graphs per "
+                "process and step, would change mid-run): resume it with the same number of "
+                "processes (torchrun --nproc_per_node), or use another output folder. It was "
+                "left untouched."
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"]) + 1
@@ -478,6 +487,7 @@ def _fit(task, config, env, out, results_path, ckpt_path, digest, model_factory,
                             "optimizer": optimizer.state_dict(), "history": history,
                             "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                             "elapsed": elapsed, "task_sizes": task.info.get("sizes"),
+                            "world_size": env.world_size,
                         },
                     )  # fmt: skip
             if bar is not None:

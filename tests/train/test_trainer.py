@@ -215,6 +215,31 @@ def test_a_run_on_other_data_is_refused_not_read_back(fake_graph, tmp_path):
     assert fit(fake_graph, _config(epochs=2), tmp_path)["status"] == "finished"
 
 
+def test_a_checkpoint_of_another_world_size_is_refused(fake_graph, tmp_path, monkeypatch):
+    """A seed started under torchrun with N processes and resumed with another number would
+    mix two effective batch sizes in one result that records only the last world size."""
+    from graphseq.train.distributed import DistEnv
+
+    real_epoch = trainer_module._train_epoch_graph
+
+    def dies_at_epoch_3(task, model, optimizer, sampler, config, env, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return real_epoch(task, model, optimizer, sampler, config, env, epoch)
+
+    monkeypatch.setattr(trainer_module, "_train_epoch_graph", dies_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(fake_graph, _config(), tmp_path)
+    monkeypatch.setattr(trainer_module, "_train_epoch_graph", real_epoch)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["world_size"] == 1
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    two = DistEnv(rank=0, world_size=2)  # refused on loading, before any process group is used
+    with pytest.raises(CheckpointError, match=r"run of 1 process\(es\), this run has 2"):
+        fit(fake_graph, _config(), tmp_path, env=two)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert fit(fake_graph, _config(), tmp_path)["epochs_run"] == 4  # the same world resumes
+
+
 def test_corrupted_results_file_is_a_clear_error(fake_graph, tmp_path):
     (tmp_path / "results.json").write_text('{"status": "finis')
     with pytest.raises(ResultsFileError, match=r"results\.json is unreadable"):
@@ -261,6 +286,20 @@ def test_a_bad_device_is_named():
 
     with pytest.raises(ValueError, match="device='bogus' is not a torch device"):
         select_device("bogus")
+
+
+def test_an_index_less_cuda_device_is_the_local_ranks_gpu(monkeypatch):
+    """`--device cuda` under torchrun: torch.cuda.set_device(torch.device("cuda")) raised
+    "Expected a torch.device with a specified index" on every rank, and DDP got
+    device_ids=[None]; it now means the local rank's GPU, as "auto" does (CUDA mocked)."""
+    from graphseq.train.distributed import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert select_device("cuda", 1) == torch.device("cuda", 1)
+    assert select_device("cuda", 3) == torch.device("cuda", 1)
+    assert select_device("cuda") == select_device("auto") == torch.device("cuda", 0)
+    assert select_device("cuda:0", 1) == torch.device("cuda", 0)  # an explicit index is kept
 
 
 def test_results_files_are_readable_by_others(tmp_path):
@@ -362,6 +401,26 @@ def test_metrics_refuse_predictions_of_another_shape():
         rocauc(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.zeros(4))  # rows differ
     # [N] labels with [N, 1] predictions (and the reverse) are one task, as before
     assert rocauc(y, y.view(4, 1)) == 1.0 and rmse(y.view(4, 1), y) == 0.0
+
+
+def test_accuracy_refuses_predictions_that_are_not_class_scores():
+    """accuracy / accuracy_sbm argmax [N, C] scores: one binary logit per row ([N, 1]), class
+    ids ([N] or [N, 1], OGB's 'acc' convention) or another number of rows must be refused,
+    not argmax-ed into a silently wrong score (one logit scored 0.25 for 4 right answers)."""
+    from graphseq.train.metrics import accuracy, accuracy_sbm
+
+    y = torch.tensor([0, 1, 1, 1])
+    for fn in (accuracy, accuracy_sbm):
+        name = fn.__name__
+        for bad in (
+            torch.tensor([[-5.0], [5.0], [5.0], [5.0]]),  # one binary logit per row
+            y.float(),  # class ids
+            torch.zeros(2, 2),  # two rows for four labels
+        ):
+            with pytest.raises(ValueError, match=rf"{name}: y_pred must be \[N, C\] class scores"):
+                fn(y, bad)
+        scores = torch.stack([-y.float(), y.float()], 1)
+        assert fn(y, scores) == 1.0 and fn(y.view(4, 1), scores) == 1.0
 
 
 def test_model_registry_lists_and_validates():
