@@ -7,7 +7,10 @@
 * Aaren against torch's scaled_dot_product_attention (causal, the learned query repeated).
 
 Every timed pair is checked for equal outputs first; a case whose check fails is reported as
-FAILED with no speed-up. Times are medians over ``--repeats`` runs after one warm-up run.
+FAILED with no speed-up. Times are medians after one warm-up run: over ``--repeats`` runs for
+the parallel layers, Aaren and SDPA, over ``--seq-repeats`` runs for the sequential baselines
+(the GRUCell loop, ``torch.nn.GRU`` and the diagonal cell's sequential mode); every row records
+its number of timed runs (``runs``).
 
     python examples/bench_seq.py                   # T = 4096, the default shapes
     python examples/bench_seq.py --T 1024 --repeats 5 --threads 1
@@ -85,18 +88,26 @@ def bench_gru(B: int, T: int, D: int, H: int, repeats: int, seq_repeats: int) ->
     t_diag = timeit(_fwd_bwd(lambda: diag(x), [x]), repeats)
     it_diag = diag.last_num_iters
     ok_full, ok_diag, ok_gru = err_full <= 1e-5, err_diag <= 1e-5, err_gru <= 1e-5
-    rows.append(dict(case="GRUCell loop (autograd)", shape=shape, ms=t_loop, vs=None))
-    rows.append(dict(case="torch.nn.GRU (fused)", shape=shape, ms=t_gru, vs=None,
+    rows.append(dict(case="GRUCell loop (autograd)", shape=shape, ms=t_loop, vs=None,
+                     runs=seq_repeats))  # fmt: skip
+    rows.append(dict(case="torch.nn.GRU (fused)", shape=shape, ms=t_gru, vs=None, runs=seq_repeats,
                      check=f"max|y - GRUCell loop| = {err_gru:.1e}" + ("" if ok_gru else
                                                                        " FAILED")))  # fmt: skip
     rows.append(
-        dict(case="ParallelGRU diagonal, sequential mode", shape=shape, ms=t_diag_seq, vs=None)
+        dict(
+            case="ParallelGRU diagonal, sequential mode",
+            shape=shape,
+            ms=t_diag_seq,
+            vs=None,
+            runs=seq_repeats,
+        )
     )
     rows.append(
         dict(
             case=f"ParallelGRU full ({it_full} it)",
             shape=shape,
             ms=t_full,
+            runs=repeats,
             vs=(
                 None
                 if not ok_full
@@ -113,6 +124,7 @@ def bench_gru(B: int, T: int, D: int, H: int, repeats: int, seq_repeats: int) ->
             case=f"ParallelGRU diagonal ({it_diag} it)",
             shape=shape,
             ms=t_diag,
+            runs=repeats,
             # the diagonal cell is another model than GRUCell / nn.GRU (a [3H] recurrent
             # weight, not [3H, H]): its one checked, same-work baseline is its own sequential
             # mode; the full-cell rows above give the cross-model times for reference
@@ -149,12 +161,13 @@ def bench_aaren(B: int, T: int, D: int, heads: int, repeats: int) -> list[dict]:
         else:
             t_sdpa = timeit(_fwd_bwd(sdpa, [x]), repeats)
             t_aaren = timeit(_fwd_bwd(lambda: layer(x), [x]), repeats)
-        rows.append(dict(case=f"SDPA causal {kind}", shape=shape, ms=t_sdpa, vs=None))
+        rows.append(dict(case=f"SDPA causal {kind}", shape=shape, ms=t_sdpa, vs=None, runs=repeats))
         rows.append(
             dict(
                 case=f"Aaren {kind}",
                 shape=shape,
                 ms=t_aaren,
+                runs=repeats,
                 vs={"SDPA": t_sdpa / t_aaren} if ok else None,
                 check=f"max|y - SDPA| = {err:.1e}" + ("" if ok else " FAILED"),
             )
@@ -214,12 +227,12 @@ def main(argv=None) -> None:
     for B, D, heads in aaren_shapes:
         rows += bench_aaren(B, args.T, D, heads, args.repeats)
 
-    print(f"\n{'case':<40} {'shape':<24} {'ms':>10}  speed-up of this row over")
+    print(f"\n{'case':<40} {'shape':<24} {'ms':>10} {'runs':>4}  speed-up of this row over")
     for r in rows:
         vs = ", ".join(f"{k} {v:.1f}x" for k, v in (r["vs"] or {}).items())
-        print(f"{r['case']:<40} {r['shape']:<24} {r['ms']:>10.1f}  {vs}")
+        print(f"{r['case']:<40} {r['shape']:<24} {r['ms']:>10.1f} {r['runs']:>4}  {vs}")
         if r.get("check"):
-            print(f"{'':<40} {'':<24} {'':>10}  ({r['check']})")
+            print(f"{'':<40} {'':<24} {'':>10} {'':>4}  ({r['check']})")
     write_json(args.out, {"command": sys.argv, "machine": machine, "rows": rows})  # atomically
     print(f"wrote {args.out}")
 

@@ -83,3 +83,13 @@ def test_every_subpackage_is_listed_in_pyproject():
             rel = init.parent.relative_to(base).parts
             found.add(".".join((package, *rel)))
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+
+
+def test_no_patch_leftovers_in_the_tests():
+    """A ``.orig``/``.rej`` file left by ``patch`` is a stale copy nobody runs (one of
+    test_aaren.py was committed with the fix it predates)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    leftovers = [p for ext in ("*.orig", "*.rej") for p in (root / "tests").rglob(ext)]
+    assert not leftovers, f"patch leftovers: {leftovers}"

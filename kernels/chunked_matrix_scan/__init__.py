@@ -96,6 +96,12 @@ def chunked_matrix_scan(
     kernel: it recomputes the forward through the chunked PyTorch path and differentiates
     that (exact gradients, PyTorch speed; see README.md).
 
+    Both fast paths give first-order gradients only: their recurrence over chunks is a
+    :func:`~graphseq.kernels.linear_scan`, whose backward records no graph, so a double
+    backward (``create_graph=True`` and a derivative of a gradient that reaches ``k``, ``v``,
+    ``i``, ``log_f`` or ``h0``) raises ``RuntimeError``; ``backend="reference"`` is fully
+    differentiable.
+
     Example::
 
         >>> import torch

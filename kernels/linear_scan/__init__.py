@@ -121,12 +121,30 @@ def _fold_h0(a, b, h0, reverse, cu_seqlens):
     return b
 
 
+def _zero_carry(a, b, first):
+    """``b + a * 0`` at every sequence's first step, as the loop computes it from a zero state.
+
+    The torch core starts a sequence without ``h0`` (and every packed sequence, ``h0`` being
+    folded into ``b``) from ``b`` alone, so a NaN or infinite gate there vanished although the
+    loop's ``nan * 0`` / ``inf * 0`` makes that state NaN. Only such gates change ``b``.
+    """
+    a_first = a[:, first]
+    if bool(torch.isfinite(a_first).all()):
+        return b
+    b = b.clone()
+    b[:, first] += a_first * 0
+    return b
+
+
 def _torch_core(a, b, h0, reverse, cu_seqlens):
     resets = None
     if cu_seqlens is not None:
         first, _ = _first_steps(cu_seqlens, reverse)
         resets = torch.zeros(a.shape[1], dtype=torch.bool, device=a.device)
         resets[first] = True
+        b = _zero_carry(a, b, first)
+    elif h0 is None:
+        b = _zero_carry(a, b, [a.shape[1] - 1 if reverse else 0])
     return blelloch.scan(a, b, h0, reverse, resets)
 
 

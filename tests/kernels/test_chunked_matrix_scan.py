@@ -499,3 +499,20 @@ def test_reset_after_an_overflowing_gate_product(backend):
     assert torch.isfinite(y_ref).all() and torch.isfinite(h_ref).all()
     assert_close(y, y_ref, dtype=dtype, msg="y")
     assert_close(h, h_ref, dtype=dtype, msg="h_last")
+
+
+def test_double_backward_is_refused_on_the_torch_path_and_documented():
+    """The torch path's inter-chunk scan is linear_scan's first-order autograd.Function: a
+    second derivative through k raises there (the docs said only the Triton path did)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 10, 1, 2, generator=g, dtype=F64, requires_grad=True)
+               for _ in range(3))  # fmt: skip
+    log_f = -torch.rand(1, 10, 1, generator=g, dtype=F64)
+    y, _ = chunked_matrix_scan(q, k, v, log_f, chunk_size=4, backend="reference")
+    (gk,) = torch.autograd.grad(y.square().sum(), k, create_graph=True)
+    torch.autograd.grad(gk.sum(), q)  # the reference records a graph
+    y, _ = chunked_matrix_scan(q, k, v, log_f, chunk_size=4, backend="torch")
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        torch.autograd.grad(y.square().sum(), k, create_graph=True)
+    doc = " ".join(chunked_matrix_scan.__doc__.split())
+    assert "first-order gradients only" in doc and "double backward" in doc

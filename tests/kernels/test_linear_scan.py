@@ -308,3 +308,23 @@ def test_large_gates_with_a_zero_state_or_a_reset_stay_finite(dtype, reverse, ba
     (da_ref,) = torch.autograd.grad(h_ref, a, g)
     assert torch.isfinite(da_ref[0]).all()
     assert_close(da[0], da_ref[0], dtype=dtype, msg="da")
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_non_finite_gate_at_a_sequence_start_propagates_as_in_the_loop(backend, reverse, packed):
+    """From a zero state the loop computes nan * 0 (inf * 0) = NaN; the torch path started the
+    sequence from b alone and dropped the NaN (every state finite for a packed sequence)."""
+    cu = torch.tensor([0, 3, 11], device=DEVICE) if packed else None
+    T = 11 if packed else 8
+    start = (10 if reverse else 3) if packed else (T - 1 if reverse else 0)
+    for bad in (float("nan"), float("inf")):
+        a = torch.full((1, T, 2), 0.5, dtype=torch.float64, device=DEVICE)
+        a[0, start, 0] = bad
+        b = torch.ones_like(a)
+        h, last = linear_scan(a, b, reverse=reverse, cu_seqlens=cu, backend=backend)
+        h_ref, last_ref = linear_scan(a, b, reverse=reverse, cu_seqlens=cu, backend="reference")
+        assert torch.isnan(h_ref[0, start, 0])
+        torch.testing.assert_close(h, h_ref, equal_nan=True)
+        torch.testing.assert_close(last, last_ref, equal_nan=True)

@@ -17,7 +17,9 @@ from .base import SequenceLayer, check_positive_int, first_steps, last_steps, se
 class AarenState(NamedTuple):
     """Carried state of :class:`Aaren` per sequence: running max ``m`` ``[B, H]``, softmax
     denominator ``u`` ``[B, H]`` and numerator ``w`` ``[B, H, D/H]``, both scaled by
-    ``exp(-m)``. The empty prefix is ``m = -inf``, ``u = 0``, ``w = 0``."""
+    ``exp(-m)``. The empty prefix is ``m = -inf``, ``u = 0``, ``w = 0``. ``u`` and ``w`` are
+    carried in float32 for float16/bfloat16 inputs (``u`` grows like the number of tokens and
+    would overflow float16 past 65,504)."""
 
     m: Tensor
     u: Tensor
@@ -118,9 +120,12 @@ class Aaren(SequenceLayer):
             )
         m, u, w = state
         H, Dh = self.heads, self.head_channels
+        # u and w in the accumulation dtype: u grows like the number of tokens (float16 tops
+        # out at 65,504), so a half-precision carry would turn into inf on long streams
+        acc = torch.promote_types(x.dtype, torch.float32)
         m = self._check_state_tensor(m, "state.m", (n, H), x).to(x.dtype)
-        u = self._check_state_tensor(u, "state.u", (n, H), x).to(x.dtype)
-        w = self._check_state_tensor(w, "state.w", (n, H, Dh), x).to(x.dtype)
+        u = self._check_state_tensor(u, "state.u", (n, H), x).to(acc)
+        w = self._check_state_tensor(w, "state.w", (n, H, Dh), x).to(acc)
         return AarenState(m, u, w)
 
     def forward(
@@ -171,7 +176,7 @@ class Aaren(SequenceLayer):
         y = self.out_proj(o.flatten(-2))
         if not return_state:
             return y
-        h_last = h_last.to(x.dtype)
+        # h_last stays in the accumulation dtype (see AarenState)
         if cu is None:
             m_last = (
                 m[:, -1]
@@ -196,9 +201,10 @@ class Aaren(SequenceLayer):
         state = self.init_state(B) if state is None else self._check_state(state, B, x)
         s, v = self._scores_values(x)  # [B,H], [B,H,Dh]
         m = torch.maximum(state.m, s.detach())
-        gate = torch.exp(state.m - m)
-        p = torch.exp(s - m)
+        acc = state.u.dtype  # float32 for half inputs (see AarenState)
+        gate = torch.exp(state.m - m).to(acc)
+        p = torch.exp(s - m).to(acc)
         u = gate * state.u + p
-        w = gate.unsqueeze(-1) * state.w + p.unsqueeze(-1) * v
-        y = self.out_proj((w / u.unsqueeze(-1)).flatten(-2))
+        w = gate.unsqueeze(-1) * state.w + p.unsqueeze(-1) * v.to(acc)
+        y = self.out_proj((w / u.unsqueeze(-1)).to(v.dtype).flatten(-2))
         return y, AarenState(m, u, w)

@@ -114,9 +114,9 @@ class ParallelGRU(SequenceLayer):
         check_choice(cls, "recurrence", recurrence, ("diagonal", "full"))
         check_choice(cls, "mode", mode, ("parallel", "sequential"))
         if tol is not None and (
-            isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0
-        ):
-            raise ValueError(f"{cls}: tol must be a positive float or None, got {tol!r}")
+            isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < float("inf")
+        ):  # an infinite tol would stop the solve before its first scan: f(0, x_t) everywhere
+            raise ValueError(f"{cls}: tol must be a positive finite float or None, got {tol!r}")
         check_positive_int(cls, "max_iter", max_iter)
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels

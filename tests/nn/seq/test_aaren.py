@@ -169,6 +169,29 @@ def test_float16_denominator_beyond_float16_range():
     torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=1e-2)
 
 
+def test_float16_stream_carries_its_state_beyond_float16_range():
+    """The state returned in float16 held u = inf after ~65.5k tokens, so continuing the
+    stream (forward with state=, or step) collapsed the outputs to out_proj.bias."""
+    torch.manual_seed(0)
+    layer = Aaren(4, heads=1)
+    with torch.no_grad():
+        layer.query.zero_()  # every score 0: u grows by exactly 1 per token
+    x = torch.randn(2, 70, 4)
+    c = 1.8 * torch.rand(2, 1, 4) - 0.9
+    state = AarenState(torch.zeros(2, 1), torch.full((2, 1), 65472.0), 65472.0 * c)
+    want = layer(x, state=state)  # float32, in one call
+    half = layer.half()
+    _, st = half(x[:, :64].half(), state=AarenState(*(t.half() for t in state)),
+                 return_state=True)  # fmt: skip
+    assert torch.isfinite(st.u).all() and torch.isfinite(st.w).all()
+    got = half(x[:, 64:].half(), state=st)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.float(), want[:, 64:], atol=1e-2, rtol=1e-2)
+    y_t, st2 = half.step(x[:, 64].half(), st)
+    assert y_t.dtype == torch.float16 and torch.isfinite(st2.u).all()
+    torch.testing.assert_close(y_t.float(), want[:, 64], atol=1e-2, rtol=1e-2)
+
+
 def test_empty_inputs_and_bad_state():
     layer = Aaren(4, heads=2)
     y, st = layer(torch.randn(2, 0, 4), return_state=True)

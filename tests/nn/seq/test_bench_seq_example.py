@@ -22,3 +22,17 @@ def test_bench_seq_checks_the_nn_gru_row(load_example):
     gru = next(r for r in rows if r["case"].startswith("torch.nn.GRU"))
     assert "FAILED" not in gru["check"]
     assert float(gru["check"].split("= ")[1]) <= 1e-5
+
+
+def test_bench_seq_rows_record_their_timed_runs(load_example, monkeypatch):
+    """The baselines are timed --seq-repeats times, not --repeats: each row says how often."""
+    mod = load_example("bench_seq")
+    calls = []
+    real = mod.timeit
+    monkeypatch.setattr(mod, "timeit", lambda fn, n: calls.append(n) or real(fn, n))
+    rows = mod.bench_gru(1, 8, 4, 4, 3, 1) + mod.bench_aaren(1, 8, 4, 2, 2)
+    assert sorted(r["runs"] for r in rows) == sorted(calls)
+    by_case = {r["case"].split(" (")[0]: r["runs"] for r in rows}
+    assert by_case["GRUCell loop"] == by_case["torch.nn.GRU"] == 1
+    assert by_case["ParallelGRU diagonal, sequential mode"] == 1
+    assert by_case["ParallelGRU full"] == by_case["ParallelGRU diagonal"] == 3

@@ -30,6 +30,9 @@ def test_repr_attributes_and_bad_arguments():
         ParallelGRU(3, 0)
     with pytest.raises(ValueError, match="ParallelGRU: tol"):
         ParallelGRU(3, 4, tol=-1.0)
+    for bad in (float("inf"), float("nan")):  # inf: the solve stopped before its first scan
+        with pytest.raises(ValueError, match="ParallelGRU: tol must be a positive finite"):
+            ParallelGRU(3, 4, tol=bad)
     with pytest.raises(TypeError, match="ParallelGRU: max_iter"):
         ParallelGRU(3, 4, max_iter=2.5)
 
