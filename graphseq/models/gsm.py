@@ -347,8 +347,11 @@ def gsm_plus_plus(
     local_norm_sum: bool = False,
 ) -> GSMPlusPlus:
     node_dim, edge_dim = _dense_only(spec, "gsm++")
+    # a string (--model-arg tokenizations=hac_dfs) goes through as is, for GSMPlusPlus to
+    # refuse by name: tuple() would split it into one-letter names
+    toks = tokenizations if isinstance(tokenizations, str) else tuple(tokenizations)
     return GSMPlusPlus(
-        node_dim, hidden, spec.out_dim, tokenizations=tuple(tokenizations), layers=layers,
+        node_dim, hidden, spec.out_dim, tokenizations=toks, layers=layers,
         scan_layers=scan_layers, heads=heads, k=k, level=spec.level, edge_dim=edge_dim,
         hpe_levels=hpe_levels, attention=attention, pool=pool, dropout=dropout,
         attn_dropout=attn_dropout, token_sizes=token_sizes, local=local,

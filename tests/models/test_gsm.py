@@ -79,6 +79,9 @@ def test_bad_hyperparameters():
         build_model("gps", spec, pe="lap_pe")
     with pytest.raises(ValueError, match=r"GPS: pe_dim .* given without pe"):
         build_model("gps", spec, pe_dim=3)
+    # --model-arg tokenizations=hac_dfs,khop gives a string; it was split into letters ('h')
+    with pytest.raises(TypeError, match=r"tokenizations must be a sequence of names, got the"):
+        build_model("gsm++", spec, tokenizations="hac_dfs,khop")
 
 
 def test_gps_reset_parameters_resets_the_attention_output_map():
