@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import check_seed
+
 __all__ = ["PROTOCOLS", "ArrowPointing", "ArrowPointingConfig", "generate_arrow_pointing"]
 
 
@@ -145,7 +147,7 @@ def generate_arrow_pointing(
         ``[N]`` int64 (1 = the arrow points at the disk).
     """
     _check("num_samples", num_samples, 0)
-    _check("seed", seed, 0)
+    check_seed("arrow_pointing", seed)  # an int or a numpy integer, as every generator's
     if protocol not in PROTOCOLS:
         raise ValueError(
             f"arrow_pointing: protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}"

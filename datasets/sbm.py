@@ -50,9 +50,10 @@ def _data(adj: np.ndarray, feat: np.ndarray, num_values: int, y: np.ndarray) -> 
     )
 
 
-def _check(num_graphs: int, fn: str) -> None:
-    if isinstance(num_graphs, bool) or not isinstance(num_graphs, int) or num_graphs < 0:
-        raise ValueError(f"{fn}: num_graphs must be an int >= 0, got {num_graphs!r}")
+def _check(num_graphs: int, fn: str, name: str = "num_graphs") -> None:
+    bad = not isinstance(num_graphs, (int, np.integer)) or isinstance(num_graphs, bool)
+    if bad or num_graphs < 0:
+        raise ValueError(f"{fn}: {name} must be an int >= 0, got {num_graphs!r}")
 
 
 def pattern(
@@ -128,7 +129,7 @@ def sbm_splits(
     check_seed("sbm_splits", seed)
     out = {}
     for j, (split, n) in enumerate(zip(("train", "valid", "test"), sizes, strict=True)):
-        _check(n, f"sbm_splits ({split} size)")
+        _check(n, "sbm_splits", f"sizes ({split} size)")  # sbm_splits has no num_graphs
         if name == "pattern":
             out[split] = pattern(int(n), seed=3 * seed + j + 1, pattern_seed=seed)
         else:

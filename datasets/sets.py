@@ -49,8 +49,19 @@ class SetBatch:
         return torch.repeat_interleave(torch.arange(len(self)), lengths)
 
     def select(self, sets: Tensor) -> SetBatch:
-        """The sets ``sets`` (``[M]`` int64 ids, any order, repeats allowed), repacked."""
-        sets = torch.as_tensor(sets, dtype=torch.long)
+        """The sets ``sets`` (``[M]`` integer ids, any order, repeats allowed), repacked.
+
+        Raises:
+            TypeError: ``sets`` is a boolean mask or holds non-integer numbers (a mask was
+                read as the ids 0 and 1, a float id was truncated).
+        """
+        sets = torch.as_tensor(sets)
+        if sets.numel() and (sets.dtype == torch.bool or not _is_integer(sets.dtype)):
+            raise TypeError(
+                f"SetBatch.select: sets must be integer set ids, got dtype {sets.dtype} "
+                "(for a boolean mask pass mask.nonzero().view(-1))"
+            )
+        sets = sets.long()
         if sets.dim() != 1:
             raise ValueError(f"SetBatch.select: sets must be one-dimensional, got {sets.dim()}-D")
         if sets.numel() and (int(sets.min()) < 0 or int(sets.max()) >= len(self)):
@@ -70,6 +81,10 @@ class SetBatch:
     def target_bits(self) -> Tensor:
         """``[N, num_bits]`` float bit vectors of the targets."""
         return to_bits(self.target, self.num_bits)
+
+
+def _is_integer(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex)
 
 
 def to_bits(values: Tensor, num_bits: int) -> Tensor:

@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._checks import check_seed
+
 __all__ = [
     "StateTrackingBatch",
     "StateTrackingDataset",
@@ -65,10 +67,10 @@ def modular_counting(
     _check_int("num_samples", num_samples, 0)
     _check_int("length", length, 0)
     _check_int("modulus", modulus, 2)
-    _check_int("seed", seed, 0)
+    check_seed("state_tracking", seed)  # an int or a numpy integer, as every generator's
     if not isinstance(p_one, (int, float)) or isinstance(p_one, bool) or not 0 < p_one < 1:
         raise ValueError(f"state_tracking: p_one must be a float in (0, 1), got {p_one!r}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(int(seed))
     tokens = (torch.rand(num_samples, length, generator=gen) < p_one).long()
     labels = tokens.cumsum(dim=1) % modulus
     return StateTrackingBatch(tokens, labels)

@@ -204,23 +204,39 @@ MERGE_KEYS = ("train_resolution", "test_resolutions", "train_size", "test_size",
 def merge(paths, out):
     """Combine the result files of earlier runs of one setting into one JSON and PNG.
 
+    A merged file (this function's output) may be given again: its runs are merged.
+
     Raises:
-        ValueError: a file is unreadable, or two files differ in a setting of ``MERGE_KEYS``.
+        ValueError: a file is unreadable or not a results file, two files differ in a setting
+            of ``MERGE_KEYS``, or a (seed, model) run occurs twice.
     """
-    files = []
+    files, names = [], []
     for p in paths:
         try:
-            files.append(json.loads(Path(p).read_text()))
+            data = json.loads(Path(p).read_text())
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot read {p}: {err}") from err
+        merged = isinstance(data, dict) and "args" not in data and "runs" in data
+        for f in data["runs"] if merged else [data]:
+            if not isinstance(f, dict) or "args" not in f or "results" not in f:
+                raise ValueError(f"{p} is not a results file of this script (no args/results)")
+            files.append(f)
+            names.append(p)
     first = files[0]["args"]
-    for p, f in zip(paths[1:], files[1:], strict=True):
+    for p, f in zip(names[1:], files[1:], strict=True):
         diff = [k for k in MERGE_KEYS if f["args"].get(k) != first.get(k)]
         if diff:
             raise ValueError(
-                f"{p} differs from {paths[0]} in {', '.join(diff)}; merge runs of one setting only"
+                f"{p} differs from {names[0]} in {', '.join(diff)}; merge runs of one setting only"
             )
     results = [r for f in files for r in f["results"]]
+    seen = set()
+    for r in results:  # a run given twice (a file named twice) would count twice in the mean
+        for name in ("plstm", "vit"):
+            if name in r and (r["seed"], name) in seen:
+                raise ValueError(f"seed {r['seed']} of {name} is in the files more than once")
+            if name in r:
+                seen.add((r["seed"], name))
     resolutions = first["test_resolutions"]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "arrow_pointing.json", {"runs": files, "results": results})

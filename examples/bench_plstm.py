@@ -111,6 +111,11 @@ def main(argv=None):
         help="only compare PLSTM2D's compiled and dense small-grid paths (--reps rounds)",
     )
     args = p.parse_args(argv)
+    # a count below 1 would time an empty batch or no run at all (min()/median() of nothing)
+    for flag in ("dim", "heads", "depth", "image", "patch", "batch", "reps", "ref_reps",
+                 "threads"):  # fmt: skip
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     torch.set_num_threads(args.threads)
     sys.path[:0] = args.extra_path
     torch.manual_seed(0)

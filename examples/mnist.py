@@ -1,8 +1,9 @@
 """MNIST with PLSTMVision: a real-image check of the 2D pLSTM layer.
 
 Reads ``mnist.npz`` (``x_train [60000, 28, 28]``, ``y_train``, ``x_test``, ``y_test``, uint8)
-from ``--data`` (default ``$GRAPHSEQ_TEST_DATA/mnist.npz``, else ``../shared/data/mnist.npz``
-beside the repository); nothing is downloaded. Patch 4 gives a 7x7 token grid. Training:
+from ``--data`` (default: ``mnist.npz`` in ``$GRAPHSEQ_DATA``, the data directory of every
+other loader, else in ``$GRAPHSEQ_TEST_DATA``, else ``../shared/data/mnist.npz`` beside the
+repository); nothing is downloaded. Patch 4 gives a 7x7 token grid. Training:
 AdamW (wd 0.05), linear warm-up for 5% of the steps then cosine decay, gradient clipping at 1,
 random shifts of up to ``--shift`` pixels. Test accuracy is reported after every epoch but
 never used for selection or early stopping: the result is the last epoch's.
@@ -31,13 +32,17 @@ from graphseq.nn.plstm import PLSTMVision
 from graphseq.train.io import machine_info, plot_curves, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("GRAPHSEQ_TEST_DATA", REPO.parent / "shared" / "data"))
+DEFAULT_DATA = Path(
+    os.environ.get("GRAPHSEQ_DATA")
+    or os.environ.get("GRAPHSEQ_TEST_DATA")
+    or REPO.parent / "shared" / "data"
+).expanduser()
 
 
 def load(path: Path):
     if not path.exists():
         raise SystemExit(
-            f"mnist.npz not found at {path}; pass --data or set GRAPHSEQ_TEST_DATA to the folder "
+            f"mnist.npz not found at {path}; pass --data or set GRAPHSEQ_DATA to the folder "
             "holding it (keys x_train, y_train, x_test, y_test)"
         )
     d = np.load(path)

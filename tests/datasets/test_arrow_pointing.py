@@ -124,3 +124,13 @@ def test_arrow_widths_of_each_protocol(protocol, widths, monkeypatch):
     size = 192 if protocol == "paper" else 96
     ArrowPointing(40, size, seed=0, protocol=protocol, channels=1).tensors()
     assert seen == widths
+
+
+def test_numpy_integer_seed():
+    """A seed from numpy (np.arange, an array of seeds) was refused here but taken by every
+    other generator (sbm, graph_tasks, continual); it gives the int seed's images."""
+    x, y = generate_arrow_pointing(3, 96, np.arange(5)[2])
+    x2, y2 = generate_arrow_pointing(3, 96, 2)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    with pytest.raises(TypeError, match="seed"):
+        generate_arrow_pointing(2, 96, 1.0)

@@ -76,7 +76,8 @@ def test_splits_are_seeded_and_share_patterns():
         (lambda: pattern(2, num_patterns=0), "num_patterns"),
         (lambda: sbm_splits("zinc"), "name"),
         (lambda: sbm_splits("pattern", (1, 2)), "sizes"),
-        (lambda: sbm_splits("pattern", (2.9, 1, 1)), r"train size\): num_graphs"),
+        (lambda: sbm_splits("pattern", (2.9, 1, 1)), r"sbm_splits: sizes \(train size\) must"),
+        (lambda: sbm_splits("pattern", (2, -1, 1)), r"sbm_splits: sizes \(valid size\) must"),
         (lambda: pattern(2, num_patterns=2.5), "num_patterns must be an int"),
         (lambda: pattern(2, seed=-1), "seed must be >= 0"),
         (lambda: pattern(2, pattern_seed=-1), "pattern_seed must be >= 0"),
@@ -92,3 +93,11 @@ def test_bad_arguments(call, match):
 def test_seed_must_be_an_int():
     with pytest.raises(TypeError, match="seed must be an int"):
         cluster(2, seed="0")
+
+
+def test_sbm_splits_takes_numpy_sizes():
+    """Sizes from numpy were refused although sbm_splits converts them with int()."""
+    a = sbm_splits("cluster", np.array([2, 1, 1]))
+    b = sbm_splits("cluster", (2, 1, 1))
+    assert all(torch.equal(x.y, y.y) for k in a for x, y in zip(a[k], b[k], strict=True))
+    assert len(pattern(np.int64(2))) == 2

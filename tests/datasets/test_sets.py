@@ -57,3 +57,16 @@ def test_errors():
         second_minimum(3, seed=1.5)
     with pytest.raises(ValueError, match="sets must lie"):
         second_minimum(3).select(torch.tensor([3]))
+
+
+def test_select_refuses_masks_and_float_ids():
+    """A boolean mask was read as the ids 0/1 (four sets back for two), a float id truncated."""
+    data = second_minimum(4, 2, 5, seed=1)
+    with pytest.raises(TypeError, match="sets must be integer set ids"):
+        data.select(torch.tensor([True, False, True, False]))
+    with pytest.raises(TypeError, match="sets must be integer set ids"):
+        data.select(torch.tensor([2.9]))
+    mask = torch.tensor([True, False, True, False])
+    assert torch.equal(data.select(mask.nonzero().view(-1)).target, data.target[mask])
+    assert len(data.select([])) == 0 and len(data.select(torch.tensor([], dtype=torch.int32))) == 0
+    assert torch.equal(data.select([2, 0]).target, data.target[[2, 0]])

@@ -73,3 +73,12 @@ def test_docstring_examples():
     for test in finder.find(st, globs=vars(st).copy()):
         runner.run(test)
     assert runner.tries >= 2 and runner.failures == 0
+
+
+def test_numpy_integer_seed():
+    """A numpy integer seed was refused here but taken by the other generators."""
+    import numpy as np
+
+    assert torch.equal(parity(4, 6, seed=np.int64(3)).tokens, parity(4, 6, seed=3).tokens)
+    with pytest.raises(ValueError, match="seed"):
+        parity(4, 6, seed=np.int64(-1))

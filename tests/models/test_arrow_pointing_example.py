@@ -82,3 +82,38 @@ def test_device_flag(tmp_path, load_example, capsys):
     with pytest.raises(SystemExit):
         mod.main([*TINY, *bad, "--out", str(tmp_path / "bad")])
     assert "--device" in capsys.readouterr().err
+
+
+def test_a_merged_file_merges_again(tmp_path, load_example, capsys):
+    """A merged file fed back to --merge raised a bare KeyError('args')."""
+    mod = load_example("arrow_pointing")
+    argv = [*TINY, "--test-resolutions", "96", "--models", "vit"]
+    for s in (0, 1, 2):
+        mod.main([*argv, "--seeds", str(s), "--out", str(tmp_path / f"s{s}")])
+    first = tmp_path / "m01"
+    mod.main(["--merge", str(tmp_path / "s0/arrow_pointing.json"),
+              str(tmp_path / "s1/arrow_pointing.json"), "--out", str(first)])  # fmt: skip
+    again = tmp_path / "m012"
+    mod.main(["--merge", str(first / "arrow_pointing.json"),
+              str(tmp_path / "s2/arrow_pointing.json"), "--out", str(again)])  # fmt: skip
+    data = json.loads((again / "arrow_pointing.json").read_text())
+    assert [r["seed"] for r in data["results"]] == [0, 1, 2] and len(data["runs"]) == 3
+    (tmp_path / "other.json").write_text("{}")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        mod.main(["--merge", str(tmp_path / "other.json"), "--out", str(tmp_path / "x")])
+    assert "not a results file" in capsys.readouterr().err
+
+
+def test_a_run_is_merged_once(tmp_path, load_example, capsys):
+    """The same file given twice was accepted and its seed weighted twice in the mean."""
+    mod = load_example("arrow_pointing")
+    out = tmp_path / "s0"
+    mod.main([*TINY, "--test-resolutions", "96", "--models", "vit", "--seeds", "0",
+              "--out", str(out)])  # fmt: skip
+    f = str(out / "arrow_pointing.json")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        mod.main(["--merge", f, f, "--out", str(tmp_path / "m")])
+    assert "seed 0 of vit is in the files more than once" in capsys.readouterr().err
+    assert not (tmp_path / "m" / "arrow_pointing.json").exists()

@@ -22,3 +22,13 @@ def test_mnist_example_refuses_what_it_cannot_honour(load_example, tmp_path, cap
             mod.main([*base, *argv])
         assert flag in capsys.readouterr().err
     assert not (tmp_path / "run" / "mnist.json").exists()
+
+
+def test_mnist_example_reads_the_data_directory(load_example, tmp_path, monkeypatch):
+    """$GRAPHSEQ_DATA (README's data directory, where graphseq's own MNIST loader looks) was
+    ignored: only the test suite's $GRAPHSEQ_TEST_DATA was read."""
+    monkeypatch.setenv("GRAPHSEQ_DATA", str(tmp_path))
+    monkeypatch.setenv("GRAPHSEQ_TEST_DATA", str(tmp_path / "elsewhere"))
+    assert load_example("mnist").DEFAULT_DATA == tmp_path
+    monkeypatch.delenv("GRAPHSEQ_DATA")
+    assert load_example("mnist").DEFAULT_DATA == tmp_path / "elsewhere"
