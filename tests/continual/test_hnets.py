@@ -295,3 +295,40 @@ def test_add_task_draws_on_the_generators_device(kind, kw, monkeypatch):
     monkeypatch.setattr(torch, "randn", strict)
     t = h.add_task(torch.Generator().manual_seed(1))
     assert all(p.device.type == "meta" for p in h.task_parameters(t))
+
+
+def test_readme_size_claim_names_only_signals_that_do_not_grow():
+    """graphseq/continual/README.md lists the step signals whose size does not grow with the
+    number of chunks; shared learned step vectors grow by step_dim per chunk."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "graphseq" / "continual" / "README.md").read_text()
+    claim = re.search(
+        r"With\s+((?:(?!With\s).)*?)\s+it does\s+not grow with the number of chunks", text, re.S
+    )
+    assert claim is not None
+    claim = " ".join(claim.group(1).split())
+    spec_small = MLPTarget(7, (5, 4), classes_per_head=3, num_heads=2).param_spec
+    d, H = 4, 6
+
+    def body(c, **kw):  # shared size without the output layer (H + 1) c
+        h = RNNHyperNetwork(spec_small, c, d, H, step_dim=4, **kw)
+        if kw.get("conditional_step_embeddings"):
+            h.add_task()
+        return h.num_shared_parameters() - (H + 1) * c, h.num_steps
+
+    claimed = []
+    if "sinusoidal" in claim:
+        claimed.append({"step_signal": "sinusoidal"})
+    if "no step signal" in claim:
+        claimed.append({"step_signal": "none"})
+    if re.search(r"per-task learned", claim):
+        claimed.append({"step_signal": "learned", "conditional_step_embeddings": True})
+    if re.search(r"(?<!per-task )\blearned\b", claim):
+        claimed.append({"step_signal": "learned"})
+    assert claimed
+    for kw in claimed:
+        (a, n_a), (b, n_b) = body(11, **kw), body(3, **kw)
+        assert n_a != n_b
+        assert a == b, f"README says {kw} does not grow with the chunks: {a} -> {b}"
