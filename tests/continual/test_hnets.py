@@ -332,3 +332,12 @@ def test_readme_size_claim_names_only_signals_that_do_not_grow():
         (a, n_a), (b, n_b) = body(11, **kw), body(3, **kw)
         assert n_a != n_b
         assert a == b, f"README says {kw} does not grow with the chunks: {a} -> {b}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_config_round_trip_keeps_non_default_settings(kind):
+    # a default-valued config round-trips even when a key is dropped: use output_scale=False
+    h = make(kind, output_scale=False)
+    again = hypernetwork_from_config(SPEC, h.config())
+    assert again.output_scale is False and again.config() == h.config()
+    assert torch.equal(again.scale, h.scale)

@@ -9,6 +9,7 @@ import torch
 
 from graphseq.continual import (
     EWC,
+    SI,
     ChunkedHyperNetwork,
     FullHyperNetwork,
     HypernetworkMethod,
@@ -482,3 +483,62 @@ def test_checkpoint_written_before_the_extra_state_still_loads(tmp_path):
     assert again.reg_weighting == "uniform"
     with pytest.raises(ValueError, match="Fisher estimate of task 0 must be a tensor of shape"):
         again.set_extra_state({"fisher": {0: torch.zeros(3)}})
+
+
+# -- the single-network baselines: EWC and SI against their definitions -----------------------
+
+
+def per_example_fisher(w: torch.Tensor, head: int, data: _Task) -> torch.Tensor:
+    """Mean squared per-example gradient of the true label's cross-entropy (torch.func, not
+    the loop in ``_empirical_fisher``), over every example of the split."""
+
+    def loss(w, xi, yi):
+        return torch.nn.functional.cross_entropy(TARGET.head(TARGET(xi[None], w), head), yi[None])
+
+    x, y = data.train.x, data.train.y
+    return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(w, x, y).pow(2).mean(0)
+
+
+def test_ewc_online_fisher_and_penalty_equal_their_definition():
+    # F <- gamma F + F(t), penalty lam / 2 sum_k F_k (w_k - w*_k)^2; fisher_samples is above
+    # the split's size, so every example enters F(t)
+    ewc = EWC(TARGET, lam=3.0, gamma=0.5, fisher_samples=50).double()
+    tasks = [_Task(21), _Task(22)]
+    ewc.begin_task(0)
+    f0 = per_example_fisher(ewc.flat.detach(), 0, tasks[0])
+    ewc.end_task(0, tasks[0])
+    torch.testing.assert_close(ewc.fisher, f0)
+    torch.testing.assert_close(ewc.anchor, ewc.flat.detach())
+    ewc.begin_task(1)
+    with torch.no_grad():
+        ewc.flat.add_(0.1 * torch.randn(ewc.flat.shape, dtype=torch.float64))
+    expected = 0.5 * 3.0 * (f0 * (ewc.flat - ewc.anchor).pow(2)).sum()
+    torch.testing.assert_close(ewc.penalty(1), expected)
+    f1 = per_example_fisher(ewc.flat.detach(), 1, tasks[1])
+    ewc.end_task(1, tasks[1])
+    torch.testing.assert_close(ewc.fisher, 0.5 * f0 + f1)
+
+
+def test_si_importance_and_penalty_equal_their_definition():
+    # omega = -sum_steps g * dw, Omega += omega / (Delta^2 + xi), penalty c sum Omega (w - w*)^2
+    si = SI(TARGET, c=0.7, xi=0.3).double()
+    si.begin_task(0)
+    start = si.flat.detach().clone()
+    g = torch.Generator().manual_seed(3)
+    path = torch.zeros_like(start)
+    for _ in range(3):
+        grad = torch.randn(start.shape, generator=g, dtype=torch.float64)
+        step = 0.5 * torch.randn(start.shape, generator=g, dtype=torch.float64)
+        si.flat.grad = grad.clone()
+        si.before_step()
+        with torch.no_grad():
+            si.flat.add_(step)  # what the optimiser step would do
+        si.after_step()
+        path -= grad * step
+    si.end_task(0, None)
+    omega = path / ((si.flat.detach() - start).pow(2) + 0.3)
+    torch.testing.assert_close(si.omega, omega)
+    si.begin_task(1)
+    with torch.no_grad():
+        si.flat.add_(0.2)
+    torch.testing.assert_close(si.penalty(1), 0.7 * (omega * (si.flat - si.anchor).pow(2)).sum())

@@ -133,6 +133,24 @@ def test_streaming_in_two_halves(backend):
 
 
 @pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
+def test_reverse_final_state_is_the_state_at_t0_and_streams_backwards(backend):
+    """With reverse=True the final state is the one at t = 0 (the docstring), so streaming runs
+    the later half first and passes its final state on as the earlier half's h0; every
+    backend, the loop reference included, is held to this independent check."""
+    a, b, h0 = (t.detach() for t in _inputs(2, 101, (4,)))
+    h, h_last = linear_scan(a, b, h0, reverse=True, backend=backend)
+    assert_close(h_last, h[:, 0])
+    h2, mid = linear_scan(a[:, 40:], b[:, 40:], h0, reverse=True, backend=backend)
+    h1, start = linear_scan(a[:, :40], b[:, :40], mid, reverse=True, backend=backend)
+    assert_close(torch.cat([h1, h2], 1), h)
+    assert_close(start, h_last)
+    cu = torch.tensor([0, 40, 40, 101], device=DEVICE)  # packed, with an empty sequence
+    hp, lastp = linear_scan(a[:1], b[:1], h0[:1].expand(3, 4), reverse=True, cu_seqlens=cu,
+                            backend=backend)  # fmt: skip
+    assert_close(lastp, torch.stack([hp[0, 0], h0[0], hp[0, 40]]))
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
 def test_empty_inputs(backend):
     a = torch.zeros(2, 0, 3, device=DEVICE)
     h0 = torch.randn(2, 3, device=DEVICE)

@@ -591,3 +591,34 @@ def test_graph_batches_are_scored_on_every_row_in_dataset_order(level, world_siz
         ends = torch.tensor(sizes).cumsum(0)
         sums = [float(sum(range(int(e) - n, int(e)))) for e, n in zip(ends, sizes, strict=True)]
         assert p.flatten().tolist() == sums
+
+
+def test_resume_keeps_the_early_stopping_count(fake_graph, tmp_path, monkeypatch):
+    """A run killed after two epochs without improvement stops where the uninterrupted run
+    stops: the checkpoint's bad-epoch count carries over (patience=2)."""
+    valid = [0.8, 0.7, 0.6, 0.9, 0.9, 0.9]
+
+    def scripted(first_epoch):
+        values = iter(v for v in valid[first_epoch - 1 :] for _ in ("valid", "test"))
+        return lambda task, model, split, config, env: next(values)
+
+    cfg = _config(epochs=6, patience=2)
+    monkeypatch.setattr(trainer_module, "_evaluate_graph", scripted(1))
+    full = fit(fake_graph, cfg, tmp_path / "full")
+    assert full["stopped_early"] and full["epochs_run"] == 3 and full["best_epoch"] == 1
+    real_epoch = trainer_module._train_epoch_graph
+
+    def dies_at_epoch_3(task, model, optimizer, sampler, config, env, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return real_epoch(task, model, optimizer, sampler, config, env, epoch)
+
+    monkeypatch.setattr(trainer_module, "_train_epoch_graph", dies_at_epoch_3)
+    monkeypatch.setattr(trainer_module, "_evaluate_graph", scripted(1))
+    with pytest.raises(KeyboardInterrupt):
+        fit(fake_graph, cfg, tmp_path / "killed")
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["bad_epochs"] == 1
+    monkeypatch.setattr(trainer_module, "_train_epoch_graph", real_epoch)
+    monkeypatch.setattr(trainer_module, "_evaluate_graph", scripted(3))
+    resumed = fit(fake_graph, cfg, tmp_path / "killed")
+    assert (resumed["stopped_early"], resumed["epochs_run"], resumed["best_epoch"]) == (True, 3, 1)

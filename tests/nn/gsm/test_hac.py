@@ -125,6 +125,20 @@ def test_degenerate_graphs():
     assert hac_tree(np.array([[0, 1], [1, 2]]), 3, x).labels[0].tolist() == [0, 0, 0]
 
 
+def test_edge_affinity_values_by_hand():
+    # the documented formulas on vectors that are not unit length: cosine similarity and
+    # 1 / (1 + ||x_u - x_v||); the fast path and the reference share edge_affinity, so only
+    # hand values pin it down
+    x = np.array([[3.0, 4.0], [6.0, 8.0], [0.0, 2.0]])
+    u, v = np.array([0, 0, 1]), np.array([1, 2, 2])
+    np.testing.assert_allclose(edge_affinity(u, v, x, "cosine"), [1.0, 0.8, 0.8])
+    np.testing.assert_allclose(
+        edge_affinity(u, v, x, "euclidean"),
+        [1 / 6, 1 / (1 + math.sqrt(13)), 1 / (1 + math.sqrt(36 + 36))],
+    )
+    np.testing.assert_array_equal(edge_affinity(u, v, x, "uniform"), [1.0, 1.0, 1.0])
+
+
 def test_path_child_rank_size_and_dfs_order():
     rng = np.random.default_rng(5)
     n = 40
@@ -191,3 +205,22 @@ def test_mean_linkage_ties_match_the_reference():
         x = rng.integers(0, 3, (n, 2)).astype(float)
         affinity = ["cosine", "euclidean"][t % 2]
         _same(hac_tree(ei, n, x, affinity, "mean"), hac_tree_reference(ei, n, x, affinity, "mean"))
+
+
+def test_child_rank_and_dfs_order_follow_ascending_ids():
+    # siblings are ranked by ascending cluster id, and the DFS visits children by ascending id
+    # and the nodes of one cluster by ascending node id (the documented orders; the checks in
+    # test_path_child_rank_size_and_dfs_order hold for any order)
+    rng = np.random.default_rng(5)
+    n = 40
+    ei, x = _random_case(rng, n, 80, "continuous")
+    tree = hac_tree(ei, n, x)
+    width = tree.depth
+    path, child = tree.path(width), tree.child_rank(width)
+    for col in range(1, width):
+        for parent in np.unique(path[:, col - 1]):
+            kids = np.unique(path[path[:, col - 1] == parent, col])  # ascending ids
+            ranks = [int(child[path[:, col] == kid, col][0]) for kid in kids]
+            assert ranks == list(range(kids.size))
+    expected = sorted(range(n), key=lambda v: (tuple(path[v]), v))
+    assert tree.dfs_order().tolist() == expected

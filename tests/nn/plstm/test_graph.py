@@ -11,6 +11,7 @@ from graphseq.nn.plstm.graph import (
     line_graph,
     orient_edges,
     plstm_graph_reference,
+    pmode_normalize,
     prepare_dag,
     prune_to_multitree,
 )
@@ -549,3 +550,12 @@ def test_recurrence_names_a_structure_of_the_wrong_type(algorithm):
     for bad in (None, ei):
         with pytest.raises(TypeError, match="structure must be a DagStructure"):
             PLSTMGraph.recurrence(*gates, bad, algorithm=algorithm)
+
+
+def test_pmode_normalize_by_hand():
+    # T = t / (0.5 + sum over the outgoing successors of |t|), c = 0.5 the documented default
+    t = torch.tensor([[1.0], [-3.0], [2.0]], dtype=torch.float64)
+    lg_src = torch.tensor([0, 0, 1])  # state 0 has two successors, state 1 one
+    T = pmode_normalize(t, lg_src, 2)
+    expected = torch.tensor([[1 / 4.5], [-3 / 4.5], [2 / 2.5]], dtype=torch.float64)
+    torch.testing.assert_close(T, expected)

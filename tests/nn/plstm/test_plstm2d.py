@@ -385,3 +385,18 @@ def test_grid_scan_readme_names_the_layers_own_threshold():
     said = re.search(pattern, text)
     assert said is not None
     assert int(said.group(1)) == plstm2d.DENSE_MAX_CELLS
+
+
+def test_pmode_angle_is_the_documented_sigmoid():
+    # alpha = sigmoid(b + W x / (2 D)) per corner and head, S_r = alpha s, S_d = 1 - alpha s
+    D, H = 8, 2
+    layer = PLSTM2D(D, heads=H, mode="P", gate_weight_std=0.5)
+    x = torch.randn(1, 3, 4, D)
+    g = layer.corner_gates(x)
+    w, b = layer.angle.linear.weight, layer.angle.linear.bias
+    alpha = torch.sigmoid(b.view(4, H) + (x @ w.T).unflatten(-1, (4, H)) / (2 * D))
+    torch.testing.assert_close(g["s_r"], alpha * layer.source(x))
+    torch.testing.assert_close(g["s_d"], 1 - alpha * layer.source(x))
+    t = layer.transition(x).clamp(min=0.0)
+    torch.testing.assert_close(g["t_rl"], alpha * t)
+    torch.testing.assert_close(g["t_dl"], 1 - alpha * t)
