@@ -491,13 +491,19 @@ def ogb_safe_load() -> Iterator[None]:
     ogb calls ``torch.load(path)``, whose default became ``weights_only=True`` in torch 2.6, which
     rejects PyG's ``DataEdgeAttr``/``DataTensorAttr``/``GlobalStorage`` (snap-stanford/ogb#497).
     This allow-lists exactly those classes with :func:`torch.serialization.safe_globals` for the
-    duration of the block; nothing global changes and nothing unsafe is unpickled.
+    duration of the block; nothing global changes and nothing unsafe is unpickled. torch 2.4
+    (the floor in pyproject.toml) has no ``safe_globals`` and needs none: its ``torch.load``
+    does not default to ``weights_only=True``, so the block changes nothing there.
     """
     import torch
     from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
     from torch_geometric.data.storage import GlobalStorage
 
-    with torch.serialization.safe_globals([DataEdgeAttr, DataTensorAttr, GlobalStorage]):
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # torch < 2.5: torch.load defaults to weights_only=False there
+        yield
+        return
+    with safe_globals([DataEdgeAttr, DataTensorAttr, GlobalStorage]):
         yield
 
 

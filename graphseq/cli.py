@@ -185,6 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, ImportError, FileNotFoundError) as err:
         print(f"graphseq: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a folder that cannot be written: read-only, not ours, a file
+        print(
+            f"graphseq: error: {err}; choose writable folders with --out and --cache-dir "
+            "(or $GRAPHSEQ_CACHE)",
+            file=sys.stderr,
+        )
+        return 2
     except (CheckpointError, ResultsFileError) as err:
         print(f"graphseq: error: {err}", file=sys.stderr)
         return 3

@@ -93,6 +93,17 @@ def test_submit_killed_after_one_seed_resumes_the_rest(capsys, tmp_path, monkeyp
     assert "| Method | Test rocauc | Validation rocauc | #Params | Hardware |" in md
 
 
+def test_an_output_folder_that_cannot_be_made_is_an_error_not_a_traceback(capsys, tmp_path):
+    """--out (or --cache-dir, or a read-only home) that cannot be written: one line naming the
+    path and the flags, as for the other errors, not a traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    argv = ["run", "fake-graph", "--seeds", "1", "--out", str(blocker / "out"), *FAST]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(blocker) in err and "--out" in err and "--cache-dir" in err
+
+
 def test_corrupted_results_file_is_reported_and_kept(capsys, tmp_path):
     assert cli.main(["run", "fake-graph", "--seeds", "2", "--out", str(tmp_path), *FAST]) == 0
     capsys.readouterr()

@@ -5,8 +5,9 @@ Why C and not C++/torch extensions: the kernel only needs raw float and int64 ar
 has no torch or Python headers to compile against; one file builds in about a second with
 ``cc`` (``$CC``), against a minute and ``ninja`` for ``torch.utils.cpp_extension``. The
 shared libraries are cached in ``$GRAPHSEQ_CACHE_DIR`` (default ``~/.cache/graphseq``, else
-the temporary folder), named by a hash of the source, the flags, the compiler and the CPU,
-written atomically (safe for concurrent first uses).
+a folder in the temporary folder that only this user owns and may write to), named by a hash
+of the source, the flags, the compiler and the CPU, written atomically (safe for concurrent
+first uses).
 
 :func:`available` says whether it could be built. Without a C compiler (or with
 ``GRAPHSEQ_NATIVE=0``) it is unavailable and callers fall back to a PyTorch path; the reason
@@ -95,16 +96,40 @@ def _load(lib: Path) -> ctypes.CDLL | None:
         return None
 
 
+def _private(folder: Path) -> bool:
+    """Whether ``folder`` (in the shared temporary folder) is this user's alone: owned by this
+    user and never writable by anyone else (then closed to others). A library loaded from a
+    folder that someone else owns or may write to runs their code (the file names are
+    predictable: a hash of the source, the flags, ``cc --version`` and the CPU)."""
+    st = folder.stat()
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return False
+    if st.st_mode & 0o022:  # others could already have written into it: never trusted
+        return False
+    if st.st_mode & 0o077:
+        try:
+            os.chmod(folder, 0o700)
+        except OSError:
+            return False
+    return True
+
+
 def _writable_folder() -> Path:
     user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
-    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"graphseq-{user}"):
+    shared = Path(tempfile.gettempdir()) / f"graphseq-{user}"
+    for folder in (_cache_dir(), shared):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError:
+            continue
+        if folder == shared and not _private(folder):
             continue
         if os.access(folder, os.W_OK):
             return folder
-    raise OSError("no writable cache folder (set GRAPHSEQ_CACHE_DIR)")
+    raise OSError(
+        f"no writable cache folder of this user's own ({_cache_dir()} cannot be made, {shared}"
+        " is someone else's or writable by others): set GRAPHSEQ_CACHE_DIR"
+    )
 
 
 def _compile(real: str) -> ctypes.CDLL:

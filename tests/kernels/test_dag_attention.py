@@ -4,6 +4,7 @@ graphs, empty inputs, thread-count invariance and bad input."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -302,6 +303,30 @@ def test_missing_compiler_is_reported_not_raised(monkeypatch, tmp_path):
     monkeypatch.setenv("GRAPHSEQ_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(OSError, match="no-such-cc"):
         native._compile("float")
+
+
+def test_the_temporary_fallback_folder_must_be_this_users_alone(monkeypatch, tmp_path):
+    """Without a usable cache folder the libraries go to <tmp>/graphseq-<uid>, a predictable
+    name in a folder every user can write to: one that another user made (and may write to)
+    must not be used, or a library planted there with the predictable name would be loaded."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("GRAPHSEQ_CACHE_DIR", str(blocker / "cache"))  # cannot be made
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    planted = tmp_path / f"graphseq-{os.getuid()}"
+    planted.mkdir()
+    planted.chmod(0o777)  # as made by someone else for us: writable by all
+    try:
+        os.chown(planted, os.getuid() + 1, -1)  # another owner (possible when run as root)
+    except PermissionError:
+        pass
+    # someone else's, or ours but writable by others (who may have planted a file): never used
+    with pytest.raises(OSError, match="GRAPHSEQ_CACHE_DIR"):
+        native._writable_folder()
+    if planted.stat().st_uid == os.getuid():
+        planted.chmod(0o755)  # ours, readable by others only: used, closed to others
+        assert native._writable_folder() == planted
+        assert planted.stat().st_mode & 0o077 == 0
 
 
 @needs_native
