@@ -155,8 +155,10 @@ class LCMAggregation(Aggregation):
     :math:`\bigoplus(A \cup \emptyset) = \bigoplus A \oplus \mathbf{e} = \bigoplus A` it
     should be an identity of :math:`\oplus`. With ``identity="learned"`` (default)
     :math:`\mathbf{e}` is a parameter (initialised to zeros) that the task trains through
-    isolated nodes and that :meth:`identity_loss`, :math:`\|\mathbf{a} \oplus \mathbf{e} -
-    \mathbf{a}\|^2`, pulls towards a true identity. ``identity="zeros"`` returns zeros for an
+    isolated nodes (its gradient is zero, not ``None``, in a batch without them, so
+    ``DistributedDataParallel`` needs no ``find_unused_parameters``) and that
+    :meth:`identity_loss`, :math:`\|\mathbf{a} \oplus \mathbf{e} - \mathbf{a}\|^2`, pulls
+    towards a true identity. ``identity="zeros"`` returns zeros for an
     empty group (the convention of :class:`~torch_geometric.nn.aggr.SumAggregation`).
 
     **Grouping.** ``index`` need not be sorted: unsorted elements are grouped by a stable
@@ -406,7 +408,13 @@ class LCMAggregation(Aggregation):
         if self.shuffle and self.training:
             grouped = shuffle_within_groups(grouped)
         identity = self.identity_value(dtype=h.dtype, device=h.device)
-        return segment_tree_reduce(grouped.x, grouped.ptr, self.combine_fn(), identity, plan=plan)
+        out = segment_tree_reduce(grouped.x, grouped.ptr, self.combine_fn(), identity, plan=plan)
+        if self.identity_element is not None and identity.requires_grad:
+            # the same values, but e takes part in every call (a zero gradient when no group
+            # is empty), so DDP does not find it unused in batches without isolated nodes
+            empty = (grouped.ptr[1:] == grouped.ptr[:-1]).unsqueeze(1)
+            out = torch.where(empty, identity, out)
+        return out
 
     # -- regularisers ----------------------------------------------------------------------
 

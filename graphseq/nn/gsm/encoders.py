@@ -29,7 +29,12 @@ from torch_geometric.nn import GATConv, GINConv, GINEConv, ResGatedGraphConv, SA
 from torch_geometric.utils import is_sparse, spmm
 
 from graphseq.nn.seq import GatedLinearRNN
-from graphseq.nn.seq.base import check_choice, check_positive_int, sequence_index
+from graphseq.nn.seq.base import (
+    check_choice,
+    check_matches_parameters,
+    check_positive_int,
+    sequence_index,
+)
 
 __all__ = [
     "LOCAL_ENCODERS",
@@ -119,7 +124,8 @@ class LocalEncoder(nn.Module):
     * ``"gat"``: GAT-sep, :math:`\mathbf{W}_0 h_i + \Vert_{k}\sum_{j \in N(i)} \alpha^k_{ij}
       \mathbf{W}^k h_j` — a root linear map plus multi-head attention over the neighbours only
       (PyG's ``GATConv`` without self-loops), the "-sep" variant of Platonov et al.;
-    * ``"none"``: identity (node tokens without local encoding).
+    * ``"none"``: identity (node tokens without local encoding; no parameters, ``norm`` is
+      not built).
 
     Args:
         channels (int): width :math:`D`.
@@ -211,13 +217,22 @@ class LocalEncoder(nn.Module):
         else:
             self.conv = None
         self.norm = (
-            _BatchNorm(channels)
+            nn.Identity()  # "none" is the identity: a norm there would never be used
+            if conv == "none"
+            else _BatchNorm(channels)
             if norm == "batch"
             else nn.LayerNorm(channels)
             if norm == "layer"
             else nn.Identity()
         )
         self.reset_parameters()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        if self.conv is None:
+            # state dicts saved before conv="none" stopped building its unused norm hold one
+            for key in [k for k in state_dict if k.startswith(prefix + "norm.")]:
+                state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def reset_parameters(self) -> None:
         if self.conv is not None:
@@ -246,6 +261,7 @@ class LocalEncoder(nn.Module):
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
         if self.conv is None:
             return x
+        check_matches_parameters(type(self).__name__, "x", x, next(self.conv.parameters()))
         if self.norm_sum:
             out = self._conv(x, edge_index, edge_attr)
             return self.norm(x + F.dropout(out, self.dropout, self.training))
@@ -338,6 +354,7 @@ class ScanLayer(nn.Module):
     def forward(
         self, x: Tensor, cu_seqlens: Tensor | None = None, rev: Tensor | None = None
     ) -> Tensor:
+        check_matches_parameters(type(self).__name__, "x", x, self.norm.weight)
         if cu_seqlens is None:  # equal-length sequences as a batch [S, T, D]
             if x.dim() != 3:
                 raise ValueError(
@@ -414,6 +431,7 @@ class AttentionLayer(nn.Module):
         self.out.reset_parameters()
 
     def forward(self, x: Tensor, cu_seqlens: Tensor) -> Tensor:
+        check_matches_parameters(type(self).__name__, "x", x, self.qkv.weight)
         if x.size(0) == 0:
             return x
         dense, mask, seq, pos = _to_dense(self.norm(x), cu_seqlens)  # [S, T, D], [S, T]

@@ -231,6 +231,14 @@ def _pool(h: Tensor, node_batch: Tensor, num_graphs: int, pool: str) -> Tensor:
 
 
 class _Base(nn.Module):
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        if self.token_sizes and self.size_proj is None:
+            # state dicts saved before size_proj was limited to subgraph tokenizations hold
+            # one that no forward pass read; drop it, so they still load strictly
+            for key in (prefix + "size_proj.weight", prefix + "size_proj.bias"):
+                state_dict.pop(key, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _input(self, batch) -> tuple[Tensor, Tensor, Tensor, Tensor, int, Tensor | None]:
         cls = type(self).__name__
         x = batch.x
@@ -328,7 +336,9 @@ class GSM(_Base):
         dropout (float): dropout. (default: ``0.0``)
         token_sizes (bool): add a learned projection of ``log(1 + |subgraph|)`` to every
             subgraph token (a mean alone cannot tell a degree-2 from a degree-9 node when the
-            features are equal). (default: ``True``)
+            features are equal); the projection exists only for the subgraph tokenizations
+            (``"khop"``, ``"hac_bfs"``, ``"rw"``), a node tokenization has no sizes to project.
+            (default: ``True``)
         pe (str, optional): name of a node attribute holding a positional encoding (e.g.
             ``"lap_pe"`` from PyG's :class:`~torch_geometric.transforms.AddLaplacianEigenvectorPE`
             with ``attr_name="lap_pe"``); a linear map of it is added to :math:`h^{(0)}`.
@@ -396,7 +406,10 @@ class GSM(_Base):
         self.dropout, self.token_sizes = dropout, bool(token_sizes)
         self.encoder = nn.Linear(in_channels, hidden)
         self.pe = HierarchicalPE(hidden, hpe_levels) if hpe else None
-        self.size_proj = nn.Linear(1, hidden) if token_sizes else None
+        # node tokens have no subgraph size: no projection that would never get a gradient
+        # (an unused parameter stops DDP at its second step)
+        sized = token_sizes and self.tokenization in SUBGRAPH_TOKENIZATIONS
+        self.size_proj = nn.Linear(1, hidden) if sized else None
         self.locals = nn.ModuleList(
             LocalEncoder(hidden, local, edge_dim, dropout=dropout, heads=heads)
             for _ in range(layers)
@@ -504,6 +517,10 @@ class MoTRouter(nn.Module):
             raise ValueError(
                 f"{type(self).__name__}: expected {self.experts} encodings, got {len(ys)}"
             )
+        cls = type(self).__name__
+        check_matches_parameters(cls, "h", h, self.router.weight)
+        for t, y in enumerate(ys):
+            check_matches_parameters(cls, f"ys[{t}]", y, self.out.weight)
         p = torch.softmax(self.router(h), -1)  # [N, T]
         # a stable sort: ties in p go to the lower expert index (topk leaves them unordered)
         top = torch.argsort(p, dim=-1, descending=True, stable=True)[:, : self.k]
@@ -680,7 +697,8 @@ class GSMPlusPlus(_Base):
         # baseline-local mode: the HPE is the sequence encoders' positional input only
         self.pe = HierarchicalPE(global_hidden if self._prenorm else hidden, hpe_levels)
         self.global_hidden = global_hidden
-        self.size_proj = nn.Linear(1, global_hidden) if token_sizes else None
+        sized = token_sizes and any(t in SUBGRAPH_TOKENIZATIONS for t in toks)
+        self.size_proj = nn.Linear(1, global_hidden) if sized else None
         self.global_dropout = float(global_dropout)
         if local in ("sage", "gat"):  # the tuned baselines' block (GNNBaseline)
             block = dict(norm="layer", prenorm=True, act="gelu", heads=heads)

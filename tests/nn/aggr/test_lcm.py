@@ -410,3 +410,20 @@ def test_identity_loss_is_the_documented_gap():
     h = torch.relu(aggr.lin(x))
     want = (aggr.combine(h, aggr.identity_element[None]) - h).pow(2).mean()
     torch.testing.assert_close(aggr.identity_loss(x, num_samples=3), want, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "mlp"])
+def test_learned_identity_takes_part_without_empty_groups(cell):
+    # a None gradient in a batch without isolated nodes stops DistributedDataParallel
+    torch.manual_seed(0)
+    agg = LCMAggregation(4, 4, cell=cell)
+    x, index = torch.randn(5, 4), torch.tensor([0, 0, 1, 1, 1])
+    out = agg(x, index, dim_size=2)
+    out.sum().backward()
+    assert agg.identity_element.grad is not None
+    assert torch.equal(agg.identity_element.grad, torch.zeros(4))
+    with torch.no_grad():
+        agg.identity_element.fill_(3.0)  # e does not change a non-empty group
+    torch.testing.assert_close(agg(x, index, dim_size=2), out, rtol=0, atol=0)
+    empty = agg(x, index, dim_size=3)  # group 2 is empty: e
+    assert torch.equal(empty[2], torch.full((4,), 3.0))

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
+from graphseq.nn import MoTRouter
 from graphseq.nn.gsm import (
     AttentionLayer,
     HierarchicalPE,
@@ -329,3 +330,32 @@ def test_norm_sum_without_norm_is_the_plain_residual_sum():
 def test_norm_sum_refuses_options_it_would_ignore(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LocalEncoder(8, norm_sum=True, **kwargs)
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer", "none"])
+def test_local_encoder_none_has_no_unused_parameters(norm):
+    # an unused norm stops DistributedDataParallel at its second step
+    enc = LocalEncoder(8, "none", norm=norm)
+    assert list(enc.parameters()) == []
+    x = torch.randn(4, 8)
+    assert torch.equal(enc(x, torch.zeros(2, 0, dtype=torch.long)), x)
+    # a state dict that still holds the unused norm loads strictly
+    old = {"norm.weight": torch.ones(8), "norm.bias": torch.zeros(8)}
+    enc.load_state_dict(old)
+
+
+@pytest.mark.parametrize(
+    "name, call",
+    [
+        ("ScanLayer", lambda: ScanLayer(8).double()(torch.randn(5, 8), torch.tensor([0, 2, 5]))),
+        ("AttentionLayer",
+         lambda: AttentionLayer(8, 2).double()(torch.randn(5, 8), torch.tensor([0, 2, 5]))),
+        ("LocalEncoder",
+         lambda: LocalEncoder(8).double()(torch.randn(3, 8), torch.tensor([[0, 1], [1, 2]]))),
+        ("MoTRouter",
+         lambda: MoTRouter(8, 2, 1).double()(torch.randn(3, 8).double(), [torch.randn(3, 8)] * 2)),
+    ],
+)  # fmt: skip
+def test_dtype_mismatch_is_named(name, call):
+    with pytest.raises(ValueError, match=rf"{name}: .* has dtype torch.float32 but the layer"):
+        call()

@@ -544,3 +544,27 @@ def test_graph_without_edge_index_is_edgeless(local):
     for m in (model, gsm):
         a, b = (m(Batch.from_data_list([TRANSFORM(d)])) for d in (bare, empty))
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("tokenization", TOKENIZATIONS)
+def test_gsm_every_parameter_gets_a_gradient(tokenization):
+    # an unused parameter (size_proj under a node tokenization) stops DDP at its second step
+    model = GSM(3, 8, 2, tokenization=tokenization, heads=2, hpe=True, hpe_levels=6)
+    model(BATCH).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_gsm_plus_plus_node_tokenizations_every_parameter_gets_a_gradient():
+    model = GSMPlusPlus(3, 8, 2, tokenizations=("hac_dfs", "degree"), heads=2, hpe_levels=6)
+    model(BATCH).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_gsm_state_dict_with_the_unused_size_proj_still_loads_strictly():
+    torch.manual_seed(0)
+    old = GSM(3, 8, 2, heads=2).eval()
+    state = old.state_dict()
+    state["size_proj.weight"], state["size_proj.bias"] = torch.zeros(8, 1), torch.zeros(8)
+    new = GSM(3, 8, 2, heads=2).eval()
+    new.load_state_dict(state)  # strict
+    torch.testing.assert_close(new(BATCH), old(BATCH))
