@@ -427,3 +427,34 @@ def test_learned_identity_takes_part_without_empty_groups(cell):
     torch.testing.assert_close(agg(x, index, dim_size=2), out, rtol=0, atol=0)
     empty = agg(x, index, dim_size=3)  # group 2 is empty: e
     assert torch.equal(empty[2], torch.full((4,), 3.0))
+
+
+def test_mlp_cell_is_the_documented_symmetrised_perceptron():
+    """cell="mlp": a ⊕ b = ½ (f(a, b) + f(b, a)) with f(a, b) = W2 ReLU(W1 [a ‖ b] + b1) + b2
+    (the class docstring), not merely some commutative function of a and b."""
+    torch.manual_seed(0)
+    aggr = LCMAggregation(4, 4, cell="mlp").double()
+    a, b = (torch.randn(5, 4, dtype=torch.float64) for _ in range(2))
+
+    def f(u, w):
+        return aggr.mlp_out(torch.relu(aggr.mlp_in(torch.cat([u, w], -1))))
+
+    torch.testing.assert_close(aggr.combine(a, b), 0.5 * (f(a, b) + f(b, a)), atol=1e-12, rtol=0)
+
+
+def test_deep_associativity_operands_mix_elements_of_the_group():
+    """max_operand_size > 1: each operand reduces k random elements of a's group. With the
+    idempotent a ⊕ b = (a + b) / 2, an operand made of copies of one element is that element,
+    so only operands that really mix the group's elements give a non-zero gap."""
+    aggr = LCMAggregation(2, 2, project=False, cell="mlp").double()  # hidden 4
+    with torch.no_grad():
+        for p in aggr.parameters():
+            p.zero_()
+        aggr.mlp_in.weight[:2, :2] = torch.eye(2)  # f(a, b) = a for a >= 0
+        aggr.mlp_out.weight[:, :2] = torch.eye(2)
+    x = torch.tensor([[1.0, 2.0], [3.0, 0.5], [0.0, 4.0], [2.0, 2.0]], dtype=torch.float64)
+    torch.testing.assert_close(aggr.combine(x[:1], x[1:2]), (x[:1] + x[1:2]) / 2)
+    gen = torch.Generator().manual_seed(0)
+    index = torch.zeros(4, dtype=torch.long)
+    loss = aggr.associativity_loss(x, index, num_samples=64, generator=gen, max_operand_size=3)
+    assert loss > 1e-3

@@ -568,3 +568,40 @@ def test_gsm_state_dict_with_the_unused_size_proj_still_loads_strictly():
     new = GSM(3, 8, 2, heads=2).eval()
     new.load_state_dict(state)  # strict
     torch.testing.assert_close(new(BATCH), old(BATCH))
+
+
+def test_khop_tokens_are_balls_coarse_to_fine():
+    """Node v's k-hop tokens are the means of h over N_k(v), ..., N_1(v), then h_v itself,
+    with the ball sizes; on the path 0-1-2-3-4 with k = 2 and h = node id."""
+    path = Data(edge_index=torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]]), num_nodes=5)
+    batch = Batch.from_data_list([KHopTokenizer(2)(path)])
+    h = torch.arange(5.0, dtype=torch.float64).unsqueeze(1)
+    tokens, cu, size = subgraph_tokens(batch, "khop", h)
+    assert torch.equal(cu, torch.arange(6) * 3)
+    want, want_size = [], []
+    for v in range(5):
+        for radius in (2, 1, 0):
+            ball = [u for u in range(5) if abs(u - v) <= radius]
+            want.append(sum(ball) / len(ball))
+            want_size.append(float(len(ball)))
+    torch.testing.assert_close(tokens[:, 0], torch.tensor(want, dtype=torch.float64))
+    torch.testing.assert_close(size, torch.tensor(want_size, dtype=torch.float64))
+
+
+def test_random_walk_tokens_are_longest_walk_first_node_last():
+    """Token t of node v is the mean over walks of the mean of h over steps 0..t, listed from
+    the longest prefix (size L + 1) down to the node itself (size 1)."""
+    g = Data(edge_index=torch.tensor([[0, 1, 1], [1, 2, 3]]), num_nodes=4)
+    W, L = 3, 4
+    data = RandomWalkTokenizer(num_walks=W, walk_length=L, seed=0)(g)
+    batch = Batch.from_data_list([data])
+    h = torch.randn(4, 2, dtype=torch.float64)
+    tokens, cu, size = subgraph_tokens(batch, "rw", h)
+    walks = data.rw_index.view(W, L + 1, 4)
+    want = []
+    for v in range(4):
+        for t in range(L, -1, -1):
+            want.append(torch.stack([h[walks[w, : t + 1, v]].mean(0) for w in range(W)]).mean(0))
+    torch.testing.assert_close(tokens, torch.stack(want))
+    torch.testing.assert_close(size, torch.arange(L + 1, 0, -1, dtype=torch.float64).repeat(4))
+    torch.testing.assert_close(tokens[cu[1:] - 1], h)  # the node itself, last

@@ -194,3 +194,12 @@ def test_reprs():
 def test_hac_tokenizer_on_must_be_names(on):
     with pytest.raises(TypeError, match="HACTokenizer: on must be a node attribute name"):
         HACTokenizer(on=on)
+
+
+def test_random_walk_steps_are_uniform_over_neighbours():
+    """Every neighbour is a possible (and equally likely) next step: 400 first steps from the
+    centre of a star with four leaves reach each leaf about 100 times."""
+    star = Data(edge_index=torch.tensor([[0, 0, 0, 0], [1, 2, 3, 4]]), num_nodes=5)
+    out = RandomWalkTokenizer(num_walks=400, walk_length=1, seed=0)(star)
+    counts = torch.bincount(out.rw_index.view(400, 2, 5)[:, 1, 0], minlength=5)
+    assert counts[0] == 0 and counts[1:].min() >= 60, counts.tolist()

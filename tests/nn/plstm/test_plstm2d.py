@@ -400,3 +400,19 @@ def test_pmode_angle_is_the_documented_sigmoid():
     t = layer.transition(x).clamp(min=0.0)
     torch.testing.assert_close(g["t_rl"], alpha * t)
     torch.testing.assert_close(g["t_dl"], 1 - alpha * t)
+
+
+def test_d_mode_gates_read_their_own_modules():
+    """D-mode: every gate comes from its own HeadGate (without Triton, the only test that
+    looks at each D-mode parameter's gradient is skipped)."""
+    torch.manual_seed(0)
+    layer = PLSTM2D(8, heads=2, mode="D", gate_weight_std=0.5).double()
+    x = torch.randn(1, 3, 4, 8, dtype=torch.float64)
+    g = layer.corner_gates(x)
+    for name, module in [("t_rl", layer.transition_rl), ("t_ru", layer.transition_ru),
+                         ("t_du", layer.transition_du), ("s_r", layer.source_r),
+                         ("s_d", layer.source_d), ("m_l", layer.mark_l),
+                         ("m_u", layer.mark_u)]:  # fmt: skip
+        assert torch.equal(g[name], module(x)), name
+    layer(x).sum().backward()
+    assert all(p.grad is not None for p in layer.parameters())

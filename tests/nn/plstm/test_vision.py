@@ -154,3 +154,18 @@ def test_bad_input():
         model(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"images has dtype torch\.float64"):
         model(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+
+
+def test_block_is_two_pre_norm_residuals_with_their_own_norms():
+    """PLSTMVisionBlock: x + PLSTM2D(norm1(x)), then x + MLP(norm2(x)); the two norms hold
+    different (trained) scales."""
+    from graphseq.nn.plstm.vision import PLSTMVisionBlock
+
+    torch.manual_seed(0)
+    block = PLSTMVisionBlock(8, 2, "P").double()
+    with torch.no_grad():
+        block.norm1.weight.uniform_(0.5, 1.5)
+        block.norm2.weight.uniform_(0.5, 1.5)
+    x = torch.randn(1, 3, 4, 8, dtype=torch.float64)
+    y = x + block.plstm(block.norm1(x))
+    torch.testing.assert_close(block(x), y + block.mlp(block.norm2(y)))

@@ -148,3 +148,15 @@ def test_bad_inputs():
         layer(torch.randn(2, 3, 4), state=torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"x must have shape \[B, in_channels\]"):
         layer.step(torch.randn(2, 3, 4))
+
+
+@pytest.mark.parametrize("rng", [(-1.0, 1.0), (0.0, 1.0)])
+def test_gate_is_the_documented_scaled_sigmoid(rng):
+    """a_t = lo + (hi - lo) sigmoid(W_a x + b_a), W_a and b_a the last `heads` rows of
+    in_proj (after the value and output-gate rows)."""
+    torch.manual_seed(0)
+    layer = GatedLinearRNN(8, heads=2, eigenvalue_range=rng).double()
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    a, _, _ = layer._project(x)
+    z = torch.nn.functional.linear(x, layer.in_proj.weight[16:], layer.in_proj.bias[16:])
+    torch.testing.assert_close(a, rng[0] + (rng[1] - rng[0]) * torch.sigmoid(z))
