@@ -234,6 +234,29 @@ def test_submit_refuses_seeds_of_different_world_sizes(monkeypatch, tmp_path):
         )  # fmt: skip
 
 
+def test_run_says_when_its_seeds_ran_with_different_world_sizes(monkeypatch, tmp_path):
+    """`graphseq run` rerun under torchrun skipped a seed finished by one process and averaged
+    it with the new seeds (twice the effective batch) without a word; summary.json did not
+    record the world sizes."""
+    real_fit = runner_module.fit
+
+    def fit(task, cfg, seed_dir, **kw):
+        r = dict(real_fit(task, cfg, seed_dir, **kw))
+        r["world_size"] = 2 if cfg.seed == 0 else 1  # seed 0 as if from a torchrun run
+        return r
+
+    monkeypatch.setattr(runner_module, "fit", fit)
+    said = []
+    _, summary = runner_module.run_benchmark(
+        "fake-graph", "gin", seeds=2, out_dir=tmp_path, log=said.append, epochs=1,
+        model_args={"hidden": 8, "layers": 1}, progress=False,
+    )  # fmt: skip
+    assert summary["world_sizes"] == {0: 2, 1: 1}
+    assert any("different numbers of processes {0: 2, 1: 1}" in line for line in said)
+    stored = json.loads((tmp_path / "fake-graph/gin/summary.json").read_text())
+    assert stored["summary"]["world_sizes"] == {"0": 2, "1": 1}
+
+
 def test_a_model_argument_given_twice_with_two_values_is_refused(capsys, tmp_path):
     """--model-arg hidden=8 was silently replaced by --hidden 32."""
     argv = ["run", "fake-graph", "--out", str(tmp_path), "--epochs", "1", "--no-progress"]

@@ -166,6 +166,15 @@ class GIN(nn.Module):
         x, edge_index = batch.x, batch.edge_index
         self.spec.check_inputs(type(self).__name__, x, getattr(batch, "edge_attr", None))
         node_batch, num_graphs = graph_batch(batch, x.size(0), x.device)
+        if self.virtual_node and self.training and self.layers > 1 and num_graphs < 2:
+            # the virtual-node MLP batch-normalises over graphs: torch's own error ("Expected
+            # more than 1 value per channel") named neither the model nor the cause
+            raise ValueError(
+                f"{type(self).__name__}(virtual_node=True): training batch-normalises the "
+                f"virtual node over the batch's graphs and needs at least 2 of them, got "
+                f"{num_graphs}; a node-level task on one graph (fake-node, minesweeper, "
+                "tolokers) cannot train it: use gin, or layers=1"
+            )
         # dense features in the model's dtype (a .double() model takes float64 batches)
         if self.spec.node_features != "ogb-atom":
             x = x.to(self.node_encoder.weight.dtype)

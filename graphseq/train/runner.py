@@ -62,6 +62,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "test_mean": tm,
         "test_std": ts,
         "num_parameters": first.get("num_parameters"),
+        # processes per seed (torchrun): a rerun skips finished seeds whatever their world size,
+        # and the effective batch is world_size * batch_size
+        "world_sizes": {r["seed"]: int(r.get("world_size") or 1) for r in results},
         "mean_epoch_time_s": _mean_std([r.get("mean_epoch_time_s") for r in results])[0],
         "wall_time_s": sum(r.get("wall_time_s") or 0.0 for r in results),
     }
@@ -231,6 +234,12 @@ def run_benchmark(
                 "(pip install 'graphseq[plot]')"
             )
         summary = summarize(results)
+        if len(set(summary["world_sizes"].values())) > 1:
+            say(
+                f"  note: the seeds ran with different numbers of processes "
+                f"{summary['world_sizes']} (torchrun; the effective batch differs), so the mean "
+                "mixes two protocols; rerun them with one world size into a fresh --out"
+            )
         summary["machine"] = machine_info(env.device)
         summary["command"] = _command()
         if env.is_main:

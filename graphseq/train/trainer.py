@@ -285,6 +285,21 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def _share_buffers(model: nn.Module, env: DistEnv) -> nn.Module:
+    """Rank 0's buffers (BatchNorm running statistics, which each rank updated with its own last
+    batch) on every rank, and the bare module for scoring: the checkpoint holds rank 0's, so the
+    scores are those of the saved model. Scoring through the DDP wrapper left this broadcast to
+    its first forward, which a rank without graphs in a split (fewer graphs than processes)
+    never calls: the other ranks then waited for it forever."""
+    module = _unwrap(model)
+    if env.distributed:
+        import torch.distributed as dist
+
+        for buf in module.buffers():
+            dist.broadcast(buf, 0)
+    return module
+
+
 def _better(a: float, b: float | None, higher: bool) -> bool:
     if b is None or (isinstance(b, float) and math.isnan(b)):
         return not math.isnan(a)
@@ -456,15 +471,17 @@ def _fit(task, config, env, out, results_path, ckpt_path, digest, model_factory,
             t0 = time.perf_counter()
             if task.level == "graph":
                 loss = _train_epoch_graph(task, model, optimizer, sampler, config, env, epoch)
+                scored = _share_buffers(model, env)
                 scores = {
-                    s: _evaluate_graph(task, model, s, config, env)
+                    s: _evaluate_graph(task, scored, s, config, env)
                     for s in (("train",) if config.eval_train else ()) + ("valid", "test")
                 }
             else:
                 loss = _train_epoch_node(task, model, optimizer, config, env, epoch)
                 scores = _evaluate_node(
-                    task, model, (("train",) if config.eval_train else ()) + ("valid", "test"), env
-                )
+                    task, _share_buffers(model, env),
+                    (("train",) if config.eval_train else ()) + ("valid", "test"), env,
+                )  # fmt: skip
             row = {"epoch": epoch, "train_loss": loss, "epoch_time_s": time.perf_counter() - t0}
             row.update({f"{s}_{metric}": v for s, v in scores.items()})
             history.append(row)

@@ -519,6 +519,39 @@ def test_torchrun_two_processes_write_one_result(tmp_path):
     assert out.stdout.count("mean ± std") == 1  # only rank 0 prints the table
 
 
+def test_torchrun_scores_a_split_smaller_than_the_world(tmp_path):
+    """A split with fewer graphs than processes: the rank without graphs never ran the DDP
+    forward whose first call after training broadcasts rank 0's BatchNorm statistics, so the
+    other rank waited there for ever (here: until the group's 30 s timeout)."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import dataclasses, datetime, json, sys\n"
+        "import torch.distributed as dist\n"
+        "from graphseq.train import TrainConfig, fit, get_benchmark, init_distributed\n"
+        "from graphseq.train.metrics import rmse\n"
+        "dist.init_process_group('gloo', timeout=datetime.timedelta(seconds=30))\n"
+        "env = init_distributed('cpu')\n"
+        "task = get_benchmark('fake-graph').load(None, None)\n"
+        "splits = dict(task.splits, valid=task.splits['valid'][:1])\n"
+        "task = dataclasses.replace(task, splits=splits, evaluate=rmse)  # one graph: no AUC\n"
+        "cfg = TrainConfig('fake-graph', model_args={'hidden': 8, 'layers': 2}, epochs=2,\n"
+        "                  progress=False)\n"
+        "r = fit(task, cfg, env=env)\n"
+        "if env.is_main:\n"
+        "    json.dump(r['history'], open(sys.argv[1], 'w'))\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(script), str(tmp_path / "history.json"),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
 class _Recorder:
     def __init__(self):
         self.seen = None
