@@ -93,3 +93,32 @@ def test_no_patch_leftovers_in_the_tests():
     root = Path(__file__).resolve().parents[1]
     leftovers = [p for ext in ("*.orig", "*.rej") for p in (root / "tests").rglob(ext)]
     assert not leftovers, f"patch leftovers: {leftovers}"
+
+
+def test_gpu_checks_runs_without_the_editable_install(tmp_path):
+    """scripts/gpu_checks.sh on a machine whose setuptools is older than pyproject needs (the
+    offline editable install fails) imports graphseq from the working tree instead of stopping
+    before any check, which would waste the device session."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    fake = tmp_path / "python"
+    # the install fails as it does with setuptools < 77; everything else is this interpreter
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = -m ] && [ "$2" = pip ]; then echo "metadata-generation-failed"; exit 1; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), DEVICE="cpu", OUT=str(tmp_path / "out"),
+               TEST_S="1", BENCH_S="1", ARROW_S="1")  # fmt: skip
+    proc = subprocess.run(["bash", "scripts/gpu_checks.sh"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"graphseq \d", (tmp_path / "out" / "gpu.txt").read_text())
+    # the checks ran from this working tree, not from an installed copy elsewhere
+    assert "== done" in proc.stdout

@@ -111,10 +111,12 @@ def _first_steps(cu_seqlens: torch.Tensor, reverse: bool) -> tuple[torch.Tensor,
 
 
 def _fold_h0(a, b, h0, reverse, cu_seqlens):
-    """Fold each sequence's ``h0`` into ``b`` at its first step (``b + a * h0``)."""
-    if h0 is None:
-        return b
+    """Fold each sequence's ``h0`` into ``b`` at its first step (``b + a * h0``; ``b + a * 0``
+    without ``h0``, see :func:`_zero_carry`). Only once: a second ``a * 0`` after ``a * h0``
+    would turn an infinite gate's ``inf`` state into NaN."""
     first, nonempty = _first_steps(cu_seqlens, reverse)
+    if h0 is None:
+        return _zero_carry(a, b, first)
     if first.numel() > 0:
         b = b.clone()
         b[0, first] += a[0, first] * h0[nonempty]
@@ -141,8 +143,7 @@ def _torch_core(a, b, h0, reverse, cu_seqlens):
     if cu_seqlens is not None:
         first, _ = _first_steps(cu_seqlens, reverse)
         resets = torch.zeros(a.shape[1], dtype=torch.bool, device=a.device)
-        resets[first] = True
-        b = _zero_carry(a, b, first)
+        resets[first] = True  # b already holds a * h0 (or a * 0) there, see _fold_h0
     elif h0 is None:
         b = _zero_carry(a, b, [a.shape[1] - 1 if reverse else 0])
     return blelloch.scan(a, b, h0, reverse, resets)

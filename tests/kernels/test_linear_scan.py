@@ -346,3 +346,20 @@ def test_a_non_finite_gate_at_a_sequence_start_propagates_as_in_the_loop(backend
         assert torch.isnan(h_ref[0, start, 0])
         torch.testing.assert_close(h, h_ref, equal_nan=True)
         torch.testing.assert_close(last, last_ref, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", ["torch"])  # the Triton kernel multiplies a zero carry too
+@pytest.mark.parametrize("reverse", [False, True])
+def test_an_infinite_first_gate_with_h0_stays_infinite_when_packed(backend, reverse):
+    """Packed with h0: the loop's state is inf * h0 + b = inf, not NaN (the zero carry was added
+    on top of the folded h0, inf * 0 = NaN)."""
+    cu = torch.tensor([0, 2, 4], device=DEVICE)
+    a = torch.full((1, 4, 1), 0.5, dtype=torch.float64, device=DEVICE)
+    a[0, 1 if reverse else 0] = float("inf")
+    b = torch.ones_like(a)
+    h0 = torch.ones(2, 1, dtype=torch.float64, device=DEVICE)
+    h, last = linear_scan(a, b, h0, reverse=reverse, cu_seqlens=cu, backend=backend)
+    h_ref, last_ref = linear_scan(a, b, h0, reverse=reverse, cu_seqlens=cu, backend="reference")
+    assert torch.isinf(h_ref[0, :2]).all()
+    torch.testing.assert_close(h, h_ref, equal_nan=True)
+    torch.testing.assert_close(last, last_ref, equal_nan=True)

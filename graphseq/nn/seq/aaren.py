@@ -108,8 +108,11 @@ class Aaren(SequenceLayer):
         """The empty prefix for ``batch_size`` sequences."""
         p = self.query
         m = p.new_full((batch_size, self.heads), float("-inf"))
+        acc = torch.promote_types(p.dtype, torch.float32)  # u and w: see AarenState
         return AarenState(
-            m, p.new_zeros(batch_size, self.heads), p.new_zeros(m.shape + p.shape[1:])
+            m,
+            p.new_zeros(batch_size, self.heads, dtype=acc),
+            p.new_zeros(m.shape + p.shape[1:], dtype=acc),
         )
 
     def _check_state(self, state: object, n: int, x: Tensor) -> AarenState:

@@ -203,3 +203,17 @@ def test_empty_inputs_and_bad_state():
             torch.randn(2, 3, 4),
             state=AarenState(torch.zeros(2, 2), torch.ones(2, 2), torch.zeros(2, 4)),
         )
+
+
+def test_half_precision_state_is_float32_from_the_first_step():
+    """AarenState: u and w are carried in float32 for half inputs; step() without a state
+    started from init_state's half-precision zeros and returned a bfloat16 carry."""
+    torch.manual_seed(0)
+    layer = Aaren(8, heads=2).to(torch.bfloat16)
+    x = torch.randn(3, 8, dtype=torch.bfloat16)
+    _, state = layer.step(x)
+    assert state.u.dtype == torch.float32 and state.w.dtype == torch.float32
+    assert layer.init_state(3).u.dtype == torch.float32
+    _, ref = layer(x[:, None], return_state=True)
+    torch.testing.assert_close(state.u, ref.u)
+    torch.testing.assert_close(state.w, ref.w)
