@@ -61,6 +61,12 @@ def _check_identity(op: str, identity: object, x: torch.Tensor, default: float |
             f"that broadcasts to it, or a Python number; got {type(identity).__name__}"
         )
     if not isinstance(identity, torch.Tensor):
+        exact = x.dtype.is_floating_point or x.dtype.is_complex
+        if not exact and isinstance(identity, float) and not identity.is_integer():
+            raise ValueError(
+                f"{op}: identity={identity!r} cannot be represented in x's dtype {x.dtype}; "
+                "pass an integer (or a tensor of x's dtype)"
+            )
         return torch.full(feat, identity, dtype=x.dtype, device=x.device)
     check_same(op, "x", x, "identity", identity)
     try:

@@ -30,7 +30,10 @@ def _segment_ptr(op: str, ptr: object) -> torch.Tensor:
             f"{op}: ptr must be a 1-D tensor of N + 1 >= 1 boundaries, got shape {tuple(ptr.shape)}"
         )
     total = int(ptr[-1]) if ptr.dtype in (torch.int32, torch.int64) else 0
-    return check_boundaries(op, "ptr", ptr, total, ptr.device)
+    checked = check_boundaries(op, "ptr", ptr, total, ptr.device)
+    # a plan owns its ptr: an alias of the caller's int64 tensor would follow in-place edits of
+    # it, and the plan-vs-ptr check of every call would then compare the tensor with itself
+    return checked.clone() if checked is ptr else checked
 
 
 @dataclass(frozen=True)

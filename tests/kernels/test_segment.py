@@ -654,6 +654,31 @@ def test_plan_reuse_and_repr():
     assert moved.device.type == "cpu" and moved.num_pairs == plan.num_pairs
 
 
+def test_plan_owns_its_ptr():
+    # a plan must not alias the caller's ptr: editing the ptr in place afterwards is caught by
+    # the plan check instead of silently running the old schedule
+    ptr = torch.tensor([0, 3, 6], device=DEVICE)
+    plan, scan_plan = SegmentPlan.from_ptr(ptr), SegmentScanPlan.from_ptr(ptr)
+    assert plan.ptr is not ptr and scan_plan.ptr is not ptr
+    x = torch.arange(1.0, 7.0, device=DEVICE).unsqueeze(1)
+    ptr[1] = 1
+    with pytest.raises(ValueError, match="plan was built for a different ptr"):
+        segment_tree_reduce(x, ptr, "sum", plan=plan)
+    with pytest.raises(ValueError, match="plan was built for a different ptr"):
+        segment_scan(x, ptr, "sum", plan=scan_plan)
+
+
+def test_fractional_identity_on_integer_rows_is_refused():
+    # a callable combine may run on integer rows; a Python identity that the dtype cannot hold
+    # must raise instead of being truncated (0.5 -> 0)
+    x = torch.tensor([[3], [4]], device=DEVICE)
+    ptr = torch.tensor([0, 0, 2], device=DEVICE)
+    with pytest.raises(ValueError, match="identity"):
+        segment_tree_reduce(x, ptr, lambda a, b: a + b, identity=0.5)
+    out = segment_tree_reduce(x, ptr, lambda a, b: a + b, identity=2.0)  # integral: exact
+    assert out.flatten().tolist() == [2, 7]
+
+
 def test_plan_levels_by_hand():
     # lengths 3, 0, 1, 5: level 0 finishes nothing (3 -> 2, 5 -> 3); level 1 finishes the
     # 3-segment; level 2 finishes the 5-segment
