@@ -218,15 +218,21 @@ def test_recorded_command_under_torchrun_reproduces_the_run(monkeypatch):
     assert runner_module._command() == "graphseq submit fake-graph"
 
 
-def test_submit_refuses_seeds_of_different_world_sizes(monkeypatch, tmp_path):
+def _seed0_as_if_from_torchrun(monkeypatch):
+    """The runner's fit records world size 2 for seed 0 (as a torchrun run would) and 1 for
+    the others."""
     real_fit = runner_module.fit
 
     def fit(task, cfg, seed_dir, **kw):
         r = dict(real_fit(task, cfg, seed_dir, **kw))
-        r["world_size"] = 2 if cfg.seed == 0 else 1  # seed 0 as if from a torchrun run
+        r["world_size"] = 2 if cfg.seed == 0 else 1
         return r
 
     monkeypatch.setattr(runner_module, "fit", fit)
+
+
+def test_submit_refuses_seeds_of_different_world_sizes(monkeypatch, tmp_path):
+    _seed0_as_if_from_torchrun(monkeypatch)
     with pytest.raises(ValueError, match=r"different numbers of processes \{0: 2, 1: 1\}"):
         runner_module.submit(
             "fake-graph", "gin", seeds=2, out_dir=tmp_path, log=lambda *a: None, epochs=1,
@@ -238,14 +244,7 @@ def test_run_says_when_its_seeds_ran_with_different_world_sizes(monkeypatch, tmp
     """`graphseq run` rerun under torchrun skipped a seed finished by one process and averaged
     it with the new seeds (twice the effective batch) without a word; summary.json did not
     record the world sizes."""
-    real_fit = runner_module.fit
-
-    def fit(task, cfg, seed_dir, **kw):
-        r = dict(real_fit(task, cfg, seed_dir, **kw))
-        r["world_size"] = 2 if cfg.seed == 0 else 1  # seed 0 as if from a torchrun run
-        return r
-
-    monkeypatch.setattr(runner_module, "fit", fit)
+    _seed0_as_if_from_torchrun(monkeypatch)
     said = []
     _, summary = runner_module.run_benchmark(
         "fake-graph", "gin", seeds=2, out_dir=tmp_path, log=said.append, epochs=1,

@@ -296,7 +296,7 @@ def submit(
         benchmark, model, seeds=seeds, out_dir=out_dir, log=log, **kwargs
     )
     first = results[0]
-    worlds = {int(r.get("seed", i)): int(r.get("world_size") or 1) for i, r in enumerate(results)}
+    worlds = summary["world_sizes"]
     if len(set(worlds.values())) > 1:  # the digest leaves the world size out: check it here
         raise ValueError(
             f"submit: the seeds ran with different numbers of processes {worlds} (the "

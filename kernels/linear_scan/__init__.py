@@ -40,7 +40,10 @@ class _LinearScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, h0, reverse, cu_seqlens, core):
         if cu_seqlens is not None:
-            b = _fold_h0(a, b, h0, reverse, cu_seqlens)
+            if h0 is not None:
+                b = _fold_h0(a, b, h0, reverse, cu_seqlens)
+            elif core is _torch_core:  # its resets start a sequence from b alone (Triton's do not)
+                b = _zero_carry(a, b, _first_steps(cu_seqlens, reverse)[0])
             h = core(a, b, None, reverse, cu_seqlens)
         else:
             h = core(a, b, h0, reverse, None)
@@ -111,12 +114,10 @@ def _first_steps(cu_seqlens: torch.Tensor, reverse: bool) -> tuple[torch.Tensor,
 
 
 def _fold_h0(a, b, h0, reverse, cu_seqlens):
-    """Fold each sequence's ``h0`` into ``b`` at its first step (``b + a * h0``; ``b + a * 0``
-    without ``h0``, see :func:`_zero_carry`). Only once: a second ``a * 0`` after ``a * h0``
-    would turn an infinite gate's ``inf`` state into NaN."""
+    """Fold each sequence's ``h0`` into ``b`` at its first step (``b + a * h0``). The zero
+    carry of :func:`_zero_carry` is for sequences without ``h0`` only: a second ``a * 0`` after
+    ``a * h0`` would turn an infinite gate's ``inf`` state into NaN."""
     first, nonempty = _first_steps(cu_seqlens, reverse)
-    if h0 is None:
-        return _zero_carry(a, b, first)
     if first.numel() > 0:
         b = b.clone()
         b[0, first] += a[0, first] * h0[nonempty]
@@ -128,7 +129,9 @@ def _zero_carry(a, b, first):
 
     The torch core starts a sequence without ``h0`` (and every packed sequence, ``h0`` being
     folded into ``b``) from ``b`` alone, so a NaN or infinite gate there vanished although the
-    loop's ``nan * 0`` / ``inf * 0`` makes that state NaN. Only such gates change ``b``.
+    loop's ``nan * 0`` / ``inf * 0`` makes that state NaN. Only such gates change ``b``. The
+    check syncs with the device, so only the torch core pays it: the Triton kernel carries the
+    zero state itself.
     """
     a_first = a[:, first]
     if bool(torch.isfinite(a_first).all()):
@@ -143,7 +146,7 @@ def _torch_core(a, b, h0, reverse, cu_seqlens):
     if cu_seqlens is not None:
         first, _ = _first_steps(cu_seqlens, reverse)
         resets = torch.zeros(a.shape[1], dtype=torch.bool, device=a.device)
-        resets[first] = True  # b already holds a * h0 (or a * 0) there, see _fold_h0
+        resets[first] = True  # b already holds a * h0 (or a * 0) there, see forward
     elif h0 is None:
         b = _zero_carry(a, b, [a.shape[1] - 1 if reverse else 0])
     return blelloch.scan(a, b, h0, reverse, resets)

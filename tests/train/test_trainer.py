@@ -38,6 +38,20 @@ def fake_node():
     return get_benchmark("fake-node").load(None, None)
 
 
+def _kill_at(monkeypatch, epoch: int):
+    """Make training die (KeyboardInterrupt) at the start of ``epoch``; returns a function
+    that restores the real epoch."""
+    real_epoch = trainer_module._train_epoch_graph
+
+    def dies(task, model, optimizer, sampler, config, env, e):
+        if e == epoch:
+            raise KeyboardInterrupt
+        return real_epoch(task, model, optimizer, sampler, config, env, e)
+
+    monkeypatch.setattr(trainer_module, "_train_epoch_graph", dies)
+    return lambda: monkeypatch.setattr(trainer_module, "_train_epoch_graph", real_epoch)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     threads = torch.get_num_threads()
@@ -80,19 +94,12 @@ def test_kill_and_resume_gives_the_same_run(fake_graph, tmp_path, monkeypatch):
     # a dropout-free model would not notice
     cfg = _config(epochs=5, model_args={**SMALL, "dropout": 0.5})
     full = fit(fake_graph, cfg, tmp_path / "full")
-    real_epoch = trainer_module._train_epoch_graph
-
-    def dies_at_epoch_4(task, model, optimizer, sampler, config, env, epoch):
-        if epoch == 4:
-            raise KeyboardInterrupt
-        return real_epoch(task, model, optimizer, sampler, config, env, epoch)
-
-    monkeypatch.setattr(trainer_module, "_train_epoch_graph", dies_at_epoch_4)
+    revive = _kill_at(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         fit(fake_graph, cfg, tmp_path / "killed")
     assert not (tmp_path / "killed" / "results.json").exists()
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 3
-    monkeypatch.setattr(trainer_module, "_train_epoch_graph", real_epoch)
+    revive()
     resumed = fit(fake_graph, cfg, tmp_path / "killed")
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
     for a, b in zip(full["history"], resumed["history"], strict=True):
@@ -218,17 +225,10 @@ def test_a_checkpoint_of_another_world_size_is_refused(fake_graph, tmp_path, mon
     mix two effective batch sizes in one result that records only the last world size."""
     from graphseq.train.distributed import DistEnv
 
-    real_epoch = trainer_module._train_epoch_graph
-
-    def dies_at_epoch_3(task, model, optimizer, sampler, config, env, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real_epoch(task, model, optimizer, sampler, config, env, epoch)
-
-    monkeypatch.setattr(trainer_module, "_train_epoch_graph", dies_at_epoch_3)
+    revive = _kill_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         fit(fake_graph, _config(), tmp_path)
-    monkeypatch.setattr(trainer_module, "_train_epoch_graph", real_epoch)
+    revive()
     assert load_checkpoint(tmp_path / "checkpoint.pt")["world_size"] == 1
     before = (tmp_path / "checkpoint.pt").read_bytes()
     two = DistEnv(rank=0, world_size=2)  # refused on loading, before any process group is used
@@ -637,19 +637,12 @@ def test_resume_keeps_the_early_stopping_count(fake_graph, tmp_path, monkeypatch
     monkeypatch.setattr(trainer_module, "_evaluate_graph", scripted(1))
     full = fit(fake_graph, cfg, tmp_path / "full")
     assert full["stopped_early"] and full["epochs_run"] == 3 and full["best_epoch"] == 1
-    real_epoch = trainer_module._train_epoch_graph
-
-    def dies_at_epoch_3(task, model, optimizer, sampler, config, env, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return real_epoch(task, model, optimizer, sampler, config, env, epoch)
-
-    monkeypatch.setattr(trainer_module, "_train_epoch_graph", dies_at_epoch_3)
+    revive = _kill_at(monkeypatch, 3)
     monkeypatch.setattr(trainer_module, "_evaluate_graph", scripted(1))
     with pytest.raises(KeyboardInterrupt):
         fit(fake_graph, cfg, tmp_path / "killed")
     assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["bad_epochs"] == 1
-    monkeypatch.setattr(trainer_module, "_train_epoch_graph", real_epoch)
+    revive()
     monkeypatch.setattr(trainer_module, "_evaluate_graph", scripted(3))
     resumed = fit(fake_graph, cfg, tmp_path / "killed")
     assert (resumed["stopped_early"], resumed["epochs_run"], resumed["best_epoch"]) == (True, 3, 1)
