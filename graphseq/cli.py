@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -108,7 +109,7 @@ def _cmd_list() -> int:
         star = "*" if b.name == DEFAULT_BENCHMARK else " "
         note = f"  [needs {', '.join(missing)}: pip install 'graphseq[chem]']" if missing else ""
         print(f" {star}{b.name:<{w}}  {b.level:<5}  {b.metric:<6}  {b.description}{note}")
-        print(f"  {'':<{w}}  data: {b.data}")
+        print(f"  {'':<{w}}  data: {b.data}; models: {', '.join(b.models()) or 'none'}")
     print("(* the default of `graphseq run`)\n\nModels:")
     models = list_models()
     w = max(len(m.name) for m in models)
@@ -148,8 +149,6 @@ def _run(args: argparse.Namespace, submit: bool) -> int:
     )  # fmt: skip
     if submit:
         sub = submit_fn(args.benchmark, args.model, seeds=args.seeds, **kwargs)
-        import os
-
         if int(os.environ.get("RANK", "0")) == 0:
             folder = f"{args.out}/{args.benchmark}/{args.model}"
             from graphseq.train.runner import _fmt
@@ -163,8 +162,6 @@ def _run(args: argparse.Namespace, submit: bool) -> int:
             )
         return 0
     results, summary = run_benchmark(args.benchmark, args.model, seeds=args.seeds, **kwargs)
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         print()
         print(format_table(results, summary))
@@ -185,6 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, ImportError, FileNotFoundError) as err:
         print(f"graphseq: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left (`graphseq list | head`): not a folder problem
+        # Python flushes stdout again at exit; point it at devnull so that flush is silent.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file descriptor (captured, replaced)
+            pass
+        return 141
     except OSError as err:  # a folder that cannot be written: read-only, not ours, a file
         print(
             f"graphseq: error: {err}; choose writable folders with --out and --cache-dir "

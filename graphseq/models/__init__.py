@@ -10,7 +10,10 @@ only ``torch``, ``torch_geometric`` and :mod:`graphseq.nn`. A new family plugs i
     def lcm_gin(spec: InputSpec, hidden: int = 300, layers: int = 5, dropout: float = 0.5):
         ...  # return a torch.nn.Module whose forward(batch) gives [num_graphs, spec.out_dim]
 
-and is then available as ``graphseq run BENCHMARK --model lcm-gin``.
+and is then available as ``graphseq run BENCHMARK --model lcm-gin``. A model that embeds only
+dense features, or reads the GSM tokens, says so (``node_features=("dense",)``,
+``tokenized=True``): ``graphseq list`` then shows it only under the benchmarks it runs on, and
+``graphseq run`` refuses other pairings before it loads any data.
 """
 
 from graphseq.models import gsm as _gsm  # noqa: F401  (registers gsm, gsm++, gps, gat, sage)

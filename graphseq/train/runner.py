@@ -148,6 +148,12 @@ def run_benchmark(
             "'node'), so a batch size does not apply; leave it unset"
         )
     entry = get_model(model)
+    why = bench.incompatibility(model)
+    if why is not None:
+        raise ValueError(
+            f"model {model!r} cannot run on benchmark {benchmark!r}: {why}; models that run "
+            f"on {benchmark!r}: {', '.join(bench.models()) or 'none registered'}"
+        )
     d = bench.defaults
     if seeds is None:
         seeds = int(d.get("seeds", 1))
@@ -189,6 +195,7 @@ def run_benchmark(
         t0 = time.perf_counter()
         with env.main_first():  # rank 0 builds the dataset cache, the others then read it
             task = bench.load(data_dir, cache_dir)
+        bench.check_task(task)
         say(
             f"{benchmark}: {task.task_type}, metric {task.metric}, sizes "
             + "/".join(str(v) for v in task.info.get("sizes", {}).values())

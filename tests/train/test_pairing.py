@@ -1,0 +1,125 @@
+"""Which models run on which benchmarks: declared at registration, shown by ``graphseq list``,
+checked by ``graphseq run`` before any data loads, and true of the models themselves."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch_geometric.loader import DataLoader
+
+from graphseq import cli
+from graphseq.models import build_model, get_model, register_model
+from graphseq.train import benchmarks as benchmarks_module
+from graphseq.train import run_benchmark
+from graphseq.train.benchmarks import get_benchmark
+from graphseq.train.benchmarks_gsm import graph_tasks_task, sbm_task
+
+BUILT_IN = ("gat", "gin", "gin-vn", "gps", "gsm", "gsm++", "plstm", "sage")
+
+
+def _small_task(name):
+    """The benchmark's own task where it is quick to load, else the same loader at a few graphs."""
+    if name == "pattern-small":
+        return sbm_task("pattern", (4, 2, 2))
+    if name.startswith("graph-"):
+        return graph_tasks_task(name[len("graph-") :], (4, 2, 2))
+    return get_benchmark(name).load(None, None)
+
+
+@pytest.mark.parametrize(
+    "name", ["fake-graph", "fake-node", "chembl2321810", "pattern-small", "graph-node_degree",
+             "graph-cycle_check"],
+)  # fmt: skip
+def test_the_models_a_benchmark_lists_run_on_it_and_the_others_refuse(name):
+    pytest.importorskip("rdkit")
+    bench = get_benchmark(name)
+    task = _small_task(name)
+    bench.check_task(task)  # the registration says what the loader returns
+    runs = set(bench.models())
+    if task.level == "graph":
+        batch = next(iter(DataLoader(task.splits["train"][:3], batch_size=3)))
+        rows = batch.num_graphs if task.spec.level == "graph" else batch.num_nodes
+    else:
+        batch, rows = task.graph, task.graph.num_nodes
+    for model in BUILT_IN:
+        if model in runs:
+            net = build_model(model, task.spec, hidden=16, layers=1).eval()
+            with torch.no_grad():
+                assert net(batch).shape == (rows, task.spec.out_dim), model
+        else:
+            with pytest.raises(ValueError):
+                build_model(model, task.spec, hidden=16, layers=1).eval()(batch)
+    assert runs & set(BUILT_IN), name
+
+
+def test_molecular_and_untokenized_benchmarks_exclude_the_models_that_cannot_run():
+    assert set(get_benchmark("ogbg-molhiv").models()) & set(BUILT_IN) == {"gin", "gin-vn", "plstm"}
+    assert set(get_benchmark("fake-graph").models()) & set(BUILT_IN) == (
+        set(BUILT_IN) - {"gsm", "gsm++"}
+    )
+    assert set(get_benchmark("pattern-small").models()) >= set(BUILT_IN)
+
+
+@pytest.mark.parametrize(
+    "benchmark, model, reason",
+    [
+        ("ogbg-molesol", "gsm", "takes dense node features, not 'ogb-atom'"),
+        ("ogbg-molesol", "gat", "takes dense node features, not 'ogb-atom'"),
+        ("fake-graph", "gsm++", "reads the GSM tokens"),
+    ],
+)
+def test_run_refuses_a_pairing_before_loading_and_names_the_models_that_fit(
+    benchmark, model, reason, monkeypatch, tmp_path
+):
+    def no_load(*a, **k):
+        raise AssertionError("the data was loaded")
+
+    registry = benchmarks_module._BENCHMARKS
+    monkeypatch.setitem(registry, benchmark, replace(registry[benchmark], load=no_load))
+    with pytest.raises(ValueError, match=rf"cannot run on benchmark '{benchmark}': it {reason}"):
+        run_benchmark(benchmark, model, epochs=1, seeds=1, out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"models that run on .*gin, gin-vn"):
+        run_benchmark(benchmark, model, epochs=1, seeds=1, out_dir=tmp_path, progress=False)
+
+
+def test_cli_list_and_run_show_the_pairing(capsys, tmp_path):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "moleculenet/hiv.csv" in x)
+    assert "models: gin, gin-vn, plstm" in line
+    argv = ["run", "fake-graph", "--model", "gsm", "--out", str(tmp_path), "--epochs", "1"]
+    assert cli.main(argv) == 2
+    assert "reads the GSM tokens" in capsys.readouterr().err
+
+
+def test_a_loader_that_contradicts_its_registration_is_refused():
+    bench = get_benchmark("fake-graph")
+    task = bench.load(None, None)
+    wrong = replace(bench, node_features="ogb-atom")
+    with pytest.raises(RuntimeError, match="registered with node_features='ogb-atom'"):
+        wrong.check_task(task)
+
+
+def test_register_model_checks_the_data_it_declares():
+    for bad in ("dense", (), ("dense", "onehot")):
+        with pytest.raises(ValueError, match="node_features must be a non-empty tuple"):
+            register_model("test-bad-features", node_features=bad)
+    with pytest.raises(TypeError, match="tokenized must be a bool"):
+        register_model("test-bad-tokens", tokenized=1)
+    entry = get_model("gsm")
+    assert entry.incompatibility("graph", "dense", True) is None
+    assert "predicts at graph/node level" in get_model("gin").incompatibility(
+        "edge", "dense", False
+    )
+
+
+def test_a_closed_pipe_ends_list_quietly(monkeypatch, capsys):
+    def closed(*a, **k):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_cmd_list", closed)
+    monkeypatch.setattr(cli.os, "dup2", lambda *a: None)  # keep pytest's captured stdout
+    assert cli.main(["list"]) == 141
+    assert "writable folders" not in capsys.readouterr().err
