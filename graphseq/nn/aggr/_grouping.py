@@ -16,6 +16,7 @@ Every error is a ``ValueError``/``TypeError`` that names the aggregation and the
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -87,14 +88,16 @@ def check_input(
     ptr: object,
     dim_size: object,
     dim: object,
-) -> None:
-    """Validate the arguments of ``Aggregation.forward`` (after PyG's ``__call__``)."""
+) -> int:
+    """Validate the arguments of ``Aggregation.forward`` (after PyG's ``__call__``); returns
+    ``dim_size`` as a Python int (a numpy integer is taken too)."""
     check_x(name, x)
     if dim not in (0, -2):
         raise ValueError(f"{name}: dim must be 0 or -2 (the element dimension), got {dim!r}")
-    if isinstance(dim_size, bool) or not isinstance(dim_size, int) or dim_size < 0:
+    if isinstance(dim_size, bool) or not isinstance(dim_size, numbers.Integral) or dim_size < 0:
         raise ValueError(f"{name}: dim_size must be a non-negative int, got {dim_size!r}")
     check_groups(name, x, index, ptr)
+    return int(dim_size)
 
 
 def check_call(name: str, x: object, index: object, ptr: object) -> None:

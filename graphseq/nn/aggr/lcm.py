@@ -402,7 +402,7 @@ class LCMAggregation(Aggregation):
                 (default: ``None``, built on the fly)
         """
         name = type(self).__name__
-        check_input(name, x, index, ptr, dim_size, dim)
+        dim_size = check_input(name, x, index, ptr, dim_size, dim)
         h = self._project(x)  # [E, C]
         grouped = group(name, h, index, ptr, dim_size, max_num_elements)
         if self.shuffle and self.training:

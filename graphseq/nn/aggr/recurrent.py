@@ -324,7 +324,7 @@ class RecurrentAggregation(Aggregation):
                 group raises ``ValueError`` (never truncated). (default: ``None``)
         """
         name = type(self).__name__
-        check_input(name, x, index, ptr, dim_size, dim)
+        dim_size = check_input(name, x, index, ptr, dim_size, dim)
         self._check_matches_layer(name, x)
         grouped = self._prepare(group(name, x, index, ptr, dim_size, max_num_elements))
         return self._final_states(grouped.x, grouped.ptr)[0][-1]  # last layer's h, [N, C]

@@ -293,3 +293,18 @@ def test_empty_batch_backpropagates(cell):
     assert torch.equal(out, torch.zeros(2, 4))
     out.sum().backward()
     assert x.grad is not None and x.grad.shape == (0, 3)
+
+
+def test_dim_size_takes_numpy_integers_and_refuses_other_numbers():
+    import numpy as np
+
+    from graphseq.nn.aggr import LCMAggregation
+
+    x = torch.randn(5, 4)
+    index = torch.tensor([0, 0, 1, 2, 2])
+    for aggr in (LCMAggregation(4, 4), RecurrentAggregation(4, 4)):
+        want = aggr(x, index, dim_size=4)
+        assert torch.equal(aggr(x, index, dim_size=np.int64(4)), want)
+        for bad in (np.float64(4), 4.0, -1, True):
+            with pytest.raises(ValueError, match="dim_size must be a non-negative int"):
+                aggr(x, index, dim_size=bad)
