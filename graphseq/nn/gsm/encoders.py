@@ -67,7 +67,9 @@ def mean_adjacency(
     CPU); build it once per forward, in the node features' ``dtype``, for every layer."""
     from torch_geometric.utils import to_torch_csr_tensor
 
-    source, target = edge_index
+    # int64 keys: target * num_nodes overflows int32 above 46,341 nodes, and rows out of order
+    # under is_coalesced=True put neighbours on the wrong rows
+    source, target = edge_index.long()
     order = torch.argsort(target * max(num_nodes, 1) + source)  # by row; duplicates stay apart
     adj_t = torch.stack([target[order], source[order]])
     value = torch.ones(edge_index.size(1), dtype=dtype, device=edge_index.device)

@@ -135,6 +135,12 @@ def _check_edge_index_form(op: str, edge_index: object) -> None:
     """Type, dtype and shape of ``edge_index`` (no host sync; the range check needs one)."""
     if not isinstance(edge_index, Tensor):
         raise TypeError(f"{op}: edge_index must be a torch.Tensor, got {type(edge_index).__name__}")
+    if edge_index.layout != torch.strided:
+        raise TypeError(
+            f"{op}: edge_index must be a dense [2, E] integer tensor; a sparse adjacency "
+            f"({edge_index.layout}) is not supported, pass its indices (e.g. "
+            "torch_geometric.utils.to_edge_index(adj)[0])"
+        )
     if edge_index.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"{op}: edge_index must be an int32/int64 tensor, got {edge_index.dtype}")
     if edge_index.dim() != 2 or edge_index.shape[0] != 2:
@@ -1822,8 +1828,8 @@ class PLSTMGraph(torch.nn.Module):
             raise TypeError(f"{cls}: x must be a floating-point tensor, got {x.dtype}")
         check_matches_parameters(cls, "x", x, self.out_proj.weight)
         N = x.shape[0]
+        _check_edge_index_form(cls, edge_index)  # named after the layer, not orient_edges
         if self.edge_dim is not None:
-            _check_edge_index_form(cls, edge_index)  # its width is read below
             if edge_attr is None:
                 raise ValueError(f"{cls}: built with edge_dim={self.edge_dim}; pass edge_attr")
             if not isinstance(edge_attr, Tensor) or tuple(edge_attr.shape) != (

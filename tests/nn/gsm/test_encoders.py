@@ -219,6 +219,20 @@ def test_sage_local_encoder_is_the_prenorm_sage_block():
     assert torch.autograd.gradcheck(lambda t: enc(t, mean_adjacency(ei, 6, torch.float64)), (x,))
 
 
+def test_mean_adjacency_of_an_int32_edge_index_above_46341_nodes():
+    """The row key target * num_nodes + source must not overflow int32 (a wrong row order
+    under is_coalesced=True puts neighbours on other rows)."""
+    from torch_geometric.utils import spmm
+
+    n = 50_000
+    ei = torch.tensor([[0, 1, 2, 3], [49_999, 49_998, 5, 49_999]])
+    x = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    want = spmm(mean_adjacency(ei, n), x, reduce="mean")
+    got = spmm(mean_adjacency(ei.int(), n), x, reduce="mean")
+    torch.testing.assert_close(got, want)
+    assert got[[5, 49_998, 49_999], 0].tolist() == [2.0, 1.0, 1.5]
+
+
 def test_sage_local_encoder_takes_a_sparse_adjacency_after_a_module_aggregation(tmp_path):
     """PyG 2.8 renders SAGEConv's propagate once per process with the first instance's fuse
     flag; after a SAGEConv with graphseq's LCM aggregation (not fusable) PyG's own SAGEConv

@@ -452,6 +452,23 @@ def test_bad_arguments_and_repr():
     assert p.source.weight.abs().sum() == 0 and p.source.bias[0] == -4.0
 
 
+def test_a_sparse_adjacency_is_refused_by_name():
+    """PyG's adj_t convention is not supported: say so, under the layer's name (a float
+    adjacency was blamed on its dtype by orient_edges, an integer one crashed in aten::min)."""
+    x = torch.randn(2, 4)
+    ei = torch.tensor([[0, 1], [1, 0]])
+    conv = PLSTMGraph(4, 8, heads=2)
+    for adj in (
+        torch.sparse_coo_tensor(ei, torch.ones(2), (2, 2)),
+        torch.sparse_coo_tensor(ei, torch.ones(2), (2, 2)).to_sparse_csr(),
+        torch.sparse_coo_tensor(ei, torch.ones(2, dtype=torch.long), (2, 2)),
+    ):
+        with pytest.raises(TypeError, match=r"PLSTMGraph: edge_index .* sparse adjacency"):
+            conv(x, adj)
+    with pytest.raises(TypeError, match=r"^PLSTMGraph: edge_index must be an int32/int64"):
+        conv(x, ei.float())
+
+
 def test_docstring_example_runs():
     import doctest
 
