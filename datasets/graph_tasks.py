@@ -34,6 +34,8 @@ directions) and ``y``; ``task_info(task)`` gives the level, task type, output wi
 
 from __future__ import annotations
 
+import math
+
 import networkx as nx
 import numpy as np
 import torch
@@ -55,9 +57,12 @@ GRAPH_TASKS = (
 
 
 def exact_match(y_true: Tensor, y_pred: Tensor) -> float:
-    """Fraction of rows whose rounded predictions equal the targets in every column."""
+    """Fraction of rows whose rounded predictions equal the targets in every column; NaN if a
+    prediction is NaN (a diverged model is unscored, as in :mod:`graphseq.train.metrics`)."""
     y_true = y_true.reshape(len(y_true), -1)
     y_pred = y_pred.reshape(len(y_true), -1)
+    if torch.isnan(y_pred).any():
+        return math.nan
     return float((y_pred.round() == y_true.round()).all(1).double().mean())
 
 

@@ -61,8 +61,16 @@ def _binary_auc(y: Tensor, s: Tensor) -> float:
 
 def rocauc(y_true: Tensor, y_pred: Tensor) -> float:
     """ROC-AUC per task with both classes present, averaged over tasks (as OGB); NaN if a
-    labelled entry's prediction is NaN (a ranking would place NaN silently)."""
+    labelled entry's prediction is NaN (a ranking would place NaN silently). Labels other than
+    0, 1 and NaN raise ``ValueError`` (they were thresholded at 0.5)."""
     y_true, y_pred = _columns("rocauc", y_true, y_pred)
+    labels = y_true[~torch.isnan(y_true)]
+    odd = labels[(labels != 0) & (labels != 1)]
+    if odd.numel():
+        raise ValueError(
+            "rocauc: y_true must hold binary labels 0 / 1 (NaN = missing), as OGB's "
+            f"Evaluator; got {sorted(set(odd.unique()[:5].tolist()))}"
+        )
     values = []
     for t in range(y_true.size(1)):
         ok = ~torch.isnan(y_true[:, t])
@@ -91,8 +99,11 @@ def _class_scores(name: str, y_true: Tensor, y_pred: Tensor) -> tuple[Tensor, Te
 
 def accuracy(y_true: Tensor, y_pred: Tensor) -> float:
     """Multi-class accuracy: ``y_pred`` are ``[N, C]`` scores (C >= 2), ``y_true`` ``[N]`` class
-    ids; other shapes raise ``ValueError``."""
+    ids; other shapes raise ``ValueError``. NaN if any score is NaN (argmax would pick the NaN
+    column: an all-NaN model scored the share of class 0)."""
     y, y_pred = _class_scores("accuracy", y_true, y_pred)
+    if torch.isnan(y_pred).any():
+        return math.nan
     return float((y_pred.argmax(-1) == y).double().mean())
 
 
@@ -100,8 +111,10 @@ def accuracy_sbm(y_true: Tensor, y_pred: Tensor) -> float:
     """Class-balanced accuracy: the mean over classes present in ``y_true`` of the fraction of
     that class predicted correctly (Benchmarking-GNNs' ``accuracy_SBM`` for PATTERN / CLUSTER,
     there reported in percent). ``y_pred`` are ``[N, C]`` scores (C >= 2), ``y_true`` ``[N]``
-    ids; other shapes raise ``ValueError``."""
+    ids; other shapes raise ``ValueError``. NaN if any score is NaN, as :func:`accuracy`."""
     y, y_pred = _class_scores("accuracy_sbm", y_true, y_pred)
+    if torch.isnan(y_pred).any():
+        return math.nan
     hit = (y_pred.argmax(-1) == y).double()
     classes = torch.unique(y)
     if classes.numel() == 0:
@@ -131,7 +144,10 @@ def make_evaluator(metric: str, ogb_name: str | None = None) -> Callable[[Tensor
             y_true, y_pred = y_true.reshape(shape).cpu(), y_pred.reshape(shape).cpu()
             if y_true.shape == y_pred.shape and torch.isnan(y_pred[~torch.isnan(y_true)]).any():
                 return math.nan  # scikit-learn's roc_auc_score would raise "Input contains NaN"
-            return float(evaluator.eval({"y_true": y_true, "y_pred": y_pred})[metric])
+            try:
+                return float(evaluator.eval({"y_true": y_true, "y_pred": y_pred})[metric])
+            except RuntimeError as err:  # e.g. no task with both classes: as the local rocauc
+                raise ValueError(f"{ogb_name} {metric}: {err}") from err
 
         return evaluate
     if metric not in _LOCAL:

@@ -293,8 +293,8 @@ def submit(
     Runs seeds ``0..seeds-1`` with the benchmark's OGB settings (override with the keyword
     arguments of :func:`run_benchmark`), then writes ``<out_dir>/<benchmark>/<model>/
     submission.json`` and ``submission.md``: valid and test mean ± std (sample standard
-    deviation over seeds; test at the best validation epoch), parameter count, hardware, the
-    exact command and per-seed results.
+    deviation over seeds; test at the best validation epoch), parameter count, the data source
+    and OGB version, hardware, the exact command and per-seed results.
     """
     if seeds < 1:
         raise ValueError(f"submit: seeds must be >= 1, got {seeds}")
@@ -312,6 +312,15 @@ def submit(
         )
     world = int(first.get("world_size") or 1)
     n_in = len(summary["seeds_in_mean"])
+    # what OGB's form asks besides the scores: the OGB version; and where the graphs came
+    # from (an OGB download, or a MoleculeNet CSV rebuilt with graphseq's scaffold split)
+    sources = sorted({str((r.get("task") or {}).get("source")) for r in results})
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        ogb_version = version("ogb")
+    except PackageNotFoundError:
+        ogb_version = None
     batch = first["config"].get("batch_size")
     sub = {
         "dataset": benchmark,
@@ -332,6 +341,8 @@ def submit(
         "valid_mean": summary["valid_mean"],
         "valid_std": summary["valid_std"],
         "num_parameters": summary["num_parameters"],
+        "data": sources[0] if len(sources) == 1 else sources,
+        "ogb_version": ogb_version,
         "hardware": summary["machine"],
         "command": command,
         "settings": first["config"],
@@ -356,6 +367,7 @@ def submit(
         f"({hw.get('cpu_count')} cores) |\n\n"
         f"Protocol: {sub['protocol']}. Total wall time {sub['total_wall_time_s']:.0f} s "
         f"({_fmt(sub['mean_epoch_time_s'], 2)} s per epoch).\n\n"
+        f"Data: {sub['data']}; OGB {sub['ogb_version'] or 'not installed'}.\n\n"
         f"Command: `{command}`\n\nCommit: `{sub['git_commit']}`\n\n"
         + format_table(results, summary).replace("\n", "\n    ").join(["    ", "\n"])
     )

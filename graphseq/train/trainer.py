@@ -46,6 +46,8 @@ from graphseq.train.io import (
 __all__ = ["TrainConfig", "count_parameters", "fit", "seed_everything"]
 
 _CKPT_FORMAT = 1
+#: what a finished results file must hold for run_benchmark / summarize / submit
+_RESULT_KEYS = ("seed", "best_epoch", "best", "config")
 
 
 @dataclass
@@ -227,10 +229,18 @@ def _evaluate_graph(task: Task, model, split: str, config: TrainConfig, env: Dis
             per_graph[i] = (gy, gp)
     order = sorted(per_graph)
     if not order:
-        return task.evaluate(torch.empty(0), torch.empty(0))
+        return _score(task, split, torch.empty(0), torch.empty(0))
     y = torch.cat([per_graph[i][0] for i in order])
     p = torch.cat([per_graph[i][1] for i in order])
-    return task.evaluate(y, p)
+    return _score(task, split, y, p)
+
+
+def _score(task: Task, split: str, y: Tensor, p: Tensor) -> float:
+    """``task.evaluate``; a split it cannot score (one class only) is named in the error."""
+    try:
+        return task.evaluate(y, p)
+    except ValueError as err:
+        raise ValueError(f"{task.name}: cannot score the {split} split: {err}") from err
 
 
 def _train_epoch_graph(task, model, optimizer, sampler, config, env, epoch) -> float:
@@ -273,7 +283,7 @@ def _evaluate_node(task, model, splits, env) -> dict[str, float]:
     scores = {}
     for split in splits:
         idx = task.splits[split].to(env.device)
-        scores[split] = task.evaluate(graph.y[idx].cpu(), out[idx].float().cpu())
+        scores[split] = _score(task, split, graph.y[idx].cpu(), out[idx].float().cpu())
     return scores
 
 
@@ -354,7 +364,13 @@ def fit(
                 results_path,
                 hint="Delete it to rerun this seed; other seeds' results are separate files.",
             )
-            if not isinstance(done, dict) or done.get("config_digest") != digest:
+            if not isinstance(done, dict) or "config_digest" not in done:
+                raise ResultsFileError(
+                    f"{results_path} is not a graphseq results file (a JSON object with "
+                    "'config_digest' was expected). It was left untouched. Delete it to rerun "
+                    "this seed; other seeds' results are separate files."
+                )
+            if done.get("config_digest") != digest:
                 if model_factory is None:  # a bad model argument is named, not blamed on the file
                     build_model(config.model, task.spec, **config.model_args)
                 raise ResultsFileError(
@@ -365,6 +381,13 @@ def fit(
             old_sizes = (done.get("task") or {}).get("sizes")
             _check_same_data(results_path, ResultsFileError, old_sizes, task)
             if done.get("status") == "finished":
+                lacking = [k for k in _RESULT_KEYS if k not in done]
+                if lacking:
+                    raise ResultsFileError(
+                        f"{results_path} is a finished run without {lacking}. It was left "
+                        "untouched. Delete it to rerun this seed; other seeds' results are "
+                        "separate files."
+                    )
                 return done
         return _fit(task, config, env, out, results_path, ckpt_path, digest, model_factory, extra)
     finally:

@@ -245,6 +245,21 @@ def test_corrupted_results_file_is_a_clear_error(fake_graph, tmp_path):
     assert (tmp_path / "results.json").read_text() == '{"status": "finis'
 
 
+def test_a_results_file_that_is_not_a_run_record_is_a_clear_error(fake_graph, tmp_path):
+    """Valid JSON that is not a complete run: a ResultsFileError naming the file (a finished
+    record without 'seed' reached the runner as a KeyError; null was 'other settings')."""
+    cfg = _config(epochs=1)
+    full = fit(fake_graph, cfg, tmp_path)
+    path = tmp_path / "results.json"
+    partial = {k: full[k] for k in ("status", "config_digest", "config")}
+    for content, match in ((partial, r"finished run without \['seed', 'best_epoch', 'best'\]"),
+                           (None, "is not a graphseq results file")):  # fmt: skip
+        path.write_text(json.dumps(content))
+        with pytest.raises(ResultsFileError, match=match):
+            fit(fake_graph, cfg, tmp_path)
+        assert json.loads(path.read_text()) == content
+
+
 def test_node_level_and_early_stopping(fake_node, tmp_path):
     cfg = _config(benchmark="fake-node", epochs=60, patience=2)
     r = fit(fake_node, cfg, None)
@@ -386,6 +401,33 @@ def test_a_nan_prediction_makes_the_score_nan_not_a_ranking():
     assert make_evaluator("rocauc", "ogbg-molhiv")(y, s_unlabelled_nan) == 1.0
 
 
+def test_a_nan_prediction_makes_accuracy_nan_and_never_the_best_epoch(fake_node):
+    """argmax of a NaN row is the NaN column, so an all-NaN (diverged) model scored the share
+    of class 0 and could become the best epoch; the metrics docstring promises NaN for every
+    metric."""
+    from graphseq.datasets.graph_tasks import exact_match
+    from graphseq.train.metrics import accuracy, accuracy_sbm
+
+    y = torch.tensor([0, 0, 0, 1])
+    nan = torch.full((4, 2), float("nan"))
+    assert math.isnan(accuracy(y, nan)) and math.isnan(accuracy_sbm(y, nan))
+    assert math.isnan(exact_match(torch.ones(2, 3), torch.full((2, 3), float("nan"))))
+
+    class Diverges(torch.nn.Module):  # epoch 1 never right, then NaN outputs
+        def __init__(self):
+            super().__init__()
+            self.w, self.evals = torch.nn.Parameter(torch.zeros(3)), 0
+
+        def forward(self, data):
+            self.evals += not self.training
+            out = self.w - torch.nn.functional.one_hot(data.y, 3).float()
+            return out * float("nan") if self.evals > 1 else out
+
+    r = fit(fake_node, _config(benchmark="fake-node", epochs=3), None, model_factory=Diverges)
+    assert all(math.isnan(h["valid_acc"]) for h in r["history"][1:])
+    assert r["best_epoch"] == 1
+
+
 def test_metrics_refuse_predictions_of_another_shape():
     """As OGB's Evaluator: a [N, 2] two-class output for [N] labels is not scored on its
     first column (which gave 1 - AUC), nor [N, 3] regression outputs on the first."""
@@ -399,6 +441,16 @@ def test_metrics_refuse_predictions_of_another_shape():
         rocauc(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.zeros(4))  # rows differ
     # [N] labels with [N, 1] predictions (and the reverse) are one task, as before
     assert rocauc(y, y.view(4, 1)) == 1.0 and rmse(y.view(4, 1), y) == 0.0
+
+
+def test_rocauc_refuses_labels_that_are_not_binary():
+    """Labels 0/1/2 or soft labels were thresholded at 0.5 into a silent score (OGB's
+    Evaluator refuses them); -0.0 and NaN (missing) stay valid."""
+    s = torch.tensor([[0.1], [0.9], [0.2], [0.3]])
+    for y in ([[0.0], [1.0], [2.0], [0.0]], [[0.0], [0.7], [0.2], [1.0]]):
+        with pytest.raises(ValueError, match="rocauc: y_true must hold binary labels"):
+            rocauc(torch.tensor(y), s)
+    assert rocauc(torch.tensor([[-0.0], [1.0], [float("nan")], [0.0]]), s) == 1.0
 
 
 def test_accuracy_refuses_predictions_that_are_not_class_scores():
@@ -419,6 +471,23 @@ def test_accuracy_refuses_predictions_that_are_not_class_scores():
                 fn(y, bad)
         scores = torch.stack([-y.float(), y.float()], 1)
         assert fn(y, scores) == 1.0 and fn(y.view(4, 1), scores) == 1.0
+
+
+def test_a_split_without_both_classes_is_a_value_error_naming_the_split(fake_graph):
+    """OGB's Evaluator raises RuntimeError on a split with one class (the CLI printed a
+    traceback); both evaluators raise ValueError, and fit names the split."""
+    from graphseq.train.metrics import make_evaluator
+
+    y, p = torch.zeros(3, 1), torch.rand(3, 1)
+    for evaluate in (make_evaluator("rocauc"), make_evaluator("rocauc", "ogbg-molbace")):
+        with pytest.raises(ValueError):
+            evaluate(y, p)
+    one_class = {k: [g.clone() for g in v] for k, v in fake_graph.splits.items()}
+    for g in one_class["valid"]:
+        g.y = torch.zeros_like(g.y)
+    task = replace(fake_graph, splits=one_class)
+    with pytest.raises(ValueError, match="fake-graph: cannot score the valid split: rocauc"):
+        fit(task, _config(epochs=1), None)
 
 
 def test_model_registry_lists_and_validates():
