@@ -148,6 +148,7 @@ class GPS(nn.Module):
             local,
         )
         self.pe, self.pe_dim, self.pool = pe, (pe_dim if pe else 0), pool
+        self.dropout, self.attn_dropout = dropout, attn_dropout
         self.encoder = nn.Linear(node_dim + (pe_dim if pe else 0), hidden)
         self.edge_encoder = nn.Linear(edge_dim, hidden) if edge_dim else None
         convs = []
@@ -205,7 +206,12 @@ class GPS(nn.Module):
         return (
             f"{type(self).__name__}(hidden={self.hidden}, layers={self.layers}, "
             f"heads={self.heads}, local={self.local!r}, pe={self.pe!r}, "
-            f"attn_type={self.attn_type!r})"
+            + (f"pe_dim={self.pe_dim}, " if self.pe else "")
+            + f"attn_type={self.attn_type!r}"
+            + (f", dropout={self.dropout}" if self.dropout else "")
+            + (f", attn_dropout={self.attn_dropout}" if self.attn_dropout != 0.5 else "")
+            + (f", pool={self.pool!r}" if self.pool != "mean" else "")
+            + ")"
         )
 
 
@@ -286,9 +292,10 @@ class GNNBaseline(nn.Module):
 
     def __repr__(self) -> str:
         sep = ", sep=True" if self.sep else ""
+        pool = f", pool={self.pool!r}" if self.pool != "mean" else ""
         return (
             f"{type(self).__name__}(conv={self.conv!r}, hidden={self.hidden}, "
-            f"layers={self.layers}, heads={self.heads}, dropout={self.dropout}{sep})"
+            f"layers={self.layers}, heads={self.heads}, dropout={self.dropout}{pool}{sep})"
         )
 
 

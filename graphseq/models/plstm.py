@@ -160,7 +160,9 @@ class PLSTMGraphNet(nn.Module):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(hidden={self.hidden}, layers={self.layers}, "
-            f"heads={self.heads}, dropout={self.dropout}, pool={self.pool!r})"
+            f"heads={self.heads}, dropout={self.dropout}, pool={self.pool!r}"
+            + ("" if self.mlp_ratio == 2 else f", mlp_ratio={self.mlp_ratio}")
+            + ")"
         )
 
 

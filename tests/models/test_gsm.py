@@ -158,3 +158,23 @@ def test_wrong_input_widths_are_named():
     # a vector x still counts as one column
     one = build_model("gps", InputSpec("graph", 2, "dense", node_dim=1), hidden=8)
     assert one(Batch.from_data_list([Data(x=torch.randn(3), edge_index=ei)])).shape == (1, 2)
+
+
+def test_repr_shows_every_non_default_argument():
+    """dropout, attn_dropout, pool and pe_dim change a model's outputs or parameters, so they
+    show in its repr when they are not the default."""
+    from graphseq.models.gsm import GPS, GNNBaseline
+    from graphseq.models.plstm import PLSTMGraphNet
+
+    spec = InputSpec("graph", 1, "dense", 4)
+    gps = repr(GPS(spec, hidden=8))
+    for kwargs in (dict(dropout=0.1), dict(attn_dropout=0.1), dict(pool="sum")):
+        assert repr(GPS(spec, hidden=8, **kwargs)) != gps, kwargs
+    assert repr(GPS(spec, hidden=8, pe="lap_pe", pe_dim=2)) != repr(
+        GPS(spec, hidden=8, pe="lap_pe", pe_dim=5)
+    )
+    assert repr(GNNBaseline(spec, pool="sum")) != repr(GNNBaseline(spec))
+    assert repr(GNNBaseline(spec, conv="gat", pool="sum", sep=True)).endswith(
+        "pool='sum', sep=True)"
+    )
+    assert repr(PLSTMGraphNet(spec, hidden=8, mlp_ratio=4)) != repr(PLSTMGraphNet(spec, hidden=8))

@@ -412,5 +412,7 @@ class RecurrentAggregation(Aggregation):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.in_channels}, {self.out_channels}, "
-            f"cell={self.cell!r}, order={self.order!r}, num_layers={self.num_layers})"
+            f"cell={self.cell!r}, order={self.order!r}, num_layers={self.num_layers}"
+            + ("" if self.bias else ", bias=False")
+            + ")"
         )

@@ -282,6 +282,8 @@ class LocalEncoder(nn.Module):
             extra += ", norm_sum=True"
         if self.conv_type == "gat":
             extra += f", heads={self.heads}, sep={self.sep}"
+        if self.dropout:
+            extra += f", dropout={self.dropout}"
         return (
             f"{type(self).__name__}({self.channels}, conv={self.conv_type!r}, "
             f"edge_dim={self.edge_dim}, norm={self.norm_type!r}{extra})"
@@ -376,7 +378,8 @@ class ScanLayer(nn.Module):
         return x + F.dropout(y, self.dropout, self.training)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.channels}, bidirectional={self.bidirectional})"
+        drop = f", dropout={self.dropout}" if self.dropout else ""
+        return f"{type(self).__name__}({self.channels}, bidirectional={self.bidirectional}{drop})"
 
 
 def _to_dense(x: Tensor, cu_seqlens: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -452,7 +455,9 @@ class AttentionLayer(nn.Module):
         return x + F.dropout(y, self.dropout, self.training)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.channels}, heads={self.heads})"
+        extra = f", dropout={self.dropout}" if self.dropout else ""
+        extra += f", attn_dropout={self.attn_dropout}" if self.attn_dropout else ""
+        return f"{type(self).__name__}({self.channels}, heads={self.heads}{extra})"
 
 
 class _FeedForward(nn.Module):
@@ -523,6 +528,8 @@ class SequenceEncoder(nn.Module):
                 f"{cls}: pattern must be a non-empty string of 'M' and 'T', got {pattern!r}"
             )
         self.channels, self.pattern = channels, pattern
+        self.heads, self.bidirectional = heads, bool(bidirectional)
+        self.dropout, self.attn_dropout = dropout, attn_dropout
         self.mixers = nn.ModuleList(
             ScanLayer(channels, bidirectional, dropout)
             if p == "M"
@@ -550,7 +557,12 @@ class SequenceEncoder(nn.Module):
         return x
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.channels}, pattern={self.pattern!r})"
+        extra = f", heads={self.heads}" if "T" in self.pattern and self.heads != 4 else ""
+        extra += ", bidirectional=False" if "M" in self.pattern and not self.bidirectional else ""
+        extra += f", dropout={self.dropout}" if self.dropout else ""
+        if "T" in self.pattern and self.attn_dropout:
+            extra += f", attn_dropout={self.attn_dropout}"
+        return f"{type(self).__name__}({self.channels}, pattern={self.pattern!r}{extra})"
 
 
 class HierarchicalPE(nn.Module):

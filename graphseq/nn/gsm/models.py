@@ -29,6 +29,8 @@ position (the node itself). Node outputs are returned in the original node order
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import global_add_pool, global_mean_pool
@@ -219,6 +221,18 @@ def _reset_children(module: nn.Module) -> None:
             child.reset_parameters()
         else:
             _reset_children(child)
+
+
+def _nondefault(model: nn.Module, cls: type, names: tuple[str, ...]) -> str:
+    """``", name=value"`` for every constructor argument of ``cls`` in ``names`` whose value
+    on ``model`` differs from the signature's default (for :meth:`__repr__`)."""
+    params = inspect.signature(cls.__init__).parameters
+    out = ""
+    for name in names:
+        value = getattr(model, name)
+        if value != params[name].default:
+            out += f", {name}={value!r}"
+    return out
 
 
 def _layers(module: nn.Module) -> tuple[nn.Module, ...]:
@@ -457,12 +471,14 @@ class GSM(_Base):
         return self.head(h)
 
     def __repr__(self) -> str:
-        pe = self._pe_repr()
+        # every argument that changes the parameters or the outputs, when not the default
+        extra = _nondefault(self, GSM, ("heads", "edge_dim", "hpe", "hpe_levels", "pool",
+                                        "dropout", "token_sizes"))  # fmt: skip
         return (
             f"{type(self).__name__}({self.in_channels}, {self.hidden}, {self.out_channels}, "
             f"tokenization={self.tokenization!r}, local={self.local!r}, "
             f"global_={self.global_!r}, layers={self.layers}, seq_layers={self.seq_layers}, "
-            f"level={self.level!r}{pe})"
+            f"level={self.level!r}{extra}{self._pe_repr()})"
         )
 
 
@@ -800,8 +816,15 @@ class GSMPlusPlus(_Base):
         )
         if self.local_norm_sum:
             local += ", local_norm_sum=True"
+        extra = _nondefault(self, GSMPlusPlus, ("scan_layers", "heads", "edge_dim", "hpe_levels",
+                                                "attention", "pool", "dropout", "attn_dropout",
+                                                "token_sizes"))  # fmt: skip
+        if self.global_dropout != self.dropout:  # the default follows dropout
+            extra += f", global_dropout={self.global_dropout}"
+        if self.global_hidden != self.hidden:  # the default follows hidden
+            extra += f", global_hidden={self.global_hidden}"
         return (
             f"{type(self).__name__}({self.in_channels}, {self.hidden}, {self.out_channels}, "
             f"tokenizations={self.tokenizations}, layers={self.layers}, k={self.k}, "
-            f"level={self.level!r}{local}{self._pe_repr()})"
+            f"level={self.level!r}{local}{extra}{self._pe_repr()})"
         )

@@ -192,4 +192,5 @@ class MultiHeadRMSNorm(torch.nn.Module):
         return x * rms * self.weight
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(heads={self.heads}, head_channels={self.head_channels})"
+        eps = f", eps={self.eps!r}" if self.eps != 1e-5 else ""
+        return f"{type(self).__name__}(heads={self.heads}, head_channels={self.head_channels}{eps})"

@@ -1664,6 +1664,13 @@ class PLSTMGraph(torch.nn.Module):
         extra = f", edge_dim={self.edge_dim}" if self.edge_dim is not None else ""
         extra += ", reverse=True" if self.reverse else ""
         extra += f", orientation={self.orientation!r}" if self.orientation != "index" else ""
+        if self.gate_weight_std:
+            extra += f", gate_weight_std={self.gate_weight_std!r}"
+        defaults = {"source": SOURCE_BIAS, "transition": TRANSITION_BIAS, "mark": MARK_BIAS,
+                    "direct": DIRECT_BIAS}  # fmt: skip
+        bias = {k: v for k, v in self.gate_bias.items() if v != defaults[k]}
+        extra += f", gate_bias={bias!r}" if bias else ""
+        extra += f", algorithm={self.algorithm!r}" if self.algorithm != "auto" else ""
         return (
             f"{type(self).__name__}({self.in_channels}, {self.out_channels}, "
             f"heads={self.heads}, mode={self.mode!r}{extra})"

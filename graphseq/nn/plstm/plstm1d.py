@@ -185,7 +185,9 @@ class PLSTM1D(SequenceLayer):
         self.out_proj.reset_parameters()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.channels}, heads={self.heads})"
+        extra = f", gate_weight_std={self.gate_weight_std!r}" if self.gate_weight_std else ""
+        extra += f", chunk_size={self.chunk_size}" if self.chunk_size != 64 else ""
+        return f"{type(self).__name__}({self.channels}, heads={self.heads}{extra})"
 
     # ------------------------------------------------------------------------------------------
 

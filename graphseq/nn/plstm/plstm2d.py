@@ -278,7 +278,10 @@ class PLSTM2D(torch.nn.Module):
         self.out_proj.reset_parameters()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.channels}, heads={self.heads}, mode={self.mode!r})"
+        extra = f", gate_weight_std={self.gate_weight_std!r}" if self.gate_weight_std else ""
+        return (
+            f"{type(self).__name__}({self.channels}, heads={self.heads}, mode={self.mode!r}{extra})"
+        )
 
     # ------------------------------------------------------------------------------------------
 

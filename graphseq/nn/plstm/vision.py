@@ -112,7 +112,7 @@ class PLSTMVision(torch.nn.Module):
             ("heads", heads), ("depth", depth), ("mlp_ratio", mlp_ratio),
         ):  # fmt: skip
             check_positive_int(cls, name, value)
-        check_real(cls, "gate_weight_std", gate_weight_std, minimum=0.0)  # named as ours
+        gate_weight_std = check_real(cls, "gate_weight_std", gate_weight_std, minimum=0.0)
         if dim % heads != 0:
             raise ValueError(f"{cls}: heads ({heads}) must divide dim ({dim})")
         if image_size % patch_size != 0:
@@ -128,6 +128,7 @@ class PLSTMVision(torch.nn.Module):
         self.depth = depth
         self.mlp_ratio = mlp_ratio
         self.use_pos_embed = bool(use_pos_embed)
+        self.gate_weight_std = gate_weight_std
         self.pooling = pooling
         self.grid = image_size // patch_size
 
@@ -162,6 +163,10 @@ class PLSTMVision(torch.nn.Module):
             f"num_classes={self.num_classes}, dim={self.dim}, heads={self.heads}, "
             f"depth={self.depth}"
             + ("" if self.pooling == "corners" else f", pooling={self.pooling!r}")
+            + ("" if self.in_channels == 3 else f", in_channels={self.in_channels}")
+            + ("" if self.mlp_ratio == 4 else f", mlp_ratio={self.mlp_ratio}")
+            + ("" if self.use_pos_embed else ", use_pos_embed=False")
+            + ("" if not self.gate_weight_std else f", gate_weight_std={self.gate_weight_std!r}")
             + ")"
         )
 

@@ -92,7 +92,8 @@ class Aaren(SequenceLayer):
         self.out_proj.reset_parameters()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.channels}, heads={self.heads})"
+        bias = "" if self.bias else ", bias=False"
+        return f"{type(self).__name__}({self.channels}, heads={self.heads}{bias})"
 
     # ------------------------------------------------------------------------------------------
 

@@ -99,7 +99,7 @@ class GatedLinearRNN(SequenceLayer):
         lo, hi = self.eigenvalue_range
         return (
             f"{type(self).__name__}({self.channels}, heads={self.heads}, "
-            f"eigenvalue_range=({lo}, {hi}))"
+            f"eigenvalue_range=({lo}, {hi})" + ("" if self.bias else ", bias=False") + ")"
         )
 
     # ------------------------------------------------------------------------------------------

@@ -150,7 +150,11 @@ class ParallelGRU(SequenceLayer):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({self.in_channels}, {self.hidden_channels}, "
-            f"recurrence={self.recurrence!r}, mode={self.mode!r})"
+            f"recurrence={self.recurrence!r}, mode={self.mode!r}"
+            + ("" if self.bias else ", bias=False")
+            + ("" if self.tol is None else f", tol={self.tol!r}")
+            + ("" if self.max_iter == 100 else f", max_iter={self.max_iter}")
+            + ")"
         )
 
     # --- the cell ------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_sequence_encoder_patterns_and_gradcheck():
     with pytest.raises(ValueError, match="global_pattern: kind"):
         global_pattern("mamba", 2)
     enc = SequenceEncoder(2, "MT", heads=1).double()
-    assert repr(enc) == "SequenceEncoder(2, pattern='MT')"
+    assert repr(enc) == "SequenceEncoder(2, pattern='MT', heads=1)"
     cu = torch.tensor([0, 2, 2, 5])
     x = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: enc(t, cu), (x,))
@@ -156,6 +156,17 @@ def test_reprs():
     assert repr(ScanLayer(4, bidirectional=False)) == "ScanLayer(4, bidirectional=False)"
     assert repr(AttentionLayer(4, 2)) == "AttentionLayer(4, heads=2)"
     assert repr(LocalEncoder(4)) == "LocalEncoder(4, conv='gatedgcn', edge_dim=None, norm='batch')"
+    # every argument that changes the layer shows when it is not the default
+    assert repr(ScanLayer(4, dropout=0.5)) == "ScanLayer(4, bidirectional=True, dropout=0.5)"
+    assert repr(AttentionLayer(4, 2, dropout=0.1, attn_dropout=0.2)) == (
+        "AttentionLayer(4, heads=2, dropout=0.1, attn_dropout=0.2)"
+    )
+    assert repr(LocalEncoder(4, dropout=0.5)).endswith("norm='batch', dropout=0.5)")
+    assert repr(SequenceEncoder(4, "MT", heads=2, bidirectional=False, dropout=0.1,
+                                attn_dropout=0.2)) == (
+        "SequenceEncoder(4, pattern='MT', heads=2, bidirectional=False, dropout=0.1, "
+        "attn_dropout=0.2)"
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

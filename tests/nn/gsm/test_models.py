@@ -605,3 +605,33 @@ def test_random_walk_tokens_are_longest_walk_first_node_last():
     torch.testing.assert_close(tokens, torch.stack(want))
     torch.testing.assert_close(size, torch.arange(L + 1, 0, -1, dtype=torch.float64).repeat(4))
     torch.testing.assert_close(tokens[cu[1:] - 1], h)  # the node itself, last
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (GSM, dict(heads=2, edge_dim=3, hpe=True, hpe_levels=8, pool="sum", dropout=0.5,
+                   token_sizes=False, tokenization="khop")),
+        (GSMPlusPlus, dict(scan_layers=1, heads=2, edge_dim=3, hpe_levels=8, attention=False,
+                           pool="sum", dropout=0.5, attn_dropout=0.5, token_sizes=False,
+                           global_dropout=0.25, global_hidden=4)),
+    ],
+)  # fmt: skip
+def test_repr_round_trips(cls, kwargs):
+    """Every argument that changes the parameters or the outputs shows in the repr when it is
+    not the default, and the repr rebuilds an equivalent model."""
+    default = repr(
+        cls(4, 8, 2, **{k: v for k, v in kwargs.items() if k in ("heads", "hpe_levels")})
+    )
+    for name, value in kwargs.items():
+        if name in ("heads", "hpe_levels"):
+            continue
+        base = {k: v for k, v in kwargs.items() if k in ("heads", "hpe_levels")}
+        assert repr(cls(4, 8, 2, **base, **{name: value})) != default, name
+    torch.manual_seed(0)
+    model = cls(4, 8, 2, **kwargs)
+    rebuilt = eval(repr(model), {cls.__name__: cls})
+    rebuilt.load_state_dict(model.state_dict())  # strict: the same parameters
+    assert repr(rebuilt) == repr(model)
+    for name in kwargs:
+        assert getattr(rebuilt, name) == getattr(model, name), name
