@@ -207,10 +207,11 @@ def linear_scan(
     allowed too: the torch path then carries the products of gates over spans as mantissa and
     exponent, so a product that would overflow where the loop's state is still 0 (or before an
     exact reset) does not turn into ``0 * inf = NaN``. The Triton path keeps those exact zeros
-    exact too, but carries no exponents: where a product over a tile overflows while the state
-    it multiplies is small but not zero, it returns inf where the loop may be finite. The fast
-    paths never loop over time in Python, forward or backward; their backward pass is itself a
-    reverse scan.
+    exact too, but carries no exponents: where a product of gates inside one of its tiles
+    overflows (underflows) while the state it multiplies is small (large), it returns inf (0)
+    where the loop may be finite; the state entering a tile is never multiplied by such a
+    product. The fast paths never loop over time in Python, forward or backward; their
+    backward pass is itself a reverse scan.
 
     Args:
         a: gates, ``[B, T, *]``.

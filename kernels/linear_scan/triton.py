@@ -8,12 +8,17 @@ forward pass), and packed sequences are native: a program reads its sequence's b
 ``cu_seqlens`` and never touches a neighbour's steps. The backward pass reuses this kernel
 as a reverse scan (see ``__init__.py``).
 
+The state entering a tile enters it as the loop has it: folded into the input of the tile's
+first step, ``b + a * carry``, so it is never multiplied by a product of the tile's gates
+(which can overflow or underflow where the loop's state does not, and turns an infinite gate's
+``inf`` state into ``inf * 0`` or ``inf - inf`` = NaN).
+
 Gates with ``|a| > 1``: the products a tile forms can overflow to inf where the loop's state
 is still exactly 0 (no input yet) or right after an exact reset (a zero gate), and ``0 * inf``
 would be NaN. The combine therefore tracks whether a span's gates are all finite and, where
-they are, keeps an exact 0 exact (a product with a zero gate, a zero input, a zero carry).
-Unlike the torch path it does not carry exponents, so a product that overflows while the
-state it multiplies is small but non-zero still gives inf.
+they are, keeps an exact 0 exact (a product with a zero gate or a zero input).
+Unlike the torch path it does not carry exponents, so inside a tile a product of gates that
+overflows (underflows) while the state it multiplies is small (large) still gives inf (0).
 """
 
 from __future__ import annotations
@@ -94,12 +99,13 @@ def _linear_scan_kernel(
         # padding rows are the identity map (a = 1, b = 0), so they pass the state through
         a = tl.load(a_ptr + offs, mask=mask, other=1.0)
         b = tl.load(b_ptr + offs, mask=mask, other=0.0)
+        # the carry enters at the tile's first step (always a real row), as in the loop
+        first = (BT - 1) if REVERSE else 0
+        b = tl.where(rows[:, None] == first, a * carry[None, :] + b, b)
         finite = ((a == a) & (tl.abs(a) < float("inf"))).to(tl.int32)
-        A, B, F = tl.associative_scan(
+        _, h, _ = tl.associative_scan(
             (a, b, finite), axis=0, combine_fn=_affine_combine, reverse=REVERSE
         )
-        # a zero carry contributes exactly 0 through finite gates, even where A overflowed
-        h = tl.where((F != 0) & (carry[None, :] == 0), B, A * carry[None, :] + B)
         tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
         if REVERSE:
             carry = tl.sum(tl.where(rows[:, None] == 0, h, 0.0), axis=0)

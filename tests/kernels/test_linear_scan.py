@@ -363,3 +363,37 @@ def test_an_infinite_first_gate_with_h0_stays_infinite_when_packed(backend, reve
     assert torch.isinf(h_ref[0, :2]).all()
     torch.testing.assert_close(h, h_ref, equal_nan=True)
     torch.testing.assert_close(last, last_ref, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the interpreter's
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy
+def test_the_carried_state_meets_the_gates_one_step_at_a_time(backend, reverse):
+    """The state entering a tile (h0, or the previous tile's last state) is multiplied by one
+    gate at a time, as in the loop: a product of gates that underflows while the state stays
+    in range must not zero it, and an infinite gate must give the loop's inf, not NaN."""
+
+    def run(a, b, h0):
+        a, b = (torch.tensor(t, device=DEVICE).view(1, -1, 1) for t in (a, b))
+        if reverse:
+            a, b = a.flip(1), b.flip(1)
+        h0 = torch.tensor([[h0]], device=DEVICE)
+        got = linear_scan(a, b, h0, reverse=reverse, backend=backend)
+        want = linear_scan(a, b, h0, reverse=reverse, backend="reference")
+        return got, want
+
+    # float32 states 1e20 -> 1e-30 -> 1e20: the loop's are all normal numbers, while the
+    # product of the first six gates (1e-60) underflows to 0
+    (h, last), (h_ref, last_ref) = run([1e-10] * 5 + [1e10] * 5, [0.0] * 10, 1e20)
+    assert last_ref.item() > 1e19
+    torch.testing.assert_close(h, h_ref, atol=0, rtol=1e-4)
+    torch.testing.assert_close(last, last_ref, atol=0, rtol=1e-4)
+    # an infinite gate after a finite state: inf in the loop, from h0 and from a zero state
+    inf = float("inf")
+    for a, b, h0 in (([2.0, inf], [-1.0, 1.0], 1.0), ([0.0, inf], [1.0, 1.0], 0.0),
+                     ([2.0, inf], [1.0, 1.0], 0.0)):  # fmt: skip
+        (h, last), (h_ref, last_ref) = run(a, b, h0)
+        assert torch.isinf(last_ref).all()
+        torch.testing.assert_close(h, h_ref, equal_nan=True)
+        torch.testing.assert_close(last, last_ref, equal_nan=True)
