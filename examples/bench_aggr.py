@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -181,7 +182,12 @@ def launch(config: str, aggr: str, args) -> dict:
         row.update(json.loads(lines[-1]))
         row["status"] = "ok"
     else:
-        err = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+        silent = (
+            "(no message)"
+            if proc.returncode >= 0
+            else f"killed by signal {-proc.returncode} (is --mem-limit-gb too low to start?)"
+        )
+        err = (proc.stderr.strip().splitlines() or [silent])[-1]
         oom = any(
             s in proc.stderr
             for s in (
@@ -249,6 +255,16 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="runs/bench_aggr.json")
     p.add_argument("--child", nargs=2, metavar=("CONFIG", "AGGR"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    # --mem-limit-gb -1 ran every case with no limit (setrlimit reads a negative limit as a huge
+    # unsigned one), 0 reported "failed: (no message)", --channels 0 timed an empty tensor as
+    # "ok" and --repeats 0 still timed one run
+    for flag, low in (("channels", 1), ("repeats", 1)):
+        if getattr(args, flag) < low:
+            p.error(f"--{flag} must be >= {low}, got {getattr(args, flag)}")
+    for flag in ("budget_s", "mem_limit_gb", "timeout_s"):
+        value = getattr(args, flag)
+        if not (math.isfinite(value) and value > 0):
+            p.error(f"--{flag.replace('_', '-')} must be a finite number > 0, got {value}")
     if args.child:
         print(json.dumps(run_case(*args.child, args.channels, args.repeats, args.budget_s)))
         return

@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if not args.avg_degree >= 0 or args.avg_degree == float("inf"):
         parser.error(f"--avg-degree must be a finite number >= 0, got {args.avg_degree}")
+    if args.levels < 1:
+        parser.error(f"--levels must be >= 1, got {args.levels}")
     torch.set_num_threads(1)
     tokenizer = HACTokenizer(levels=args.levels)
     rows = []
@@ -60,7 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         times = []
         for _ in range(args.repeats):
             t0 = time.process_time()
-            out = tokenizer(data)
+            try:
+                out = tokenizer(data)
+            except ValueError as err:  # a tree deeper than --levels: name the flag
+                parser.error(f"--levels {args.levels}: {err}")
             times.append(time.process_time() - t0)
         rows.append(
             {

@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from graphseq.train import submit
+from graphseq.train import CheckpointError, ResultsFileError, submit
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("benchmark", help="e.g. ogbg-molhiv, ogbg-molesol, ogbg-molfreesolv")
     p.add_argument("--model", default="gin-vn")
@@ -28,11 +28,21 @@ def main() -> None:
     p.add_argument("--data-dir")
     p.add_argument("--out", default="submissions")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    args = p.parse_args()
-    sub = submit(
-        args.benchmark, args.model, seeds=args.seeds, out_dir=args.out, epochs=args.epochs,
-        data_dir=args.data_dir, threads=args.threads,
-    )  # fmt: skip
+    args = p.parse_args(argv)
+    # checked before the dataset is loaded; what submit refuses is reported like graphseq
+    # submit reports it (one line naming the problem), not as a traceback
+    for flag in ("seeds", "epochs", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag} must be >= 1, got {value}")
+    try:
+        sub = submit(
+            args.benchmark, args.model, seeds=args.seeds, out_dir=args.out, epochs=args.epochs,
+            data_dir=args.data_dir, threads=args.threads,
+        )  # fmt: skip
+    except (ValueError, TypeError, ImportError, FileNotFoundError, CheckpointError,
+            ResultsFileError) as err:  # fmt: skip
+        p.error(str(err))
     print(
         json.dumps(
             {

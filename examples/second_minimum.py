@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -287,11 +288,20 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds must be distinct (a repeated seed is the same run), got {args.seeds}")
+    if len(set(args.aggrs)) != len(args.aggrs):  # each seed's run would count twice, two rows
+        p.error(f"--aggrs must be distinct (a repeated aggregator is the same run), got "
+                f"{args.aggrs}")  # fmt: skip
+    # Adam refused a bad --lr from inside a run (a worker), naming no flag; --lr 0 trained nothing
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        p.error(f"--lr must be a finite number > 0, got {args.lr}")
     if args.merge:
         results, settings, first, origin = [], None, None, {}
         for path in args.merge:
-            with open(path) as f:
-                data = json.load(f)
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+            except (OSError, ValueError) as err:
+                p.error(f"--merge: cannot read {path} as a results JSON of this script: {err}")
             # runs of other settings are not averaged into one row
             own = {k: (data.get("args") or {}).get(k) for k in MERGE_KEYS}
             if settings is None:

@@ -255,8 +255,15 @@ def main(argv=None) -> None:
         if not (math.isfinite(getattr(args, flag)) and getattr(args, flag) > 0):
             p.error(f"--{flag.replace('_', '-')} must be a finite number > 0, got "
                     f"{getattr(args, flag)}")  # fmt: skip
-    if len(set(args.seeds)) != len(args.seeds):
-        p.error(f"--seeds must be distinct (a repeated seed is the same run), got {args.seeds}")
+    # a repeated value is the same run (or column) counted again: the summary's n and table
+    for flag in ("seeds", "tasks", "models", "test_lengths"):
+        values = getattr(args, flag)
+        if len(set(values)) != len(values):
+            p.error(f"--{flag.replace('_', '-')} must be distinct (a repeated value is the same "
+                    f"run counted twice), got {values}")  # fmt: skip
+    if min(args.seeds) < 0:  # seed -1 drew a training batch from the test set's seed (6),
+        # and seeds <= -2 a negative data seed the generator refuses once the run came
+        p.error(f"--seeds must all be >= 0, got {args.seeds}")
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     print("command: python", " ".join(sys.argv))

@@ -278,3 +278,21 @@ def test_a_model_argument_given_twice_with_two_values_is_refused(capsys, tmp_pat
     assert "--hidden 32 and --model-arg hidden=8 disagree" in capsys.readouterr().err
     assert not (tmp_path / "fake-graph").exists()
     assert cli.main([*argv, "--model-arg", "hidden=8", "--hidden", "8"]) == 0  # the same value
+
+
+@pytest.mark.parametrize(
+    "argv, msg",
+    [(["fake-graph", "--seeds", "0"], "--seeds must be >= 1, got 0"),
+     (["fake-graph", "--epochs", "0"], "--epochs must be >= 1, got 0"),
+     (["fake-graph", "--threads", "0"], "--threads must be >= 1, got 0"),
+     (["no-such-benchmark"], "unknown benchmark 'no-such-benchmark'")],
+)  # fmt: skip
+def test_ogb_submit_example_reports_bad_values_without_a_traceback(
+    argv, msg, tmp_path, load_example, capsys
+):
+    """examples/ogb_submit.py ('the same as graphseq submit') let these escape as tracebacks,
+    --epochs and --threads only after the dataset had been loaded."""
+    mod = load_example("ogb_submit")
+    with pytest.raises(SystemExit) as exc:
+        mod.main([*argv, "--out", str(tmp_path)])
+    assert exc.value.code == 2 and msg in capsys.readouterr().err

@@ -47,3 +47,28 @@ def test_graph_tasks_example_rejects_bad_names_and_sizes(load_example, capsys):
         with pytest.raises(SystemExit):
             mod.main(argv)
         assert msg in capsys.readouterr().err
+
+
+def test_graph_tasks_reduced_grid_shows_every_cell_it_trains(tmp_path, capsys, load_example):
+    """--grid reduced overrides --backbones for what it trains, but the tables and the
+    ordering checks used to read --backbones: with --backbones ssm the hybrid and transformer
+    cells were trained, printed as '-' and their checks dropped."""
+    mod = load_example("graph_tasks")
+    trained = []
+
+    def fake_fit(task, config, folder):
+        trained.append(folder)
+        return {"best": {"test": 0.5}, "num_parameters": 1}
+
+    mod.fit = fake_fit
+    mod.graph_tasks_task = lambda name, sizes, seed: type(
+        "T", (), {"name": name, "higher_is_better": True, "metric": "acc"}
+    )()
+    mod.main(["--grid", "reduced", "--backbones", "ssm", "--seeds", "0", "--no-gin",
+              "--no-gsmpp", "--out", str(tmp_path)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert len(trained) == sum(len(v) for v in mod.REDUCED.values())
+    node_degree = printed.split("### node_degree")[1].split("###")[0]
+    assert "| tokenization | transformer | ssm | hybrid |" in node_degree
+    assert "| khop | - | - | 0.500 |" in node_degree
+    assert "node degree, hybrid: khop tokens" in printed

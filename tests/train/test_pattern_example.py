@@ -126,3 +126,15 @@ def test_pattern_example_summary_records_the_run(tmp_path, load_example):
     gps = json.loads((tmp_path / "summary_gps.json").read_text())["gps"]
     assert gps["args"]["sizes"] == [6, 3, 3] and "--sizes" in gps["command"]
     assert gps["machine"]["torch"]
+
+
+def test_pattern_example_gps_alone_needs_no_matching_gsm(tmp_path, capsys, load_example):
+    """--models gps used to stop before training GPS when no GSM++ width fitted GPS's
+    parameter count, though no GSM++ was to run; with GSM++ the refusal stays."""
+    mod = load_example("pattern")
+    base = ["--sizes", "4", "2", "2", "--epochs", "1", "--warmup", "0", "--seeds", "0",
+            "--gps-hidden", "16", "--gps-layers", "1", "--out", str(tmp_path)]  # fmt: skip
+    mod.main([*base, "--models", "gps"])
+    assert (tmp_path / "gps" / "seed0" / "results.json").exists()
+    with pytest.raises(SystemExit, match="no GSM\\+\\+ width"):
+        mod.main([*base, "--models", "gsm++"])

@@ -81,11 +81,35 @@ def test_second_minimum_refuses_a_run_counted_twice(tmp_path, load_example, caps
     path = tmp_path / "a.json"
     path.write_text(json.dumps({"args": {**{k: 1 for k in mod.MERGE_KEYS}, "seeds": [0]},
                                 "runs": [{"aggr": "sum", "seed": 0, "curve": curve}]}))  # fmt: skip
-    for argv in (["--merge", str(path), str(path)], ["--seeds", "0", "0", "--epochs", "1"]):
+    for argv in (
+        ["--merge", str(path), str(path)],
+        ["--seeds", "0", "0", "--epochs", "1"],
+        [
+            "--aggrs",
+            "sum",
+            "sum",
+            "--seeds",
+            "0",
+            "--epochs",
+            "1",
+            "--workers",
+            "1",
+            "--train-sets",
+            "8",
+            "--test-sets",
+            "4",
+            "--channels",
+            "4",
+        ],
+    ):
         with pytest.raises(SystemExit):
             mod.main([*argv, "--out", str(tmp_path / "m")])
         err = capsys.readouterr().err
-        assert "is in both" in err or "--seeds must be distinct" in err
+        assert (
+            "is in both" in err
+            or "--seeds must be distinct" in err
+            or "--aggrs must be distinct" in err
+        )
     assert not (tmp_path / "m.json").exists()
 
 
@@ -112,3 +136,44 @@ def test_run_case_never_times_the_warm_up(load_example, monkeypatch):
     for repeats, budget in ((2, 1e9), (7, 0.01)):
         calls.clear()
         assert bench.run_case("skewed", "sum", 4, repeats, budget)["fwd_ms"] < 100
+
+
+@pytest.mark.parametrize(
+    "extra, msg",
+    [(["--lr", "-1"], "--lr must be a finite number > 0"),
+     (["--lr", "0"], "--lr must be a finite number > 0"),
+     (["--lr", "nan"], "--lr must be a finite number > 0"),
+     (["--merge", "MISSING"], "--merge: cannot read")],
+)  # fmt: skip
+def test_second_minimum_refuses_bad_values_by_flag(extra, msg, tmp_path, load_example, capsys):
+    """A bad --lr used to be a traceback from inside Adam naming no flag (--lr 0 trained
+    nothing and wrote its accuracies), a missing --merge file a bare FileNotFoundError."""
+    mod = load_example("second_minimum")
+    extra = [str(tmp_path / "missing.json") if a == "MISSING" else a for a in extra]
+    small = "--aggrs sum --seeds 0 --workers 1 --epochs 1 --train-sets 8 --test-sets 4".split()
+    with pytest.raises(SystemExit):
+        mod.main([*small, "--channels", "4", *extra, "--out", str(tmp_path / "run")])
+    assert msg in capsys.readouterr().err
+    assert not (tmp_path / "run.json").exists()
+
+
+@pytest.mark.parametrize(
+    "flag, value, msg",
+    [("--channels", "0", "--channels must be >= 1"), ("--repeats", "0", "--repeats must be >= 1"),
+     ("--mem-limit-gb", "-1", "--mem-limit-gb must be a finite number > 0"),
+     ("--mem-limit-gb", "0", "--mem-limit-gb must be a finite number > 0"),
+     ("--timeout-s", "0", "--timeout-s must be a finite number > 0"),
+     ("--budget-s", "nan", "--budget-s must be a finite number > 0")],
+)  # fmt: skip
+def test_bench_aggr_refuses_bad_numbers_before_launching(
+    flag, value, msg, tmp_path, load_example, monkeypatch, capsys
+):
+    """--mem-limit-gb -1 used to run every case with no address-space limit, 0 reported
+    'failed: (no message)', --channels 0 an 'ok' 0.0 ms row, --repeats 0 one timed run."""
+    bench = load_example("bench_aggr")
+    launched = []
+    monkeypatch.setattr(bench, "launch", lambda *a: launched.append(a))
+    with pytest.raises(SystemExit):
+        bench.main(["--configs", "skewed", "--aggrs", "sum", flag, value,
+                    "--out", str(tmp_path / "b.json")])  # fmt: skip
+    assert msg in capsys.readouterr().err and launched == []

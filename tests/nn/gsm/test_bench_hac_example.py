@@ -13,3 +13,15 @@ def test_bench_hac_refuses_bad_counts(load_example, capsys):
         with pytest.raises(SystemExit):
             mod.main(argv)
         assert f"error: {flag} must" in capsys.readouterr().err
+
+
+def test_bench_hac_names_levels(load_example, capsys):
+    """--levels 0, or fewer levels than a graph's HAC tree, were HACTokenizer tracebacks."""
+    mod = load_example("bench_hac")
+    for argv, msg in (
+        (["--sizes", "50", "--levels", "0"], "--levels must be >= 1"),
+        (["--sizes", "2000", "--levels", "1", "--repeats", "1"], "--levels 1: "),
+    ):
+        with pytest.raises(SystemExit):
+            mod.main(argv)
+        assert msg in capsys.readouterr().err
