@@ -48,6 +48,7 @@ from .encoders import (
     global_pattern,
     mean_adjacency,
 )
+from .tokenizers import sparse_adjacency_error
 
 __all__ = ["GSM", "TOKENIZATIONS", "GSMPlusPlus", "MoTRouter", "node_tokens", "subgraph_tokens"]
 
@@ -101,6 +102,14 @@ def _require(batch, tokenization: str, cls: str):
             f"{cls}: tokenization={tokenization!r} reads data.{attr}, which the input lacks; "
             f"apply graphseq.nn.gsm.{_TRANSFORM[tokenization]} to the dataset first"
         )
+    x = getattr(batch, "x", None)
+    if attr in ("khop_index", "rw_index") and isinstance(x, Tensor) and value.numel():
+        n = x.size(0)
+        if int(value.min()) < 0 or int(value.max()) >= n:
+            raise ValueError(
+                f"{cls}: data.{attr} holds node ids outside [0, {n}): the graph changed after "
+                "tokenization (subgraph, node removal, ...); apply the tokenizer last"
+            )
     return value
 
 
@@ -161,6 +170,16 @@ def subgraph_tokens(
     device = h.device
     if tokenization == "khop":
         k = _scalar(batch, "khop_k", cls, "KHopTokenizer")
+        # each graph's own k: a batch may mix graphs tokenized with different k, and a node of
+        # a k = 1 graph must not get the k = 2 token of its k = 1 ball
+        node_batch, ptr = _graph_info(batch, n, device)
+        k_graph = batch.khop_k.reshape(-1).to(device)
+        if k_graph.numel() not in (1, ptr.numel() - 1):
+            raise ValueError(
+                f"{cls}: data.khop_k must hold one k per graph ({ptr.numel() - 1}), got "
+                f"{k_graph.numel()}"
+            )
+        k_node = k_graph.expand(n) if k_graph.numel() == 1 else k_graph[node_batch]
         dist = batch.khop_dist
         center, other = value
         sums, counts, tokens, sizes = h, h.new_ones(n, 1), [], []
@@ -172,8 +191,14 @@ def subgraph_tokens(
             sizes.append(counts)
         full = torch.stack([*reversed(tokens), h], 1)  # [N, k + 1, D]
         size = torch.cat([*reversed(sizes), h.new_ones(n, 1)], 1)  # [N, k + 1]
-        cu = torch.arange(n + 1, device=device) * (k + 1)
-        return full.reshape(-1, D), cu, size.reshape(-1)
+        if not n or bool((k_node == k).all()):  # one k: every sequence has k + 1 tokens
+            cu = torch.arange(n + 1, device=device) * (k + 1)
+            return full.reshape(-1, D), cu, size.reshape(-1)
+        # a smaller k: drop the tokens beyond the node's own graph's k (copies of its N_k)
+        keep = torch.arange(k + 1, device=device) >= (k - k_node).unsqueeze(1)
+        lengths = k_node + 1
+        cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+        return full[keep], cu, size[keep]
     if tokenization == "hac_bfs":
         node_batch, _ = _graph_info(batch, n, device)
         depth = batch.hac_depth[node_batch]  # [N]
@@ -197,6 +222,20 @@ def subgraph_tokens(
         return full[keep], cu, size[keep]
     # random walks: token t = mean over walks of the mean of h over steps 0..t
     L1 = _scalar(batch, "rw_walk_length", cls, "RandomWalkTokenizer") + 1
+    lengths = batch.rw_walk_length.reshape(-1)
+    if bool((lengths != L1 - 1).any()):
+        # rw_index rows are [num_walks * (walk_length + 1)]: with another walk length they
+        # would be re-cut into walks of the batch's longest length, silently
+        raise ValueError(
+            f"{cls}: the batch mixes graphs tokenized with different walk lengths "
+            f"({sorted(set(lengths.tolist()))}); tokenize every graph with one "
+            "RandomWalkTokenizer"
+        )
+    if value.dim() != 2 or value.size(0) % L1 or value.size(1) != n:
+        raise ValueError(
+            f"{cls}: data.rw_index must have shape [num_walks * {L1}, {n}], got "
+            f"{tuple(value.shape)}"
+        )
     W = value.size(0) // L1
     steps = h[value.reshape(W, L1, n)]  # [W, L + 1, N, D]
     norm = torch.arange(1, L1 + 1, device=device, dtype=h.dtype).view(1, -1, 1, 1)
@@ -281,6 +320,7 @@ class _Base(nn.Module):
             )
         edge_index = getattr(batch, "edge_index", None)
         if edge_index is None:  # no edges, as the tokenizers read a graph without edge_index
+            sparse_adjacency_error(batch, cls)  # ... unless its edges are in adj_t
             edge_index = torch.zeros(2, 0, dtype=torch.long, device=x.device)
         return x, edge_index, node_batch, ptr, num_graphs, edge_attr
 

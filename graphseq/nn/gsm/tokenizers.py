@@ -71,9 +71,22 @@ def _num_nodes(data: Data, cls: str) -> int:
     return int(n)
 
 
+def sparse_adjacency_error(data: Data, cls: str) -> None:
+    """Refuse a graph whose edges are stored only as a sparse adjacency (``adj_t`` / ``adj``,
+    e.g. from ``T.ToSparseTensor``): read as ``edge_index`` it would look edgeless."""
+    for name in ("adj_t", "adj"):
+        if getattr(data, name, None) is not None:
+            raise ValueError(
+                f"{cls}: the graph has no edge_index but a sparse adjacency data.{name} "
+                "(from T.ToSparseTensor?); graphseq's GSM tokenizers and models read "
+                "edge_index: use T.ToSparseTensor(remove_edge_index=False) or drop it"
+            )
+
+
 def _edges(data: Data, cls: str, n: int) -> np.ndarray:
     ei = getattr(data, "edge_index", None)
     if ei is None:
+        sparse_adjacency_error(data, cls)
         return np.zeros((2, 0), dtype=np.int64)
     if not isinstance(ei, torch.Tensor) or ei.dim() != 2 or ei.size(0) != 2:
         raise ValueError(

@@ -100,6 +100,19 @@ def test_missing_tokenization_names_the_transform():
     assert GSM(3, 8, 1, tokenization="ancestor_path").tokenization == "hac_bfs"
 
 
+def test_stale_subgraph_tokens_are_named():
+    """Tokens of a graph that lost nodes after tokenization: a ValueError naming the attribute,
+    not a bare IndexError."""
+    n = 10
+    ei = torch.tensor([[i, (i + 1) % n] for i in range(n)] + [[0, 5], [2, 7]]).t()
+    data = Data(x=torch.randn(n, 3), edge_index=ei, num_nodes=n)
+    stale = RandomWalkTokenizer(2, 3)(KHopTokenizer(2)(data)).subgraph(torch.arange(6))
+    for tokenization, attr in (("khop", "khop_index"), ("rw", "rw_index")):
+        model = GSM(3, 8, 1, tokenization=tokenization, heads=2, level="node").eval()
+        with pytest.raises(ValueError, match=rf"data.{attr} holds node ids outside \[0, 6\)"):
+            model(stale)
+
+
 def test_mot_router_keeps_top_k():
     router = MoTRouter(4, experts=3, k=2)
     h = torch.randn(10, 4)
@@ -546,6 +559,23 @@ def test_graph_without_edge_index_is_edgeless(local):
         torch.testing.assert_close(a, b)
 
 
+def test_sparse_adjacency_without_edge_index_is_refused():
+    """After T.ToSparseTensor the edges live in adj_t; the models must not run as if the graph
+    had none."""
+    ei = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+    data = TRANSFORM(Data(x=torch.randn(4, 3), edge_index=torch.cat([ei, ei.flip(0)], 1)))
+    sparse = Batch.from_data_list([T.ToSparseTensor()(data.clone())])
+    models = (
+        GSM(3, 8, 2, heads=2, tokenization="khop"),
+        GSMPlusPlus(3, 8, 2, heads=2, hpe_levels=6),
+    )
+    for m in models:
+        with pytest.raises(ValueError, match="adj_t"):
+            m.eval()(sparse)
+    kept = Batch.from_data_list([T.ToSparseTensor(remove_edge_index=False)(data.clone())])
+    assert GSM(3, 8, 2, heads=2, tokenization="khop").eval()(kept).shape == (1, 2)
+
+
 @pytest.mark.parametrize("tokenization", TOKENIZATIONS)
 def test_gsm_every_parameter_gets_a_gradient(tokenization):
     # an unused parameter (size_proj under a node tokenization) stops DDP at its second step
@@ -588,6 +618,31 @@ def test_khop_tokens_are_balls_coarse_to_fine():
     torch.testing.assert_close(size, torch.tensor(want_size, dtype=torch.float64))
 
 
+def test_khop_batch_mixing_k_is_per_graph():
+    """A graph tokenized with k = 1 gives the same outputs beside a k = 2 graph as alone (its
+    nodes get k + 1 = 2 tokens, not the batch's largest k + 1)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def graph(n, k):
+        ei = torch.randint(0, n, (2, 2 * n), generator=gen)
+        x = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+        return KHopTokenizer(k)(HACTokenizer(levels=6)(Data(x=x, edge_index=ei, num_nodes=n)))
+
+    a, b = graph(7, 1), graph(8, 2)
+    batch = Batch.from_data_list([a, b])
+    h = torch.randn(15, 2, dtype=torch.float64)
+    _, cu, _ = subgraph_tokens(batch, "khop", h)
+    assert (cu.diff() == torch.tensor([2] * 7 + [3] * 8)).all()
+    for model in (
+        GSM(3, 8, 2, tokenization="khop", local="gine", heads=2, level="node"),
+        GSMPlusPlus(3, 8, 2, heads=2, level="node", hpe_levels=6, local="gine"),
+    ):
+        model = model.double().eval()
+        out = model(batch)
+        torch.testing.assert_close(out[:7], model(Batch.from_data_list([a])))
+        torch.testing.assert_close(out[7:], model(Batch.from_data_list([b])))
+
+
 def test_random_walk_tokens_are_longest_walk_first_node_last():
     """Token t of node v is the mean over walks of the mean of h over steps 0..t, listed from
     the longest prefix (size L + 1) down to the node itself (size 1)."""
@@ -605,6 +660,24 @@ def test_random_walk_tokens_are_longest_walk_first_node_last():
     torch.testing.assert_close(tokens, torch.stack(want))
     torch.testing.assert_close(size, torch.arange(L + 1, 0, -1, dtype=torch.float64).repeat(4))
     torch.testing.assert_close(tokens[cu[1:] - 1], h)  # the node itself, last
+
+
+def test_random_walk_batch_mixing_walk_lengths_is_refused():
+    """rw_index of (num_walks=2, walk_length=4) and (1, 9) graphs both have 10 rows and collate;
+    the model must not re-cut the first graph's two 5-step walks into one 10-step walk."""
+    gen = torch.Generator().manual_seed(0)
+
+    def graph(n, W, L):
+        ei = torch.randint(0, n, (2, 2 * n), generator=gen)
+        data = Data(x=torch.randn(n, 3, generator=gen), edge_index=ei, num_nodes=n)
+        return RandomWalkTokenizer(W, L)(data)
+
+    batch = Batch.from_data_list([graph(7, 2, 4), graph(8, 1, 9)])
+    model = GSM(3, 8, 2, tokenization="rw", local="gine", heads=2, level="node").eval()
+    with pytest.raises(ValueError, match="walk lengths"):
+        model(batch)
+    same = Batch.from_data_list([graph(7, 2, 4), graph(8, 2, 4)])
+    assert model(same).shape == (15, 2)
 
 
 @pytest.mark.parametrize(

@@ -158,6 +158,17 @@ def test_bad_arguments(make, exc, match):
         make()
 
 
+def test_sparse_adjacency_without_edge_index_is_refused():
+    """T.ToSparseTensor moves the edges to adj_t: a tokenizer must not read the graph as
+    edgeless."""
+    import torch_geometric.transforms as T
+
+    data = T.ToSparseTensor()(_graph())
+    for t in ALL:
+        with pytest.raises(ValueError, match="adj_t"):
+            t(data.clone())
+
+
 def test_bad_data():
     bad = Data(x=torch.ones(3, 1), edge_index=torch.tensor([[0], [7]]), num_nodes=3)
     for t in ALL:
