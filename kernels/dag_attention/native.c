@@ -211,6 +211,17 @@ static inline real dot(const real *restrict a, const real *restrict b, i64 C) {
     return acc;
 }
 
+/* a . b over the entries where mask is set (an edge's structural support): outside it b is
+ * an exact zero, and a may be an inf or NaN score of a node that reaches the row's node by
+ * another edge, which must not enter the sum as 0 * inf = NaN */
+static inline real masked_dot(const unsigned char *restrict mask, const real *restrict a,
+                              const real *restrict b, i64 len) {
+    real acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (i64 m = 0; m < len; ++m) acc += mask[m] ? a[m] * b[m] : (real)0;
+    return acc;
+}
+
 static inline void axpy(real a, const real *restrict x, real *restrict y, i64 C) {
 #pragma omp simd
     for (i64 c = 0; c < C; ++c) y[c] += a * x[c];
@@ -512,7 +523,7 @@ i64 dag_attention_backward(i64 num_graphs, const i64 *node_ptr, const i64 *node,
                 const real *dgn = s.dG + pl.edst[e0 + p] * W + lo, *row = s.P + p * W + lo;
                 real *drow = s.dP + p * W + lo;
                 const real mk = M[e * H + h];
-                dM[e * H + h] = dot(dgn, row, len);
+                dM[e * H + h] = masked_dot(s.edge_reach + p * W + lo, dgn, row, len);
 #pragma omp simd
                 for (i64 m = 0; m < len; ++m) drow[m] = mk * dgn[m];
             }
@@ -524,7 +535,8 @@ i64 dag_attention_backward(i64 num_graphs, const i64 *node_ptr, const i64 *node,
                     /* P[pp] and the part of dP[pp] that matters live in pp's span, which
                      * lies inside p's */
                     const i64 pp = pl.lg_pred[j], lo = s.lo[pp], len = s.hi[pp] - lo;
-                    dT[pl.lg_id[j] * H + h] = dot(drow + lo, s.P + pp * W + lo, len);
+                    dT[pl.lg_id[j] * H + h] =
+                        masked_dot(s.edge_reach + pp * W + lo, drow + lo, s.P + pp * W + lo, len);
                     axpy(T[pl.lg_id[j] * H + h], drow + lo, s.dP + pp * W + lo, len);
                 }
             }

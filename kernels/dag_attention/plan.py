@@ -122,8 +122,6 @@ class DagAttentionPlan:
             raise ValueError(f"{op}: level must have shape [E] = [{E}], got {list(level.shape)}")
         level = level.long()
         if E and int(level.min()) < 0:
-            # the edges are sorted by graph * depth + level: a negative level would move an
-            # edge into another graph's run
             raise ValueError(f"{op}: level must be >= 0, got a minimum of {int(level.min())}")
         src, dst = edge_index
         edge_graph = batch[src]
@@ -150,8 +148,11 @@ class DagAttentionPlan:
         node_start = exclusive_cumsum(sizes)  # [G] first node of every graph
         node_ptr = torch.cat([node.new_zeros(1), torch.cumsum(sizes[keep_graph], 0)])
         ids = torch.nonzero(keep_graph[edge_graph]).flatten()
-        depth = int(level.max()) + 1 if E else 1
-        edge = ids[torch.argsort(edge_graph[ids] * depth + level[ids], stable=True)]
+        # graph after graph, each by level: two stable sorts (a combined key such as
+        # graph * (max level + 1) + level overflows int64 for large levels and then moves
+        # edges into another graph's run)
+        by_level = ids[torch.argsort(level[ids], stable=True)]
+        edge = by_level[torch.argsort(edge_graph[by_level], stable=True)]
         counts = torch.bincount(edge_graph[edge], minlength=G)[keep_graph]
         edge_ptr = torch.cat([edge.new_zeros(1), torch.cumsum(counts, 0)])
         position = torch.full((E,), -1, dtype=torch.long, device=dev)

@@ -61,9 +61,9 @@ def _reduce(x, ptr, combine, identity, reduce_segment) -> torch.Tensor:
             out.append(reduce_segment(items, combine))
         else:
             out.append(identity.to(x.dtype).expand(1, *x.shape[1:]))
-    if not out:  # no rows to return: a view of x keeps the autograd link, as the fast paths do
-        return x[:0]
-    return torch.cat(out)
+    # x[:0] adds no rows but keeps the autograd link to x, as the fast paths do, also when
+    # every row is an identity (no elements, N > 0 empty segments)
+    return torch.cat([*out, x[:0]])
 
 
 def segment_tree_reduce_reference(

@@ -264,9 +264,11 @@ class _SegmentScan(torch.autograd.Function):
             return _reverse_scan(grad_y, ptr, OPS["sum"]), None, None
         if ctx.op in (OPS["max"], OPS["min"]):
             # y_j comes from the last position <= j where the running extremum changed
-            # (a "record"); every segment start is one. Ties keep the earlier record.
+            # (a "record"); every segment start is one. Ties keep the earlier record, and so
+            # does a NaN prefix (NaN != NaN): its gradient goes to the first NaN, as in reduce.
             prev = torch.cat([y[:1], y[:-1]])
-            record = _boundary_mask(ptr, E, last=False) | (y != prev)
+            changed = (y != prev) & ~(torch.isnan(y) & torch.isnan(prev))
+            record = _boundary_mask(ptr, E, last=False) | changed
             rows = torch.arange(E, device=y.device)[:, None].expand_as(y)
             source = torch.cummax(torch.where(record, rows, -1), dim=0).values  # [E, C]
             return torch.zeros_like(grad_y).scatter_add(0, source, grad_y), None, None

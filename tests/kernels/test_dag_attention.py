@@ -199,6 +199,31 @@ def test_empty_and_edgeless_inputs(sizes):
     assert inputs[0].grad is not None and inputs[0].grad.shape == inputs[0].shape
 
 
+@needs_native
+def test_a_non_finite_key_does_not_reach_the_gradients_of_other_edges():
+    """README 'Non-finite values': an inf in k of node 2 reaches only what is downstream of
+    it. The mark gate of e2 (3 -> 5) does not see node 2: its gradient stays that of a finite
+    k (the backward used to sum dG[5] . P[e2] over e2's whole span, 0 * inf = NaN)."""
+    ei = torch.tensor([[0, 2, 3, 4], [3, 4, 5, 5]])  # e0: 0->3, e1: 2->4, e2: 3->5, e3: 4->5
+    lg = torch.tensor([[0, 1], [2, 3]])  # e0 -> e2, e1 -> e3
+    plan = DagAttentionPlan.from_graph(ei, lg, 6)
+    gen = torch.Generator().manual_seed(0)
+    qkv, *gates = random_inputs(6, 4, 2, 1, 2, gen)
+    bad = qkv.clone()
+    bad[2, 1] = float("inf")
+    for node in (3, 5):  # a loss on node 3 (M of e2 unused) and on node 5 (M of e2 used)
+        dy = torch.zeros(6, 1, 2, dtype=torch.float64)
+        dy[node] = 1.0
+        grads = []
+        for q in (qkv, bad):
+            inputs = [q, *(g.clone().requires_grad_() for g in gates)]
+            h = dag_attention(*inputs, plan, backend="native")
+            grads.append(torch.autograd.grad((h * dy).sum(), inputs[1:]))
+        (_, dt_ok, dm_ok, _), (_, dt_bad, dm_bad, _) = grads
+        torch.testing.assert_close(dm_bad[[0, 2]], dm_ok[[0, 2]], atol=1e-12, rtol=0)
+        torch.testing.assert_close(dt_bad[0], dt_ok[0], atol=1e-12, rtol=0)
+
+
 def test_plan_checks_its_arguments():
     ei = torch.tensor([[0, 1], [1, 2]])
     lg = torch.tensor([[0], [1]])
@@ -243,6 +268,24 @@ def test_plan_checks_its_arguments():
         DagAttentionPlan.from_graph(ei, lg, 3.0)
     with pytest.raises(TypeError, match="graphs must be a bool tensor of shape \\[1\\], got list"):
         DagAttentionPlan.from_graph(ei, lg, 3, graphs=[True])
+
+
+def test_plan_of_large_levels_keeps_every_graph_s_edges_together():
+    """Any non-negative topological level works, also a large one: sorting by a combined key
+    graph * (max level + 1) + level overflowed and put graph 1's edges in graph 0's run."""
+    ei = torch.tensor([[0, 1, 3, 4, 6, 7], [1, 2, 4, 5, 7, 8]])  # three chains a -> b -> c
+    lg = torch.tensor([[0, 2, 4], [1, 3, 5]])
+    batch = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    good = DagAttentionPlan.from_graph(ei, lg, 9, batch)
+    level = torch.tensor([0, 1, 0, 1, 0, 1]) + 2**62
+    shifted = DagAttentionPlan.from_graph(ei, lg, 9, batch, level=level)
+    assert good.edge.tolist() == shifted.edge.tolist() == [0, 1, 2, 3, 4, 5]
+    gen = torch.Generator().manual_seed(0)
+    inputs = random_inputs(9, 6, 3, 1, 2, gen)
+    torch.testing.assert_close(
+        dag_attention(*inputs, shifted, backend="reference"),
+        dag_attention(*inputs, good, backend="reference"),
+    )
 
 
 def test_op_checks_its_arguments():

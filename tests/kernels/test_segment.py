@@ -451,6 +451,22 @@ def test_triton_max_gradient_ties_go_to_the_first_element():
     assert gx.tolist() == [1, 3, 0, 0, 3, 0, 0]
 
 
+@requires_triton
+@pytest.mark.parametrize("name", ["max", "min"])
+def test_triton_scan_gradient_of_a_nan_prefix_goes_to_the_first_nan(name):
+    """A NaN prefix comes from its first NaN: the scan's last row is the reduction, and both
+    put its gradient on the same row (not on the later, finite rows)."""
+    ptr = make_ptr((4, 2))
+    x = torch.tensor([1.0, math.nan, 3.0, 2.0, math.nan, 4.0], dtype=torch.float64, device=DEVICE)
+    x.requires_grad_()
+    y = segment_scan(x, ptr, name, backend="triton")
+    (g_scan,) = torch.autograd.grad(y[[3, 5]].sum(), x)
+    (g_red,) = torch.autograd.grad(segment_tree_reduce(x, ptr, name, backend="triton").sum(), x)
+    assert g_scan.tolist() == g_red.tolist() == [0, 1, 0, 0, 1, 0]
+    (g_all,) = torch.autograd.grad(segment_scan(x, ptr, name, backend="triton").sum(), x)
+    assert g_all.tolist() == [1, 3, 0, 0, 2, 0]
+
+
 # ---------------------------------------------------------------------------------------------
 # properties (hypothesis)
 
@@ -794,6 +810,7 @@ def test_empty_outputs_keep_the_autograd_link(backend):
         segment_tree_reduce(x, make_ptr(()), "sum", backend=backend),
         segment_scan(x, make_ptr(()), "sum", backend=backend),
         segment_scan(x, make_ptr((0, 0)), "max", backend=backend),
+        segment_tree_reduce(x, make_ptr((0, 0)), "sum", backend=backend),  # identity rows only
     ):
         assert out.requires_grad
         out.sum().backward()
