@@ -64,3 +64,13 @@ def test_bad_matrices():
         average_accuracy([[0.1, NAN], [NAN, 0.2]])
     with pytest.raises(ValueError, match="square"):
         average_accuracy([])
+
+
+def test_a_missing_diagonal_entry_is_refused():
+    """R[j, j] (the accuracy right after learning task j) is a seen task: a NaN there is
+    refused like any other seen entry, not averaged into a NaN or skipped by the metrics
+    that read only the last row."""
+    for bad in ([[NAN, NAN], [0.7, 0.9]], [[0.5, NAN], [0.7, NAN]]):
+        for fn in (average_accuracy, during_accuracy, backward_transfer):
+            with pytest.raises(ValueError, match="seen tasks"):
+                fn(bad)

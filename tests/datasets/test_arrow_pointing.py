@@ -134,3 +134,13 @@ def test_numpy_integer_seed():
     assert torch.equal(x, x2) and torch.equal(y, y2)
     with pytest.raises(TypeError, match="seed"):
         generate_arrow_pointing(2, 96, 1.0)
+
+
+def test_images_of_neighbouring_seeds_are_not_shifted_copies():
+    """Image i of seed s comes from default_rng([s, i]); a generator seeded with s + i would
+    make image i + 1 of seed 0 image i of seed 1."""
+    x0, _ = generate_arrow_pointing(3, 96, seed=0)
+    x1, _ = generate_arrow_pointing(3, 96, seed=1)
+    for i in range(2):
+        assert not torch.equal(x0[i + 1], x1[i])
+    assert torch.equal(x0[1], torch.from_numpy(_draw(0, 1, 96)[0]))

@@ -101,3 +101,18 @@ def test_sbm_splits_takes_numpy_sizes():
     b = sbm_splits("cluster", (2, 1, 1))
     assert all(torch.equal(x.y, y.y) for k in a for x, y in zip(a[k], b[k], strict=True))
     assert len(pattern(np.int64(2))) == 2
+
+
+@pytest.mark.parametrize("name", ["cluster", "pattern"])
+def test_splits_of_neighbouring_seeds_share_no_graphs(name):
+    """Split j of seed s draws from seed 3 s + j + 1: seeds 0 and 1 use seeds 1-3 and 4-6, so
+    no graph of one dataset seed reappears in another's splits."""
+    a = sbm_splits(name, (2, 2, 2), seed=0)
+    b = sbm_splits(name, (2, 2, 2), seed=1)
+
+    def key(g):
+        return g.num_nodes, tuple(g.edge_index.flatten().tolist())
+
+    assert not {key(g) for s in a.values() for g in s} & {key(g) for s in b.values() for g in s}
+    gen = cluster if name == "cluster" else lambda n, seed: pattern(n, seed=seed, pattern_seed=1)
+    assert key(b["train"][0]) == key(gen(1, seed=4)[0])

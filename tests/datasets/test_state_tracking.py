@@ -82,3 +82,10 @@ def test_numpy_integer_seed():
     assert torch.equal(parity(4, 6, seed=np.int64(3)).tokens, parity(4, 6, seed=3).tokens)
     with pytest.raises(ValueError, match="seed"):
         parity(4, 6, seed=np.int64(-1))
+
+
+def test_dataset_is_drawn_from_its_seed():
+    ds = StateTrackingDataset("mod3", num_samples=6, length=20, seed=4)
+    ref = modular_counting(6, 20, 3, seed=4)
+    assert torch.equal(ds.tokens, ref.tokens) and torch.equal(ds.labels, ref.labels)
+    assert not torch.equal(ds.tokens, StateTrackingDataset("mod3", 6, 20, seed=5).tokens)

@@ -715,3 +715,56 @@ def test_resume_keeps_the_early_stopping_count(fake_graph, tmp_path, monkeypatch
     monkeypatch.setattr(trainer_module, "_evaluate_graph", scripted(3))
     resumed = fit(fake_graph, cfg, tmp_path / "killed")
     assert (resumed["stopped_early"], resumed["epochs_run"], resumed["best_epoch"]) == (True, 3, 1)
+
+
+def test_rmse_averages_over_the_tasks_that_have_labels():
+    """As OGB's Evaluator: a task without any label in the split is left out of the mean,
+    not counted as a task of error 0."""
+    nan = float("nan")
+    y = torch.tensor([[1.0, nan], [2.0, nan], [3.0, nan]])
+    p = torch.tensor([[2.0, 0.0], [3.0, 0.0], [4.0, 0.0]])
+    assert rmse(y, p) == pytest.approx(1.0)
+
+
+def test_an_all_nan_run_has_no_best_epoch_and_stops_at_patience(fake_graph, monkeypatch):
+    """A diverged model scores NaN every epoch: no epoch becomes the best one, and a NaN epoch
+    is not an improvement, so patience stops the run."""
+    monkeypatch.setattr(
+        trainer_module, "_evaluate_graph", lambda task, model, split, config, env: math.nan
+    )
+    r = fit(replace(fake_graph, metric="rmse"), _config(epochs=4, patience=2), None)
+    assert r["best_epoch"] is None and r["best"] is None
+    assert r["stopped_early"] and r["epochs_run"] == 2
+
+
+def test_an_improvement_restarts_the_early_stopping_count(fake_graph, monkeypatch):
+    """patience counts the epochs since the last improvement, not all epochs without one."""
+    values = iter(v for v in [0.8, 0.7, 0.9, 0.6, 0.5, 0.95] for _ in ("valid", "test"))
+    monkeypatch.setattr(
+        trainer_module, "_evaluate_graph", lambda task, model, split, config, env: next(values)
+    )
+    r = fit(fake_graph, _config(epochs=6, patience=2), None)
+    # epoch 3 improves: epochs 4 and 5 run, then two epochs without improvement stop the run
+    assert (r["stopped_early"], r["epochs_run"], r["best_epoch"]) == (True, 5, 3)
+
+
+class _ZeroLogit(torch.nn.Module):
+    """Logit 0 for every graph (BCE = log 2 on every label); records its training batches."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.train_batches = []
+
+    def forward(self, batch):
+        if self.training:
+            self.train_batches.append(batch.num_graphs)
+        return self.w * torch.zeros(batch.num_graphs, 1)
+
+
+def test_train_loss_is_the_mean_over_graphs_and_one_graph_batches_are_skipped(fake_graph):
+    model = _ZeroLogit()
+    n = len(fake_graph.splits["train"])
+    r = fit(fake_graph, _config(epochs=1, batch_size=n - 1), None, model_factory=lambda: model)
+    assert model.train_batches == [n - 1]  # the last batch holds one graph: skipped
+    assert r["history"][0]["train_loss"] == pytest.approx(math.log(2.0))

@@ -159,3 +159,10 @@ def test_resolver_refuses_kwargs_that_contradict_the_name():
         aggregation_resolver("recurrent_lstm", 4, 4, cell="gru")
     assert aggregation_resolver("lcm_mlp", 4, 4, cell="mlp").cell == "mlp"
     assert aggregation_resolver("lcm", 4, 4, cell="mlp").cell == "mlp"
+
+
+def test_resolver_takes_both_class_names():
+    """The class names resolve to graphseq's classes, as AGGREGATIONS' comment says."""
+    assert type(aggregation_resolver("LCMAggregation", 4, 4)) is LCMAggregation
+    assert type(aggregation_resolver("RecurrentAggregation", 4, 4)) is RecurrentAggregation
+    assert type(aggregation_resolver("recurrent_aggregation", 4, 4)) is RecurrentAggregation

@@ -708,3 +708,32 @@ def test_repr_round_trips(cls, kwargs):
     assert repr(rebuilt) == repr(model)
     for name in kwargs:
         assert getattr(rebuilt, name) == getattr(model, name), name
+
+
+def test_mot_router_output_is_the_gated_concatenation():
+    torch.manual_seed(0)
+    router = MoTRouter(4, experts=3, k=2)
+    h, ys = torch.randn(6, 4), [torch.randn(6, 4) for _ in range(3)]
+    z, g = router(h, ys)
+    ref = router.out(torch.cat([g[:, t : t + 1] * y for t, y in enumerate(ys)], -1))
+    torch.testing.assert_close(z, ref)
+    # an expert the router did not keep for a node does not reach that node's output
+    moved = [y + 100.0 * (g[:, t : t + 1] == 0) for t, y in enumerate(ys)]
+    torch.testing.assert_close(router(h, moved)[0], z)
+
+
+@pytest.mark.parametrize("local", ["sage", "gat"])
+def test_gsm_plus_plus_baseline_local_feeds_the_hpe_to_the_scans(local):
+    """With local='sage'/'gat' the hierarchical PE is added to the scan encoders' input: once
+    the router's output map is non-zero, the output depends on the HAC tree and the PE learns."""
+    torch.manual_seed(0)
+    model = GSMPlusPlus(3, 8, 2, heads=2, level="node", hpe_levels=6, local=local,
+                        attention=False).eval()  # fmt: skip
+    for r in model.routers:
+        torch.nn.init.normal_(r.out.weight)
+    moved = BATCH.clone()
+    moved.hac_child = torch.zeros_like(moved.hac_child)
+    with torch.no_grad():
+        assert not torch.allclose(model(BATCH), model(moved))
+    model(BATCH).sum().backward()
+    assert model.pe.child.weight.grad is not None and model.pe.child.weight.grad.abs().sum() > 0

@@ -214,3 +214,18 @@ def test_random_walk_steps_are_uniform_over_neighbours():
     out = RandomWalkTokenizer(num_walks=400, walk_length=1, seed=0)(star)
     counts = torch.bincount(out.rw_index.view(400, 2, 5)[:, 1, 0], minlength=5)
     assert counts[0] == 0 and counts[1:].min() >= 60, counts.tolist()
+
+
+def test_a_tree_exactly_levels_deep_fits():
+    data = _graph()
+    depth = int(HACTokenizer(levels=16)(data.clone()).hac_depth)
+    assert HACTokenizer(levels=depth)(data.clone()).hac_path.shape == (14, depth)
+    with pytest.raises(ValueError, match="raise levels"):
+        HACTokenizer(levels=depth - 1)(data.clone())
+
+
+def test_a_node_id_equal_to_num_nodes_is_refused():
+    bad = Data(x=torch.ones(3, 1), edge_index=torch.tensor([[0], [3]]), num_nodes=3)
+    for t in ALL:
+        with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+            t(bad.clone())
