@@ -290,6 +290,30 @@ class LocalEncoder(nn.Module):
         )
 
 
+def check_cu_seqlens(cls: str, cu_seqlens: object, total: int) -> Tensor:
+    """``cu_seqlens`` must be the ``[S + 1]`` integer boundaries of ``total`` packed rows:
+    one-dimensional, from 0 to ``total``, non-decreasing (one host sync)."""
+    if not isinstance(cu_seqlens, Tensor):
+        raise TypeError(
+            f"{cls}: cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}"
+        )
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{cls}: cu_seqlens must be an int32/int64 tensor, got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise ValueError(
+            f"{cls}: cu_seqlens must be a 1-D tensor of S + 1 >= 1 boundaries, "
+            f"got shape {tuple(cu_seqlens.shape)}"
+        )
+    cu = cu_seqlens.long()
+    bad = (cu[0] != 0) | (cu[-1] != total) | (cu[1:] < cu[:-1]).any()
+    if bool(bad):
+        raise ValueError(
+            f"{cls}: cu_seqlens must run non-decreasing from 0 to x.size(0) = {total}, "
+            f"got {cu.tolist() if cu.numel() <= 8 else tuple(cu.shape)}"
+        )
+    return cu
+
+
 def reverse_index(cu_seqlens: Tensor) -> Tensor:
     """``[ΣT]`` permutation reversing every packed sequence in place (an involution)."""
     seq = sequence_index(cu_seqlens)
@@ -370,6 +394,7 @@ class ScanLayer(nn.Module):
             if self.backward_rnn is not None:
                 y = y + self.backward_rnn(h.flip(1)).flip(1)
             return x + F.dropout(y, self.dropout, self.training)
+        cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x.size(0))
         h = self.norm(x).unsqueeze(0)  # [1, ΣT, D]
         y = self.forward_rnn(h, cu_seqlens=cu_seqlens)[0]
         if self.backward_rnn is not None:
@@ -437,6 +462,7 @@ class AttentionLayer(nn.Module):
 
     def forward(self, x: Tensor, cu_seqlens: Tensor) -> Tensor:
         check_matches_parameters(type(self).__name__, "x", x, self.qkv.weight)
+        cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x.size(0))
         if x.size(0) == 0:
             return x
         dense, mask, seq, pos = _to_dense(self.norm(x), cu_seqlens)  # [S, T, D], [S, T]
@@ -544,6 +570,7 @@ class SequenceEncoder(nn.Module):
             m.reset_parameters()
 
     def forward(self, x: Tensor, cu_seqlens: Tensor) -> Tensor:
+        cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x.size(0))
         T = uniform_length(cu_seqlens, x.size(0)) if "M" in self.pattern else None
         rev = reverse_index(cu_seqlens) if "M" in self.pattern and T is None else None
         for mixer, ffn in zip(self.mixers, self.ffns, strict=True):

@@ -384,3 +384,24 @@ def test_local_encoder_none_has_no_unused_parameters(norm):
 def test_dtype_mismatch_is_named(name, call):
     with pytest.raises(ValueError, match=rf"{name}: .* has dtype torch.float32 but the layer"):
         call()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: AttentionLayer(4, 2),
+        lambda: ScanLayer(4),
+        lambda: SequenceEncoder(4, "T", heads=2),
+        lambda: SequenceEncoder(4, "MT", heads=2),
+    ],
+)
+@pytest.mark.parametrize(
+    "cu",
+    [torch.tensor([0, 2, 4]), torch.tensor([1, 3, 5]), torch.tensor([0, 3, 2, 5])],
+)
+def test_packed_mixers_name_a_cu_seqlens_that_does_not_describe_x(make, cu):
+    layer = make()
+    with pytest.raises(ValueError, match=rf"{type(layer).__name__}: cu_seqlens .* x.size\(0\) = 5"):
+        layer(torch.randn(5, 4), cu)
+    with pytest.raises(TypeError, match="cu_seqlens must be an int32/int64"):
+        layer(torch.randn(5, 4), cu.float())
