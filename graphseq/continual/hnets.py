@@ -66,6 +66,20 @@ def _check_int(cls: str, name: str, value: object, minimum: int = 1) -> int:
     return value
 
 
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _task_id(t: object) -> object:
+    """A task id given as a one-element integer tensor -> ``int``; anything else unchanged (for
+    :meth:`HyperNetwork._check_task`). A float or bool tensor is refused, as a float or bool
+    id is, instead of being truncated."""
+    if not isinstance(t, Tensor):
+        return t
+    if t.numel() != 1 or t.dtype not in _INT_DTYPES:
+        raise TypeError(f"task ids must be ints, got a {t.dtype} tensor of shape {list(t.shape)}")
+    return int(t.item())
+
+
 def _draw_normal(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
     """A standard normal draw in ``like``'s dtype and on its device. The draw is made on the
     generator's device and then moved, so a CPU generator (the methods' seeded one) also
@@ -162,6 +176,10 @@ class HyperNetwork(nn.Module):
         self.embedding_dim = _check_int(type(self).__name__, "embedding_dim", embedding_dim)
         self.output_scale = bool(output_scale)
         scale = spec.init_scale() if self.output_scale else torch.ones(spec.numel)
+        # rounded to float32 whatever the default dtype: the buffer is not saved, and a
+        # checkpoint is rebuilt in float32 and then cast, so a hypernetwork built under
+        # torch.set_default_dtype(torch.float64) must hold the same numbers to reload exactly
+        scale = scale.float().to(torch.get_default_dtype())
         self.register_buffer("scale", scale, persistent=False)
         self.task_embeddings = nn.ParameterList()
 
@@ -236,7 +254,9 @@ class HyperNetwork(nn.Module):
     def _task_list(self, task) -> list[int] | None:
         if task is None:
             return None
-        return [task] if isinstance(task, int) else [int(t) for t in task]
+        if isinstance(task, Tensor) and task.dim() == 0:
+            task = _task_id(task)
+        return [task] if isinstance(task, int) else [_task_id(t) for t in task]
 
     def _embeddings(self, task, embedding) -> tuple[Tensor, bool]:
         if (task is None) == (embedding is None):
@@ -249,11 +269,13 @@ class HyperNetwork(nn.Module):
                     f"embedding must have {self.embedding_dim} features, got {embedding.shape[-1]}"
                 )
             return embedding.reshape(-1, self.embedding_dim), embedding.dim() == 1
+        if isinstance(task, Tensor) and task.dim() == 0:
+            task = _task_id(task)  # a single id given as a 0-d tensor
         if isinstance(task, int) and not isinstance(task, bool):
             return self.task_embeddings[self._check_task(task)].unsqueeze(0), True
         if not isinstance(task, (list, tuple, range, Tensor)):
             raise TypeError(f"task must be an int or a list of ints, got {type(task).__name__}")
-        tasks = [self._check_task(int(t) if isinstance(t, Tensor) else t) for t in task]
+        tasks = [self._check_task(_task_id(t)) for t in task]
         if not tasks:
             raise ValueError("task list must not be empty")
         return torch.stack([self.task_embeddings[t] for t in tasks]), False

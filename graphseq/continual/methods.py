@@ -698,6 +698,9 @@ class SeparateNetworks(ContinualMethod):
         super().__init__(target)
         self.seed = int(seed)
         self.nets = nn.ParameterList()
+        # follows .to() / .double(): a task's network is created in the method's dtype and on
+        # its device, also for tasks begun after the move (and when a checkpoint is reloaded)
+        self.register_buffer("_like", torch.zeros(0), persistent=False)
 
     @property
     def num_tasks(self) -> int:
@@ -706,7 +709,8 @@ class SeparateNetworks(ContinualMethod):
     def begin_task(self, task: int) -> None:
         while len(self.nets) <= task:
             g = torch.Generator().manual_seed(self.seed + 104729 * len(self.nets))
-            self.nets.append(nn.Parameter(self.target.param_spec.init_weights(g)))
+            w = self.target.param_spec.init_weights(g)  # drawn on the CPU generator
+            self.nets.append(nn.Parameter(w.to(self._like)))
 
     def weights(self, task: int) -> Tensor:
         self._check_task(task)

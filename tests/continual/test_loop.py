@@ -524,6 +524,37 @@ def test_double_precision_method_reloads_in_double(tmp_path):
     assert torch.equal(back.weights(0), m.weights(0))
 
 
+def test_separate_networks_follow_the_methods_dtype_and_reload_in_it(tmp_path):
+    target = small_target(2)
+    m = SeparateNetworks(target).double()
+    m.begin_task(0)  # a task begun after .double()
+    assert m.weights(0).dtype == torch.float64
+    m.begin_task(1)
+    with torch.no_grad():
+        m.nets[1].add_(1e-12)  # below float32's resolution
+    save_method(tmp_path / "m.pt", m)
+    back, _ = load_method(tmp_path / "m.pt")
+    assert all(back.weights(t).dtype == torch.float64 for t in range(2))
+    for t in range(2):
+        assert torch.equal(back.weights(t), m.weights(t))
+
+
+def test_a_hypernetwork_built_under_a_double_default_reloads_exactly(tmp_path):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        target = MLPTarget(64, (17,), 2, num_heads=2)  # fan-ins 64 and 17
+        m = HypernetworkMethod(target, RNNHyperNetwork(target.param_spec, 40, 8, 10))
+        m.begin_task(0)
+        w = m.weights(0).detach()
+        save_method(tmp_path / "m.pt", m)
+    finally:
+        torch.set_default_dtype(old)
+    back, _ = load_method(tmp_path / "m.pt")  # rebuilt under the float32 default
+    assert back.weights(0).dtype == torch.float64
+    assert torch.equal(back.weights(0), w)
+
+
 def test_labels_must_fit_the_heads(stream):
     from graphseq.datasets.continual import permuted_digits
 

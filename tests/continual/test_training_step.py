@@ -331,6 +331,18 @@ def test_tensor_task_ids_are_accepted_in_lists():
     torch.testing.assert_close(old_raw, h.generate_padded([1])[0])
 
 
+def test_tensor_task_ids_must_be_integer_tensors():
+    h = with_tasks("chunked-cond", 2)
+    torch.testing.assert_close(h(torch.tensor(1)), h(1))  # a 0-d tensor is one id
+    for bad in (torch.tensor(1.9), torch.tensor(0.99), torch.tensor(True)):
+        with pytest.raises(TypeError, match="task ids must be ints"):
+            h([bad])  # was truncated to an id
+        with pytest.raises(TypeError, match="task ids must be ints"):
+            h.generate_padded([bad])
+    with pytest.raises(TypeError, match="task ids must be ints"):
+        h(torch.tensor([[0, 1]]))
+
+
 # -- the Fisher-weighted output regulariser ---------------------------------------------------
 
 
