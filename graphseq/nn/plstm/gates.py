@@ -165,6 +165,8 @@ class MultiHeadRMSNorm(torch.nn.Module):
     .. math::
         y_{h,c} = \gamma_{h,c}\, \frac{x_{h,c}}{\sqrt{\tfrac{1}{C}\sum_{c'} x_{h,c'}^2 + \epsilon}}
 
+    computed in float32 for float16/bfloat16 inputs (the output keeps the input's dtype).
+
     Args:
         heads (int): number of heads :math:`H`.
         head_channels (int): channels per head :math:`C`.
@@ -188,8 +190,11 @@ class MultiHeadRMSNorm(torch.nn.Module):
             self.weight.fill_(1.0)
 
     def forward(self, x: Tensor) -> Tensor:
-        rms = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return x * rms * self.weight
+        # the mean square in float32 at least: in float16 it overflows once |x| > 256, and
+        # rsqrt(inf) = 0 would silently zero the head (and inf * 0 give NaN)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return y.to(x.dtype) * self.weight
 
     def __repr__(self) -> str:
         eps = f", eps={self.eps!r}" if self.eps != 1e-5 else ""

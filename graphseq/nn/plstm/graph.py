@@ -1870,6 +1870,10 @@ class PLSTMGraph(torch.nn.Module):
                 )
             _check_structure_edges(cls, structure, edge_index)
         qkv, *gates = self._packed_gates(x, structure, edge_attr)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # the recurrence hands h back in its inputs' dtype, where it can overflow
+            # (|h| > 65504 in float16): run it in float32 and cast after the norm
+            qkv, gates = qkv.float(), [g.float() for g in gates]
         scale = 1.0 / math.sqrt(self.head_channels)
         h = _recurrence(cls, qkv, scale, *gates, structure, batch, self.algorithm)  # [N, H, V]
-        return self.out_proj(self.norm(h).flatten(-2))
+        return self.out_proj(self.norm(h).to(x.dtype).flatten(-2))

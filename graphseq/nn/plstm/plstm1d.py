@@ -200,8 +200,9 @@ class PLSTM1D(SequenceLayer):
         return q, k, v, self.source(x), self.transition(x), self.mark(x), self.direct(x)
 
     def output(self, h: Tensor) -> Tensor:
-        """Per-head RMS norm and output projection of ``h`` ``[..., H, V]``."""
-        return self.out_proj(self.norm(h).flatten(-2))
+        """Per-head RMS norm and output projection of ``h`` ``[..., H, V]`` (``h`` may be
+        wider than the layer's dtype: it is normalised before it is cast to it)."""
+        return self.out_proj(self.norm(h).to(self.out_proj.weight.dtype).flatten(-2))
 
     def init_state(self, batch_size: int) -> Tensor:
         """Zero state ``[batch_size, H, K, V]`` on the parameters' device and dtype."""
@@ -235,7 +236,8 @@ class PLSTM1D(SequenceLayer):
                 cu_seqlens=cu,
                 chunk_size=self.chunk_size,
             )
-        y = self.output(h.to(x.dtype))
+        # normalised before the cast: h itself may exceed float16's range (the norm does not)
+        y = self.output(h)
         if return_state:
             return y, h_last.to(x.dtype)
         return y

@@ -314,7 +314,8 @@ class PLSTM2D(torch.nn.Module):
     def recurrence(
         self, x: Tensor, backend: str | None = None, method: str | None = None
     ) -> Tensor:
-        """The un-normalised output ``h`` ``[B, X, Y, H, K]`` (four corners + direct term).
+        """The un-normalised output ``h`` ``[B, X, Y, H, K]`` (four corners + direct term;
+        float32 for float16/bfloat16 ``x``).
 
         ``backend`` and ``method`` as in :meth:`forward`."""
         cls = type(self).__name__
@@ -329,6 +330,20 @@ class PLSTM2D(torch.nn.Module):
         qkv = self.qkv(x).unflatten(-1, (3, H, C))  # [B, X, Y, 3, H, C]
         gates = self.corner_gates(x)
         d = self.direct(x)  # [B, X, Y, H]
+        if x.dtype in (torch.float16, torch.bfloat16):
+            # every path accumulates in float32 but would hand h back in x's dtype, where it
+            # can overflow (|h| > 65504 in float16); keep h in float32 up to the norm
+            up: dict[int, Tensor] = {}  # a gate tensor shared by two names stays shared
+
+            def widen(t: Tensor | None) -> Tensor | None:
+                if t is None or t.dtype == torch.float32:
+                    return t
+                if id(t) not in up:
+                    up[id(t)] = t.float()
+                return up[id(t)]
+
+            qkv, d = widen(qkv), widen(d)
+            gates = {name: widen(t) for name, t in gates.items()}
         X, Y = x.shape[1], x.shape[2]
         if method is None and backend in (None, "torch") and X * Y <= DENSE_MAX_CELLS:
             native_ok = NATIVE_GRID and x.device.type == "cpu" and native_available()
@@ -476,4 +491,4 @@ class PLSTM2D(torch.nn.Module):
             )
         check_matches_parameters(cls, "x", x, self.qkv.weight)
         h = self.recurrence(x, backend=backend, method=method)
-        return self.out_proj(self.norm(h).flatten(-2))
+        return self.out_proj(self.norm(h).to(x.dtype).flatten(-2))
