@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_seed
+from ._checks import check_seed, load_npz
 from .molecules import DATA_ENV, MissingDataError, default_data_dir
 
 __all__ = [
@@ -172,11 +172,7 @@ def load_mnist(data_dir: str | os.PathLike | None = None) -> dict[str, np.ndarra
             f"there, or pass data_dir=... / set ${DATA_ENV} to the folder holding it. "
             "Nothing is downloaded."
         )
-    with np.load(path, allow_pickle=False) as f:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
-        if missing:
-            raise ValueError(f"{path} lacks the arrays {sorted(missing)}")
-        return {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    return load_npz("load_mnist", path, ("x_train", "y_train", "x_test", "y_test"))
 
 
 def _images(x: np.ndarray, padding: int) -> Tensor:

@@ -21,6 +21,8 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.utils import to_undirected
 
+from ._checks import load_npz
+
 __all__ = ["DATA_ENV", "HETEROPHILOUS", "load_heterophilous", "split_masks"]
 
 DATA_ENV = "GRAPHSEQ_DATA"
@@ -84,11 +86,7 @@ def load_heterophilous(name: str, data_dir: str | Path | None = None) -> Data:
         ``[N, 10]`` (one column per split).
     """
     path = _find(name, data_dir)
-    with np.load(path, allow_pickle=False) as f:
-        missing = [k for k in _KEYS if k not in f.files]
-        if missing:
-            raise ValueError(f"load_heterophilous: {path} lacks the keys {missing}")
-        arrays = {k: f[k] for k in _KEYS}
+    arrays = load_npz("load_heterophilous", path, _KEYS)
     _check_arrays(path, arrays)
     n = arrays["node_features"].shape[0]
     edges = torch.from_numpy(arrays["edges"].astype(np.int64)).t().contiguous()

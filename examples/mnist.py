@@ -24,10 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from graphseq.datasets.continual import load_mnist
 from graphseq.nn.plstm import PLSTMVision
 from graphseq.train.io import machine_info, plot_curves, write_json
 
@@ -45,7 +45,7 @@ def load(path: Path):
             f"mnist.npz not found at {path}; pass --data or set GRAPHSEQ_DATA to the folder "
             "holding it (keys x_train, y_train, x_test, y_test)"
         )
-    d = np.load(path)
+    d = load_mnist(path)  # a damaged file is a ValueError naming it
 
     def prep(x):
         return ((torch.from_numpy(x).float() / 255.0 - 0.1307) / 0.3081).unsqueeze(1)

@@ -72,7 +72,34 @@ def test_env_variable_and_bad_file(tmp_path, monkeypatch):
     (tmp_path / "heterophilous").mkdir()
     np.savez(tmp_path / "heterophilous" / "minesweeper.npz", node_features=np.zeros((2, 1)))
     monkeypatch.setenv("GRAPHSEQ_DATA", str(tmp_path))
-    with pytest.raises(ValueError, match="lacks the keys"):
+    with pytest.raises(
+        ValueError, match=r"load_heterophilous: .*minesweeper\.npz lacks the arrays"
+    ):
+        load_heterophilous("minesweeper")
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"not an archive", "object arrays"),  # numpy reads an unknown format as a pickle
+        (None, "File is not a zip file"),  # a truncated archive
+        ("object", "object arrays"),
+    ],
+)
+def test_a_damaged_file_is_named(content, why, tmp_path, monkeypatch):
+    path = tmp_path / "heterophilous" / "minesweeper.npz"
+    if content == "object":
+        _npz(tmp_path, node_labels=np.array([0, 1, 0, 1, 0], dtype=object))
+    elif content is None:
+        _npz(tmp_path)
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        _npz(tmp_path)
+        path.write_bytes(content)
+    monkeypatch.setenv("GRAPHSEQ_DATA", str(tmp_path))
+    with pytest.raises(
+        ValueError, match=rf"load_heterophilous: cannot read .*minesweeper.npz.*{why}"
+    ):
         load_heterophilous("minesweeper")
 
 
