@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from graphseq.train import CheckpointError, ResultsFileError, submit
 
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, TypeError, ImportError, FileNotFoundError, CheckpointError,
             ResultsFileError) as err:  # fmt: skip
         p.error(str(err))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun one line, as graphseq submit
+        return
     print(
         json.dumps(
             {

@@ -296,3 +296,16 @@ def test_ogb_submit_example_reports_bad_values_without_a_traceback(
     with pytest.raises(SystemExit) as exc:
         mod.main([*argv, "--out", str(tmp_path)])
     assert exc.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_ogb_submit_example_prints_its_line_on_rank_0_only(
+    tmp_path, load_example, capsys, monkeypatch
+):
+    mod = load_example("ogb_submit")
+    monkeypatch.setattr(mod, "submit", lambda *a, **k: {"dataset": "x"} | dict.fromkeys(
+        ("method", "metric", "test_mean", "test_std", "valid_mean", "valid_std",
+         "num_parameters"), 0))  # fmt: skip
+    for rank, lines in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        mod.main(["fake-graph", "--out", str(tmp_path)])
+        assert len(capsys.readouterr().out.splitlines()) == lines, rank
