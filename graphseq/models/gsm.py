@@ -299,11 +299,16 @@ class GNNBaseline(nn.Module):
         )
 
 
+def _gsm_reads_tokens(args: dict) -> bool:
+    """``tokenization="none"`` without the hierarchical PE reads no tokenizer attribute."""
+    return args.get("tokenization") != "none" or bool(args.get("hpe"))
+
+
 @register_model(
     "gsm",
     description="graph sequence model: one tokenization, local + global encoder",
     node_features=("dense",),
-    tokenized=True,
+    tokenized=_gsm_reads_tokens,
 )
 def gsm(
     spec: InputSpec,

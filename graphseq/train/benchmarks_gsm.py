@@ -111,7 +111,8 @@ for _name, _desc in (
     register_benchmark(
         Benchmark(_name, _desc, "node", "binary classification", "rocauc",
                   _load_heterophilous(_name), dict(_HETERO),
-                  data=f"$GRAPHSEQ_DATA/heterophilous/{_name}.npz", tokenized=True)
+                  data=f"$GRAPHSEQ_DATA/heterophilous/{_name}.npz", node_features="dense",
+                  tokenized=True)
     )  # fmt: skip
 
 
@@ -154,13 +155,15 @@ register_benchmark(
     Benchmark("pattern-small", "PATTERN (SBM), 2,000/500/500 graphs, regenerated", "graph",
               "multiclass classification", "acc_sbm",
               lambda data_dir, cache_dir: sbm_task("pattern", (2000, 500, 500)), dict(_SBM),
-              data="generated", tokenized=True, prediction_level="node")
+              data="generated", node_features="dense", tokenized=True,
+              prediction_level="node")
 )  # fmt: skip
 register_benchmark(
     Benchmark("cluster-small", "CLUSTER (SBM), 2,000/250/250 graphs, regenerated", "graph",
               "multiclass classification", "acc_sbm",
               lambda data_dir, cache_dir: sbm_task("cluster", (2000, 250, 250)), dict(_SBM),
-              data="generated", tokenized=True, prediction_level="node")
+              data="generated", node_features="dense", tokenized=True,
+              prediction_level="node")
 )  # fmt: skip
 
 
@@ -244,6 +247,6 @@ for _task, _kind in (
     register_benchmark(
         Benchmark(f"graph-{_task}", f"GSM algorithmic task {_task} ({_kind}), 1,000/500/500 graphs",
                   "graph", _info["task_type"], _info["metric"], _load_graph_task(_task),
-                  dict(_TASKS), data="generated", tokenized=True,
+                  dict(_TASKS), data="generated", node_features="dense", tokenized=True,
                   prediction_level=_info["level"])
     )  # fmt: skip

@@ -148,20 +148,20 @@ def run_benchmark(
             "'node'), so a batch size does not apply; leave it unset"
         )
     entry = get_model(model)
-    why = bench.incompatibility(model)
+    d = bench.defaults
+    margs = {k: v for k, v in d.get("model", {}).items() if k in entry.hyperparameters()}
+    margs.update(model_args or {})
+    why = bench.incompatibility(model, margs)
     if why is not None:
         raise ValueError(
             f"model {model!r} cannot run on benchmark {benchmark!r}: {why}; models that run "
             f"on {benchmark!r}: {', '.join(bench.models()) or 'none registered'}"
         )
-    d = bench.defaults
     if seeds is None:
         seeds = int(d.get("seeds", 1))
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ValueError("seeds: need at least one seed")
-    margs = {k: v for k, v in d.get("model", {}).items() if k in entry.hyperparameters()}
-    margs.update(model_args or {})
     n_epochs = epochs if epochs is not None else int(d.get("epochs", 100))
     schedule = schedule if schedule is not None else str(d.get("schedule", "constant"))
     if warmup_epochs is None:
@@ -196,6 +196,9 @@ def run_benchmark(
         with env.main_first():  # rank 0 builds the dataset cache, the others then read it
             task = bench.load(data_dir, cache_dir)
         bench.check_task(task)
+        why = bench.incompatibility(model, margs, task.spec)  # undeclared ones: now known
+        if why is not None:
+            raise ValueError(f"model {model!r} cannot run on benchmark {benchmark!r}: {why}")
         say(
             f"{benchmark}: {task.task_type}, metric {task.metric}, sizes "
             + "/".join(str(v) for v in task.info.get("sizes", {}).values())

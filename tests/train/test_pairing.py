@@ -10,10 +10,10 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from graphseq import cli
-from graphseq.models import build_model, get_model, register_model
+from graphseq.models import InputSpec, build_model, get_model, register_model
 from graphseq.train import benchmarks as benchmarks_module
 from graphseq.train import run_benchmark
-from graphseq.train.benchmarks import get_benchmark
+from graphseq.train.benchmarks import Benchmark, get_benchmark
 from graphseq.train.benchmarks_gsm import graph_tasks_task, sbm_task
 
 BUILT_IN = ("gat", "gin", "gin-vn", "gps", "gsm", "gsm++", "plstm", "sage")
@@ -123,3 +123,42 @@ def test_a_closed_pipe_ends_list_quietly(monkeypatch, capsys):
     monkeypatch.setattr(cli.os, "dup2", lambda *a: None)  # keep pytest's captured stdout
     assert cli.main(["list"]) == 141
     assert "writable folders" not in capsys.readouterr().err
+
+
+def test_a_benchmark_registered_without_the_declarations_still_runs(monkeypatch, tmp_path):
+    """register_benchmark is public: a benchmark registered as before the declarations existed
+    (here PATTERN-like: batches of graphs, per-node predictions) runs, and a model that cannot
+    run on it is refused by name once its data is loaded."""
+    bench = Benchmark(
+        "test-undeclared", "tiny PATTERN", "graph", "multiclass classification", "acc_sbm",
+        lambda d, c: sbm_task("pattern", (8, 4, 4)),
+        {"epochs": 1, "batch_size": 4, "seeds": 1, "model": {"hidden": 8, "layers": 1}},
+    )  # fmt: skip
+    monkeypatch.setitem(benchmarks_module._BENCHMARKS, bench.name, bench)
+    for model in ("gin", "gsm"):
+        results, _ = run_benchmark(bench.name, model, out_dir=tmp_path, progress=False,
+                                   log=lambda *a, **k: None)  # fmt: skip
+        assert results[0]["best_epoch"] is not None, model
+
+    def atoms(data_dir, cache_dir):  # a task whose spec says OGB atoms
+        task = get_benchmark("fake-graph").load(data_dir, cache_dir)
+        return replace(task, spec=InputSpec("graph", 1, "ogb-atom", 0, "ogb-bond"))
+
+    ogb = replace(bench, name="test-undeclared-ogb", load=atoms)
+    monkeypatch.setitem(benchmarks_module._BENCHMARKS, ogb.name, ogb)
+    with pytest.raises(ValueError, match=r"'gat' cannot run on .*'test-undeclared-ogb': it takes"):
+        run_benchmark(ogb.name, "gat", out_dir=tmp_path, progress=False, log=lambda *a, **k: None)
+
+
+def test_gsm_without_tokens_still_runs_on_untokenized_data(tmp_path):
+    """gsm with tokenization='none' (and no hierarchical PE) reads no tokenizer attribute:
+    the pairing follows the hyperparameters, not only the model's name."""
+    results, _ = run_benchmark(
+        "fake-graph", "gsm", epochs=1, seeds=1, out_dir=tmp_path, progress=False,
+        model_args={"tokenization": "none", "hidden": 16}, log=lambda *a, **k: None,
+    )  # fmt: skip
+    assert results[0]["best_epoch"] is not None
+    for args in ({}, {"tokenization": "none", "hpe": True}):
+        with pytest.raises(ValueError, match="reads the GSM tokens"):
+            run_benchmark("fake-graph", "gsm", epochs=1, seeds=1, out_dir=tmp_path,
+                          progress=False, model_args=args)  # fmt: skip
