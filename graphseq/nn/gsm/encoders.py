@@ -380,8 +380,15 @@ class ScanLayer(nn.Module):
             self.backward_rnn.reset_parameters()
 
     def forward(
-        self, x: Tensor, cu_seqlens: Tensor | None = None, rev: Tensor | None = None
+        self,
+        x: Tensor,
+        cu_seqlens: Tensor | None = None,
+        rev: Tensor | None = None,
+        *,
+        validate: bool = True,
     ) -> Tensor:
+        """``validate=False`` skips the check of ``cu_seqlens`` (one host sync) for boundaries
+        the caller built or already checked."""
         check_matches_parameters(type(self).__name__, "x", x, self.norm.weight)
         if cu_seqlens is None:  # equal-length sequences as a batch [S, T, D]
             if x.dim() != 3:
@@ -394,7 +401,8 @@ class ScanLayer(nn.Module):
             if self.backward_rnn is not None:
                 y = y + self.backward_rnn(h.flip(1)).flip(1)
             return x + F.dropout(y, self.dropout, self.training)
-        cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x.size(0))
+        if validate:
+            cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x.size(0))
         h = self.norm(x).unsqueeze(0)  # [1, ΣT, D]
         y = self.forward_rnn(h, cu_seqlens=cu_seqlens)[0]
         if self.backward_rnn is not None:
@@ -460,9 +468,12 @@ class AttentionLayer(nn.Module):
         self.qkv.reset_parameters()
         self.out.reset_parameters()
 
-    def forward(self, x: Tensor, cu_seqlens: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cu_seqlens: Tensor, *, validate: bool = True) -> Tensor:
+        """``validate=False`` skips the check of ``cu_seqlens`` (one host sync) for boundaries
+        the caller built or already checked."""
         check_matches_parameters(type(self).__name__, "x", x, self.qkv.weight)
-        cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x.size(0))
+        if validate:
+            cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x.size(0))
         if x.size(0) == 0:
             return x
         dense, mask, seq, pos = _to_dense(self.norm(x), cu_seqlens)  # [S, T, D], [S, T]
@@ -569,17 +580,20 @@ class SequenceEncoder(nn.Module):
         for m in (*self.mixers, *self.ffns):
             m.reset_parameters()
 
-    def forward(self, x: Tensor, cu_seqlens: Tensor) -> Tensor:
-        cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x.size(0))
+    def forward(self, x: Tensor, cu_seqlens: Tensor, *, validate: bool = True) -> Tensor:
+        """``validate=False`` skips the check of ``cu_seqlens`` (one host sync) for boundaries
+        the caller built or already checked; the mixers never check them again."""
+        if validate:
+            cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x.size(0))
         T = uniform_length(cu_seqlens, x.size(0)) if "M" in self.pattern else None
         rev = reverse_index(cu_seqlens) if "M" in self.pattern and T is None else None
         for mixer, ffn in zip(self.mixers, self.ffns, strict=True):
             if not isinstance(mixer, ScanLayer):
-                x = mixer(x, cu_seqlens)
+                x = mixer(x, cu_seqlens, validate=False)
             elif T is not None:  # equal lengths (k-hop tokens, one graph's HAC paths): batched
                 x = mixer(x.view(-1, T, x.size(-1))).view(-1, x.size(-1))
             else:
-                x = mixer(x, cu_seqlens, rev)
+                x = mixer(x, cu_seqlens, rev, validate=False)
             x = ffn(x)
         return x
 

@@ -105,7 +105,9 @@ def _require(batch, tokenization: str, cls: str):
     x = getattr(batch, "x", None)
     if attr in ("khop_index", "rw_index") and isinstance(x, Tensor) and value.numel():
         n = x.size(0)
-        if int(value.min()) < 0 or int(value.max()) >= n:
+        low, high = torch.aminmax(value)
+        low, high = torch.stack([low, high]).tolist()  # one host sync
+        if low < 0 or high >= n:
             raise ValueError(
                 f"{cls}: data.{attr} holds node ids outside [0, {n}): the graph changed after "
                 "tokenization (subgraph, node removal, ...); apply the tokenizer last"
@@ -495,7 +497,8 @@ class GSM(_Base):
             if self.size_proj is not None:
                 # a mean forgets how many nodes it averaged: tell the encoder the subgraph size
                 tokens = tokens + self.size_proj(torch.log1p(size).unsqueeze(1))
-            return encoder(tokens, cu)[cu[1:] - 1]  # each node's last token: itself
+            # cu is built here from the tokens, so the encoder need not check it
+            return encoder(tokens, cu, validate=False)[cu[1:] - 1]  # each node's last token
         perm = node_tokens(batch, tokenization, node_batch, cls)
         y = encoder(h[perm], ptr)
         return torch.empty_like(y).index_copy_(0, perm, y)  # back to node order
