@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["graph_batch", "reset_children"]
+__all__ = ["graph_batch", "pool_graphs", "reset_children"]
 
 
 def graph_batch(batch, num_nodes: int, device: torch.device) -> tuple[Tensor, int]:
@@ -21,6 +21,19 @@ def graph_batch(batch, num_nodes: int, device: torch.device) -> tuple[Tensor, in
     if hasattr(batch, "num_graphs"):
         return node_batch, int(batch.num_graphs)
     return node_batch, int(node_batch.max()) + 1 if node_batch.numel() else 1
+
+
+def pool_graphs(h: Tensor, node_batch: Tensor, num_graphs: int, pool: str) -> Tensor:
+    """``[num_graphs, D]`` mean (``pool="mean"``) or sum (``"sum"``) of each graph's rows of
+    ``h``, in ``h``'s dtype. The mean is summed in float32 at least: a float16 sum overflows
+    past 65,504 (a graph of 3,000 nodes with ``|h| ~ 30``), and ``inf / count`` gave an inf
+    graph embedding where the mean itself is finite."""
+    from torch_geometric.nn import global_add_pool, global_mean_pool
+
+    if pool == "mean":
+        acc = torch.promote_types(h.dtype, torch.float32)
+        return global_mean_pool(h.to(acc), node_batch, size=num_graphs).to(h.dtype)
+    return global_add_pool(h, node_batch, size=num_graphs)
 
 
 def reset_children(module: nn.Module) -> None:

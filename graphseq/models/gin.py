@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
+from torch_geometric.nn import GINConv, GINEConv, global_add_pool
 
-from graphseq.models._init import graph_batch, reset_children
+from graphseq.models._init import graph_batch, pool_graphs, reset_children
 from graphseq.models.registry import InputSpec, register_model
 from graphseq.nn.seq.base import check_positive_int, check_real
 
@@ -202,8 +202,7 @@ class GIN(nn.Module):
                 vn = nn.functional.dropout(self.vn_mlps[layer](pooled), self.dropout, self.training)
         if self.spec.level == "node":
             return self.head(h)  # [N, out]
-        pool = global_mean_pool if self.pool == "mean" else global_add_pool
-        return self.head(pool(h, node_batch, size=num_graphs))  # [G, out]
+        return self.head(pool_graphs(h, node_batch, num_graphs, self.pool))  # [G, out]
 
     def __repr__(self) -> str:
         return (

@@ -23,11 +23,9 @@ from torch_geometric.nn import (
     GINEConv,
     GPSConv,
     ResGatedGraphConv,
-    global_add_pool,
-    global_mean_pool,
 )
 
-from graphseq.models._init import graph_batch, reset_children
+from graphseq.models._init import graph_batch, pool_graphs, reset_children
 from graphseq.models.registry import InputSpec, register_model
 from graphseq.nn.gsm import GSM, GSMPlusPlus, LocalEncoder
 from graphseq.nn.gsm.encoders import mean_adjacency
@@ -48,8 +46,7 @@ def _dense_only(spec: InputSpec, name: str) -> tuple[int, int | None]:
 
 def _pool(h: Tensor, batch, pool: str) -> Tensor:
     node_batch, num_graphs = graph_batch(batch, h.size(0), h.device)
-    fn = global_mean_pool if pool == "mean" else global_add_pool
-    return fn(h, node_batch, size=num_graphs)
+    return pool_graphs(h, node_batch, num_graphs, pool)
 
 
 def _check_common(cls: str, hidden, layers, heads, pool) -> None:
@@ -282,7 +279,10 @@ class GNNBaseline(nn.Module):
         h = self.encoder(_features(batch, None, "GNNBaseline", dtype, self.spec.node_dim))
         edge_index = batch.edge_index
         if self.conv == "sage":  # one sparse adjacency for all layers: SpMM instead of scatter
-            edge_index = mean_adjacency(edge_index, h.size(0), h.dtype)
+            # float32 at least: the mean's sum overflows float16 at a hub
+            edge_index = mean_adjacency(
+                edge_index, h.size(0), torch.promote_types(h.dtype, torch.float32)
+            )
         for block in self.blocks:
             h = block(h, edge_index)
         h = self.out_norm(h)

@@ -8,9 +8,8 @@ pooling, MLP head) with OGB's atom and bond encoders in front.
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch_geometric.nn import global_add_pool, global_mean_pool
 
-from graphseq.models._init import graph_batch, reset_children
+from graphseq.models._init import graph_batch, pool_graphs, reset_children
 from graphseq.models.gin import AtomEncoder, BondEncoder
 from graphseq.models.registry import InputSpec, register_model
 from graphseq.nn.plstm.graph import PLSTMGraph, prepare_dag
@@ -154,8 +153,7 @@ class PLSTMGraphNet(nn.Module):
         h = self.final_norm(h)
         if self.spec.level == "node":
             return self.head(h)  # [N, out]
-        pool = global_mean_pool if self.pool == "mean" else global_add_pool
-        return self.head(pool(h, node_batch, size=num_graphs))  # [G, out]
+        return self.head(pool_graphs(h, node_batch, num_graphs, self.pool))  # [G, out]
 
     def __repr__(self) -> str:
         return (

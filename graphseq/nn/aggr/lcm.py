@@ -22,6 +22,14 @@ from ._grouping import (
 )
 
 CELLS = ("gru", "mlp")
+
+
+def _mean_square(d: Tensor) -> Tensor:
+    """``mean(d ** 2)`` in float32 at least, returned in ``d``'s dtype: squared in float16, one
+    ``|d| > 256`` overflowed to inf although the mean itself is representable."""
+    return d.to(torch.promote_types(d.dtype, torch.float32)).pow(2).mean().to(d.dtype)
+
+
 IDENTITIES = ("learned", "zeros")
 
 
@@ -511,7 +519,7 @@ class LCMAggregation(Aggregation):
             ha, hb, hc = operands.split(s)
         first = op(torch.cat([ha, hb]), torch.cat([hb, hc]))  # [a ⊕ b; b ⊕ c]
         second = op(torch.cat([first[:s], ha]), torch.cat([hc, first[s:]]))
-        return (second[:s] - second[s:]).pow(2).mean()
+        return _mean_square(second[:s] - second[s:])
 
     def identity_loss(
         self,
@@ -541,7 +549,7 @@ class LCMAggregation(Aggregation):
             return h.new_zeros(())
         ha = h[a]
         e = self.identity_value(dtype=h.dtype, device=h.device).expand_as(ha)
-        return (self.combine(ha, e) - ha).pow(2).mean()
+        return _mean_square(self.combine(ha, e) - ha)
 
     def __repr__(self) -> str:
         extra = f", hidden_channels={self.hidden_channels}" if self.cell == "mlp" else ""

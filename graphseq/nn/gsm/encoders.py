@@ -64,7 +64,8 @@ def mean_adjacency(
     one entry of value 1 per edge, duplicates kept) that PyG convolutions accept in place of
     ``edge_index``. :class:`LocalEncoder`'s ``"sage"`` then aggregates by one sparse-dense
     product instead of a gather/scatter over edges (the same mean, about 3x faster forward on
-    CPU); build it once per forward, in the node features' ``dtype``, for every layer."""
+    CPU); build it once per forward, for every layer, in the node features' ``dtype`` (float32
+    for float16/bfloat16 features: :class:`LocalEncoder` then sums the mean in float32)."""
     from torch_geometric.utils import to_torch_csr_tensor
 
     # int64 keys: target * num_nodes overflows int32 above 46,341 nodes, and rows out of order
@@ -250,7 +251,11 @@ class LocalEncoder(nn.Module):
             # renders a convolution class's propagate once per process, with the first
             # instance's fuse flag, so after any SAGEConv with a module aggregation (graphseq's
             # LCM, for one) every SAGEConv refuses a sparse adjacency
-            mean = spmm(edge_index, x, reduce="mean")
+            # summed in the adjacency's dtype when it is wider (mean_adjacency in float32 for
+            # half features: a float16 sum over a hub's neighbours overflows at 65,504)
+            acc = torch.promote_types(x.dtype, edge_index.dtype)
+            adj = edge_index if edge_index.dtype == acc else edge_index.to(acc)
+            mean = spmm(adj, x.to(acc), reduce="mean").to(x.dtype)
             return self.conv.lin_l(mean) + self.conv.lin_r(x)
         if self.edge_dim is None:
             out = self.conv(x, edge_index)
@@ -658,9 +663,13 @@ class HierarchicalPE(nn.Module):
             )
         offset = torch.arange(self.levels, device=child.device) * self.max_children
         idx = child.clamp(max=self.max_children - 1) + offset  # [N, L]
-        logs = torch.log1p(size.to(self.size.weight.dtype))  # [N, L]; column 0 is the root
+        # the sizes in float32 at least: a cluster above 65,504 nodes is inf in float16, and
+        # inf / inf made the encoding of every node of such a graph NaN
+        dtype = self.size.weight.dtype
+        acc = torch.promote_types(dtype, torch.float32)
+        logs = torch.log1p(size.to(acc))  # [N, L]; column 0 is the root
         rel = logs / logs[:, :1].clamp_min(math.log(2.0))
-        return self.child(idx).sum(1) + self.size(rel)
+        return self.child(idx).sum(1) + self.size(rel.to(dtype))
 
     def __repr__(self) -> str:
         return (

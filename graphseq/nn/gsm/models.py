@@ -166,7 +166,20 @@ def subgraph_tokens(
     The last token of each node's sequence is ``h`` itself (size 1). Sequence lengths depend
     only on the node's own graph (``k + 1`` for k-hop, ``depth + 1`` for HAC ancestor paths,
     ``L + 1`` for random walks), never on the rest of the batch.
+
+    Sums, counts and means are formed in float32 for float16/bfloat16 ``h`` (a subgraph's sum
+    overflowed float16 at 65,504 although its mean is O(|h|), and a size above 65,504 became
+    inf); the tokens come back in ``h``'s dtype, the sizes in float32.
     """
+    acc = torch.promote_types(h.dtype, torch.float32)
+    tokens, cu, size = _subgraph_tokens(batch, tokenization, h.to(acc), cls)
+    return tokens.to(h.dtype), cu, size
+
+
+def _subgraph_tokens(
+    batch, tokenization: str, h: Tensor, cls: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`subgraph_tokens` in ``h``'s dtype."""
     n, D = h.shape
     value = _require(batch, tokenization, cls)
     device = h.device
@@ -281,8 +294,12 @@ def _layers(module: nn.Module) -> tuple[nn.Module, ...]:
 
 
 def _pool(h: Tensor, node_batch: Tensor, num_graphs: int, pool: str) -> Tensor:
-    fn = global_mean_pool if pool == "mean" else global_add_pool
-    return fn(h, node_batch, size=num_graphs)
+    if pool == "mean":
+        # summed in float32 at least: a float16 sum overflows past 65,504 (a graph of 3,000
+        # nodes with |h| ~ 30), and inf / count gave an inf graph embedding for a finite mean
+        acc = torch.promote_types(h.dtype, torch.float32)
+        return global_mean_pool(h.to(acc), node_batch, size=num_graphs).to(h.dtype)
+    return global_add_pool(h, node_batch, size=num_graphs)
 
 
 class _Base(nn.Module):
@@ -496,7 +513,8 @@ class GSM(_Base):
             tokens, cu, size = subgraph_tokens(batch, tokenization, h, cls)  # [ΣK, D], [N + 1]
             if self.size_proj is not None:
                 # a mean forgets how many nodes it averaged: tell the encoder the subgraph size
-                tokens = tokens + self.size_proj(torch.log1p(size).unsqueeze(1))
+                # log1p of the float32 sizes, then the tokens' dtype
+                tokens = tokens + self.size_proj(torch.log1p(size).to(tokens.dtype).unsqueeze(1))
             # cu is built here from the tokens, so the encoder need not check it
             return encoder(tokens, cu, validate=False)[cu[1:] - 1]  # each node's last token
         perm = node_tokens(batch, tokenization, node_batch, cls)
@@ -827,7 +845,10 @@ class GSMPlusPlus(_Base):
         if self.pe_proj is not None:
             h = h + self.pe_proj(self._node_pe(batch, x.size(0)).to(h.dtype))
         if self.local == "sage":  # one sparse adjacency for all layers: SpMM instead of scatter
-            edge_index = mean_adjacency(edge_index, x.size(0), h.dtype)
+            # float32 at least: the mean's sum overflows float16 at a hub
+            edge_index = mean_adjacency(
+                edge_index, x.size(0), torch.promote_types(h.dtype, torch.float32)
+            )
         gates = []
         for block in range(self.layers):
             for layer in _layers(self.locals[block]):

@@ -109,6 +109,10 @@ class GatedLinearRNN(SequenceLayer):
         D, H = self.channels, self.heads
         v, g, z = self.in_proj(x).split([D, D, H], dim=-1)
         lo, hi = self.eigenvalue_range
+        # the gate in float32 at least: float16/bfloat16 round a decay just below 1 to a coarse
+        # grid or to 1 itself (bfloat16 above ~0.998), and the scan raises it to the power of
+        # the sequence length, so a long-memory gate lost its decay altogether
+        z = z.to(torch.promote_types(z.dtype, torch.float32))
         a = lo + (hi - lo) * torch.sigmoid(z)
         return a, v.unflatten(-1, (H, self.head_channels)), g
 
@@ -131,9 +135,11 @@ class GatedLinearRNN(SequenceLayer):
         if state is not None:
             state = self._check_state_tensor(state, "state", (n, self.heads, self.head_channels), x)
             state = state.to(x.dtype)
-        a, v, g = self._project(x)  # [B,T,H], [B,T,H,Dh], [B,T,D]
-        h, h_last = linear_scan(a.unsqueeze(-1).expand_as(v), v, h0=state, cu_seqlens=cu)
-        y = self.out_proj(h.flatten(-2) * F.silu(g))  # [B, T, D]
+        a, v, g = self._project(x)  # [B,T,H] (float32 for half inputs), [B,T,H,Dh], [B,T,D]
+        # the scan accumulates in float32 for half inputs anyway: give it the float32 gates
+        h0 = None if state is None else state.to(a.dtype)
+        h, h_last = linear_scan(a.unsqueeze(-1).expand_as(v), v.to(a.dtype), h0=h0, cu_seqlens=cu)
+        y = self.out_proj(h.to(v.dtype).flatten(-2) * F.silu(g))  # [B, T, D]
         if return_state:
             return y, h_last.to(x.dtype)
         return y
@@ -149,6 +155,6 @@ class GatedLinearRNN(SequenceLayer):
         state = self._check_state_tensor(
             state, "state", (x.shape[0], self.heads, self.head_channels), x
         ).to(x.dtype)  # as forward does: the state is carried in x's dtype
-        a, v, g = self._project(x)
-        h = a.unsqueeze(-1) * state + v  # [B, H, Dh]
-        return self.out_proj(h.flatten(-2) * F.silu(g)), h
+        a, v, g = self._project(x)  # a in float32 for half inputs, see _project
+        h = (a.unsqueeze(-1) * state.to(a.dtype) + v.to(a.dtype)).to(state.dtype)  # [B, H, Dh]
+        return self.out_proj(h.to(v.dtype).flatten(-2) * F.silu(g)), h
