@@ -66,6 +66,13 @@ def test_bad_task_ids(kind):
         h()
     with pytest.raises(ValueError, match="empty"):
         h([])
+    # tensor ids: integer tensors (0-d or in a list) work; float and bool tensors are refused,
+    # not truncated to a task (torch.tensor(0.7) would silently be task 0)
+    torch.testing.assert_close(h(torch.tensor(0)), h(0))
+    torch.testing.assert_close(h([torch.tensor(0)]), h([0]))
+    for bad in (torch.tensor(0.7), torch.tensor([0.0]), torch.tensor(False), [torch.tensor(0.0)]):
+        with pytest.raises(TypeError, match="task ids must be ints"):
+            h(bad)
 
 
 @pytest.mark.parametrize("kind", ["full", "chunked", "rnn"])
@@ -222,6 +229,24 @@ def test_growth_keeps_a_double_hypernetwork_double_and_exact():
     assert all(p.dtype == torch.float64 for p in h.parameters())
     # in float64 the old tasks' weights survive growth to rounding, not to float32's 1e-6
     torch.testing.assert_close(h([0, 1]).detach(), before, rtol=0, atol=1e-13)
+
+
+def test_a_float64_hypernetwork_reloads_exactly_through_a_float32_build():
+    """A checkpoint is rebuilt from its config in float32 and then cast: the (unsaved) scale
+    buffer of a hypernetwork built under a float64 default must hold the same numbers."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        h64 = make("full", spec=SPEC)
+        h64.add_task()
+    finally:
+        torch.set_default_dtype(old)
+    rebuilt = hypernetwork_from_config(SPEC, h64.config())
+    rebuilt.add_task()
+    rebuilt = rebuilt.double()
+    rebuilt.load_state_dict(h64.state_dict())
+    assert torch.equal(rebuilt(0), h64(0))
 
 
 @pytest.mark.parametrize("kind", KINDS)

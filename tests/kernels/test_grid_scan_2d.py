@@ -390,6 +390,8 @@ def test_env_triton_with_method_runs_the_torch_path(monkeypatch, method):
     [
         (2, 3, 4, 2, 3, 5, ()),
         (1, 5, 2, 1, 4, 70, ("t_dl",)),  # two value blocks of 64
+        # two value blocks with B, H > 1: the per-block gradient buffers are [NVB, B, ...]
+        (2, 2, 3, 2, 3, 70, ("t_ru",)),
         (2, 1, 1, 1, 2, 2, ("t_ru", "d")),
         (1, 4, 3, 2, 5, 3, ("t_rl", "t_du")),
     ],

@@ -100,6 +100,32 @@ def test_a_loader_that_contradicts_its_registration_is_refused():
     wrong = replace(bench, node_features="ogb-atom")
     with pytest.raises(RuntimeError, match="registered with node_features='ogb-atom'"):
         wrong.check_task(task)
+    # the prediction level is checked too: fake-graph predicts per graph, not per node
+    with pytest.raises(RuntimeError, match="prediction level 'node'"):
+        replace(bench, prediction_level="node").check_task(task)
+
+
+def test_run_refuses_a_loader_that_contradicts_its_registration(monkeypatch, tmp_path):
+    """run_benchmark checks the loaded task against the registration before training."""
+    registry = benchmarks_module._BENCHMARKS
+    wrong = replace(registry["fake-graph"], node_features="ogb-atom")
+    monkeypatch.setitem(registry, "fake-graph", wrong)
+    with pytest.raises(RuntimeError, match="registered with node_features='ogb-atom'"):
+        run_benchmark("fake-graph", "gin", epochs=1, seeds=1, out_dir=tmp_path, progress=False)
+    assert not list(tmp_path.rglob("results*.json"))
+
+
+def test_pairing_uses_the_prediction_level_not_the_batching_level(monkeypatch):
+    """PATTERN batches graphs but predicts per node: a model registered for graph-level
+    prediction only must not be listed for it (no built-in model is graph-only)."""
+    from graphseq.models import registry as registry_module
+
+    entry = replace(get_model("gin"), name="test-graph-only", levels=("graph",))
+    monkeypatch.setitem(registry_module._REGISTRY, "test-graph-only", entry)
+    bench = get_benchmark("pattern-small")
+    assert "test-graph-only" not in bench.models()
+    assert bench.incompatibility("test-graph-only") == "it predicts at graph level, not 'node'"
+    assert "test-graph-only" in get_benchmark("fake-graph").models()
 
 
 def test_register_model_checks_the_data_it_declares():

@@ -252,7 +252,9 @@ def test_a_results_file_that_is_not_a_run_record_is_a_clear_error(fake_graph, tm
     full = fit(fake_graph, cfg, tmp_path)
     path = tmp_path / "results.json"
     partial = {k: full[k] for k in ("status", "config_digest", "config")}
+    no_config = {k: v for k, v in full.items() if k != "config"}  # the runner reads "config"
     for content, match in ((partial, r"finished run without \['seed', 'best_epoch', 'best'\]"),
+                           (no_config, r"finished run without \['config'\]"),
                            (None, "is not a graphseq results file")):  # fmt: skip
         path.write_text(json.dumps(content))
         with pytest.raises(ResultsFileError, match=match):

@@ -113,6 +113,38 @@ def test_stale_subgraph_tokens_are_named():
             model(stale)
 
 
+def test_stale_random_walk_tokens_at_the_edges_of_the_range_are_named():
+    """Ids equal to the node count, negative ids (h[-1] would read the last node silently),
+    a node added after tokenization, and a khop_k that is not one k per graph: ValueErrors that
+    name the attribute."""
+    n = 10
+    ei = torch.tensor([[i, (i + 1) % n] for i in range(n)] + [[0, 5], [2, 7]]).t()
+    data = Data(x=torch.randn(n, 3), edge_index=ei, num_nodes=n)
+    tok = RandomWalkTokenizer(2, 3)(KHopTokenizer(2)(data))
+    rw = GSM(3, 8, 1, tokenization="rw", heads=2, level="node").eval()
+    khop = GSM(3, 8, 1, tokenization="khop", heads=2, level="node").eval()
+    last = tok.clone()  # node n - 1 removed, one walk still visits it: id == new node count
+    last.x, last.num_nodes = last.x[: n - 1], n - 1
+    last.edge_index = last.edge_index[:, (last.edge_index < n - 1).all(0)]
+    last.rw_index = last.rw_index[:, : n - 1].clone()
+    last.rw_index[0, 0] = n - 1
+    with pytest.raises(ValueError, match=rf"data.rw_index holds node ids outside \[0, {n - 1}\)"):
+        rw(last)
+    negative = tok.clone()
+    negative.rw_index = negative.rw_index.clone()
+    negative.rw_index[1, 0] = -1
+    with pytest.raises(ValueError, match=rf"data.rw_index holds node ids outside \[0, {n}\)"):
+        rw(negative)
+    grown = tok.clone()  # a node appended: the ids stay in range, the columns do not match
+    grown.x, grown.num_nodes = torch.cat([grown.x, torch.randn(1, 3)]), n + 1
+    with pytest.raises(ValueError, match=r"data.rw_index must have shape \[num_walks \* 4, 11\]"):
+        rw(grown)
+    two_k = tok.clone()
+    two_k.khop_k = torch.tensor([2, 1])
+    with pytest.raises(ValueError, match=r"data.khop_k must hold one k per graph \(1\), got 2"):
+        khop(two_k)
+
+
 def test_mot_router_keeps_top_k():
     router = MoTRouter(4, experts=3, k=2)
     h = torch.randn(10, 4)
