@@ -499,7 +499,10 @@ class GNNTarget(TargetNetwork):
             w0, b0, w1, b1 = tensors[4 * i : 4 * i + 4]
             agg = scatter(h[edge_index[0]], edge_index[1], 0, dim_size=h.shape[0], reduce="sum")
             h = F.relu(F.linear(F.relu(F.linear(h + agg, w0, b0)), w1, b1))
-        pooled = scatter(h, batch, 0, dim_size=int(data.num_graphs), reduce="mean")
+        # the mean summed in float32 at least: a float16 sum over a large graph overflows
+        acc = torch.promote_types(h.dtype, torch.float32)
+        pooled = scatter(h.to(acc), batch, 0, dim_size=int(data.num_graphs), reduce="mean")
+        pooled = pooled.to(h.dtype)
         return F.linear(pooled, tensors[-2], tensors[-1])
 
     def config(self) -> dict:

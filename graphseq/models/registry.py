@@ -141,14 +141,22 @@ class ModelEntry:
 
     def reads_tokens(self, hyperparameters: dict[str, Any] | None = None) -> bool:
         """Whether the model built with ``hyperparameters`` (the factory's defaults for the
-        rest) reads the GSM tokens."""
+        rest) reads the GSM tokens. A ``tokenized`` function that fails (a hyperparameter
+        without a default that was not given, say) is a ``ValueError`` naming this model."""
         if callable(self.tokenized):
-            return bool(self.tokenized({**self.hyperparameters(), **(hyperparameters or {})}))
+            args = {**self.hyperparameters(), **(hyperparameters or {})}
+            try:
+                return bool(self.tokenized(args))
+            except Exception as e:
+                raise ValueError(
+                    f"model {self.name!r}: its tokenized function failed on the hyperparameters "
+                    f"{args} ({type(e).__name__}: {e}); give the ones it reads"
+                ) from e
         return self.tokenized
 
     def incompatibility(
         self,
-        level: str,
+        level: str | None,
         node_features: str | None,
         tokenized: bool | None,
         hyperparameters: dict[str, Any] | None = None,
@@ -156,9 +164,9 @@ class ModelEntry:
         """Why this model (built with ``hyperparameters``, default: the factory's defaults)
         cannot run on data predicted at ``level`` with ``node_features`` (tokenized or not);
         ``None`` when it can. Lets a benchmark runner refuse a pairing before it loads any
-        data. ``None`` for ``node_features`` or ``tokenized``: not known, not held against the
-        model."""
-        if level not in self.levels:
+        data. ``None`` for ``level``, ``node_features`` or ``tokenized``: not known, not held
+        against the model."""
+        if level is not None and level not in self.levels:
             return f"it predicts at {'/'.join(self.levels)} level, not {level!r}"
         if node_features is not None and node_features not in self.node_features:
             return f"it takes {'/'.join(self.node_features)} node features, not {node_features!r}"

@@ -125,15 +125,28 @@ class Benchmark:
         task's ``spec`` where given."""
         from graphseq.models import get_model
 
-        level = spec.level if spec is not None else (self.prediction_level or self.level)
-        features = spec.node_features if spec is not None else self.node_features
+        if spec is not None:
+            level, features = spec.level, spec.node_features
+        elif self.node_features is None and self.prediction_level is None and self.level == "graph":
+            # registered without the declarations: a benchmark of graphs may predict per node
+            # (PATTERN), so its prediction level is known only once the task is loaded
+            level, features = None, None
+        else:
+            level, features = self.prediction_level or self.level, self.node_features
         return get_model(model).incompatibility(level, features, self.tokenized, model_args)
 
     def models(self) -> list[str]:
-        """The registered models that can run on this benchmark, sorted by name."""
+        """The registered models that can run on this benchmark, sorted by name (a model whose
+        token requirement its defaults do not decide is not held against it)."""
         from graphseq.models import list_models
 
-        return [m.name for m in list_models() if self.incompatibility(m.name) is None]
+        def runs(name: str) -> bool:
+            try:
+                return self.incompatibility(name) is None
+            except ValueError:  # its tokenized function needs a hyperparameter without default
+                return True
+
+        return [m.name for m in list_models() if runs(m.name)]
 
     def check_task(self, task: Task) -> None:
         """Refuse a loaded task whose spec contradicts this registration (a loader bug that

@@ -188,3 +188,25 @@ def test_mlp_target_on_an_empty_batch():
     assert t(torch.zeros(0, 2, 2), w).shape == (0, 4)  # flattened like a non-empty batch
     with pytest.raises(ValueError, match="x must have 4 features, got 5"):
         t(torch.zeros(0, 5), w)
+
+
+def test_gnn_target_mean_pool_of_a_large_graph_in_float16():
+    """A 3,000-node graph whose node states are ~30: the float16 sum overflowed (inf logits)
+    although the mean is finite; the mean is summed in float32."""
+    from torch_geometric.data import Batch, Data
+
+    torch.manual_seed(0)
+    n = 3000
+    ei = torch.stack([torch.arange(n - 1), torch.arange(1, n)])
+    big = Data(x=torch.rand(n, 4), edge_index=torch.cat([ei, ei.flip(0)], 1))
+    small = Data(x=torch.rand(5, 4), edge_index=torch.tensor([[0, 1], [1, 0]]))
+    batch = Batch.from_data_list([small, big])
+    target = GNNTarget(4, hidden=8, num_layers=1)
+    w = target.param_spec.init_weights(torch.Generator().manual_seed(0)).abs().mul(3).half()
+    half = batch.clone()
+    half.x = batch.x.half()
+    full = half.clone()
+    full.x = half.x.float()
+    want, got = target(full, w.float()), target(half, w)
+    assert got.dtype == torch.float16 and torch.isfinite(got).all()
+    torch.testing.assert_close(got.float(), want, rtol=1e-2, atol=1e-2 * want.abs().max().item())

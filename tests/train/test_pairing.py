@@ -188,3 +188,67 @@ def test_gsm_without_tokens_still_runs_on_untokenized_data(tmp_path):
         with pytest.raises(ValueError, match="reads the GSM tokens"):
             run_benchmark("fake-graph", "gsm", epochs=1, seeds=1, out_dir=tmp_path,
                           progress=False, model_args=args)  # fmt: skip
+
+
+def test_an_undeclared_benchmark_of_graphs_runs_a_node_level_model(monkeypatch, tmp_path):
+    """A benchmark of graphs registered without the declarations may predict per node (PATTERN):
+    its prediction level is not known before loading, so a node-level-only model is not
+    refused then (it ran before the declarations existed), and runs on the loaded task."""
+    from graphseq.models import registry
+    from graphseq.models.gin import gin
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_model("test-node-only", levels=("node",))
+    def node_only(spec, hidden: int = 8, layers: int = 1):
+        return gin(spec, hidden=hidden, layers=layers)
+
+    bench = Benchmark(
+        "test-undeclared-node", "tiny PATTERN", "graph", "multiclass classification", "acc_sbm",
+        lambda d, c: sbm_task("pattern", (8, 4, 4)),
+        {"epochs": 1, "batch_size": 4, "seeds": 1, "model": {"hidden": 8, "layers": 1}},
+    )  # fmt: skip
+    monkeypatch.setitem(benchmarks_module._BENCHMARKS, bench.name, bench)
+    assert "test-node-only" in bench.models()
+    results, _ = run_benchmark(bench.name, "test-node-only", out_dir=tmp_path, progress=False,
+                               log=lambda *a, **k: None)  # fmt: skip
+    assert results[0]["best_epoch"] is not None
+
+    # a graph-level-only model is still refused, once the data says the level
+    @register_model("test-graph-only", levels=("graph",))
+    def graph_only(spec, hidden: int = 8, layers: int = 1):
+        return gin(spec, hidden=hidden, layers=layers)
+
+    with pytest.raises(ValueError, match=r"'test-graph-only' cannot run .* not 'node'"):
+        run_benchmark(bench.name, "test-graph-only", out_dir=tmp_path, progress=False,
+                      log=lambda *a, **k: None)  # fmt: skip
+
+
+def test_a_tokenized_function_that_needs_a_hyperparameter_without_default(
+    monkeypatch, tmp_path, capsys
+):
+    """register_model(tokenized=<function>) on a factory with a required hyperparameter: list
+    (which knows only the defaults) still lists every benchmark, an unrelated refused pairing
+    names its own reason, and the model itself names what its function could not read."""
+    from graphseq.models import registry
+    from graphseq.models.gsm import gsm
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_model("test-tok-required", node_features=("dense",),
+                    tokenized=lambda hp: hp["tokenization"] != "none")  # fmt: skip
+    def tok_required(spec, tokenization: str, hidden: int = 16):
+        return gsm(spec, hidden=hidden, tokenization=tokenization)
+
+    assert cli.main(["list"]) == 0
+    assert "fake-node" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="'gsm\\+\\+' cannot run on benchmark 'fake-graph'"):
+        run_benchmark("fake-graph", "gsm++", out_dir=tmp_path, progress=False,
+                      log=lambda *a, **k: None)  # fmt: skip
+    with pytest.raises(ValueError, match="'test-tok-required': its tokenized function failed"):
+        run_benchmark("fake-graph", "test-tok-required", out_dir=tmp_path, progress=False,
+                      log=lambda *a, **k: None)  # fmt: skip
+    results, _ = run_benchmark("fake-graph", "test-tok-required", epochs=1, seeds=1,
+                               out_dir=tmp_path, progress=False, log=lambda *a, **k: None,
+                               model_args={"tokenization": "none"})  # fmt: skip
+    assert results[0]["best_epoch"] is not None

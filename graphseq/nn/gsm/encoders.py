@@ -246,6 +246,14 @@ class LocalEncoder(nn.Module):
             self.norm.reset_parameters()
 
     def _conv(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None) -> Tensor:
+        if (
+            self.conv_type == "sage"
+            and not is_sparse(edge_index)
+            and x.dtype in (torch.float16, torch.bfloat16)
+        ):
+            # SAGEConv's scatter mean sums in x's dtype: a float16 sum over a hub's neighbours
+            # overflows at 65,504 although the mean is finite (GSM passes edge_index as is)
+            edge_index = mean_adjacency(edge_index, x.size(0), torch.float32)
         if self.conv_type == "sage" and is_sparse(edge_index):
             # SAGEConv's fused mean, called here rather than through its propagate: PyG 2.8
             # renders a convolution class's propagate once per process, with the first

@@ -77,3 +77,27 @@ def test_sage_mean_over_a_hub_sums_in_float32_for_half_features():
         got = enc(x, mean_adjacency(ei, n, torch.promote_types(x.dtype, torch.float32)))
     assert torch.isfinite(got).all()
     assert (got.float() - want).abs().max() < 0.1
+
+
+def test_sage_mean_over_a_hub_from_edge_index_in_float16():
+    """LocalEncoder('sage') given a plain edge_index (GSM(local='sage') passes it so) summed a
+    hub's neighbours in float16 (inf, then NaN); it takes the float32 mean as with the CSR."""
+    from graphseq.nn.gsm import LocalEncoder
+
+    torch.manual_seed(0)
+    n = 3000
+    hub = torch.stack([torch.arange(1, n), torch.zeros(n - 1, dtype=torch.long)])
+    ei = torch.cat([hub, hub.flip(0)], 1)
+    x = (torch.rand(n, 8) * 60).half()
+    enc = LocalEncoder(8, "sage", norm="layer", prenorm=False).half().eval()
+    ref = copy.deepcopy(enc).float()
+    with torch.no_grad():
+        want, got = ref(x.float(), ei), enc(x, ei)
+    assert torch.isfinite(got).all()
+    assert (got.float() - want).abs().max() < 0.1
+    model = GSM(4, 8, 2, tokenization="none", local="sage", layers=1, heads=2, level="node")
+    data = Batch.from_data_list([Data(x=torch.rand(n, 4) * 60, edge_index=ei, num_nodes=n)])
+    half = data.clone()
+    half.x = data.x.half()
+    with torch.no_grad():
+        assert torch.isfinite(model.half().eval()(half)).all()
