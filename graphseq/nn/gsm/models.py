@@ -103,6 +103,7 @@ def _require(batch, tokenization: str, cls: str):
             f"apply graphseq.nn.gsm.{_TRANSFORM[tokenization]} to the dataset first"
         )
     x = getattr(batch, "x", None)
+    _check_token_device(cls, attr, value, x)
     if attr in ("khop_index", "rw_index") and isinstance(x, Tensor) and value.numel():
         n = x.size(0)
         low, high = torch.aminmax(value)
@@ -115,6 +116,16 @@ def _require(batch, tokenization: str, cls: str):
     return value
 
 
+def _check_token_device(cls: str, attr: str, value: object, x: object) -> None:
+    """A token attribute must be on ``x``'s device (the tokenizers store theirs on the CPU,
+    so a graph tokenized after ``data.to(device)`` has them there)."""
+    if isinstance(value, Tensor) and isinstance(x, Tensor) and value.device != x.device:
+        raise ValueError(
+            f"{cls}: data.{attr} is on {value.device} but data.x is on {x.device}; tokenize "
+            "first, then move the whole batch with batch.to(device)"
+        )
+
+
 def _require_hac_tree(batch, cls: str, what: str, levels: int) -> tuple[Tensor, Tensor]:
     """``(hac_child, hac_size)``, the HAC tree that the hierarchical PE reads, checked against
     the model's ``hpe_levels``."""
@@ -124,6 +135,9 @@ def _require_hac_tree(batch, cls: str, what: str, levels: int) -> tuple[Tensor, 
             f"{cls}: {what} reads the HAC tree (data.hac_child, data.hac_size), which the "
             "input lacks; apply graphseq.nn.gsm.HACTokenizer to the dataset first"
         )
+    x = getattr(batch, "x", None)
+    _check_token_device(cls, "hac_child", child, x)
+    _check_token_device(cls, "hac_size", size, x)
     if child.dim() == 2 and child.size(1) != levels:
         raise ValueError(
             f"{cls}: the data's HAC paths have {child.size(1)} levels but hpe_levels={levels}; "

@@ -1836,6 +1836,12 @@ class PLSTMGraph(torch.nn.Module):
         check_matches_parameters(cls, "x", x, self.out_proj.weight)
         N = x.shape[0]
         _check_edge_index_form(cls, edge_index)  # named after the layer, not orient_edges
+        for name, t in (("edge_index", edge_index), ("batch", batch), ("edge_attr", edge_attr)):
+            if isinstance(t, Tensor) and t.device != x.device:
+                raise ValueError(
+                    f"{cls}: {name} is on {t.device} but x is on {x.device}; "
+                    "move them to the same device"
+                )
         if self.edge_dim is not None:
             if edge_attr is None:
                 raise ValueError(f"{cls}: built with edge_dim={self.edge_dim}; pass edge_attr")
@@ -1860,6 +1866,11 @@ class PLSTMGraph(torch.nn.Module):
             if not isinstance(structure, DagStructure):
                 raise TypeError(
                     f"{cls}: structure must be a DagStructure, got {type(structure).__name__}"
+                )
+            if structure.edge_index.device != x.device:
+                raise ValueError(
+                    f"{cls}: structure is on {structure.edge_index.device} but x is on "
+                    f"{x.device}; prepare it from an edge_index on x's device"
                 )
             wanted = (N, self.mode, self.orientation, self.reverse)
             got = (structure.num_nodes, structure.mode, structure.orientation, structure.reverse)
