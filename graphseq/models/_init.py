@@ -25,15 +25,10 @@ def graph_batch(batch, num_nodes: int, device: torch.device) -> tuple[Tensor, in
 
 def pool_graphs(h: Tensor, node_batch: Tensor, num_graphs: int, pool: str) -> Tensor:
     """``[num_graphs, D]`` mean (``pool="mean"``) or sum (``"sum"``) of each graph's rows of
-    ``h``, in ``h``'s dtype. The mean is summed in float32 at least: a float16 sum overflows
-    past 65,504 (a graph of 3,000 nodes with ``|h| ~ 30``), and ``inf / count`` gave an inf
-    graph embedding where the mean itself is finite."""
-    from torch_geometric.nn import global_add_pool, global_mean_pool
+    ``h``, in ``h``'s dtype, the mean summed in float32 at least (the GSM models' pooling)."""
+    from graphseq.nn.gsm.models import _pool
 
-    if pool == "mean":
-        acc = torch.promote_types(h.dtype, torch.float32)
-        return global_mean_pool(h.to(acc), node_batch, size=num_graphs).to(h.dtype)
-    return global_add_pool(h, node_batch, size=num_graphs)
+    return _pool(h, node_batch, num_graphs, pool)
 
 
 def reset_children(module: nn.Module) -> None:

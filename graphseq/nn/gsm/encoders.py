@@ -252,7 +252,8 @@ class LocalEncoder(nn.Module):
             and x.dtype in (torch.float16, torch.bfloat16)
         ):
             # SAGEConv's scatter mean sums in x's dtype: a float16 sum over a hub's neighbours
-            # overflows at 65,504 although the mean is finite (GSM passes edge_index as is)
+            # overflows at 65,504 although the mean is finite (the models build the float32
+            # adjacency once per forward; this serves a LocalEncoder called on edge_index)
             edge_index = mean_adjacency(edge_index, x.size(0), torch.float32)
         if self.conv_type == "sage" and is_sparse(edge_index):
             # SAGEConv's fused mean, called here rather than through its propagate: PyG 2.8
@@ -303,9 +304,12 @@ class LocalEncoder(nn.Module):
         )
 
 
-def check_cu_seqlens(cls: str, cu_seqlens: object, total: int) -> Tensor:
-    """``cu_seqlens`` must be the ``[S + 1]`` integer boundaries of ``total`` packed rows:
-    one-dimensional, from 0 to ``total``, non-decreasing (one host sync)."""
+def check_cu_seqlens(cls: str, cu_seqlens: object, x: Tensor) -> Tensor:
+    """``cu_seqlens`` must be the ``[S + 1]`` integer boundaries of ``x``'s packed rows, on its
+    device: one-dimensional, from 0 to ``x.size(0)``, non-decreasing. One host sync for all
+    three value checks (the kernels' ``check_boundaries`` takes three, for messages that say
+    which one failed; these layers run inside every GSM layer)."""
+    total = x.size(0)
     if not isinstance(cu_seqlens, Tensor):
         raise TypeError(
             f"{cls}: cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}"
@@ -317,6 +321,8 @@ def check_cu_seqlens(cls: str, cu_seqlens: object, total: int) -> Tensor:
             f"{cls}: cu_seqlens must be a 1-D tensor of S + 1 >= 1 boundaries, "
             f"got shape {tuple(cu_seqlens.shape)}"
         )
+    if cu_seqlens.device != x.device:
+        raise ValueError(f"{cls}: cu_seqlens is on {cu_seqlens.device} but x is on {x.device}")
     cu = cu_seqlens.long()
     bad = (cu[0] != 0) | (cu[-1] != total) | (cu[1:] < cu[:-1]).any()
     if bool(bad):
@@ -415,7 +421,7 @@ class ScanLayer(nn.Module):
                 y = y + self.backward_rnn(h.flip(1)).flip(1)
             return x + F.dropout(y, self.dropout, self.training)
         if validate:
-            cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x.size(0))
+            cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x)
         h = self.norm(x).unsqueeze(0)  # [1, ΣT, D]
         y = self.forward_rnn(h, cu_seqlens=cu_seqlens)[0]
         if self.backward_rnn is not None:
@@ -486,7 +492,7 @@ class AttentionLayer(nn.Module):
         the caller built or already checked."""
         check_matches_parameters(type(self).__name__, "x", x, self.qkv.weight)
         if validate:
-            cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x.size(0))
+            cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x)
         if x.size(0) == 0:
             return x
         dense, mask, seq, pos = _to_dense(self.norm(x), cu_seqlens)  # [S, T, D], [S, T]
@@ -597,7 +603,7 @@ class SequenceEncoder(nn.Module):
         """``validate=False`` skips the check of ``cu_seqlens`` (one host sync) for boundaries
         the caller built or already checked; the mixers never check them again."""
         if validate:
-            cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x.size(0))
+            cu_seqlens = check_cu_seqlens(type(self).__name__, cu_seqlens, x)
         T = uniform_length(cu_seqlens, x.size(0)) if "M" in self.pattern else None
         rev = reverse_index(cu_seqlens) if "M" in self.pattern and T is None else None
         for mixer, ffn in zip(self.mixers, self.ffns, strict=True):

@@ -538,6 +538,10 @@ class GSM(_Base):
     def forward(self, batch) -> Tensor:
         x, edge_index, node_batch, ptr, num_graphs, edge_attr = self._input(batch)
         h = self._embed(batch, x)
+        if self.local == "sage":  # one sparse adjacency for all layers, as GSMPlusPlus builds
+            edge_index = mean_adjacency(
+                edge_index, x.size(0), torch.promote_types(h.dtype, torch.float32)
+            )
         for local, enc in zip(self.locals, self.globals, strict=True):
             h = local(h, edge_index, edge_attr)
             h = self._global(enc, batch, h, node_batch, ptr, self.tokenization)

@@ -60,18 +60,25 @@ def test_hierarchical_pe_of_a_graph_above_65504_nodes_in_float16():
     torch.testing.assert_close(got.float(), want, rtol=1e-2, atol=1e-3)
 
 
-def test_sage_mean_over_a_hub_sums_in_float32_for_half_features():
-    """A float16 neighbour sum at a hub of degree 2,999 overflowed (inf, then NaN) although the
-    mean is below 60; the mean adjacency is float32 for half features and the sum runs in it."""
-    from graphseq.nn.gsm import LocalEncoder, mean_adjacency
+def _sage_on_a_hub(n: int = 3000):
+    """A star of degree n - 1, float16 features in [0, 60), a float16 sage LocalEncoder and
+    its float32 copy: a float16 sum over the hub's neighbours overflows, the mean does not."""
+    from graphseq.nn.gsm import LocalEncoder
 
     torch.manual_seed(0)
-    n = 3000
     hub = torch.stack([torch.arange(1, n), torch.zeros(n - 1, dtype=torch.long)])
     ei = torch.cat([hub, hub.flip(0)], 1)
     x = (torch.rand(n, 8) * 60).half()
     enc = LocalEncoder(8, "sage", norm="layer", prenorm=False).half().eval()
-    ref = copy.deepcopy(enc).float()
+    return n, ei, x, enc, copy.deepcopy(enc).float()
+
+
+def test_sage_mean_over_a_hub_sums_in_float32_for_half_features():
+    """A float16 neighbour sum at a hub of degree 2,999 overflowed (inf, then NaN) although the
+    mean is below 60; the mean adjacency is float32 for half features and the sum runs in it."""
+    from graphseq.nn.gsm import mean_adjacency
+
+    n, ei, x, enc, ref = _sage_on_a_hub()
     with torch.no_grad():
         want = ref(x.float(), mean_adjacency(ei, n, torch.float32))
         got = enc(x, mean_adjacency(ei, n, torch.promote_types(x.dtype, torch.float32)))
@@ -82,15 +89,7 @@ def test_sage_mean_over_a_hub_sums_in_float32_for_half_features():
 def test_sage_mean_over_a_hub_from_edge_index_in_float16():
     """LocalEncoder('sage') given a plain edge_index (GSM(local='sage') passes it so) summed a
     hub's neighbours in float16 (inf, then NaN); it takes the float32 mean as with the CSR."""
-    from graphseq.nn.gsm import LocalEncoder
-
-    torch.manual_seed(0)
-    n = 3000
-    hub = torch.stack([torch.arange(1, n), torch.zeros(n - 1, dtype=torch.long)])
-    ei = torch.cat([hub, hub.flip(0)], 1)
-    x = (torch.rand(n, 8) * 60).half()
-    enc = LocalEncoder(8, "sage", norm="layer", prenorm=False).half().eval()
-    ref = copy.deepcopy(enc).float()
+    n, ei, x, enc, ref = _sage_on_a_hub()
     with torch.no_grad():
         want, got = ref(x.float(), ei), enc(x, ei)
     assert torch.isfinite(got).all()

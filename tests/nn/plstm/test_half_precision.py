@@ -8,13 +8,7 @@ import torch
 from graphseq.nn.plstm import PLSTM1D, PLSTM2D, PLSTMGraph
 from graphseq.nn.plstm.gates import MultiHeadRMSNorm
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_head_norm_of_large_float16_values():

@@ -8,14 +8,7 @@ from graphseq.nn.plstm import PLSTM1D, PLSTM2D
 from graphseq.nn.plstm.plstm1d import plstm1d_recurrence, plstm1d_reference
 from graphseq.testing import assert_close
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small ops: on a shared, loaded CPU, extra intra-op threads only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(B, T, H, K, V, dtype=torch.float64, seed=0):

@@ -15,13 +15,7 @@ NATIVE = ["native"] if native_available() else []
 needs_native = pytest.mark.skipif(not native_available(), reason="no C compiler")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small ops: on a shared, loaded CPU, extra intra-op threads only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def corner_loop(q, k, v, g):

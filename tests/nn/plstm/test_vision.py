@@ -5,14 +5,7 @@ import torch
 
 from graphseq.nn.plstm import PLSTMVision
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small ops: on a shared, loaded CPU, extra intra-op threads only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_forward_any_resolution():
