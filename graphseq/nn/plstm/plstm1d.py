@@ -139,6 +139,10 @@ class PLSTM1D(SequenceLayer):
           ``cu_seqlens`` :math:`(N + 1)`; ``state`` :math:`(B, H, K, V)`
           (:math:`(N, H, K, V)` packed), default zeros.
         - **output:** :math:`(B, T, D)`; with ``return_state=True`` also the final state.
+          NaN or inf in a sequence's input at step :math:`t` never reaches another sequence of
+          the batch; in :meth:`forward` it reaches that sequence's outputs from the start of
+          :math:`t`'s chunk of ``chunk_size`` steps on (so also a few steps *before*
+          :math:`t`, unlike :meth:`step`, which is causal: steps :math:`\ge t` only).
     """
 
     def __init__(
@@ -206,6 +210,7 @@ class PLSTM1D(SequenceLayer):
 
     def init_state(self, batch_size: int) -> Tensor:
         """Zero state ``[batch_size, H, K, V]`` on the parameters' device and dtype."""
+        batch_size = self._check_batch_size(batch_size)
         C = self.head_channels
         return self.qkv.weight.new_zeros(batch_size, self.heads, C, C)
 

@@ -107,6 +107,7 @@ class Aaren(SequenceLayer):
 
     def init_state(self, batch_size: int) -> AarenState:
         """The empty prefix for ``batch_size`` sequences."""
+        batch_size = self._check_batch_size(batch_size)
         p = self.query
         m = p.new_full((batch_size, self.heads), float("-inf"))
         acc = torch.promote_types(p.dtype, torch.float32)  # u and w: see AarenState

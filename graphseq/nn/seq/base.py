@@ -10,6 +10,7 @@ come from one API.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -142,6 +143,21 @@ class SequenceLayer(torch.nn.Module):
     @staticmethod
     def _num_states(x: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
         return x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+
+    def _check_batch_size(self, batch_size: object) -> int:
+        """``init_state``'s ``batch_size``: a non-negative integer (``bool`` is refused)."""
+        cls = type(self).__name__
+        try:
+            if isinstance(batch_size, bool):
+                raise TypeError
+            size = operator.index(batch_size)
+        except TypeError:
+            raise TypeError(
+                f"{cls}: batch_size must be an int, got {type(batch_size).__name__}"
+            ) from None
+        if size < 0:
+            raise ValueError(f"{cls}: batch_size must be >= 0, got {size}")
+        return size
 
     # --- interface -----------------------------------------------------------------------------
 

@@ -118,6 +118,7 @@ class GatedLinearRNN(SequenceLayer):
 
     def init_state(self, batch_size: int) -> Tensor:
         """Zero state ``[batch_size, H, D/H]`` on the parameters' device and dtype."""
+        batch_size = self._check_batch_size(batch_size)
         p = self.in_proj.weight
         return p.new_zeros(batch_size, self.heads, self.head_channels)
 

@@ -260,6 +260,7 @@ class ParallelGRU(SequenceLayer):
 
     def init_state(self, batch_size: int) -> Tensor:
         """Zero state ``[batch_size, H]`` on the parameters' device and dtype."""
+        batch_size = self._check_batch_size(batch_size)
         return self.weight_ih.new_zeros(batch_size, self.hidden_channels)
 
     def forward(
@@ -289,10 +290,14 @@ class ParallelGRU(SequenceLayer):
         if not return_state:
             return h
         if cu is None:
+            # a copy, not a view of the output: an in-place op on the output (a residual
+            # ``y += x``, ``relu_``) must not rewrite the state the caller carries on
             if x.shape[1] > 0:
-                h_last = h[:, -1]
+                h_last = h[:, -1].clone()
+            elif state is None:
+                h_last = h.new_zeros(x.shape[0], self.hidden_channels)
             else:
-                h_last = h.new_zeros(x.shape[0], self.hidden_channels) if state is None else state
+                h_last = state.clone()
         else:
             # zeros in h's dtype (x's): under autocast x may be lower precision than the weights
             h_last = h.new_zeros(n, self.hidden_channels) if state is None else state.clone()
@@ -367,7 +372,8 @@ class ParallelGRU(SequenceLayer):
     def step(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Advance one token: ``x`` ``[B, D]``, ``state`` ``[B, H]`` (default zeros).
 
-        Returns ``(h, h)``: the output is the new hidden state, which is also the new state.
+        Returns ``(h, state)``: the output is the new hidden state, and ``state`` a copy of it
+        (a separate tensor, so an in-place op on the output leaves the carried state alone).
         """
         x = self._check_x(x, "x", 2)
         if state is None:
@@ -376,7 +382,7 @@ class ParallelGRU(SequenceLayer):
             x.dtype
         )
         h, _ = self._cell(self._input_gates(x), state, self.weight_hh, self.bias_hh, jacobian=False)
-        return h, h
+        return h, h.clone()
 
 
 def _make_vjp(

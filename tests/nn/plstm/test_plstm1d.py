@@ -231,3 +231,23 @@ def test_deferred_init_resets_to_the_documented_gate_biases(make):
     for (name, got), (_, want) in zip(layer.named_parameters(), fresh.named_parameters()):
         if name.endswith("linear.bias"):
             assert torch.equal(got, want), name
+
+
+def test_nan_behaviour_is_the_documented_one():
+    """A NaN at step t reaches forward's outputs from the start of t's chunk on (the chunked
+    kernel), step's from t on, never another sequence; the docstring said nothing about it."""
+    assert "NaN" in PLSTM1D.__doc__ and "chunk" in PLSTM1D.__doc__.split("NaN", 1)[1]
+    torch.manual_seed(0)
+    layer = PLSTM1D(6, heads=2, chunk_size=4, gate_weight_std=0.5).double()
+    x = torch.randn(1, 20, 6, dtype=torch.float64)
+    x[0, 5, 2] = float("nan")
+    with torch.no_grad():
+        y = layer(x, cu_seqlens=torch.tensor([0, 10, 20]))
+        bad = ~torch.isfinite(y[0]).all(-1)
+        assert bad[4:10].all() and not bad[:4].any() and not bad[10:].any()
+        state, outs = None, []
+        for t in range(10):
+            y_t, state = layer.step(x[:, t], state)
+            outs.append(y_t)
+        bad_step = ~torch.isfinite(torch.stack(outs, 1)[0]).all(-1)
+        assert bad_step[5:].all() and not bad_step[:5].any()

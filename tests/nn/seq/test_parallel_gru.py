@@ -230,3 +230,27 @@ def test_bad_inputs():
         layer(torch.randn(1, 3, 2), mode="scan")
     with pytest.raises(ValueError, match="in_channels = 2"):
         layer(torch.randn(1, 3, 3))
+
+
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+def test_returned_state_does_not_alias_the_output(mode):
+    """The final state was a view of the output (forward) or the output itself (step), so an
+    in-place residual on the output rewrote the carried state and the next chunk went wrong."""
+    torch.manual_seed(0)
+    layer = ParallelGRU(4, 4, mode=mode).double()
+    x = torch.randn(2, 10, 4, dtype=torch.float64)
+    with torch.no_grad():
+        ref = layer(x) + x
+        y1, s = layer(x[:, :6], return_state=True)
+        y1 += x[:, :6]
+        y2 = layer(x[:, 6:], state=s)
+        y2 += x[:, 6:]
+        torch.testing.assert_close(torch.cat([y1, y2], 1), ref)
+        _, s0 = layer(x[:, :0], state=s, return_state=True)
+        assert s0 is not s
+        state, ys = layer.init_state(2), []
+        for t in range(10):
+            y, state = layer.step(x[:, t], state)
+            y += x[:, t]
+            ys.append(y)
+        torch.testing.assert_close(torch.stack(ys, 1), ref)

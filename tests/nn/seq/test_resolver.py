@@ -115,3 +115,19 @@ def test_stacked_layers_run_under_autocast_and_name_a_dtype_mismatch_outside_it(
     torch.testing.assert_close(out.float(), want, atol=0.1, rtol=0.1)
     with pytest.raises(ValueError, match=r"x has dtype torch\.bfloat16 but the layer's parameters"):
         second(torch.randn(2, 6, 8, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENCE_LAYERS))
+def test_init_state_checks_batch_size(name):
+    """init_state(-1) raised torch's RuntimeError and init_state(2.0) an unrelated TypeError
+    about new_zeros()/new_full(); neither named batch_size."""
+    layer = sequence_layer(name, channels=4)
+    with pytest.raises(ValueError, match="batch_size must be >= 0, got -1"):
+        layer.init_state(-1)
+    for bad in (2.0, True, "2"):
+        with pytest.raises(TypeError, match="batch_size must be an int"):
+            layer.init_state(bad)
+    for ok in (0, 3, torch.tensor(3)):
+        state = layer.init_state(ok)
+        first = state[0] if isinstance(state, tuple) else state
+        assert first.shape[0] == int(ok)
