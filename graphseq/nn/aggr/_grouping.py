@@ -109,6 +109,22 @@ def check_call(name: str, x: object, index: object, ptr: object) -> None:
     check_groups(name, x, index, ptr)
 
 
+def check_generator(name: str, generator: object, x: Tensor) -> None:
+    """``generator`` must be ``None`` or a :class:`torch.Generator` of ``x``'s device type
+    (torch's own errors named ``randint()``/``randperm()``, not the argument)."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"{name}: generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+    if generator.device.type != x.device.type:
+        raise ValueError(
+            f"{name}: generator is on {generator.device} but x is on {x.device}; pass a "
+            f"torch.Generator(device={x.device.type!r})"
+        )
+
+
 def infer_dim_size(name: str, x: object, index: object, ptr: object) -> int:
     """The number of groups implied by ``ptr`` (its length - 1) or ``index`` (its maximum + 1;
     ``0`` when empty), or ``1`` when both are ``None`` (one group), after checking ``x``,

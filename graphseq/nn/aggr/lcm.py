@@ -14,6 +14,7 @@ from graphseq.kernels._autograd import first_order_only
 from ..seq.base import check_matches_parameters
 from ._grouping import (
     check_call,
+    check_generator,
     check_input,
     group,
     infer_dim_size,
@@ -440,6 +441,7 @@ class LCMAggregation(Aggregation):
         if isinstance(num, bool) or not isinstance(num, int) or num <= 0:
             raise ValueError(f"{name}: num_samples must be a positive int, got {num!r}")
         dim_size = infer_dim_size(name, x, index, ptr)  # checks x, index and ptr
+        check_generator(name, generator, x)
         h = self._project(x)
         grouped = group(name, h, index, ptr, dim_size)
         if h.size(0) == 0:

@@ -15,6 +15,7 @@ from ..seq.base import check_matches_parameters
 from ._grouping import (
     Grouped,
     check_call,
+    check_generator,
     check_groups,
     check_input,
     check_ptr,
@@ -383,6 +384,7 @@ class RecurrentAggregation(Aggregation):
             raise ValueError(f"{name}: num_samples must be a positive int, got {num_samples!r}")
         dim_size = infer_dim_size(name, x, index, ptr)  # checks x, index and ptr
         self._check_matches_layer(name, x)
+        check_generator(name, generator, x)
         grouped = self._prepare(group(name, x, index, ptr, dim_size), generator)
         xs, gptr = grouped.x, grouped.ptr
         lengths = gptr[1:] - gptr[:-1]

@@ -152,9 +152,9 @@ class LocalEncoder(nn.Module):
             (default: ``True``)
 
     Shapes:
-        - **input:** ``x`` :math:`(N, D)`, ``edge_index`` :math:`(2, E)` (or a sparse
-          adjacency, see :func:`mean_adjacency`), ``edge_attr`` :math:`(E, \text{edge\_dim})`
-          or ``None``.
+        - **input:** ``x`` :math:`(N, D)`, ``edge_index`` :math:`(2, E)` (or, without edge
+          features, a sparse adjacency, see :func:`mean_adjacency`), ``edge_attr``
+          :math:`(E, \text{edge\_dim})` in ``edge_index``'s column order, or ``None``.
         - **output:** :math:`(N, D)`.
     """
 
@@ -271,6 +271,15 @@ class LocalEncoder(nn.Module):
         else:
             if edge_attr is None:
                 raise ValueError(f"{type(self).__name__}: edge_dim is set but edge_attr is None")
+            if is_sparse(edge_index):
+                # edge_attr rows follow edge_index's columns; a sparse adjacency stores its
+                # entries sorted by row (mean_adjacency, PyG's to_torch_csr_tensor), so the
+                # convolution paired every edge with another edge's features, silently
+                raise ValueError(
+                    f"{type(self).__name__}: edge_attr needs a dense edge_index [2, E] (its "
+                    "rows are in edge_index's column order); a sparse adjacency stores the "
+                    "edges in another order"
+                )
             out = self.conv(x, edge_index, edge_attr.to(x.dtype))
         return out if self.root is None else out + self.root(x)
 

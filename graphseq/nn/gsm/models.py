@@ -342,6 +342,13 @@ class _Base(nn.Module):
             )
         n = x.size(0)
         node_batch, ptr = _graph_info(batch, n, x.device)
+        if node_batch.numel() > 1 and bool((node_batch[1:] < node_batch[:-1]).any()):
+            # the node sequences (tokenization "none") and the attention layers read graph g as
+            # rows ptr[g]:ptr[g + 1]: an interleaved batch mixed graphs silently
+            raise ValueError(
+                f"{cls}: data.batch must be sorted, each graph's nodes contiguous (as in a PyG "
+                "Batch); reorder the nodes or build the input with Batch.from_data_list"
+            )
         num_graphs = ptr.numel() - 1
         edge_attr = getattr(batch, "edge_attr", None) if self.edge_dim is not None else None
         if edge_attr is not None and edge_attr.dim() == 1:

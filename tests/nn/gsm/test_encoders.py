@@ -405,3 +405,18 @@ def test_packed_mixers_name_a_cu_seqlens_that_does_not_describe_x(make, cu):
         layer(torch.randn(5, 4), cu)
     with pytest.raises(TypeError, match="cu_seqlens must be an int32/int64"):
         layer(torch.randn(5, 4), cu.float())
+
+
+@pytest.mark.parametrize("conv", ["gatedgcn", "gine", "gat"])
+def test_local_encoder_refuses_edge_attr_with_a_sparse_adjacency(conv):
+    """edge_attr rows follow edge_index's columns; the sparse adjacency (mean_adjacency) stores
+    the edges sorted by target, so the features went to other edges silently."""
+    torch.manual_seed(0)
+    ei = torch.tensor([[0, 1, 2, 3, 1], [3, 2, 1, 0, 0]])  # not sorted by target
+    x, ea = torch.randn(4, 8), torch.randn(5, 2)
+    enc = LocalEncoder(8, conv, edge_dim=2, norm="none", heads=2).eval()
+    with pytest.raises(ValueError, match="edge_attr needs a dense edge_index"):
+        enc(x, mean_adjacency(ei, 4), ea)
+    # without edge features the sparse adjacency still gives the edge_index result
+    plain = LocalEncoder(8, conv, norm="none", heads=2).eval()
+    torch.testing.assert_close(plain(x, mean_adjacency(ei, 4)), plain(x, ei))

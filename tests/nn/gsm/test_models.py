@@ -769,3 +769,32 @@ def test_gsm_plus_plus_baseline_local_feeds_the_hpe_to_the_scans(local):
         assert not torch.allclose(model(BATCH), model(moved))
     model(BATCH).sum().backward()
     assert model.pe.child.weight.grad is not None and model.pe.child.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("which", ["gsm", "gsm++"])
+def test_unsorted_batch_vector_is_refused(which):
+    """A Data carrying an interleaved batch vector (no ptr) is refused: the node sequences and
+    the attention read graph g as rows ptr[g]:ptr[g + 1], so its graphs were mixed silently."""
+    torch.manual_seed(0)
+    model = (
+        GSM(3, 8, 2, tokenization="none", heads=2, hpe_levels=6)
+        if which == "gsm"
+        else GSMPlusPlus(3, 8, 2, tokenizations=("hac_dfs", "hac_bfs"), heads=2, hpe_levels=6)
+    ).eval()
+    b = Batch.from_data_list([GRAPHS[0], GRAPHS[4]])
+    n0 = GRAPHS[0].num_nodes
+    perm = torch.tensor([0, n0, 1, n0 + 1, *range(2, n0), *range(n0 + 2, b.num_nodes)])
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel())
+    d = Data(x=b.x[perm], edge_index=inv[b.edge_index], batch=b.batch[perm])
+    for k in ("hac_rank", "hac_path", "hac_child", "hac_size"):
+        d[k] = b[k][perm]
+    d.hac_num_clusters, d.hac_depth = b.hac_num_clusters, b.hac_depth
+    with pytest.raises(ValueError, match="batch must be sorted"):
+        model(d)
+    # the same nodes in graph order (a Data without ptr) still run
+    plain = Data(x=b.x, edge_index=b.edge_index, batch=b.batch)
+    for k in ("hac_rank", "hac_path", "hac_child", "hac_size", "hac_num_clusters", "hac_depth"):
+        plain[k] = b[k]
+    with torch.no_grad():
+        torch.testing.assert_close(model(plain), model(b))
