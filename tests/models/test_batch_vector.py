@@ -42,5 +42,5 @@ def test_gps_refuses_an_unsorted_batch_vector():
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(5)
     plain = Data(x=batch.x[perm], edge_index=inv[batch.edge_index], batch=batch.batch[perm])
-    with pytest.raises(ValueError, match="batch.batch must be sorted"):
+    with pytest.raises(ValueError, match=r"batch\.batch must be sorted"):
         model(plain)

@@ -62,7 +62,7 @@ class _OtherDeviceGenerator(torch.Generator):
 def test_sampling_losses_check_the_generator(call):
     """A generator that is not a torch.Generator, or one of another device type than x, is
     named (torch's own errors spoke of randint()/randperm()); a CPU generator still works."""
-    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+    with pytest.raises(TypeError, match=r"generator must be a torch\.Generator"):
         call(0)
     with pytest.raises(ValueError, match="generator is on cuda but x is on cpu"):
         call(_OtherDeviceGenerator())
