@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from graphseq.train import CheckpointError, ResultsFileError, submit
+from graphseq.train.distributed import is_main_process
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, TypeError, ImportError, FileNotFoundError, CheckpointError,
             ResultsFileError) as err:  # fmt: skip
         p.error(str(err))
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun one line, as graphseq submit
+    if not is_main_process():  # under torchrun one line, as graphseq submit
         return
     print(
         json.dumps(

@@ -120,6 +120,7 @@ def _cmd_list() -> int:
 
 
 def _run(args: argparse.Namespace, submit: bool) -> int:
+    from graphseq.train.distributed import is_main_process
     from graphseq.train.runner import format_table, run_benchmark
     from graphseq.train.runner import submit as submit_fn
 
@@ -149,7 +150,7 @@ def _run(args: argparse.Namespace, submit: bool) -> int:
     )  # fmt: skip
     if submit:
         sub = submit_fn(args.benchmark, args.model, seeds=args.seeds, **kwargs)
-        if int(os.environ.get("RANK", "0")) == 0:
+        if is_main_process():
             folder = f"{args.out}/{args.benchmark}/{args.model}"
             from graphseq.train.runner import _fmt
 
@@ -162,7 +163,7 @@ def _run(args: argparse.Namespace, submit: bool) -> int:
             )
         return 0
     results, summary = run_benchmark(args.benchmark, args.model, seeds=args.seeds, **kwargs)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print()
         print(format_table(results, summary))
         print(f"\nresults, checkpoints and plots: {args.out}/{args.benchmark}/{args.model}/")

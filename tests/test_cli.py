@@ -246,6 +246,24 @@ def _seed0_as_if_from_torchrun(monkeypatch):
     monkeypatch.setattr(runner_module, "fit", fit)
 
 
+def test_a_node_level_submission_under_torchrun_records_no_graph_batch(monkeypatch, tmp_path):
+    """fake-node is one graph trained whole (--batch-size is refused for it), yet a 2-process
+    submission recorded "32 graphs per process and step (64 in all)"."""
+    real_fit = runner_module.fit
+
+    def fit(*args, **kwargs):
+        return dict(real_fit(*args, **kwargs), world_size=2)
+
+    monkeypatch.setattr(runner_module, "fit", fit)
+    sub = runner_module.submit(
+        "fake-node", "sage", seeds=1, out_dir=tmp_path, log=lambda *a: None, epochs=1,
+        model_args={"hidden": 8, "layers": 1}, progress=False,
+    )  # fmt: skip
+    assert "2 processes (torchrun)" in sub["protocol"]
+    assert "graphs per process" not in sub["protocol"]
+    assert "share of the training nodes" in sub["protocol"]
+
+
 def test_submit_refuses_seeds_of_different_world_sizes(monkeypatch, tmp_path):
     _seed0_as_if_from_torchrun(monkeypatch)
     with pytest.raises(ValueError, match=r"different numbers of processes \{0: 2, 1: 1\}"):
@@ -298,6 +316,19 @@ def test_ogb_submit_example_reports_bad_values_without_a_traceback(
     assert exc.value.code == 2 and msg in capsys.readouterr().err
 
 
+def test_a_stray_rank_variable_does_not_drop_the_submission(capsys, tmp_path, monkeypatch):
+    """RANK left in the environment without WORLD_SIZE: the trainer ran as the one process
+    (rank 0, results written), but the CLI and submit read RANK themselves, so no submission
+    files and no final line were written, with exit status 0."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    argv = ["submit", "fake-graph", "--seeds", "1", "--out", str(tmp_path), *FAST]
+    assert cli.main(argv) == 0
+    assert (tmp_path / "fake-graph/gin/submission.json").exists()
+    assert (tmp_path / "fake-graph/gin/submission.md").exists()
+    assert "wrote " in capsys.readouterr().out
+
+
 def test_ogb_submit_example_prints_its_line_on_rank_0_only(
     tmp_path, load_example, capsys, monkeypatch
 ):
@@ -305,6 +336,7 @@ def test_ogb_submit_example_prints_its_line_on_rank_0_only(
     monkeypatch.setattr(mod, "submit", lambda *a, **k: {"dataset": "x"} | dict.fromkeys(
         ("method", "metric", "test_mean", "test_std", "valid_mean", "valid_std",
          "num_parameters"), 0))  # fmt: skip
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; the group is not initialised
     for rank, lines in (("1", 0), ("0", 1)):
         monkeypatch.setenv("RANK", rank)
         mod.main(["fake-graph", "--out", str(tmp_path)])

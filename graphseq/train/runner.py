@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from graphseq.train.benchmarks import get_benchmark
-from graphseq.train.distributed import DistEnv, init_distributed
+from graphseq.train.distributed import DistEnv, init_distributed, is_main_process
 from graphseq.train.io import machine_info, write_json, write_text
 from graphseq.train.trainer import TrainConfig, fit
 
@@ -325,18 +325,19 @@ def submit(
     except PackageNotFoundError:
         ogb_version = None
     batch = first["config"].get("batch_size")
+    node_level = (first.get("task") or {}).get("level") == "node"
+    per_process = (
+        "each the whole graph, its loss on a share of the training nodes"
+        if node_level  # one graph trained whole: batch_size does not apply (run refuses it)
+        else f"{batch} graphs per process and step ({world * batch} in all)"
+    )
     sub = {
         "dataset": benchmark,
         "method": model,
         "protocol": f"{len(results)} seeds (0..{seeds - 1})"
         + ("" if n_in == len(results) else f", {n_in} of them with a score in the mean")
         + "; test at best validation epoch; mean ± sample std"
-        + (
-            ""
-            if world == 1
-            else f"; {world} processes (torchrun), {batch} graphs per process and step "
-            f"({world * batch} in all)"
-        ),
+        + ("" if world == 1 else f"; {world} processes (torchrun), {per_process}"),
         "world_size": world,
         "metric": summary["metric"],
         "test_mean": summary["test_mean"],
@@ -375,7 +376,7 @@ def submit(
         + format_table(results, summary).replace("\n", "\n    ").join(["    ", "\n"])
     )
     env = kwargs.get("env")
-    if (env.rank if env is not None else int(os.environ.get("RANK", "0"))) == 0:
+    if env.is_main if env is not None else is_main_process():
         write_json(folder / "submission.json", sub)
         write_text(folder / "submission.md", md)
     return sub

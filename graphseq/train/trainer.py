@@ -433,10 +433,15 @@ def _fit(task, config, env, out, results_path, ckpt_path, digest, model_factory,
         _check_same_data(ckpt_path, CheckpointError, state.get("task_sizes"), task)
         old_world = state.get("world_size")  # checkpoints written before it was recorded: None
         if old_world is not None and int(old_world) != env.world_size:
+            what = (
+                "each process's share of the training nodes"
+                if task.level == "node"
+                else f"the effective batch, {config.batch_size} graphs per process and step"
+            )
             raise CheckpointError(
                 f"checkpoint {ckpt_path} was written by a run of {old_world} process(es), this "
-                f"run has {env.world_size} (the effective batch, {config.batch_size} graphs per "
-                "process and step, would change mid-run): resume it with the same number of "
+                f"run has {env.world_size} ({what}, would change mid-run): resume it with the "
+                "same number of "
                 "processes (torchrun --nproc_per_node), or use another output folder. It was "
                 "left untouched."
             )

@@ -20,6 +20,7 @@ from graphseq.train import (
     TrainConfig,
     fit,
     get_benchmark,
+    init_distributed,
     load_checkpoint,
 )
 from graphseq.train import trainer as trainer_module
@@ -619,6 +620,89 @@ def test_torchrun_scores_a_split_smaller_than_the_world(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     history = json.loads((tmp_path / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_torchrun_fit_twice_with_its_own_env(tmp_path):
+    """fit(env=None) under torchrun twice in one process (a loop over seeds, as the examples
+    run it): the first fit destroyed the group it had created, the second created the default
+    group again under torchrun's store, whose rendezvous could read the first group's
+    addresses: it crashed (Gloo connectFullMesh: Connection refused) or hung, by timing."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import json, sys\n"
+        "import torch.distributed as dist\n"
+        "from graphseq.train import TrainConfig, fit, get_benchmark\n"
+        "task = get_benchmark('fake-graph').load(None, None)\n"
+        "worlds = []\n"
+        "for seed in (0, 1):\n"
+        "    cfg = TrainConfig('fake-graph', model_args={'hidden': 8, 'layers': 1}, epochs=1,\n"
+        "                      seed=seed, progress=False, device='cpu')\n"
+        "    worlds.append(fit(task, cfg)['world_size'])\n"
+        "    assert dist.is_initialized(), 'fit let go of the process group'\n"
+        "json.dump(worlds, open(f'{sys.argv[1]}.{dist.get_rank()}', 'w'))\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(script), str(tmp_path / "worlds"),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"worlds.{rank}").read_text()) == [2, 2]
+
+
+def test_a_group_initialised_without_torchrun_variables_is_reused(tmp_path):
+    """A group the caller set up with an explicit rank and world size (torch.multiprocessing
+    .spawn: no WORLD_SIZE/RANK variables) was ignored: every process got rank 0 of a world of 1,
+    so fit trained without DDP in each of them and every one wrote the results."""
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "import torch.distributed as dist\n"
+        "import torch.multiprocessing as mp\n"
+        "def worker(rank, port, out):\n"
+        "    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,\n"
+        "                            world_size=2)\n"
+        "    from graphseq.train import init_distributed\n"
+        "    env = init_distributed('cpu')\n"
+        "    json.dump([env.rank, env.world_size, env.is_main], open(f'{out}.{rank}', 'w'))\n"
+        "    dist.destroy_process_group()\n"
+        "if __name__ == '__main__':\n"
+        "    for k in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK'):\n"
+        "        os.environ.pop(k, None)\n"
+        "    mp.spawn(worker, args=(int(sys.argv[1]), sys.argv[2]), nprocs=2)\n"
+    )
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, str(script), str(port), str(tmp_path / "env")]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = [json.loads((tmp_path / f"env.{r}").read_text()) for r in (0, 1)]
+    assert got == [[0, 2, True], [1, 2, False]]
+
+
+@pytest.mark.parametrize(
+    "env, error",
+    [({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+     ({"WORLD_SIZE": "2", "LOCAL_RANK": "x"}, "LOCAL_RANK='x' is not an integer"),
+     ({"WORLD_SIZE": ""}, None)],
+)  # fmt: skip
+def test_launcher_variables_that_are_not_integers_are_named(env, error, monkeypatch):
+    """init_distributed reported int()'s "invalid literal for int() with base 10: 'two'",
+    naming no variable; an empty WORLD_SIZE (one process, as runner._command reads it) failed
+    the same way."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if error is None:
+        assert init_distributed("cpu").world_size == 1
+        return
+    with pytest.raises(ValueError, match=error):
+        init_distributed("cpu")
 
 
 class _Recorder:
