@@ -9,7 +9,8 @@ Runs each method on a task stream for several seeds and writes, under ``--out``:
 * ``accuracy_matrix_<method>.png``: the accuracy matrix of the first seed.
 
 Runs of several invocations (for example one seed per process) are combined with ``--merge
-a/results.json b/results.json ...``. Runs of one method that differ in anything the records
+a/results.json b/results.json ...`` into ``results.md`` and the first run's
+``accuracy_matrix_<method>.png`` per method. Runs of one method that differ in anything the records
 hold but the seed (method and target config, training settings, stream and validation split)
 are refused rather than averaged.
 
@@ -175,6 +176,10 @@ ALL_METHODS = (*HNET_METHODS, "finetune", "ewc", "si", "separate")
 
 DEFAULT_TASKS = {"permuted-mnist": 10, "split-mnist": 5, "permuted-digits": 10,
                  "split-digits": 5, "graphs": 4}  # fmt: skip
+# the most tasks each stream has (the loaders' limits: five digit pairs, ten pairs of the graph
+# stream's four node types, at most 1,000 permutations), checked before any data is loaded
+MAX_TASKS = {"permuted-mnist": 1000, "split-mnist": 5, "permuted-digits": 1000,
+             "split-digits": 5, "graphs": 10}  # fmt: skip
 
 
 def load_stream(name: str, data_dir: str | None, num_tasks: int | None):
@@ -377,6 +382,15 @@ def summarize_runs(runs: list[dict]) -> dict:
                     f"runs of {method!r} (seeds {rs[0]['seed']} and {r['seed']}) differ in "
                     f"{'; '.join(diff)}; merge runs of one setting only"
                 )
+        seeds = [r["seed"] for r in rs]
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            # one run counted twice (a file merged twice, --seeds 0,0) would shrink the std
+            # and inflate the seed count: two copies of one run are not two seeds
+            raise ValueError(
+                f"runs of {method!r} repeat seed(s) {repeated}: each seed must be counted once "
+                "(was a results.json given twice?)"
+            )
         summary[method] = {
             k: mean_std([r["metrics"].get(k) for r in rs])
             for k in ("acc", "during", "bwt", "max_forgetting", "inferred_acc", "task_inference")
@@ -420,9 +434,16 @@ def merge(paths: list[str], out: Path) -> int:
             runs += json.loads(Path(p).read_text())["runs"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"cannot read the runs of {p}: {err!r}") from err
-    table = format_table(summarize_runs(runs), f"Merged from {', '.join(paths)}.")
+    summary = summarize_runs(runs)
+    table = format_table(summary, f"Merged from {', '.join(paths)}.")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "results.md", table)
+    for method in summary:  # the accuracy matrix of each method's first run, as a run writes
+        run = next(r for r in runs if r["method"] == method)
+        R = [[math.nan if a is None else a for a in row] for row in run["R"]]  # JSON null: nan
+        stream = (run.get("data") or {}).get("stream", "merged")
+        plot_matrix(out / f"accuracy_matrix_{method}.png", R,
+                    f"{stream}: {method} (seed {run['seed']})")  # fmt: skip
     print(table)
     return 0
 
@@ -504,16 +525,31 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/continual")
     ap.add_argument(
         "--merge", nargs="+", default=None, metavar="RESULTS_JSON",
-        help="only combine these results.json files into <out>/results.md",
+        help="only combine these results.json files into <out>/results.md and the PNGs",
     )  # fmt: skip
     args = ap.parse_args(argv)
     if args.merge:
+        # merging trains nothing: a run flag given with it would be silently ignored
+        defaults = vars(ap.parse_args([]))
+        ignored = [
+            f"--{k.replace('_', '-')}"
+            for k, v in vars(args).items()
+            if k not in ("merge", "out") and v != defaults[k]
+        ]
+        if ignored:
+            ap.error(
+                f"--merge only combines results files; {', '.join(ignored)} would be ignored "
+                "(the merged runs keep the settings they were trained with)"
+            )
         try:
             return merge(args.merge, Path(args.out))
         except ValueError as err:
             ap.error(f"--merge: {err}")
     if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
         ap.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.data_dir is not None and not args.stream.endswith("mnist"):
+        # only the MNIST streams read files; the digits and graph streams would ignore it
+        ap.error(f"--data-dir applies to the MNIST streams; stream {args.stream!r} reads no files")
     if args.dropout and PRESETS[args.stream]["target"].get("gnn"):
         ap.error(f"--dropout applies to MLP targets only; stream {args.stream!r} has a GNN target")
     if args.output_lr_scale is not None and not (
@@ -525,6 +561,11 @@ def main(argv=None) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             ap.error(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    if args.num_tasks is not None and args.num_tasks > MAX_TASKS[args.stream]:
+        ap.error(
+            f"--num-tasks {args.num_tasks}: stream {args.stream!r} has at most "
+            f"{MAX_TASKS[args.stream]} tasks"
+        )
     # checked here, not by the methods: those are built after the data is loaded and the
     # methods listed before them have trained
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
@@ -537,6 +578,8 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         ap.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        ap.error(f"--seeds repeats a seed: {args.seeds!r} (a repeated run is not another seed)")
     if args.task_step_embeddings is not None and args.task_step_embeddings < 0:
         ap.error(f"--task-step-embeddings must be >= 0, got {args.task_step_embeddings}")
     if args.growth_units < 0 or args.growth_iterations < 0:
@@ -555,6 +598,8 @@ def main(argv=None) -> int:
     bad = [m for m in methods if m not in ALL_METHODS]
     if bad:
         ap.error(f"unknown methods {bad}; choose from {ALL_METHODS}")
+    if len(set(methods)) != len(methods):
+        ap.error(f"--methods repeats a method: {args.methods!r} (its runs would count twice)")
     rnn_flags = [
         f"--{f.replace('_', '-')}"
         for f in (
@@ -623,6 +668,8 @@ def main(argv=None) -> int:
     for method in methods:
         train_m = dict(train, lr=method_lr(preset, method, args.lr),
                        iterations=method_iterations(preset, method, args.iterations))  # fmt: skip
+        if not method.startswith("rnn"):
+            train_m["growth_iterations"] = 0  # only the rnn methods grow
         for seed in seeds:
             seed_everything(seed)
             m = build(method, preset, len(stream), seed, args)

@@ -290,7 +290,8 @@ def train_continual(
         method: the continual-learning method (holds the target network).
         stream: the tasks; task ``t`` uses head ``t`` of the target.
         config: optimisation settings.
-        start_task: first task to train (to continue a reloaded model on new tasks).
+        start_task: first task to train (to continue a reloaded model on new tasks:
+            ``method.num_tasks``); a start before the method's last seen task is refused.
         previous: the result of an earlier call whose rows of ``R`` are kept.
         task_inferred: also measure task-inferred accuracy after the last task.
         checkpoint: save :func:`save_method` here after every task.
@@ -319,6 +320,26 @@ def train_continual(
         raise ValueError(
             f"start_task {start_task} skips tasks: the method has seen {method.num_tasks}"
         )
+    if start_task < method.num_tasks - 1:
+        # the method has begun later tasks than start_task (a trained or reloaded method, with
+        # start_task left at 0): training task start_task again would leave those later tasks
+        # out of the regulariser (a hypernetwork protects only earlier tasks) and count
+        # EWC/SI's importances twice, under an R that looks like a fresh run's. (A task begun
+        # but not trained, the last one, may still be trained.)
+        raise ValueError(
+            f"start_task {start_task} would train again tasks the method has seen (it has seen "
+            f"{method.num_tasks}); continue a trained or reloaded method with "
+            f"start_task=method.num_tasks={method.num_tasks}"
+        )
+    if previous is not None:
+        # checked before training: a longer row made R ragged, and the metrics then failed in
+        # torch.tensor after every task had trained
+        for i, row in enumerate(previous.R[:start_task]):
+            if len(row) > T:
+                raise ValueError(
+                    f"previous.R[{i}] has {len(row)} entries but the stream has {T} tasks: "
+                    "previous must come from a stream of at most this many tasks"
+                )
     for t in range(start_task, T):
         for part in ("train", "test"):
             split = getattr(stream[t], part, None)
@@ -335,6 +356,10 @@ def train_continual(
         seconds[: len(previous.seconds[:start_task])] = previous.seconds[:start_task]
         growths[: len(previous.growths[:start_task])] = previous.growths[:start_task]
     gen = torch.Generator().manual_seed(config.seed)
+    # the growth check's training subsample has its own generator: drawn from ``gen`` it moved
+    # every later batch, so growth settings changed the results of runs that never grew (and
+    # of methods that cannot grow)
+    check_gen = torch.Generator().manual_seed(config.seed + 1)
     for t in range(start_task, T):
         task = stream[t]
         t0 = time.perf_counter()
@@ -342,7 +367,7 @@ def train_continual(
         method.train()
         _train_steps(method, t, task, config, config.iterations, gen, log)
         while config.growth_iterations > 0 and method.maybe_grow(
-            _train_accuracy(method, t, task, config, gen)
+            _train_accuracy(method, t, task, config, check_gen)
         ):
             growths[t] += 1
             if log is not None:

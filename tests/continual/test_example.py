@@ -27,6 +27,8 @@ def test_example_writes_table_json_and_png(tmp_path, load_example, capsys):
     merged = tmp_path / "merged"
     assert mod.main(["--merge", str(out / "results.json"), "--out", str(merged)]) == 0
     assert (merged / "results.md").read_text().count("| rnn | 2 |") == 1
+    for m in ("rnn", "ewc"):  # BENCHMARKS.md: --merge combines into a table and the PNGs
+        assert (merged / f"accuracy_matrix_{m}.png").stat().st_size > 1000
     # runs of another setting (here target dropout) are not averaged in silently
     other = tmp_path / "dropout"
     argv = ["--stream", "split-digits", "--num-tasks", "2", "--methods", "rnn", "--seeds", "2"]
@@ -68,6 +70,10 @@ def test_example_writes_table_json_and_png(tmp_path, load_example, capsys):
         (["--output-lr-scale", "10", "--methods", "ewc,si"], "--output-lr-scale applies"),
         (["--rnn-chunking", "rows", "--methods", "chunked"], "--rnn-chunking applies"),
         (["--num-tasks", "0"], "--num-tasks must be"),
+        (["--num-tasks", "6"], "stream 'split-digits' has at most 5 tasks"),
+        (["--num-tasks", "11", "--stream", "graphs"], "stream 'graphs' has at most 10 tasks"),
+        (["--data-dir", "/nowhere"], "--data-dir applies to the MNIST streams"),
+        (["--data-dir", "/nowhere", "--stream", "graphs"], "--data-dir applies to the MNIST"),
         # numbers the methods would refuse only after the data is loaded (and after the
         # methods listed before theirs have trained)
         (["--methods", "ewc,rnn", "--beta", "-1"], "--beta must be a finite number >= 0"),
@@ -79,6 +85,8 @@ def test_example_writes_table_json_and_png(tmp_path, load_example, capsys):
         (["--lr", "0"], "--lr must be a positive number"),
         (["--lr", "inf"], "--lr must be a positive number"),
         (["--seeds", "0,x"], "--seeds must be comma-separated integers"),
+        (["--seeds", "0,1,0"], "--seeds repeats a seed"),
+        (["--methods", "ewc,si,ewc"], "--methods repeats a method"),
         (["--task-step-embeddings", "-2"], "--task-step-embeddings must be"),
         (["--task-step-embeddings", "4", "--methods", "ewc"], "applies to the rnn methods"),
         (["--hidden-beta", "5", "--methods", "chunked"], "applies to the rnn methods"),
@@ -320,3 +328,35 @@ def test_chunked_eq_size_is_as_documented(stream, tasks, match, load_example):
     assert (abs(ratio - 1) < 0.01) == match, ratio
     if not match:
         assert f"{eq.hnet.num_shared_parameters():,}" in mod.__doc__
+
+
+def test_merge_refuses_a_run_counted_twice(tmp_path, load_example, capsys):
+    """One results.json given twice would be averaged as twice the seeds, with a std of 0."""
+    mod = load_example("continual")
+    out = tmp_path / "run"
+    argv = ["--stream", "split-digits", "--num-tasks", "2", "--methods", "finetune"]
+    assert mod.main([*argv, "--seeds", "0", "--iterations", "2", "--out", str(out)]) == 0
+    path = str(out / "results.json")
+    with pytest.raises(SystemExit):
+        mod.main(["--merge", path, path, "--out", str(tmp_path / "merged")])
+    assert "repeat seed(s) [0]" in capsys.readouterr().err
+
+
+def test_max_tasks_are_the_loaders_limits(load_example):
+    mod = load_example("continual")
+    for name, most in mod.MAX_TASKS.items():
+        if name not in ("split-digits", "graphs"):
+            continue  # MNIST needs its file; 1,000 permutations are slow to build
+        assert len(mod.load_stream(name, None, most)) == most
+        with pytest.raises(ValueError):
+            mod.load_stream(name, None, most + 1)
+
+
+@pytest.mark.parametrize(
+    "flags", [["--stream", "permuted-digits"], ["--seeds", "7"], ["--validation", "0.2"]]
+)
+def test_merge_refuses_run_flags_it_would_ignore(flags, tmp_path, load_example, capsys):
+    mod = load_example("continual")
+    with pytest.raises(SystemExit):
+        mod.main(["--merge", str(tmp_path / "a.json"), *flags, "--out", str(tmp_path / "m")])
+    assert f"{flags[0]} would be ignored" in capsys.readouterr().err

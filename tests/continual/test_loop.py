@@ -304,6 +304,15 @@ def test_loop_checks(stream, tmp_path):
         train_continual(FineTune(small_target(2)), stream, CFG)
     with pytest.raises(ValueError, match="skips"):
         train_continual(FineTune(small_target()), stream, CFG, start_task=2)
+    # a method that has seen tasks is not trained on them again (the default start_task 0
+    # after load_method): EWC would count their Fishers twice, a hypernetwork would leave the
+    # later tasks unregularised
+    seen = EWC(small_target(), fisher_samples=5)
+    train_continual(seen, stream[:2], CFG, task_inferred=False)
+    fisher = seen.fisher.clone()
+    with pytest.raises(ValueError, match=r"start_task=method\.num_tasks=2"):
+        train_continual(seen, stream, CFG)
+    assert torch.equal(seen.fisher, fisher)
     with pytest.raises(ValueError, match="iterations"):
         ContinualConfig(iterations=0)
     with pytest.raises(ValueError, match="lr"):
@@ -589,3 +598,37 @@ def test_an_empty_split_is_refused_before_training(stream, part):
     with pytest.raises(ValueError, match=rf"stream\[1\]\.{part} is empty"):
         train_continual(m, tasks, ContinualConfig(iterations=2), task_inferred=False)
     assert m.num_tasks == 0  # nothing was trained
+
+
+def test_previous_from_a_longer_stream_is_refused_before_training(stream):
+    from graphseq.continual.loop import ContinualResult
+
+    longer = ContinualResult(R=[[0.9, math.nan, math.nan, math.nan]] + [[math.nan] * 4] * 3)
+    m = FineTune(small_target())
+    m.begin_task(0)
+    before = m.flat.detach().clone()
+    with pytest.raises(ValueError, match=r"previous.R\[0\] has 4 entries but the stream has 3"):
+        train_continual(m, stream, CFG, start_task=1, previous=longer, task_inferred=False)
+    assert torch.equal(m.flat.detach(), before)  # nothing trained
+
+
+def test_growth_settings_do_not_move_the_batches_of_runs_that_never_grow(stream):
+    """The growth check draws its subsample from its own generator: a method that cannot grow,
+    or a hypernetwork that never grew, gets the same R with growth settings as without."""
+    cfg = dict(iterations=10, batch_size=16, lr=3e-3)
+    rows = []
+    for gi in (0, 5):
+        m = FineTune(small_target(), seed=0)
+        res = train_continual(m, stream, ContinualConfig(**cfg, growth_iterations=gi),
+                              task_inferred=False)  # fmt: skip
+        rows.append(res.R)
+    assert rows[0] == rows[1]
+    rows = []
+    for kw, gi in (({}, 0), ({"growth_units": 2, "growth_threshold": 0.01}, 5)):
+        torch.manual_seed(0)
+        m = rnn_method(small_target(), beta=0.05, **kw)
+        res = train_continual(m, stream, ContinualConfig(**cfg, growth_iterations=gi),
+                              task_inferred=False)  # fmt: skip
+        assert res.growths == [0, 0, 0]
+        rows.append(res.R)
+    assert rows[0] == rows[1]
