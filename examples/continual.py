@@ -225,6 +225,9 @@ def hnet_options(p: dict, args) -> dict:
             args, "train_old_embeddings", p.get("train_old_embeddings", False)
         ),
         "output_lr_scale": _given(args, "output_lr_scale", p.get("output_lr_scale", 1.0)),
+        "target_weight_decay": _given(
+            args, "target_weight_decay", p.get("target_weight_decay", 0.0)
+        ),
     }
 
 
@@ -498,6 +501,11 @@ def main(argv=None) -> int:
         "preset's, else 1)",
     )  # fmt: skip
     ap.add_argument(
+        "--target-weight-decay", type=float, default=None, metavar="L",
+        help="hypernetworks: L2 penalty L * ||generated weights||^2 on the trained task's "
+        "target weights (default: the preset's, else 0)",
+    )  # fmt: skip
+    ap.add_argument(
         "--rnn-chunk-size", type=int, default=None, metavar="C",
         help="rnn: numbers generated per LSTM step (default: the preset's)",
     )  # fmt: skip
@@ -556,6 +564,12 @@ def main(argv=None) -> int:
         math.isfinite(args.output_lr_scale) and args.output_lr_scale > 0
     ):
         ap.error(f"--output-lr-scale must be a positive number, got {args.output_lr_scale}")
+    if args.target_weight_decay is not None and not (
+        math.isfinite(args.target_weight_decay) and args.target_weight_decay >= 0
+    ):
+        ap.error(
+            f"--target-weight-decay must be a finite number >= 0, got {args.target_weight_decay}"
+        )
     for flag in ("rnn_hidden_size", "rnn_chunk_size", "num_tasks", "iterations", "batch_size",
                  "threads"):  # fmt: skip
         value = getattr(args, flag)
@@ -616,7 +630,7 @@ def main(argv=None) -> int:
     if args.chunked_beta is not None and not {"chunked", "chunked-eq"} & set(methods):
         ap.error("--chunked-beta applies to the chunked methods, and none was asked for")
     hnet_flags = ("output_lr_scale", "reg_outputs", "reg_weighting", "fisher_floor",
-                  "train_old_embeddings")  # fmt: skip
+                  "train_old_embeddings", "target_weight_decay")  # fmt: skip
     for flag in hnet_flags:
         if getattr(args, flag) is not None and not set(HNET_METHODS) & set(methods):
             ap.error(

@@ -68,6 +68,9 @@ def test_example_writes_table_json_and_png(tmp_path, load_example, capsys):
         (["--output-lr-scale", "0"], "--output-lr-scale must be"),
         (["--output-lr-scale", "nan"], "--output-lr-scale must be"),
         (["--output-lr-scale", "10", "--methods", "ewc,si"], "--output-lr-scale applies"),
+        (["--target-weight-decay", "-1"], "--target-weight-decay must be"),
+        (["--target-weight-decay", "nan"], "--target-weight-decay must be"),
+        (["--target-weight-decay", "1e-4", "--methods", "ewc"], "--target-weight-decay applies"),
         (["--rnn-chunking", "rows", "--methods", "chunked"], "--rnn-chunking applies"),
         (["--num-tasks", "0"], "--num-tasks must be"),
         (["--num-tasks", "6"], "stream 'split-digits' has at most 5 tasks"),
@@ -217,6 +220,8 @@ def test_permuted_mnist_rnn_preset_and_its_overrides(load_example):
     assert method(rnn_hidden_size=40).config()["hnet"]["hidden_size"] == 40
     assert cfg["hnet"]["chunking"] == "flat" and cfg["hnet"]["chunk_size"] == 750
     assert cfg["output_lr_scale"] == 1.0 and config(output_lr_scale=10.0)["output_lr_scale"] == 10
+    assert cfg["target_weight_decay"] == 0.0
+    assert config(target_weight_decay=1e-4)["target_weight_decay"] == 1e-4
     rows = method(rnn_chunking="rows", rnn_chunk_size=785).hnet
     assert rows.config()["chunking"] == "rows" and rows.chunk_size == 785
     heads = rows.spec.layer_sizes()[-1] // 101  # output units of the last layer

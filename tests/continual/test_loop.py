@@ -632,3 +632,54 @@ def test_growth_settings_do_not_move_the_batches_of_runs_that_never_grow(stream)
         assert res.growths == [0, 0, 0]
         rows.append(res.R)
     assert rows[0] == rows[1]
+
+
+def test_target_weight_decay_is_the_l2_of_the_generated_weights(stream):
+    """lambda * ||Theta_t||^2 on the trained task's generated weights: alone on the first task,
+    added to the output regulariser afterwards; penalty(t) agrees with weights_and_penalty."""
+    lam = 1e-3
+    target = small_target()
+    m = rnn_method(target, beta=0.5, target_weight_decay=lam)
+    plain = rnn_method(target, beta=0.5)
+    plain.load_state_dict(m.state_dict())
+    m.begin_task(0)
+    plain.begin_task(0)
+    w, reg = m.weights_and_penalty(0)
+    torch.testing.assert_close(reg, lam * w.pow(2).sum(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(m.penalty(0), reg, rtol=1e-6, atol=0)
+    assert plain.weights_and_penalty(0)[1] is None
+    train_continual(m, stream[:1], ContinualConfig(iterations=2, batch_size=8),
+                    task_inferred=False)  # fmt: skip
+    plain.load_state_dict(m.state_dict())
+    m.begin_task(1)
+    plain.begin_task(1)
+    w, reg = m.weights_and_penalty(1)
+    expected = plain.penalty(1) + lam * w.pow(2).sum()
+    torch.testing.assert_close(reg, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(m.penalty(1), expected, rtol=1e-6, atol=0)
+
+
+def test_target_weight_decay_shrinks_the_generated_weights(stream):
+    """Trained with a strong decay, the generated network is smaller than without it."""
+    norms = []
+    for lam in (0.0, 0.05):
+        m = rnn_method(small_target(), target_weight_decay=lam)
+        cfg = ContinualConfig(iterations=40, batch_size=16, lr=3e-3)
+        train_continual(m, stream[:1], cfg, task_inferred=False)
+        norms.append(m.weights(0).detach().norm().item())
+    assert norms[1] < 0.8 * norms[0], norms
+
+
+@pytest.mark.parametrize("bad", [-1e-4, float("nan"), float("inf"), True, "1e-4"])
+def test_target_weight_decay_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="target_weight_decay"):
+        rnn_method(small_target(), target_weight_decay=bad)
+
+
+def test_target_weight_decay_round_trips_through_the_config():
+    m = rnn_method(small_target(), target_weight_decay=1e-4)
+    assert m.config()["target_weight_decay"] == 1e-4
+    again = method_from_config(m.target.config(), m.config())
+    assert again.target_weight_decay == 1e-4
+    legacy = {key: v for key, v in m.config().items() if key != "target_weight_decay"}
+    assert method_from_config(m.target.config(), legacy).target_weight_decay == 0.0
