@@ -342,10 +342,17 @@ def plot_matrix(path: Path, R, title: str) -> None:
     plt.close(fig)
 
 
+# hypernetwork options added after run records were first written, at the value that trains
+# as those runs did: a record without the key ran with it (method_from_config reads it so)
+_HNET_LATER_OPTIONS = {"target_weight_decay": 0.0}
+
+
 def _setting(run: dict) -> dict:
     """What a run was trained with, apart from its seed: the method's config, the target's,
     the optimisation settings and the data (stream, validation fraction)."""
     config = {k: v for k, v in run["config"].items() if k != "seed"}
+    if config.get("kind") == "hnet":
+        config = {**_HNET_LATER_OPTIONS, **config}
     return {"config": config, "target": run.get("target"), "train": run["train"],
             "data": run.get("data")}  # fmt: skip
 

@@ -320,12 +320,16 @@ def train_continual(
         raise ValueError(
             f"start_task {start_task} skips tasks: the method has seen {method.num_tasks}"
         )
-    if start_task < method.num_tasks - 1:
-        # the method has begun later tasks than start_task (a trained or reloaded method, with
-        # start_task left at 0): training task start_task again would leave those later tasks
-        # out of the regulariser (a hypernetwork protects only earlier tasks) and count
-        # EWC/SI's importances twice, under an R that looks like a fresh run's. (A task begun
-        # but not trained, the last one, may still be trained.)
+    # tasks train_continual has ended on this method (kept by save_method/load_method): a
+    # begun task is not necessarily trained (begin_task(t) to read trainable(t) first)
+    ended = int(getattr(method, "_trained_tasks", 0))
+    if start_task < max(method.num_tasks - 1, ended):
+        # the method has begun later tasks than start_task, or trained start_task itself (a
+        # trained or reloaded method, with start_task left at 0 or at num_tasks - 1): training
+        # task start_task again would leave the later tasks out of the regulariser (a
+        # hypernetwork protects only earlier tasks) and count EWC/SI's importances twice,
+        # under an R that looks like a fresh run's. (A task begun but not trained, the last
+        # one, may still be trained.)
         raise ValueError(
             f"start_task {start_task} would train again tasks the method has seen (it has seen "
             f"{method.num_tasks}); continue a trained or reloaded method with "
@@ -375,6 +379,7 @@ def train_continual(
             _train_steps(method, t, task, config, config.growth_iterations, gen, log)
         method.eval()  # Fisher estimates and consolidation see the deterministic network
         method.end_task(t, task)
+        method._trained_tasks = t + 1
         seconds[t] = time.perf_counter() - t0
         for j in range(t + 1):
             R[t][j] = evaluate_task_incremental(method, j, stream[j].test, config.eval_batch_size)
@@ -407,6 +412,8 @@ def save_method(path: str | Path, method: ContinualMethod, extra: dict | None = 
         "target": method.target.config(),
         "method": method.config(),
         "num_tasks": method.num_tasks,
+        # tasks train_continual has trained (num_tasks counts begun ones); absent: unknown
+        "trained_tasks": getattr(method, "_trained_tasks", None),
         # the parameters' dtype (a .double() model reloads as one); None: mixed or none
         "dtype": str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else None,
         "model": {
@@ -441,5 +448,8 @@ def load_method(path: str | Path) -> tuple[ContinualMethod, dict]:
         # written before the method had extra state (Fisher estimates): there are none
         model.setdefault("_extra_state", {"fisher": {}})
     method.load_state_dict(model)
+    trained = state.get("trained_tasks", (state.get("extra") or {}).get("trained_tasks"))
+    if trained is not None:
+        method._trained_tasks = int(trained)
     method.eval()
     return method, state.get("extra", {})

@@ -365,3 +365,19 @@ def test_merge_refuses_run_flags_it_would_ignore(flags, tmp_path, load_example, 
     with pytest.raises(SystemExit):
         mod.main(["--merge", str(tmp_path / "a.json"), *flags, "--out", str(tmp_path / "m")])
     assert f"{flags[0]} would be ignored" in capsys.readouterr().err
+
+
+def test_merge_accepts_records_written_before_target_weight_decay(load_example):
+    """A results.json written before the option existed has no config.target_weight_decay;
+    those runs trained without it, so they merge with runs at the default 0.0."""
+    mod = load_example("continual")
+
+    def run(seed, **extra):
+        return {"method": "rnn", "seed": seed, "config": {"kind": "hnet", "beta": 0.1, **extra},
+                "target": {}, "train": {"iterations": 2}, "data": {}, "wall_s": 1.0,
+                "sizes": {"trainable": 1}, "metrics": {"acc": 0.9}}  # fmt: skip
+
+    summary = mod.summarize_runs([run(0), run(1, target_weight_decay=0.0)])
+    assert summary["rnn"]["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match="target_weight_decay"):
+        mod.summarize_runs([run(0), run(1, target_weight_decay=1e-4)])

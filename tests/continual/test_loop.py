@@ -683,3 +683,26 @@ def test_target_weight_decay_round_trips_through_the_config():
     assert again.target_weight_decay == 1e-4
     legacy = {key: v for key, v in m.config().items() if key != "target_weight_decay"}
     assert method_from_config(m.target.config(), legacy).target_weight_decay == 0.0
+
+
+def test_the_last_trained_task_is_not_trained_again(stream, tmp_path):
+    """start_task = num_tasks - 1 on a trained method, or the default start_task=0 on a
+    reloaded one-task checkpoint, trained that task a second time (EWC's Fisher counted twice);
+    a task begun but not trained may still be trained."""
+    m = EWC(small_target(), fisher_samples=5)
+    train_continual(m, stream[:2], ContinualConfig(iterations=2), task_inferred=False)
+    fisher = m.fisher.clone()
+    with pytest.raises(ValueError, match=r"start_task=method\.num_tasks=2"):
+        train_continual(m, stream, CFG, start_task=1)
+    assert torch.equal(m.fisher, fisher)
+    one = EWC(small_target(), fisher_samples=5)
+    train_continual(one, stream[:1], ContinualConfig(iterations=2), task_inferred=False)
+    save_method(tmp_path / "one.pt", one)
+    again, _ = load_method(tmp_path / "one.pt")
+    with pytest.raises(ValueError, match=r"start_task=method\.num_tasks=1"):
+        train_continual(again, stream, CFG)
+    train_continual(again, stream, ContinualConfig(iterations=2), start_task=1,
+                    task_inferred=False)  # fmt: skip
+    begun = EWC(small_target(), fisher_samples=5)
+    begun.begin_task(0)
+    train_continual(begun, stream[:1], ContinualConfig(iterations=2), task_inferred=False)
