@@ -74,6 +74,10 @@ def test_example_writes_table_json_and_png(tmp_path, load_example, capsys):
         (["--rnn-chunking", "rows", "--methods", "chunked"], "--rnn-chunking applies"),
         (["--num-tasks", "0"], "--num-tasks must be"),
         (["--num-tasks", "6"], "stream 'split-digits' has at most 5 tasks"),
+        # the largest number of tasks, and a decay of 0, pass on to the next check
+        (["--num-tasks", "5", "--lr", "0"], "--lr must be a positive number"),
+        (["--num-tasks", "10", "--stream", "graphs", "--lr", "0"], "--lr must be a positive"),
+        (["--target-weight-decay", "0", "--lr", "0"], "--lr must be a positive number"),
         (["--num-tasks", "11", "--stream", "graphs"], "stream 'graphs' has at most 10 tasks"),
         (["--data-dir", "/nowhere"], "--data-dir applies to the MNIST streams"),
         (["--data-dir", "/nowhere", "--stream", "graphs"], "--data-dir applies to the MNIST"),
@@ -277,6 +281,23 @@ def test_example_merges_seeds_that_grew_differently(tmp_path, load_example):
     assert data["summary"]["rnn"]["sizes"]["trainable"] == largest
     merged = tmp_path / "merged"
     assert mod.main(["--merge", str(out / "results.json"), "--out", str(merged)]) == 0
+
+
+def test_growth_flags_leave_the_methods_that_cannot_grow_as_they_were(tmp_path, load_example):
+    """Only the rnn methods grow: the other methods' runs record growth_iterations 0, so
+    they merge with the same methods' runs of an invocation without growth flags."""
+    mod = load_example("continual")
+    base = ["--stream", "split-digits", "--num-tasks", "2", "--iterations", "3"]
+    grow = ["--growth-units", "2", "--growth-threshold", "0.5", "--growth-iterations", "2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert mod.main([*base, *grow, "--methods", "rnn,ewc", "--seeds", "0", "--out", str(a)]) == 0
+    runs = json.loads((a / "results.json").read_text())["runs"]
+    assert {r["method"]: r["train"]["growth_iterations"] for r in runs} == {"rnn": 2, "ewc": 0}
+    assert mod.main([*base, "--methods", "ewc", "--seeds", "1", "--out", str(b)]) == 0
+    merged = tmp_path / "merged"
+    paths = [str(a / "results.json"), str(b / "results.json")]
+    assert mod.main(["--merge", *paths, "--out", str(merged)]) == 0
+    assert "| ewc | 2 |" in (merged / "results.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -647,6 +647,15 @@ def test_target_weight_decay_is_the_l2_of_the_generated_weights(stream):
     w, reg = m.weights_and_penalty(0)
     torch.testing.assert_close(reg, lam * w.pow(2).sum(), rtol=1e-6, atol=0)
     torch.testing.assert_close(m.penalty(0), reg, rtol=1e-6, atol=0)
+    # penalty(t) is the same differentiable term, not only the same number
+    params = [p for p in m.parameters() if p.requires_grad]
+    want = torch.autograd.grad(reg, params, allow_unused=True)
+    got = torch.autograd.grad(m.penalty(0), params, allow_unused=True)
+    assert any(g is not None for g in want)
+    for g, h in zip(got, want):
+        assert (g is None) == (h is None)
+        if h is not None:
+            torch.testing.assert_close(g, h, rtol=1e-6, atol=1e-12)
     assert plain.weights_and_penalty(0)[1] is None
     train_continual(m, stream[:1], ContinualConfig(iterations=2, batch_size=8),
                     task_inferred=False)  # fmt: skip

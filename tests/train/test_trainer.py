@@ -233,10 +233,40 @@ def test_a_checkpoint_of_another_world_size_is_refused(fake_graph, tmp_path, mon
     assert load_checkpoint(tmp_path / "checkpoint.pt")["world_size"] == 1
     before = (tmp_path / "checkpoint.pt").read_bytes()
     two = DistEnv(rank=0, world_size=2)  # refused on loading, before any process group is used
-    with pytest.raises(CheckpointError, match=r"run of 1 process\(es\), this run has 2"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"run of 1 process\(es\), this run has 2 \(the effective batch, \d+ graphs per "
+        r"process and step, would change mid-run\)",
+    ):
         fit(fake_graph, _config(), tmp_path, env=two)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert fit(fake_graph, _config(), tmp_path)["epochs_run"] == 4  # the same world resumes
+
+
+def test_a_node_level_checkpoint_of_another_world_size_names_the_node_share(
+    fake_node, tmp_path, monkeypatch
+):
+    """A node-level task trains one whole graph per step (batch_size does not apply): the
+    refusal names each process's share of the training nodes, not a graph batch."""
+    from graphseq.train.distributed import DistEnv
+
+    real_epoch = trainer_module._train_epoch_node
+
+    def dies(task, model, optimizer, config, env, e):
+        if e == 2:
+            raise KeyboardInterrupt
+        return real_epoch(task, model, optimizer, config, env, e)
+
+    monkeypatch.setattr(trainer_module, "_train_epoch_node", dies)
+    cfg = _config(benchmark="fake-node", epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(fake_node, cfg, tmp_path)
+    monkeypatch.setattr(trainer_module, "_train_epoch_node", real_epoch)
+    two = DistEnv(rank=0, world_size=2)
+    with pytest.raises(CheckpointError, match=r"this run has 2 \(each process's share of the "
+                       r"training nodes, would change mid-run\)") as err:  # fmt: skip
+        fit(fake_node, cfg, tmp_path, env=two)
+    assert "graphs per process" not in str(err.value)
 
 
 def test_corrupted_results_file_is_a_clear_error(fake_graph, tmp_path):
@@ -633,6 +663,11 @@ def test_torchrun_fit_twice_with_its_own_env(tmp_path):
         "import torch.distributed as dist\n"
         "from graphseq.train import TrainConfig, fit, get_benchmark\n"
         "task = get_benchmark('fake-graph').load(None, None)\n"
+        "import atexit, os\n"
+        "def at_exit():  # registered first, so it runs after the handlers fit registers\n"
+        "    with open(f'{sys.argv[1]}.exit.{os.environ[\"RANK\"]}', 'w') as f:\n"
+        "        f.write(str(dist.is_initialized()))\n"
+        "atexit.register(at_exit)\n"
         "worlds = []\n"
         "for seed in (0, 1):\n"
         "    cfg = TrainConfig('fake-graph', model_args={'hidden': 8, 'layers': 1}, epochs=1,\n"
@@ -650,6 +685,8 @@ def test_torchrun_fit_twice_with_its_own_env(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     for rank in (0, 1):
         assert json.loads((tmp_path / f"worlds.{rank}").read_text()) == [2, 2]
+        # the group init_distributed created is destroyed when the process exits
+        assert (tmp_path / f"worlds.exit.{rank}").read_text() == "False"
 
 
 def test_a_group_initialised_without_torchrun_variables_is_reused(tmp_path):
@@ -666,7 +703,8 @@ def test_a_group_initialised_without_torchrun_variables_is_reused(tmp_path):
         "                            world_size=2)\n"
         "    from graphseq.train import init_distributed\n"
         "    env = init_distributed('cpu')\n"
-        "    json.dump([env.rank, env.world_size, env.is_main], open(f'{out}.{rank}', 'w'))\n"
+        "    json.dump([env.rank, env.world_size, env.is_main, env.local_rank],\n"
+        "              open(f'{out}.{rank}', 'w'))\n"
         "    dist.destroy_process_group()\n"
         "if __name__ == '__main__':\n"
         "    for k in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK'):\n"
@@ -683,7 +721,7 @@ def test_a_group_initialised_without_torchrun_variables_is_reused(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     got = [json.loads((tmp_path / f"env.{r}").read_text()) for r in (0, 1)]
-    assert got == [[0, 2, True], [1, 2, False]]
+    assert got == [[0, 2, True, 0], [1, 2, False, 1]]  # without LOCAL_RANK: the rank
 
 
 @pytest.mark.parametrize(
