@@ -191,6 +191,31 @@ def test_split_mnist_rnn_preset_trains_longer_than_the_published_methods(load_ex
     assert mod.method_lr(preset, "rnn", None) == 1e-3 and mod.method_lr(preset, "ewc", None) == 5e-4
 
 
+def test_split_mnist_rnn_preset_decays_the_generated_weights(load_example):
+    """The twenty-fifth session's choice: target_weight_decay 1e-4 for Split-MNIST's RNN
+    hypernetwork only (the chunked baseline keeps PR-CL's setting); the flag overrides it."""
+    from argparse import Namespace
+
+    mod = load_example("continual")
+
+    def built(method, stream="split-mnist", **kw):
+        args = Namespace(
+            reg_outputs="used", reg_weighting=None, fisher_floor=None, beta=None,
+            chunked_beta=None, hidden_beta=0.0, growth_units=0, growth_threshold=0.0,
+            train_old_embeddings=None, task_step_embeddings=None, dropout=None,
+            rnn_hidden_size=None, rnn_chunk_size=None, rnn_chunking=None, output_lr_scale=None,
+            target_weight_decay=None,
+        )  # fmt: skip
+        for k, v in kw.items():
+            setattr(args, k, v)
+        return mod.build(method, mod.PRESETS[stream], 5, 0, args)
+
+    assert built("rnn").target_weight_decay == 1e-4
+    assert built("rnn", target_weight_decay=0.0).target_weight_decay == 0.0
+    assert built("chunked").target_weight_decay == 0.0
+    assert built("rnn", "permuted-mnist").target_weight_decay == 0.0
+
+
 def test_permuted_mnist_rnn_preset_and_its_overrides(load_example):
     from argparse import Namespace
 
@@ -402,3 +427,26 @@ def test_merge_accepts_records_written_before_target_weight_decay(load_example):
     assert summary["rnn"]["seeds"] == [0, 1]
     with pytest.raises(ValueError, match="target_weight_decay"):
         mod.summarize_runs([run(0), run(1, target_weight_decay=1e-4)])
+
+
+def test_docstrings_cite_benchmark_sessions_that_exist():
+    """A docstring's "(``BENCHMARKS.md``, <n>th session)" names a section BENCHMARKS.md has."""
+    import re
+    from pathlib import Path
+
+    import graphseq.continual.methods as methods
+
+    root = Path(__file__).resolve().parents[2]
+    headings = " ".join(
+        line.lower() for line in (root / "BENCHMARKS.md").read_text().splitlines()
+        if line.startswith("#")
+    )  # fmt: skip
+    cited = re.findall(r"BENCHMARKS\.md``, ([a-z-]+) session", Path(methods.__file__).read_text())
+    assert cited
+    missing = [c for c in cited if f"{c} session" not in headings]
+    assert not missing, missing
+    readme = (root / "graphseq/continual/README.md").read_text()
+    assert (
+        "target_weight_decay" in readme
+        and "target_weight_decay" in (root / "CHANGELOG.md").read_text()
+    )
