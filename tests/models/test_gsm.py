@@ -40,16 +40,31 @@ def test_build_and_forward(name, level):
     assert repr(model).startswith(type(model).__name__)
 
 
-@pytest.mark.slow
 def test_edge_features_and_variants():
+    """Dense edge features reach the output of every variant, and attn_type selects the
+    attention (3 s on one thread: not slow; it was the only test of these options, and
+    checked shapes only, so ignored edge features or attn_type passed)."""
+    from torch_geometric.nn.attention import PerformerAttention
+
     spec = InputSpec("graph", 1, "dense", 4, "dense", 2)
     batch = _batch(edge_dim=2)
+    other = batch.clone()
+    other.edge_attr = torch.randn(batch.edge_attr.shape, generator=torch.Generator().manual_seed(1))
     for name, kwargs in (("gsm", {"local": "gine"}), ("gps", {"local": "gine"}), ("gps", {}),
                          ("gps", {"attn_type": "performer"})):  # fmt: skip
         kwargs = dict(kwargs, hidden=16)
         if name == "gsm":
             kwargs["hpe_levels"] = 8
-        assert build_model(name, spec, **kwargs)(batch).shape == (3, 1)
+        model = build_model(name, spec, **kwargs).eval()
+        with torch.no_grad():
+            out = model(batch)
+            assert out.shape == (3, 1)
+            if kwargs.get("attn_type") != "performer":  # its random features: not comparable
+                assert not torch.allclose(model(other), out), (name, kwargs)
+        if name == "gps":
+            performer = kwargs.get("attn_type") == "performer"
+            for conv in model.convs:
+                assert isinstance(conv.attn, PerformerAttention) == performer
 
 
 def test_bad_hyperparameters():

@@ -309,6 +309,45 @@ def test_tensorboard(fake_graph, tmp_path):
     )
 
 
+def test_tensorboard_logging_without_the_package(fake_graph, tmp_path, monkeypatch):
+    """CI installs no tensorboard (test_tensorboard skips there), so the logging is also
+    checked through a stand-in SummaryWriter: every epoch logs the training loss and every
+    scored split under <out>/tensorboard, and the writer is closed; without the package the
+    error says what to install."""
+    import types
+
+    calls = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            calls.append(("open", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            assert math.isfinite(value)
+            calls.append((tag, step))
+
+        def close(self):
+            calls.append(("close",))
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = Writer
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    r = fit(fake_graph, _config(epochs=2, tensorboard=True), tmp_path)
+    metric = fake_graph.metric
+    splits = [k[: -len(metric) - 1] for k in r["history"][0] if k.endswith(f"_{metric}")]
+    assert "valid" in splits and "test" in splits
+    want = [("open", str(tmp_path / "tensorboard"))]
+    for epoch in (1, 2):
+        want += [("train/loss", epoch)] + [(f"{s}/{metric}", epoch) for s in splits]
+    assert calls == [*want, ("close",)]
+    calls.clear()
+    fit(fake_graph, _config(epochs=1, tensorboard=True), None)  # nowhere to write: no writer
+    assert calls == []
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    with pytest.raises(ImportError, match="tensorboard=True needs the tensorboard package"):
+        fit(fake_graph, _config(epochs=1, tensorboard=True), tmp_path / "again")
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="epochs"):
         _config(epochs=0)
