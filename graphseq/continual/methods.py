@@ -254,7 +254,7 @@ class HypernetworkMethod(ContinualMethod):
             Weight decay acts on the trained parameters; this acts on the network the
             hypernetwork puts out. On Split-MNIST ``1e-4`` helped the digit pair {2, 3}
             learned alone (validation) and the whole stream (test, 5 seeds: 99.718 against
-            99.66 without) (``BENCHMARKS.md``, twenty-fifth session).
+            99.616 without) (``BENCHMARKS.md``, twenty-fifth session).
 
     :meth:`weights_and_penalty` generates the current and the regularised old tasks' weights
     in one batched hypernetwork call (``hnet.generate_with_old``) and compares the old ones
