@@ -291,7 +291,8 @@ def train_continual(
         stream: the tasks; task ``t`` uses head ``t`` of the target.
         config: optimisation settings.
         start_task: first task to train (to continue a reloaded model on new tasks:
-            ``method.num_tasks``); a start before the method's last seen task is refused.
+            ``method.num_tasks``); a start at a task this loop already trained on the method,
+            or before its last begun task, is refused.
         previous: the result of an earlier call whose rows of ``R`` are kept.
         task_inferred: also measure task-inferred accuracy after the last task.
         checkpoint: save :func:`save_method` here after every task.
