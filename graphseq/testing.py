@@ -54,6 +54,23 @@ def assert_close(
     )
 
 
+def assert_half_matches_float(model: torch.nn.Module, batch, rtol: float = 2e-2) -> None:
+    """Run a float16 ``model`` on ``batch`` (a PyG batch; ``x`` rounded to float16) and a float32
+    copy of it on the same rounded inputs, without gradients: both outputs finite, and equal
+    to ``rtol`` relative and ``rtol`` of the reference's largest magnitude absolute."""
+    import copy
+
+    ref = copy.deepcopy(model).float()
+    bh, bf = batch.clone(), batch.clone()
+    bh.x = batch.x.half()
+    bf.x = bh.x.float()
+    with torch.no_grad():
+        want, got = ref(bf), model(bh)
+    assert torch.isfinite(want).all()
+    assert torch.isfinite(got).all(), got
+    torch.testing.assert_close(got.float(), want, rtol=rtol, atol=rtol * want.abs().max().item())
+
+
 def tree_with_chords(n: int, chords: int, gen: torch.Generator) -> torch.Tensor:
     """``edge_index`` of a random tree on ``n`` nodes plus ``chords`` extra edges, both
     directions stored (molecule-like graphs for the DAG layers' tests)."""

@@ -29,6 +29,7 @@ from graphseq.models._init import graph_batch, pool_graphs, reset_children
 from graphseq.models.registry import InputSpec, register_model
 from graphseq.nn.gsm import GSM, GSMPlusPlus, LocalEncoder
 from graphseq.nn.gsm.encoders import mean_adjacency
+from graphseq.nn.gsm.models import check_sorted_batch
 from graphseq.nn.seq.base import check_choice, check_positive_int
 
 __all__ = ["GPS", "GNNBaseline"]
@@ -180,18 +181,8 @@ class GPS(nn.Module):
         x = _features(batch, self.pe, "GPS", self.encoder.weight.dtype, node_dim, self.pe_dim)
         h = self.encoder(x)
         node_batch = getattr(batch, "batch", None)
-        if (
-            isinstance(node_batch, Tensor)
-            and node_batch.numel() > 1
-            and bool((node_batch[1:] < node_batch[:-1]).any())
-        ):
-            # GPSConv's attention packs graphs with to_dense_batch, which needs each graph's
-            # nodes contiguous: an interleaved batch failed in its residual sum ("The size of
-            # tensor a (4) must match the size of tensor b (5)")
-            raise ValueError(
-                "GPS: batch.batch must be sorted, each graph's nodes contiguous (as in a PyG "
-                "Batch); reorder the nodes or build the input with Batch.from_data_list"
-            )
+        if isinstance(node_batch, Tensor):  # GPSConv's to_dense_batch needs it sorted
+            check_sorted_batch("GPS", node_batch, "batch.batch")
         kwargs = {}
         if self.edge_encoder is not None:
             edge_attr = getattr(batch, "edge_attr", None)

@@ -151,15 +151,20 @@ def test_a_closed_pipe_ends_list_quietly(monkeypatch, capsys):
     assert "writable folders" not in capsys.readouterr().err
 
 
+def _undeclared_pattern(name: str) -> Benchmark:
+    """A tiny PATTERN-like benchmark registered as before the declarations existed."""
+    return Benchmark(
+        name, "tiny PATTERN", "graph", "multiclass classification", "acc_sbm",
+        lambda d, c: sbm_task("pattern", (8, 4, 4)),
+        {"epochs": 1, "batch_size": 4, "seeds": 1, "model": {"hidden": 8, "layers": 1}},
+    )  # fmt: skip
+
+
 def test_a_benchmark_registered_without_the_declarations_still_runs(monkeypatch, tmp_path):
     """register_benchmark is public: a benchmark registered as before the declarations existed
     (here PATTERN-like: batches of graphs, per-node predictions) runs, and a model that cannot
     run on it is refused by name once its data is loaded."""
-    bench = Benchmark(
-        "test-undeclared", "tiny PATTERN", "graph", "multiclass classification", "acc_sbm",
-        lambda d, c: sbm_task("pattern", (8, 4, 4)),
-        {"epochs": 1, "batch_size": 4, "seeds": 1, "model": {"hidden": 8, "layers": 1}},
-    )  # fmt: skip
+    bench = _undeclared_pattern("test-undeclared")
     monkeypatch.setitem(benchmarks_module._BENCHMARKS, bench.name, bench)
     for model in ("gin", "gsm"):
         results, _ = run_benchmark(bench.name, model, out_dir=tmp_path, progress=False,
@@ -203,11 +208,7 @@ def test_an_undeclared_benchmark_of_graphs_runs_a_node_level_model(monkeypatch, 
     def node_only(spec, hidden: int = 8, layers: int = 1):
         return gin(spec, hidden=hidden, layers=layers)
 
-    bench = Benchmark(
-        "test-undeclared-node", "tiny PATTERN", "graph", "multiclass classification", "acc_sbm",
-        lambda d, c: sbm_task("pattern", (8, 4, 4)),
-        {"epochs": 1, "batch_size": 4, "seeds": 1, "model": {"hidden": 8, "layers": 1}},
-    )  # fmt: skip
+    bench = _undeclared_pattern("test-undeclared-node")
     monkeypatch.setitem(benchmarks_module._BENCHMARKS, bench.name, bench)
     assert "test-node-only" in bench.models()
     results, _ = run_benchmark(bench.name, "test-node-only", out_dir=tmp_path, progress=False,

@@ -637,15 +637,20 @@ def test_unknown_benchmark_lists_valid_ones():
 # torchrun
 
 
+def _torchrun(*args: str, env: dict, cwd) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 <args>``, which must succeed."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    out = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=cwd)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
 def test_torchrun_two_processes_write_one_result(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "graphseq.cli", "run", "fake-graph", "--epochs", "2", "--seeds", "1",
-        "--hidden", "16", "--out", str(tmp_path), "--no-progress",
-    ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
+    args = ["-m", "graphseq.cli", "run", "fake-graph", "--epochs", "2", "--seeds", "1",
+            "--hidden", "16", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+    out = _torchrun(*args, env=env, cwd=tmp_path)
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert files == [
         "fake-graph/gin/seed0/checkpoint.pt",
@@ -681,12 +686,7 @@ def test_torchrun_scores_a_split_smaller_than_the_world(tmp_path):
         "dist.destroy_process_group()\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")  # the installed graphseq, as the user runs it
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(script), str(tmp_path / "history.json"),
-    ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
+    _torchrun(str(script), str(tmp_path / "history.json"), env=env, cwd=tmp_path)
     history = json.loads((tmp_path / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
 
@@ -716,12 +716,7 @@ def test_torchrun_fit_twice_with_its_own_env(tmp_path):
         "json.dump(worlds, open(f'{sys.argv[1]}.{dist.get_rank()}', 'w'))\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(script), str(tmp_path / "worlds"),
-    ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
+    _torchrun(str(script), str(tmp_path / "worlds"), env=env, cwd=tmp_path)
     for rank in (0, 1):
         assert json.loads((tmp_path / f"worlds.{rank}").read_text()) == [2, 2]
         # the group init_distributed created is destroyed when the process exits

@@ -157,6 +157,17 @@ def _graph_info(batch, num_nodes: int, device) -> tuple[Tensor, Tensor]:
     return node_batch, ptr
 
 
+def check_sorted_batch(cls: str, node_batch: Tensor, name: str = "data.batch") -> None:
+    """Each graph's nodes must be contiguous (a PyG ``Batch``): the node sequences and the
+    attention layers read graph ``g`` as rows ``ptr[g]:ptr[g + 1]``, so an interleaved
+    ``batch`` vector mixed graphs silently (GPS's ``GPSConv`` failed in its residual sum)."""
+    if node_batch.numel() > 1 and bool((node_batch[1:] < node_batch[:-1]).any()):
+        raise ValueError(
+            f"{cls}: {name} must be sorted, each graph's nodes contiguous (as in a PyG Batch); "
+            "reorder the nodes or build the input with Batch.from_data_list"
+        )
+
+
 def node_tokens(batch, tokenization: str, node_batch: Tensor, cls: str = "GSM") -> Tensor:
     """Permutation ``[N]`` listing every graph's nodes in sequence order, graph after graph."""
     n = node_batch.numel()
@@ -342,13 +353,7 @@ class _Base(nn.Module):
             )
         n = x.size(0)
         node_batch, ptr = _graph_info(batch, n, x.device)
-        if node_batch.numel() > 1 and bool((node_batch[1:] < node_batch[:-1]).any()):
-            # the node sequences (tokenization "none") and the attention layers read graph g as
-            # rows ptr[g]:ptr[g + 1]: an interleaved batch mixed graphs silently
-            raise ValueError(
-                f"{cls}: data.batch must be sorted, each graph's nodes contiguous (as in a PyG "
-                "Batch); reorder the nodes or build the input with Batch.from_data_list"
-            )
+        check_sorted_batch(cls, node_batch)
         num_graphs = ptr.numel() - 1
         edge_attr = getattr(batch, "edge_attr", None) if self.edge_dim is not None else None
         if edge_attr is not None and edge_attr.dim() == 1:

@@ -9,6 +9,7 @@ from torch_geometric.data import Batch, Data
 
 from graphseq.nn.gsm import GSM, HACTokenizer, HierarchicalPE, KHopTokenizer
 from graphseq.nn.gsm.models import subgraph_tokens
+from graphseq.testing import assert_half_matches_float
 
 
 def _hub_graph(n: int = 3000) -> Batch:
@@ -39,15 +40,7 @@ def test_gsm_khop_float16_on_a_hub():
     batch = _hub_graph()
     batch.x = batch.x * 100
     model = GSM(4, 8, 2, tokenization="khop", layers=1, heads=2, level="node").half().eval()
-    ref = copy.deepcopy(model).float()
-    bh, bf = batch.clone(), batch.clone()
-    bh.x = batch.x.half()
-    bf.x = bh.x.float()
-    with torch.no_grad():
-        want, got = ref(bf), model(bh)
-    assert torch.isfinite(want).all()
-    assert torch.isfinite(got).all()
-    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+    assert_half_matches_float(model, batch)
 
 
 def test_hierarchical_pe_of_a_graph_above_65504_nodes_in_float16():
